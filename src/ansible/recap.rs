@@ -1,0 +1,1 @@
+//! Parsing `PLAY RECAP` lines and the first failed task out of the output.

@@ -1,0 +1,1 @@
+//! The per-run private directory: inventory, extra vars, key file.

@@ -1,0 +1,268 @@
+//! The settings tree: defaults, then a TOML file, then `INFRA__SECTION__KEY`
+//! environment variables. Loaded and validated once at start; every later
+//! module receives typed, already-checked values.
+
+use std::path::{Path, PathBuf};
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Everything the daemon can be told, one section per concern.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub redis: RedisSettings,
+    #[serde(default)]
+    pub postgres: PostgresSettings,
+    pub worker: WorkerSettings,
+    pub ansible: AnsibleSettings,
+    pub secrets: SecretsSettings,
+    pub log: LogSettings,
+}
+
+/// Where the queues live and who this worker is among its peers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// May carry a password, hence secret.
+    pub url: Option<SecretString>,
+    pub group: String,
+    /// Unique per process; defaults to `<hostname>-<pid>`.
+    pub consumer: Option<String>,
+    /// Prefixes every stream and key; empty in production, unique per test.
+    pub key_prefix: String,
+    /// How long one XREADGROUP blocks before the loop looks around again.
+    pub block_ms: u64,
+}
+
+/// The status store. Optional until a job kind needs it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSettings {
+    pub url: Option<SecretString>,
+}
+
+/// How much work one process takes on, and for how long.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    pub concurrency: usize,
+    pub job_timeout_secs: u64,
+    /// After SIGTERM to a timed-out playbook, how long before SIGKILL.
+    pub kill_grace_secs: u64,
+}
+
+/// Where the Ansible content is and how to reach target hosts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnsibleSettings {
+    pub dir: PathBuf,
+    pub playbook_bin: String,
+    pub deploy_playbook: PathBuf,
+    pub provision_playbook: PathBuf,
+    pub recovery_playbook: PathBuf,
+    pub ssh_port: u16,
+    pub ssh_user: String,
+    /// Secret reference of the private key used for deploys.
+    pub ssh_key_ref: Option<String>,
+}
+
+/// Where `file:` secret references are read from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsSettings {
+    pub dir: PathBuf,
+}
+
+/// Log output shape.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `pretty` for people, `json` for log shippers.
+    pub format: LogFormat,
+    /// An `EnvFilter` directive such as `info` or `infra_service=debug`.
+    pub level: String,
+}
+
+/// The two log renderings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// A configuration that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: config::ConfigError,
+    },
+    #[error("configuration: {0}")]
+    Invalid(config::ConfigError),
+    #[error("configuration key `{key}`: {problem}")]
+    Key { key: &'static str, problem: String },
+}
+
+const DEFAULTS: &[(&str, &str)] = &[
+    ("redis.group", "infra-service"),
+    ("redis.key_prefix", ""),
+    ("redis.block_ms", "2000"),
+    ("worker.concurrency", "4"),
+    ("worker.job_timeout_secs", "3600"),
+    ("worker.kill_grace_secs", "10"),
+    ("ansible.dir", "ansible"),
+    ("ansible.playbook_bin", "ansible-playbook"),
+    ("ansible.deploy_playbook", "playbooks/deploy_project.yml"),
+    ("ansible.provision_playbook", "playbooks/setup_server.yml"),
+    ("ansible.recovery_playbook", "playbooks/recovery.yml"),
+    ("ansible.ssh_port", "22"),
+    ("ansible.ssh_user", "root"),
+    ("secrets.dir", "/run/secrets"),
+    ("log.format", "pretty"),
+    ("log.level", "info"),
+];
+
+impl Settings {
+    /// Loads defaults, the optional file, then `INFRA__*` variables, and
+    /// checks the result.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder();
+        for (key, value) in DEFAULTS {
+            builder = builder
+                .set_default(*key, *value)
+                .map_err(ConfigError::Invalid)?;
+        }
+        if let Some(path) = file {
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("INFRA")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let raw = builder.build().map_err(|source| match file {
+            Some(path) => ConfigError::File {
+                path: path.to_owned(),
+                source,
+            },
+            None => ConfigError::Invalid(source),
+        })?;
+        let settings: Settings = raw.try_deserialize().map_err(ConfigError::Invalid)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, problem: &str| {
+            Err(ConfigError::Key {
+                key,
+                problem: problem.to_owned(),
+            })
+        };
+        if self.redis.url.is_none() {
+            return bad("redis.url", "is required (e.g. redis://127.0.0.1:6379)");
+        }
+        if self.redis.group.is_empty() {
+            return bad("redis.group", "must not be empty");
+        }
+        if self.redis.consumer.as_deref() == Some("") {
+            return bad("redis.consumer", "must not be empty");
+        }
+        if self.redis.block_ms == 0 {
+            return bad("redis.block_ms", "must be at least 1");
+        }
+        if !(1..=1024).contains(&self.worker.concurrency) {
+            return bad("worker.concurrency", "must be between 1 and 1024");
+        }
+        if self.worker.job_timeout_secs == 0 {
+            return bad("worker.job_timeout_secs", "must be at least 1");
+        }
+        if self.ansible.playbook_bin.is_empty() {
+            return bad("ansible.playbook_bin", "must not be empty");
+        }
+        if self.ansible.ssh_port == 0 {
+            return bad("ansible.ssh_port", "must be between 1 and 65535");
+        }
+        if self.ansible.ssh_user.is_empty() {
+            return bad("ansible.ssh_user", "must not be empty");
+        }
+        Ok(())
+    }
+
+    /// This process's consumer name in the groups.
+    pub fn consumer_name(&self) -> String {
+        self.redis.consumer.clone().unwrap_or_else(|| {
+            let host = hostname::get()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "worker".to_owned());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+}
+
+impl AnsibleSettings {
+    /// A playbook path from the settings, resolved against `ansible.dir`.
+    pub fn playbook_path(&self, relative: &Path) -> PathBuf {
+        self.dir.join(relative)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load_toml(text: &str) -> Result<Settings, ConfigError> {
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        Settings::load(Some(file.path()))
+    }
+
+    #[test]
+    fn defaults_fill_everything_but_the_redis_url() {
+        let s = load_toml("[redis]\nurl = \"redis://127.0.0.1:6379\"\n").unwrap();
+        assert_eq!(s.redis.group, "infra-service");
+        assert_eq!(s.worker.concurrency, 4);
+        assert_eq!(s.worker.job_timeout_secs, 3600);
+        assert_eq!(s.ansible.dir, PathBuf::from("ansible"));
+        assert_eq!(s.ansible.ssh_port, 22);
+        assert_eq!(s.ansible.ssh_user, "root");
+        assert_eq!(s.secrets.dir, PathBuf::from("/run/secrets"));
+        assert!(s.consumer_name().ends_with(&format!("-{}", std::process::id())));
+    }
+
+    #[test]
+    fn a_missing_redis_url_is_named() {
+        let err = load_toml("[worker]\nconcurrency = 2\n").unwrap_err();
+        assert!(err.to_string().contains("redis.url"), "{err}");
+    }
+
+    #[test]
+    fn a_wrongly_typed_value_names_its_key() {
+        let err = load_toml("[redis]\nurl = \"redis://x\"\n[worker]\nconcurrency = \"many\"\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("concurrency"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_by_name() {
+        let err = load_toml("[redis]\nurl = \"redis://x\"\n[worker]\nconcurency = 2\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("concurency"), "{err}");
+    }
+
+    #[test]
+    fn zero_concurrency_is_refused() {
+        let err = load_toml("[redis]\nurl = \"redis://x\"\n[worker]\nconcurrency = 0\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("worker.concurrency"), "{err}");
+    }
+}

@@ -1,0 +1,19 @@
+//! The contract's job and result types (CONTRACT.md sections 1 and 3). Pure:
+//! no I/O. A stream entry's payload becomes a `DeployJob` or `ProvisionJob`
+//! only through `parse`, so later code can rely on every rule holding.
+
+mod deploy;
+mod fields;
+mod provision;
+mod result;
+
+pub use deploy::DeployJob;
+pub use fields::{
+    GitRef, InvalidPayload, Module, ProjectName, RepoName, RequestId, SecretRef, ServerAddress,
+    ServerHandle,
+};
+pub use provision::ProvisionJob;
+pub use result::{ErrorCode, FailedTask, HostStats, JobError, JobKind, JobResult, Timings};
+
+/// Payloads larger than this are refused before JSON parsing.
+pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;

@@ -1,0 +1,151 @@
+//! Resolving `env:` and `file:` references.
+
+use std::path::{Component, Path, PathBuf};
+
+use secrecy::SecretString;
+
+use crate::job::SecretRef;
+
+/// Why a reference gave no value. Names the reference, never a value.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("secret reference `{reference}` uses an unsupported scheme")]
+    UnsupportedScheme { reference: String },
+    #[error("secret reference `{reference}` is malformed: {problem}")]
+    Malformed {
+        reference: String,
+        problem: &'static str,
+    },
+    #[error("secret reference `{reference}`: environment variable is not set")]
+    EnvMissing { reference: String },
+    #[error("secret reference `{reference}`: cannot read {path}: {source}")]
+    File {
+        reference: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl ResolveError {
+    /// The reference that failed, for the result's `details`.
+    pub fn reference(&self) -> &str {
+        match self {
+            ResolveError::UnsupportedScheme { reference }
+            | ResolveError::Malformed { reference, .. }
+            | ResolveError::EnvMissing { reference }
+            | ResolveError::File { reference, .. } => reference,
+        }
+    }
+}
+
+/// Turns references into values.
+#[derive(Debug, Clone)]
+pub struct Resolver {
+    secrets_dir: PathBuf,
+}
+
+impl Resolver {
+    /// A resolver reading `file:` references under `secrets_dir`.
+    pub fn new(secrets_dir: PathBuf) -> Resolver {
+        Resolver { secrets_dir }
+    }
+
+    /// The value behind `reference`.
+    pub async fn resolve(&self, reference: &SecretRef) -> Result<SecretString, ResolveError> {
+        let raw = reference.as_str();
+        let reference_owned = || raw.to_owned();
+        match raw.split_once(':') {
+            Some(("env", name)) => resolve_env(name).ok_or_else(|| {
+                if name.is_empty() {
+                    ResolveError::Malformed {
+                        reference: reference_owned(),
+                        problem: "empty variable name",
+                    }
+                } else {
+                    ResolveError::EnvMissing {
+                        reference: reference_owned(),
+                    }
+                }
+            }),
+            Some(("file", name)) => {
+                let relative = checked_relative(name).map_err(|problem| {
+                    ResolveError::Malformed {
+                        reference: reference_owned(),
+                        problem,
+                    }
+                })?;
+                let path = self.secrets_dir.join(relative);
+                let text = tokio::fs::read_to_string(&path).await.map_err(|source| {
+                    ResolveError::File {
+                        reference: reference_owned(),
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                Ok(SecretString::from(strip_one_trailing_newline(text)))
+            }
+            _ => Err(ResolveError::UnsupportedScheme {
+                reference: reference_owned(),
+            }),
+        }
+    }
+}
+
+fn resolve_env(name: &str) -> Option<SecretString> {
+    if name.is_empty() {
+        return None;
+    }
+    std::env::var(name).ok().map(SecretString::from)
+}
+
+/// A `file:` name must stay inside the secrets directory.
+fn checked_relative(name: &str) -> Result<&Path, &'static str> {
+    if name.is_empty() {
+        return Err("empty file name");
+    }
+    let path = Path::new(name);
+    for component in path.components() {
+        match component {
+            Component::Normal(_) => {}
+            Component::ParentDir => return Err("`..` is not allowed"),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err("absolute paths are not allowed");
+            }
+            Component::CurDir => return Err("`.` components are not allowed"),
+        }
+    }
+    Ok(path)
+}
+
+/// Secret files written with `echo` end in a newline that is not part of
+/// the value; a token with a trailing newline breaks HTTP headers.
+fn strip_one_trailing_newline(mut text: String) -> String {
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_must_stay_inside_the_secrets_dir() {
+        assert!(checked_relative("github/token").is_ok());
+        assert_eq!(checked_relative("/etc/shadow"), Err("absolute paths are not allowed"));
+        assert_eq!(checked_relative("../x"), Err("`..` is not allowed"));
+        assert_eq!(checked_relative("a/../../x"), Err("`..` is not allowed"));
+        assert_eq!(checked_relative(""), Err("empty file name"));
+    }
+
+    #[test]
+    fn one_trailing_newline_is_not_part_of_the_value() {
+        assert_eq!(strip_one_trailing_newline("tok\n".into()), "tok");
+        assert_eq!(strip_one_trailing_newline("tok\r\n".into()), "tok");
+        assert_eq!(strip_one_trailing_newline("a\nb\n\n".into()), "a\nb\n");
+    }
+}
