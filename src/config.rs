@@ -236,7 +236,10 @@ mod tests {
         assert_eq!(s.ansible.ssh_port, 22);
         assert_eq!(s.ansible.ssh_user, "root");
         assert_eq!(s.secrets.dir, PathBuf::from("/run/secrets"));
-        assert!(s.consumer_name().ends_with(&format!("-{}", std::process::id())));
+        assert!(
+            s.consumer_name()
+                .ends_with(&format!("-{}", std::process::id()))
+        );
     }
 
     #[test]
@@ -254,15 +257,15 @@ mod tests {
 
     #[test]
     fn an_unknown_key_is_refused_by_name() {
-        let err = load_toml("[redis]\nurl = \"redis://x\"\n[worker]\nconcurency = 2\n")
-            .unwrap_err();
+        let err =
+            load_toml("[redis]\nurl = \"redis://x\"\n[worker]\nconcurency = 2\n").unwrap_err();
         assert!(err.to_string().contains("concurency"), "{err}");
     }
 
     #[test]
     fn zero_concurrency_is_refused() {
-        let err = load_toml("[redis]\nurl = \"redis://x\"\n[worker]\nconcurrency = 0\n")
-            .unwrap_err();
+        let err =
+            load_toml("[redis]\nurl = \"redis://x\"\n[worker]\nconcurrency = 0\n").unwrap_err();
         assert!(err.to_string().contains("worker.concurrency"), "{err}");
     }
 }

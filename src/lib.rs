@@ -6,6 +6,13 @@
 //! (Architecture notes are completed as the modules land.)
 
 pub mod ansible;
+pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod job;
+pub mod queue;
 pub mod secrets;
+pub mod shutdown;
+pub mod telemetry;
+pub mod worker;
+pub mod workflow;

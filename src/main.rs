@@ -1,1 +1,62 @@
-fn main() {}
+//! Entry point: parse the command line, load settings, run, map the outcome
+//! to the ops exit codes (0 clean stop, 1 bad configuration, 2 runtime failure).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use infra_service::cli::{Cli, Command};
+use infra_service::config::Settings;
+use infra_service::{daemon, shutdown, telemetry};
+
+const EXIT_CONFIG: u8 = 1;
+const EXIT_RUNTIME: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_CONFIG } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::Worker(args) => {
+            let settings = match Settings::load(args.path()) {
+                Ok(settings) => settings,
+                Err(e) => return config_failure(&e),
+            };
+            telemetry::init(&settings.log);
+            run_worker(settings)
+        }
+        Command::CheckConfig(args) => match Settings::load(args.path()) {
+            Ok(settings) => {
+                println!("configuration OK\n{settings:#?}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_failure(&e),
+        },
+    }
+}
+
+fn run_worker(settings: Settings) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("infra-service: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    match runtime.block_on(daemon::run_until_stopped(settings, shutdown::signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error.message = %e, error.cause_chain = ?e, "worker failed");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+fn config_failure(e: &infra_service::config::ConfigError) -> ExitCode {
+    eprintln!("infra-service: {e}");
+    ExitCode::from(EXIT_CONFIG)
+}

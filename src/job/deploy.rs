@@ -19,9 +19,13 @@ pub struct DeployJob {
 
 impl DeployJob {
     /// Parses a stream entry's `payload` field.
-    pub fn parse(_payload: &[u8]) -> Result<DeployJob, InvalidPayload> { unimplemented!() }
+    pub fn parse(_payload: &[u8]) -> Result<DeployJob, InvalidPayload> {
+        unimplemented!()
+    }
 
     /// Every non-secret field under its contract name, `port` as
     /// `service_port`: the playbook's extra vars.
-    pub fn extra_vars(&self) -> serde_json::Value { unimplemented!() }
+    pub fn extra_vars(&self) -> serde_json::Value {
+        unimplemented!()
+    }
 }

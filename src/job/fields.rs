@@ -16,36 +16,60 @@ pub struct InvalidPayload {
 #[serde(transparent)]
 pub struct RequestId(String);
 impl RequestId {
-    pub fn parse(_s: &str) -> Result<RequestId, String> { unimplemented!() }
-    pub fn as_str(&self) -> &str { &self.0 }
+    pub fn parse(_s: &str) -> Result<RequestId, String> {
+        unimplemented!()
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 /// Same rule as `RequestId`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
 pub struct ServerHandle(String);
-impl ServerHandle { pub fn as_str(&self) -> &str { &self.0 } }
+impl ServerHandle {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
 /// kebab-case `[a-z0-9][a-z0-9-]{0,62}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct ProjectName(String);
-impl ProjectName { pub fn as_str(&self) -> &str { &self.0 } }
+impl ProjectName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
 /// `owner/repo`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct RepoName(String);
-impl RepoName { pub fn as_str(&self) -> &str { &self.0 } }
+impl RepoName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
 /// A valid git ref name, no leading `-`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct GitRef(String);
-impl GitRef { pub fn as_str(&self) -> &str { &self.0 } }
+impl GitRef {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
 /// An IPv4/IPv6 address or a DNS host name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct ServerAddress(String);
 impl ServerAddress {
-    pub fn parse(_s: &str) -> Result<ServerAddress, String> { unimplemented!() }
-    pub fn as_str(&self) -> &str { &self.0 }
+    pub fn parse(_s: &str) -> Result<ServerAddress, String> {
+        unimplemented!()
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 /// `[a-z0-9_-]{1,64}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -57,6 +81,10 @@ pub struct Module(String);
 #[serde(transparent)]
 pub struct SecretRef(String);
 impl SecretRef {
-    pub fn parse(_s: &str) -> Result<SecretRef, String> { unimplemented!() }
-    pub fn as_str(&self) -> &str { &self.0 }
+    pub fn parse(_s: &str) -> Result<SecretRef, String> {
+        unimplemented!()
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }

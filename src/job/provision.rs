@@ -14,5 +14,7 @@ pub struct ProvisionJob {
 impl ProvisionJob {
     /// Parses a stream entry's `payload`; `entry_id` stands in for an absent
     /// `request_id`.
-    pub fn parse(_payload: &[u8], _entry_id: &str) -> Result<ProvisionJob, InvalidPayload> { unimplemented!() }
+    pub fn parse(_payload: &[u8], _entry_id: &str) -> Result<ProvisionJob, InvalidPayload> {
+        unimplemented!()
+    }
 }

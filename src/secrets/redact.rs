@@ -10,8 +10,13 @@ pub struct Redactor {
 
 impl Redactor {
     /// A redactor for these values (and their base64 and URL-encoded forms).
-    pub fn new<'a>(_values: impl IntoIterator<Item = &'a SecretString>) -> Redactor { unimplemented!() }
+    pub fn new<'a>(_values: impl IntoIterator<Item = &'a SecretString>) -> Redactor {
+        unimplemented!()
+    }
 
     /// `text` with every known value replaced by `***`.
-    pub fn redact(&self, _text: &str) -> String { let _ = &self.needles; unimplemented!() }
+    pub fn redact(&self, _text: &str) -> String {
+        let _ = &self.needles;
+        unimplemented!()
+    }
 }

@@ -68,12 +68,11 @@ impl Resolver {
                 }
             }),
             Some(("file", name)) => {
-                let relative = checked_relative(name).map_err(|problem| {
-                    ResolveError::Malformed {
+                let relative =
+                    checked_relative(name).map_err(|problem| ResolveError::Malformed {
                         reference: reference_owned(),
                         problem,
-                    }
-                })?;
+                    })?;
                 let path = self.secrets_dir.join(relative);
                 let text = tokio::fs::read_to_string(&path).await.map_err(|source| {
                     ResolveError::File {
@@ -136,7 +135,10 @@ mod tests {
     #[test]
     fn file_names_must_stay_inside_the_secrets_dir() {
         assert!(checked_relative("github/token").is_ok());
-        assert_eq!(checked_relative("/etc/shadow"), Err("absolute paths are not allowed"));
+        assert_eq!(
+            checked_relative("/etc/shadow"),
+            Err("absolute paths are not allowed")
+        );
         assert_eq!(checked_relative("../x"), Err("`..` is not allowed"));
         assert_eq!(checked_relative("a/../../x"), Err("`..` is not allowed"));
         assert_eq!(checked_relative(""), Err("empty file name"));

@@ -1,0 +1,68 @@
+//! Building the long-lived clients from settings and running the worker
+//! until the stop signal, then draining.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::queue::{Queue, QueueError};
+use crate::worker::{Worker, WorkerError};
+use crate::workflow::Context;
+
+/// Why the daemon stopped other than by request.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+}
+
+/// Connects, runs the worker until `stop` resolves, and returns once the
+/// running jobs have finished.
+pub async fn run_until_stopped(
+    settings: Settings,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
+    let settings = Arc::new(settings);
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        stop.await;
+        trigger.cancel();
+    });
+
+    let consumer = settings.consumer_name();
+    let Some(queue) = connect_queue(&settings, consumer, &shutdown).await else {
+        return Ok(());
+    };
+    let worker = Worker::new(queue, Context::new(settings));
+    worker.run(shutdown).await?;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// Redis may come up after us (compose, restarts): keep trying, loudly,
+/// until it answers or we are told to stop.
+async fn connect_queue(
+    settings: &Settings,
+    consumer: String,
+    shutdown: &CancellationToken,
+) -> Option<Queue> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match Queue::connect(&settings.redis, consumer.clone()).await {
+            Ok(queue) => return Some(queue),
+            Err(QueueError::NoUrl) => unreachable!("settings validation requires redis.url"),
+            Err(e) => {
+                tracing::warn!(error.message = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach Redis")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return None,
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}

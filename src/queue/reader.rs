@@ -1,0 +1,214 @@
+//! Taking new entries from both queues without ever holding more than the
+//! worker can start.
+//!
+//! `XREADGROUP ... COUNT n` on two streams can hand out up to `2n` entries,
+//! and an entry handed out but not started is a job stuck in limbo. So the
+//! reader claims with non-blocking per-stream reads whose counts add up to
+//! exactly the free slots, and waits for new work with a plain `XREAD BLOCK`
+//! from each stream's newest id, which claims nothing and so can be
+//! abandoned at any time (shutdown) without stranding an entry.
+
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
+use tokio_util::sync::CancellationToken;
+
+use super::{Delivery, Names, QueueError};
+use crate::job::JobKind;
+
+/// Reads entries for one consumer on a dedicated connection.
+pub struct Reader {
+    client: redis::Client,
+    conn: MultiplexedConnection,
+    names: Names,
+    group: String,
+    consumer: String,
+    block_ms: u64,
+    /// Alternates which queue is served first, so a busy one cannot starve
+    /// the other.
+    provision_first: bool,
+}
+
+impl Reader {
+    pub(super) async fn connect(
+        client: redis::Client,
+        names: Names,
+        group: String,
+        consumer: String,
+        block_ms: u64,
+    ) -> Result<Reader, QueueError> {
+        let conn = Self::open(&client, block_ms).await?;
+        Ok(Reader {
+            client,
+            conn,
+            names,
+            group,
+            consumer,
+            block_ms,
+            provision_first: false,
+        })
+    }
+
+    /// The reply to a `BLOCK` wait arrives only after the block time, so the
+    /// response timeout must be longer (redis-rs' default of 500 ms would drop
+    /// the reply).
+    async fn open(
+        client: &redis::Client,
+        block_ms: u64,
+    ) -> Result<MultiplexedConnection, QueueError> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(
+                Duration::from_millis(block_ms) + Duration::from_secs(10),
+            ));
+        Ok(client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
+    }
+
+    /// Replaces a connection that failed.
+    pub async fn reconnect(&mut self) -> Result<(), QueueError> {
+        self.conn = Self::open(&self.client, self.block_ms).await?;
+        Ok(())
+    }
+
+    /// Up to `max` new entries; empty after waiting `block_ms` with nothing
+    /// new, or as soon as `cancel` fires.
+    pub async fn next(
+        &mut self,
+        max: usize,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let order = if self.provision_first {
+            [JobKind::Provision, JobKind::Deploy]
+        } else {
+            [JobKind::Deploy, JobKind::Provision]
+        };
+        self.provision_first = !self.provision_first;
+
+        // Newest ids first: anything added after them wakes the wait below,
+        // anything before them is seen by the claims.
+        let newest = self.newest_ids().await?;
+        let mut taken = Vec::new();
+        for kind in order {
+            let room = max - taken.len();
+            if room == 0 {
+                break;
+            }
+            taken.extend(self.claim(kind, room).await?);
+        }
+        if taken.is_empty() {
+            tokio::select! {
+                waited = self.wait_for_new(&newest) => waited?,
+                () = cancel.cancelled() => {}
+            }
+        }
+        Ok(taken)
+    }
+
+    async fn newest_ids(&mut self) -> Result<[String; 2], QueueError> {
+        let mut pipe = redis::pipe();
+        for kind in [JobKind::Deploy, JobKind::Provision] {
+            pipe.cmd("XREVRANGE")
+                .arg(self.names.queue(kind))
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1);
+        }
+        let (deploy, provision): (StreamRangeReply, StreamRangeReply) =
+            pipe.query_async(&mut self.conn).await?;
+        let newest = |reply: StreamRangeReply| {
+            reply
+                .ids
+                .into_iter()
+                .next()
+                .map_or_else(|| "0-0".to_owned(), |entry| entry.id)
+        };
+        Ok([newest(deploy), newest(provision)])
+    }
+
+    async fn claim(&mut self, kind: JobKind, count: usize) -> Result<Vec<Delivery>, QueueError> {
+        let stream = self.names.queue(kind);
+        let read = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(">")
+            .query_async::<Option<StreamReadReply>>(&mut self.conn)
+            .await;
+        let reply = match read {
+            Ok(reply) => reply,
+            // Redis restarted without persistence: the group is gone.
+            Err(e) if e.code() == Some("NOGROUP") => {
+                self.recreate_group(&stream).await?;
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(reply
+            .into_iter()
+            .flat_map(|reply| reply.keys)
+            .flat_map(|key| key.ids)
+            .map(|entry| delivery(kind, &stream, entry, 1))
+            .collect())
+    }
+
+    async fn recreate_group(&mut self, stream: &str) -> Result<(), QueueError> {
+        tracing::warn!(stream, group = %self.group, "consumer group missing; recreating it");
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(stream)
+            .arg(&self.group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut self.conn)
+            .await;
+        match created {
+            Err(e) if e.code() != Some("BUSYGROUP") => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    async fn wait_for_new(&mut self, newest: &[String; 2]) -> Result<(), QueueError> {
+        let _: Option<redis::Value> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(1)
+            .arg("BLOCK")
+            .arg(self.block_ms)
+            .arg("STREAMS")
+            .arg(self.names.queue(JobKind::Deploy))
+            .arg(self.names.queue(JobKind::Provision))
+            .arg(&newest[0])
+            .arg(&newest[1])
+            .query_async(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// A stream entry as the worker sees it.
+pub(super) fn delivery(
+    kind: JobKind,
+    stream: &str,
+    entry: StreamId,
+    delivery_count: u32,
+) -> Delivery {
+    let payload = entry.map.get("payload").and_then(|value| match value {
+        redis::Value::BulkString(bytes) => Some(bytes.clone()),
+        redis::Value::SimpleString(text) => Some(text.clone().into_bytes()),
+        _ => None,
+    });
+    Delivery {
+        kind,
+        stream: stream.to_owned(),
+        entry_id: entry.id,
+        payload,
+        delivery_count,
+    }
+}

@@ -1,0 +1,141 @@
+//! Deploying a project: resolve its secrets, run the deploy playbook against
+//! `server_ip`, report.
+
+use std::time::Instant;
+
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+use super::{Context, Report, millis};
+use crate::ansible::{PlaybookRun, SshTarget};
+use crate::job::{DeployJob, ErrorCode, JobError, SecretRef};
+use crate::secrets::{Redactor, ResolveError};
+
+/// Environment variable the playbook reads the GitHub token from.
+pub const GITHUB_TOKEN_ENV: &str = "GITHUB_TOKEN";
+/// Environment variable the playbook reads the project's `.env` text from.
+pub const PROJECT_ENV_ENV: &str = "PROJECT_ENV";
+
+/// Runs one deploy job to its report.
+#[tracing::instrument(name = "deploy", skip_all)]
+pub async fn run(ctx: &Context, job: &DeployJob) -> Report {
+    let started = Instant::now();
+    let report = Report {
+        extra: result_fields(job),
+        ..Report::default()
+    };
+    let secrets = match resolve_secrets(ctx, job).await {
+        Ok(secrets) => secrets,
+        Err(e) => {
+            tracing::warn!(error.message = %e, "secret unresolved");
+            return Report {
+                extra: report.extra,
+                ..Report::failed(secret_error(&e))
+            };
+        }
+    };
+    let redactor = Redactor::new(secrets.values());
+    let run = PlaybookRun {
+        playbook: ctx.settings.ansible.deploy_playbook.clone(),
+        target: SshTarget {
+            name: job.server_ip.as_str().to_owned(),
+            address: job.server_ip.as_str().to_owned(),
+            port: ctx.settings.ansible.ssh_port,
+            user: ctx.settings.ansible.ssh_user.clone(),
+            private_key: secrets.ssh_key.clone(),
+            known_hosts: None,
+        },
+        extra_vars: job.extra_vars(),
+        secret_env: secrets.env(),
+        timeout: ctx.job_timeout(),
+    };
+    let report = Report {
+        preflight_ms: millis(started.elapsed()),
+        ..report
+    };
+    match ctx.runner.run(run, &redactor).await {
+        Ok(outcome) => report.with_playbook(outcome, ctx.job_timeout()),
+        Err(e) => {
+            tracing::error!(error.message = %e, error.cause_chain = ?e, "playbook could not run");
+            Report {
+                error: Some(JobError::new(ErrorCode::Internal, e.to_string())),
+                ..report
+            }
+        }
+    }
+}
+
+/// The values a deploy needs, each held as a secret.
+struct DeploySecrets {
+    github_token: SecretString,
+    project_env: Option<SecretString>,
+    ssh_key: Option<SecretString>,
+}
+
+impl DeploySecrets {
+    fn values(&self) -> impl Iterator<Item = &SecretString> {
+        std::iter::once(&self.github_token)
+            .chain(self.project_env.as_ref())
+            .chain(self.ssh_key.as_ref())
+    }
+
+    /// What the playbook child gets in its environment. The key is not
+    /// here: it reaches ssh as a 0600 file in the run's private directory.
+    fn env(&self) -> Vec<(String, SecretString)> {
+        let mut env = vec![(GITHUB_TOKEN_ENV.to_owned(), self.github_token.clone())];
+        if let Some(project_env) = &self.project_env {
+            env.push((PROJECT_ENV_ENV.to_owned(), project_env.clone()));
+        }
+        env
+    }
+}
+
+async fn resolve_secrets(ctx: &Context, job: &DeployJob) -> Result<DeploySecrets, ResolveError> {
+    let github_token = ctx.resolver.resolve(&job.github_token_ref).await?;
+    let project_env = match &job.secrets_ref {
+        Some(reference) => Some(ctx.resolver.resolve(reference).await?),
+        None => None,
+    };
+    let ssh_key = match &ctx.settings.ansible.ssh_key_ref {
+        Some(reference) => Some(ctx.resolver.resolve(&config_ref(reference)?).await?),
+        None => None,
+    };
+    Ok(DeploySecrets {
+        github_token,
+        project_env,
+        ssh_key,
+    })
+}
+
+/// A reference from the settings, checked like one from a payload.
+fn config_ref(reference: &str) -> Result<SecretRef, ResolveError> {
+    SecretRef::parse(reference).map_err(|_| ResolveError::Malformed {
+        reference: reference.to_owned(),
+        problem: "not a secret reference",
+    })
+}
+
+/// `secret_unresolved`, naming the reference and never a value.
+pub fn secret_error(e: &ResolveError) -> JobError {
+    JobError::new(ErrorCode::SecretUnresolved, e.to_string())
+        .with_detail("reference", e.reference().into())
+}
+
+/// The deploy-only result fields: `project_id`, `server_ip`, `port`, `url`.
+fn result_fields(job: &DeployJob) -> serde_json::Map<String, Value> {
+    let host = job.server_ip.as_str();
+    let url_host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    let Value::Object(fields) = json!({
+        "project_id": job.project_id.to_string(),
+        "server_ip": host,
+        "port": job.port,
+        "url": format!("http://{url_host}:{}", job.port),
+    }) else {
+        unreachable!("a json! object literal is an object")
+    };
+    fields
+}

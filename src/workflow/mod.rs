@@ -1,0 +1,111 @@
+//! What each job kind does, step by step. A workflow turns a parsed job into
+//! a `Report`; it never talks to Redis (results go back through `worker`).
+
+pub mod deploy;
+pub mod provision;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::ansible::{PlaybookOutcome, Runner};
+use crate::config::Settings;
+use crate::job::{ErrorCode, FailedTask, HostStats, JobError};
+use crate::secrets::Resolver;
+
+use std::collections::BTreeMap;
+
+/// The long-lived pieces every workflow uses.
+#[derive(Clone)]
+pub struct Context {
+    pub settings: Arc<Settings>,
+    pub resolver: Resolver,
+    pub runner: Runner,
+}
+
+impl Context {
+    /// Builds the context from settings.
+    pub fn new(settings: Arc<Settings>) -> Context {
+        Context {
+            resolver: Resolver::new(settings.secrets.dir.clone()),
+            runner: Runner::new(
+                settings.ansible.clone(),
+                Duration::from_secs(settings.worker.kill_grace_secs),
+            ),
+            settings,
+        }
+    }
+
+    /// How long one playbook may run.
+    pub fn job_timeout(&self) -> Duration {
+        Duration::from_secs(self.settings.worker.job_timeout_secs)
+    }
+}
+
+/// What a workflow did: the parts of the result that depend on the job.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub error: Option<JobError>,
+    pub output_tail: String,
+    pub stats: Option<BTreeMap<String, HostStats>>,
+    pub failed_task: Option<FailedTask>,
+    pub preflight_ms: u64,
+    pub playbook_ms: u64,
+    /// Kind-specific result fields.
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Report {
+    /// A report for a job that failed before any playbook ran.
+    pub fn failed(error: JobError) -> Report {
+        Report {
+            error: Some(error),
+            ..Report::default()
+        }
+    }
+
+    /// Fills the playbook parts from a finished run and classifies it.
+    pub fn with_playbook(mut self, outcome: PlaybookOutcome, timeout: Duration) -> Report {
+        self.playbook_ms = millis(outcome.duration);
+        self.error = playbook_error(&outcome, timeout);
+        self.output_tail = outcome.output_tail;
+        self.stats = outcome.stats;
+        self.failed_task = outcome.failed_task;
+        self
+    }
+}
+
+fn playbook_error(outcome: &PlaybookOutcome, timeout: Duration) -> Option<JobError> {
+    if outcome.timed_out {
+        return Some(
+            JobError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "playbook did not finish within {} s and was killed",
+                    timeout.as_secs()
+                ),
+            )
+            .with_detail("timeout_secs", timeout.as_secs().into()),
+        );
+    }
+    if outcome.succeeded() {
+        return None;
+    }
+    let message = match (&outcome.failed_task, outcome.exit_code) {
+        (Some(task), _) => format!(
+            "task `{}` failed on {}: {}",
+            task.task, task.host, task.message
+        ),
+        (None, Some(code)) => format!("ansible-playbook exited with code {code}"),
+        (None, None) => "ansible-playbook was killed by a signal".to_owned(),
+    };
+    let mut error = JobError::new(ErrorCode::PlaybookFailed, message);
+    if let Some(code) = outcome.exit_code {
+        error = error.with_detail("exit_code", code.into());
+    }
+    Some(error)
+}
+
+/// Whole milliseconds, saturating.
+pub fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
