@@ -13,6 +13,7 @@ pub mod job;
 pub mod queue;
 pub mod secrets;
 pub mod shutdown;
+pub mod ssh;
 pub mod store;
 pub mod telemetry;
 pub mod worker;

@@ -1,0 +1,310 @@
+//! SSH reachability: a real handshake and `true` on the target, classified
+//! failures, and the retry policy for unreachable hosts.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::process::Command;
+
+/// How to reach a host for a probe. Paths point into the job's private
+/// directory.
+#[derive(Debug, Clone)]
+pub struct ProbeTarget {
+    pub address: String,
+    pub port: u16,
+    pub user: String,
+    pub key_file: Option<PathBuf>,
+    pub known_hosts_file: PathBuf,
+    /// `true`: the known_hosts file holds the pinned key and nothing else
+    /// is accepted; `false`: accept and record a first key.
+    pub strict_host_key: bool,
+    pub connect_timeout: Duration,
+}
+
+/// Why a probe failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeFailure {
+    /// The name does not resolve.
+    Dns,
+    /// Nothing listens on the port.
+    Refused,
+    /// No answer within the connect timeout.
+    TimedOut,
+    /// The server rejected our key.
+    AuthRejected,
+    /// The server's key is not the pinned one.
+    HostKeyChanged,
+    /// Anything else ssh complained about (its last stderr line).
+    Other(String),
+}
+
+impl ProbeFailure {
+    /// Only network trouble is worth another try; a wrong key or a changed
+    /// host key will not fix itself.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            ProbeFailure::Dns
+                | ProbeFailure::Refused
+                | ProbeFailure::TimedOut
+                | ProbeFailure::Other(_)
+        )
+    }
+
+    /// The short name used in results' `details`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProbeFailure::Dns => "dns",
+            ProbeFailure::Refused => "refused",
+            ProbeFailure::TimedOut => "timed_out",
+            ProbeFailure::AuthRejected => "auth_rejected",
+            ProbeFailure::HostKeyChanged => "host_key_changed",
+            ProbeFailure::Other(_) => "other",
+        }
+    }
+
+    /// A sentence for logs and results.
+    pub fn describe(&self) -> String {
+        match self {
+            ProbeFailure::Dns => "the host name does not resolve".to_owned(),
+            ProbeFailure::Refused => "connection refused".to_owned(),
+            ProbeFailure::TimedOut => "connection timed out".to_owned(),
+            ProbeFailure::AuthRejected => "the server rejected the SSH key".to_owned(),
+            ProbeFailure::HostKeyChanged => {
+                "the server's host key differs from the pinned one".to_owned()
+            }
+            ProbeFailure::Other(line) => line.clone(),
+        }
+    }
+}
+
+/// Reads ssh's stderr; ssh's exit code (255) says nothing more.
+pub fn classify(stderr: &str) -> ProbeFailure {
+    let has = |needle: &str| stderr.contains(needle);
+    if has("REMOTE HOST IDENTIFICATION HAS CHANGED")
+        || has("Host key verification failed")
+        || has("No ED25519 host key is known")
+        || has("host key for") && has("has changed")
+    {
+        ProbeFailure::HostKeyChanged
+    } else if has("Could not resolve hostname") || has("Name or service not known") {
+        ProbeFailure::Dns
+    } else if has("Connection refused") {
+        ProbeFailure::Refused
+    } else if has("timed out") || has("Connection timed out") {
+        ProbeFailure::TimedOut
+    } else if has("Permission denied") || has("Too many authentication failures") {
+        ProbeFailure::AuthRejected
+    } else {
+        let last = stderr
+            .lines()
+            .rev()
+            .find(|line| !line.trim().is_empty())
+            .unwrap_or("ssh failed without a message");
+        ProbeFailure::Other(last.trim().chars().take(300).collect())
+    }
+}
+
+/// One SSH handshake and `true` on the target.
+pub async fn probe(target: &ProbeTarget) -> Result<(), ProbeFailure> {
+    let mut cmd = Command::new("ssh");
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", std::env::var_os("HOME").unwrap_or_default())
+        .args(["-F", "/dev/null", "-T"])
+        .args(ssh_options(target))
+        .arg("-p")
+        .arg(target.port.to_string())
+        .arg("-l")
+        .arg(&target.user)
+        .arg("--")
+        .arg(&target.address)
+        .arg("true")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let deadline = target.connect_timeout * 2 + Duration::from_secs(5);
+    let output = match tokio::time::timeout(deadline, cmd.output()).await {
+        Err(_) => return Err(ProbeFailure::TimedOut),
+        Ok(Err(e)) => return Err(ProbeFailure::Other(format!("cannot run ssh: {e}"))),
+        Ok(Ok(output)) => output,
+    };
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(classify(&String::from_utf8_lossy(&output.stderr)))
+    }
+}
+
+fn ssh_options(target: &ProbeTarget) -> Vec<String> {
+    let mut options = vec![
+        "BatchMode=yes".to_owned(),
+        format!("ConnectTimeout={}", target.connect_timeout.as_secs().max(1)),
+        format!(
+            "StrictHostKeyChecking={}",
+            if target.strict_host_key {
+                "yes"
+            } else {
+                "accept-new"
+            }
+        ),
+        format!("UserKnownHostsFile={}", target.known_hosts_file.display()),
+        "GlobalKnownHostsFile=/dev/null".to_owned(),
+        "PasswordAuthentication=no".to_owned(),
+        "KbdInteractiveAuthentication=no".to_owned(),
+        "LogLevel=ERROR".to_owned(),
+    ];
+    if let Some(key) = &target.key_file {
+        options.push("IdentitiesOnly=yes".to_owned());
+        options.push(format!("IdentityFile={}", key.display()));
+    }
+    options
+        .into_iter()
+        .flat_map(|o| ["-o".to_owned(), o])
+        .collect()
+}
+
+/// How often and how patiently an unreachable host is tried. Plain data so
+/// tests can shrink the delays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Tries in all, the first included.
+    pub attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl RetryPolicy {
+    /// The contract's policy: 3 retries with exponential backoff.
+    pub const DEFAULT: RetryPolicy = RetryPolicy {
+        attempts: 4,
+        base_delay: Duration::from_secs(2),
+        max_delay: Duration::from_secs(60),
+    };
+
+    /// The pause before try number `attempt` (1-based; the first try has none).
+    pub fn delay_before(&self, attempt: u32) -> Duration {
+        if attempt <= 1 {
+            return Duration::ZERO;
+        }
+        let factor = 2u32.saturating_pow(attempt - 2);
+        self.base_delay.saturating_mul(factor).min(self.max_delay)
+    }
+}
+
+/// One try and what came of it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    pub at: DateTime<Utc>,
+    pub outcome: String,
+}
+
+/// Probes until success, a failure not worth retrying, or the policy's
+/// last try. Returns every attempt made, and the last failure if any.
+pub async fn probe_with_retries(
+    target: &ProbeTarget,
+    policy: RetryPolicy,
+) -> (Vec<Attempt>, Result<(), ProbeFailure>) {
+    let mut attempts = Vec::new();
+    let mut attempt = 1;
+    loop {
+        tokio::time::sleep(policy.delay_before(attempt)).await;
+        let at = Utc::now();
+        let outcome = probe(target).await;
+        attempts.push(Attempt {
+            at,
+            outcome: match &outcome {
+                Ok(()) => "ok".to_owned(),
+                Err(failure) => failure.kind().to_owned(),
+            },
+        });
+        match outcome {
+            Ok(()) => return (attempts, Ok(())),
+            Err(failure) if !failure.retryable() || attempt >= policy.attempts => {
+                tracing::warn!(
+                    attempt,
+                    failure = failure.kind(),
+                    "ssh probe failed; giving up"
+                );
+                return (attempts, Err(failure));
+            }
+            Err(failure) => {
+                tracing::info!(
+                    attempt,
+                    failure = failure.kind(),
+                    "ssh probe failed; will retry"
+                );
+                attempt += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssh_messages_are_classified() {
+        assert_eq!(
+            classify("ssh: Could not resolve hostname nohost.invalid: Name or service not known"),
+            ProbeFailure::Dns
+        );
+        assert_eq!(
+            classify("ssh: connect to host 127.0.0.1 port 1: Connection refused"),
+            ProbeFailure::Refused
+        );
+        assert_eq!(
+            classify("ssh: connect to host 10.255.255.1 port 22: Connection timed out"),
+            ProbeFailure::TimedOut
+        );
+        assert_eq!(
+            classify("user@127.0.0.1: Permission denied (publickey)."),
+            ProbeFailure::AuthRejected
+        );
+        assert_eq!(
+            classify(
+                "@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@\nHost key verification failed."
+            ),
+            ProbeFailure::HostKeyChanged
+        );
+        assert_eq!(
+            classify("kex_exchange_identification: read: Connection reset by peer\n"),
+            ProbeFailure::Other(
+                "kex_exchange_identification: read: Connection reset by peer".into()
+            )
+        );
+    }
+
+    #[test]
+    fn only_network_failures_are_retried() {
+        assert!(ProbeFailure::Refused.retryable());
+        assert!(ProbeFailure::TimedOut.retryable());
+        assert!(ProbeFailure::Dns.retryable());
+        assert!(!ProbeFailure::AuthRejected.retryable());
+        assert!(!ProbeFailure::HostKeyChanged.retryable());
+    }
+
+    #[test]
+    fn the_delay_doubles_from_the_base_up_to_the_cap() {
+        let policy = RetryPolicy {
+            attempts: 6,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(350),
+        };
+        let delays: Vec<_> = (1..=5)
+            .map(|a| policy.delay_before(a).as_millis())
+            .collect();
+        assert_eq!(delays, vec![0, 100, 200, 350, 350]);
+    }
+
+    #[test]
+    fn the_default_policy_tries_four_times_in_all() {
+        assert_eq!(RetryPolicy::DEFAULT.attempts, 4);
+    }
+}
