@@ -1,6 +1,13 @@
 //! `DeployJob`: the DeployerNode's request to ship a project to a server.
+//!
+//! Owns the DeployJob table of CONTRACT.md section 1: which fields are
+//! required, their defaults, and the extra vars a deploy playbook receives.
+//! Rules are checked in the table's order and the first failure is reported.
+
+use serde_json::{Value, json};
 
 use super::fields::*;
+use super::payload::{self, Object};
 
 /// A deploy request that satisfies every rule of the contract.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,15 +24,466 @@ pub struct DeployJob {
     pub secrets_ref: Option<SecretRef>,
 }
 
+/// The branch deployed when the payload names none.
+const DEFAULT_BRANCH: &str = "main";
+
 impl DeployJob {
     /// Parses a stream entry's `payload` field.
-    pub fn parse(_payload: &[u8]) -> Result<DeployJob, InvalidPayload> {
-        unimplemented!()
+    ///
+    /// Checks, first failure wins: size, UTF-8, JSON, object, then the fields
+    /// in contract order (`request_id`, `project_id`, `project_name`,
+    /// `repo_full_name`, `branch`, `server_ip`, `port`, `modules`,
+    /// `github_token_ref`, `secrets_ref`). Once `request_id` is valid, every
+    /// refusal carries it, including the size refusal.
+    pub fn parse(payload: &[u8]) -> Result<DeployJob, InvalidPayload> {
+        let object = payload::read_object(payload).map_err(|unusable| {
+            let request_id = unusable.object.as_ref().and_then(read_request_id);
+            InvalidPayload::new(request_id, unusable.reason)
+        })?;
+        let request_id = payload::required(&object, "request_id", RequestId::parse)
+            .map_err(|reason| InvalidPayload::new(None, reason))?;
+        Self::parse_fields(&object, request_id.clone())
+            .map_err(|reason| InvalidPayload::new(Some(request_id), reason))
+    }
+
+    /// Every field after `request_id`, in contract order.
+    fn parse_fields(object: &Object, request_id: RequestId) -> Result<DeployJob, String> {
+        let project_id = payload::required(object, "project_id", parse_uuid)?;
+        let project_name = payload::optional(object, "project_name", ProjectName::parse)?;
+        let repo_full_name = payload::required(object, "repo_full_name", RepoName::parse)?;
+        let branch = match payload::optional(object, "branch", GitRef::parse)? {
+            Some(branch) => branch,
+            None => GitRef::parse(DEFAULT_BRANCH)?,
+        };
+        let server_ip = payload::required(object, "server_ip", ServerAddress::parse)?;
+        let port = payload::port(object, "port")?;
+        let modules = payload::list(object, "modules", Module::parse)?;
+        let github_token_ref = payload::required(object, "github_token_ref", SecretRef::parse)?;
+        let secrets_ref = payload::optional(object, "secrets_ref", SecretRef::parse)?;
+        Ok(DeployJob {
+            request_id,
+            project_id,
+            project_name: project_name.unwrap_or_else(|| ProjectName::default_for(&repo_full_name)),
+            repo_full_name,
+            branch,
+            server_ip,
+            port,
+            modules,
+            github_token_ref,
+            secrets_ref,
+        })
     }
 
     /// Every non-secret field under its contract name, `port` as
     /// `service_port`: the playbook's extra vars.
     pub fn extra_vars(&self) -> serde_json::Value {
-        unimplemented!()
+        // `port` is an Ansible connection keyword: as an extra var it would
+        // redirect SSH to the service's port. The `*_ref` fields stay out:
+        // playbooks get secrets only through GITHUB_TOKEN and PROJECT_ENV.
+        json!({
+            "request_id": self.request_id,
+            "project_id": self.project_id.hyphenated().to_string(),
+            "project_name": self.project_name,
+            "repo_full_name": self.repo_full_name,
+            "branch": self.branch,
+            "server_ip": self.server_ip,
+            "modules": Value::from_iter(self.modules.iter().map(|m| m.as_str())),
+            "service_port": self.port,
+        })
+    }
+}
+
+/// The request id of an oversized payload, when it has a valid one.
+fn read_request_id(object: &Object) -> Option<RequestId> {
+    payload::required(object, "request_id", RequestId::parse).ok()
+}
+
+/// A UUID in its hyphenated form (`8-4-4-4-12` hex digits, either case),
+/// the form every producer writes; braced, URN and bare-hex forms are
+/// refused so the id we echo back is the id they sent, modulo case.
+fn parse_uuid(s: &str) -> Result<uuid::Uuid, String> {
+    let rule = || format!("must be a UUID (8-4-4-4-12 hex digits), got {}", shown(s));
+    if s.len() != 36 {
+        return Err(rule());
+    }
+    uuid::Uuid::try_parse(s).map_err(|_| rule())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Map, Value, json};
+
+    use super::*;
+    use crate::job::MAX_PAYLOAD_BYTES;
+
+    /// The contract's DeployJob example, verbatim.
+    const EXAMPLE: &str = r#"{
+      "request_id": "dep-0c1d",
+      "project_id": "6f1c2a9e-2b7d-4d8e-9a51-0c7e5b8f3a10",
+      "project_name": "my-project",
+      "repo_full_name": "acme/my-project",
+      "branch": "main",
+      "server_ip": "203.0.113.10",
+      "port": 8080,
+      "modules": ["backend", "tg_bot"],
+      "github_token_ref": "vault:secret/github#token",
+      "secrets_ref": "vault:secret/projects/my-project"
+    }"#;
+
+    fn example() -> Map<String, Value> {
+        serde_json::from_str(EXAMPLE).unwrap()
+    }
+
+    /// The example with `field` set to `value`.
+    fn with(field: &str, value: Value) -> Vec<u8> {
+        let mut object = example();
+        object.insert(field.to_owned(), value);
+        serde_json::to_vec(&object).unwrap()
+    }
+
+    /// The example without `field`.
+    fn without(field: &str) -> Vec<u8> {
+        let mut object = example();
+        object.remove(field);
+        serde_json::to_vec(&object).unwrap()
+    }
+
+    /// Parses and expects a refusal carrying the example's request id.
+    fn refused(payload: &[u8]) -> String {
+        let err = DeployJob::parse(payload).unwrap_err();
+        assert_eq!(
+            err.request_id.as_ref().map(RequestId::as_str),
+            Some("dep-0c1d")
+        );
+        err.reason
+    }
+
+    #[test]
+    fn the_contract_example_parses() {
+        let job = DeployJob::parse(EXAMPLE.as_bytes()).unwrap();
+        assert_eq!(job.request_id.as_str(), "dep-0c1d");
+        assert_eq!(
+            job.project_id.to_string(),
+            "6f1c2a9e-2b7d-4d8e-9a51-0c7e5b8f3a10"
+        );
+        assert_eq!(job.project_name.as_str(), "my-project");
+        assert_eq!(job.repo_full_name.as_str(), "acme/my-project");
+        assert_eq!(job.branch.as_str(), "main");
+        assert_eq!(job.server_ip.as_str(), "203.0.113.10");
+        assert_eq!(job.port, 8080);
+        let modules: Vec<&str> = job.modules.iter().map(Module::as_str).collect();
+        assert_eq!(modules, ["backend", "tg_bot"]);
+        assert_eq!(job.github_token_ref.as_str(), "vault:secret/github#token");
+        assert_eq!(
+            job.secrets_ref.as_ref().map(SecretRef::as_str),
+            Some("vault:secret/projects/my-project")
+        );
+    }
+
+    #[test]
+    fn the_contract_example_without_optional_fields_gets_the_defaults() {
+        let mut object = example();
+        for optional in ["project_name", "branch", "modules", "secrets_ref"] {
+            object.remove(optional);
+        }
+        object.insert("repo_full_name".into(), json!("Acme/My_Project"));
+        let job = DeployJob::parse(&serde_json::to_vec(&object).unwrap()).unwrap();
+        assert_eq!(job.project_name.as_str(), "my-project");
+        assert_eq!(job.branch.as_str(), "main");
+        assert!(job.modules.is_empty());
+        assert_eq!(job.secrets_ref, None);
+    }
+
+    #[test]
+    fn null_optional_fields_get_the_defaults() {
+        let mut object = example();
+        for optional in ["project_name", "branch", "modules", "secrets_ref"] {
+            object.insert(optional.into(), Value::Null);
+        }
+        let job = DeployJob::parse(&serde_json::to_vec(&object).unwrap()).unwrap();
+        assert_eq!(job.project_name.as_str(), "my-project");
+        assert_eq!(job.branch.as_str(), "main");
+        assert!(job.modules.is_empty());
+        assert_eq!(job.secrets_ref, None);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let job = DeployJob::parse(&with("added_later", json!({"x": [1]}))).unwrap();
+        assert_eq!(job, DeployJob::parse(EXAMPLE.as_bytes()).unwrap());
+    }
+
+    #[test]
+    fn a_payload_that_is_not_json_is_refused_without_a_request_id() {
+        let err = DeployJob::parse(b"not json").unwrap_err();
+        assert_eq!(err.request_id, None);
+        assert!(
+            err.reason.starts_with("payload: must be JSON"),
+            "{}",
+            err.reason
+        );
+    }
+
+    #[test]
+    fn a_payload_that_is_not_an_object_is_refused_without_a_request_id() {
+        for (payload, kind) in [
+            (&b"[1]"[..], "an array"),
+            (br#""x""#, "a string"),
+            (b"42", "a number"),
+        ] {
+            let err = DeployJob::parse(payload).unwrap_err();
+            assert_eq!(err.request_id, None);
+            assert_eq!(
+                err.reason,
+                format!("payload: must be a JSON object, got {kind}")
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_request_id_is_refused_without_a_request_id() {
+        let err = DeployJob::parse(&without("request_id")).unwrap_err();
+        assert_eq!(err, InvalidPayload::new(None, "request_id: is required"));
+    }
+
+    #[test]
+    fn an_invalid_request_id_is_refused_without_a_request_id() {
+        for bad in [json!("a b"), json!(""), json!(42), Value::Null] {
+            let err = DeployJob::parse(&with("request_id", bad.clone())).unwrap_err();
+            assert_eq!(err.request_id, None, "{bad}");
+            assert!(err.reason.starts_with("request_id: "), "{}", err.reason);
+        }
+    }
+
+    #[test]
+    fn each_missing_required_field_is_named_with_the_request_id() {
+        for field in [
+            "project_id",
+            "repo_full_name",
+            "server_ip",
+            "port",
+            "github_token_ref",
+        ] {
+            assert_eq!(refused(&without(field)), format!("{field}: is required"));
+            assert_eq!(
+                refused(&with(field, Value::Null)),
+                format!("{field}: is required")
+            );
+        }
+    }
+
+    #[test]
+    fn a_string_field_of_another_json_type_is_named() {
+        for field in [
+            "project_id",
+            "project_name",
+            "repo_full_name",
+            "branch",
+            "server_ip",
+            "github_token_ref",
+            "secrets_ref",
+        ] {
+            assert_eq!(
+                refused(&with(field, json!(1))),
+                format!("{field}: must be a string, got a number")
+            );
+        }
+    }
+
+    #[test]
+    fn a_project_id_that_is_not_a_uuid_is_refused() {
+        for bad in [
+            "x",
+            "6f1c2a9e2b7d4d8e9a510c7e5b8f3a10",
+            "{6f1c2a9e-2b7d-4d8e-9a51-0c7e5b8f3a10}",
+        ] {
+            assert!(
+                refused(&with("project_id", json!(bad))).starts_with("project_id: must be a UUID")
+            );
+        }
+    }
+
+    #[test]
+    fn an_upper_case_project_id_is_accepted() {
+        let job = DeployJob::parse(&with(
+            "project_id",
+            json!("6F1C2A9E-2B7D-4D8E-9A51-0C7E5B8F3A10"),
+        ));
+        assert_eq!(
+            job.unwrap().project_id.to_string(),
+            "6f1c2a9e-2b7d-4d8e-9a51-0c7e5b8f3a10"
+        );
+    }
+
+    #[test]
+    fn a_project_name_that_is_not_kebab_case_is_refused() {
+        assert!(refused(&with("project_name", json!("My_Project"))).starts_with("project_name: "));
+    }
+
+    #[test]
+    fn a_repo_full_name_climbing_out_is_refused() {
+        let reason = refused(&with("repo_full_name", json!("../x")));
+        assert!(
+            reason.starts_with("repo_full_name: must be owner/repo"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_branch_that_is_an_option_is_refused() {
+        let reason = refused(&with("branch", json!("--upload-pack=x")));
+        assert!(
+            reason.starts_with("branch: must be a valid git ref name"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_shell_command_as_server_ip_is_refused() {
+        let reason = refused(&with("server_ip", json!("; rm -rf /")));
+        assert_eq!(
+            reason,
+            r#"server_ip: must be an IPv4 or IPv6 address or a DNS host name, got "; rm -rf /""#
+        );
+    }
+
+    #[test]
+    fn a_host_name_or_ipv6_server_ip_is_accepted() {
+        assert!(DeployJob::parse(&with("server_ip", json!("vps1.example.com"))).is_ok());
+        assert!(DeployJob::parse(&with("server_ip", json!("2001:db8::10"))).is_ok());
+    }
+
+    #[test]
+    fn a_port_out_of_range_is_refused() {
+        assert_eq!(
+            refused(&with("port", json!(0))),
+            "port: must be an integer 1-65535, got 0"
+        );
+        assert_eq!(
+            refused(&with("port", json!(70000))),
+            "port: must be an integer 1-65535, got 70000"
+        );
+        assert_eq!(
+            refused(&with("port", json!(-1))),
+            "port: must be an integer 1-65535, got -1"
+        );
+    }
+
+    #[test]
+    fn a_port_that_is_not_a_json_integer_is_refused() {
+        assert_eq!(
+            refused(&with("port", json!(8080.5))),
+            "port: must be an integer 1-65535, got 8080.5"
+        );
+        assert_eq!(
+            refused(&with("port", json!("8080"))),
+            r#"port: must be an integer 1-65535, got "8080""#
+        );
+        assert!(refused(&with("port", json!(8080.0))).starts_with("port: "));
+        assert!(refused(&with("port", json!(true))).starts_with("port: "));
+    }
+
+    #[test]
+    fn the_edge_ports_are_accepted() {
+        assert_eq!(DeployJob::parse(&with("port", json!(1))).unwrap().port, 1);
+        assert_eq!(
+            DeployJob::parse(&with("port", json!(65535))).unwrap().port,
+            65535
+        );
+    }
+
+    #[test]
+    fn a_module_with_a_space_is_refused_naming_its_position() {
+        let reason = refused(&with("modules", json!(["backend", "tg bot"])));
+        assert_eq!(
+            reason,
+            r#"modules[1]: must be 1-64 characters of [a-z0-9_-], got "tg bot""#
+        );
+    }
+
+    #[test]
+    fn modules_that_are_not_an_array_of_strings_are_refused() {
+        assert_eq!(
+            refused(&with("modules", json!("backend"))),
+            "modules: must be an array of strings, got a string"
+        );
+        assert_eq!(
+            refused(&with("modules", json!(["backend", 1]))),
+            "modules[1]: must be a string, got a number"
+        );
+    }
+
+    #[test]
+    fn a_malformed_secret_reference_is_refused_without_echoing_it() {
+        let reason = refused(&with("github_token_ref", json!("ghp_REALTOKEN")));
+        assert!(
+            reason.starts_with("github_token_ref: must be a secret reference"),
+            "{reason}"
+        );
+        assert!(!reason.contains("REALTOKEN"));
+        let reason = refused(&with("secrets_ref", json!("A=1\nB=2")));
+        assert!(reason.starts_with("secrets_ref: "), "{reason}");
+        assert!(!reason.contains("A=1"));
+    }
+
+    #[test]
+    fn the_first_failing_field_in_contract_order_is_reported() {
+        let mut object = example();
+        object.insert("server_ip".into(), json!("; rm -rf /"));
+        object.insert("port".into(), json!(0));
+        object.insert("branch".into(), json!("a..b"));
+        let reason = refused(&serde_json::to_vec(&object).unwrap());
+        assert!(reason.starts_with("branch: "), "{reason}");
+    }
+
+    #[test]
+    fn a_10_mb_payload_is_refused_but_keeps_its_request_id() {
+        let payload = with("padding", json!("x".repeat(10 * 1024 * 1024)));
+        let started = std::time::Instant::now();
+        let reason = refused(&payload);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(
+            reason,
+            format!(
+                "payload: {} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit",
+                payload.len()
+            )
+        );
+    }
+
+    #[test]
+    fn an_oversized_payload_without_a_valid_request_id_carries_none() {
+        let mut object = example();
+        object.insert("request_id".into(), json!("not valid"));
+        object.insert("padding".into(), json!("x".repeat(MAX_PAYLOAD_BYTES)));
+        let err = DeployJob::parse(&serde_json::to_vec(&object).unwrap()).unwrap_err();
+        assert_eq!(err.request_id, None);
+        assert!(err.reason.starts_with("payload: "), "{}", err.reason);
+    }
+
+    #[test]
+    fn extra_vars_carry_every_non_secret_field_and_port_as_service_port() {
+        let job = DeployJob::parse(EXAMPLE.as_bytes()).unwrap();
+        assert_eq!(
+            job.extra_vars(),
+            json!({
+                "request_id": "dep-0c1d",
+                "project_id": "6f1c2a9e-2b7d-4d8e-9a51-0c7e5b8f3a10",
+                "project_name": "my-project",
+                "repo_full_name": "acme/my-project",
+                "branch": "main",
+                "server_ip": "203.0.113.10",
+                "modules": ["backend", "tg_bot"],
+                "service_port": 8080,
+            })
+        );
+    }
+
+    #[test]
+    fn extra_vars_hold_no_port_and_no_secret_reference() {
+        let vars = DeployJob::parse(EXAMPLE.as_bytes()).unwrap().extra_vars();
+        for absent in ["port", "github_token_ref", "secrets_ref"] {
+            assert!(vars.get(absent).is_none(), "{absent}");
+        }
     }
 }

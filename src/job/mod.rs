@@ -4,6 +4,7 @@
 
 mod deploy;
 mod fields;
+mod payload;
 mod provision;
 mod result;
 

@@ -1,9 +1,16 @@
 //! The one final result every job gets (CONTRACT.md section 3).
+//!
+//! Owns the result's JSON shape: field names, `null` versus absent, and the
+//! timestamp format (RFC 3339, UTC, exactly milliseconds, `Z`). Building a
+//! result's values is the worker's business; serializing it is ours.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Serialize, Serializer};
+
+use super::fields::InvalidPayload;
 
 /// Which queue a job came from; decides result key and stream names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -11,6 +18,22 @@ use serde::Serialize;
 pub enum JobKind {
     Deploy,
     Provision,
+}
+
+impl JobKind {
+    /// The contract name: `deploy` or `provision`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Deploy => "deploy",
+            JobKind::Provision => "provision",
+        }
+    }
+}
+
+impl fmt::Display for JobKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The contract's error codes.
@@ -31,6 +54,48 @@ pub enum ErrorCode {
     Internal,
 }
 
+impl ErrorCode {
+    /// Every code, in contract order.
+    pub const ALL: [ErrorCode; 12] = [
+        ErrorCode::InvalidPayload,
+        ErrorCode::SecretUnresolved,
+        ErrorCode::ServerNotFound,
+        ErrorCode::SshUnreachable,
+        ErrorCode::SshAuthFailed,
+        ErrorCode::HostKeyMismatch,
+        ErrorCode::ProviderError,
+        ErrorCode::PlaybookFailed,
+        ErrorCode::Timeout,
+        ErrorCode::Cancelled,
+        ErrorCode::WorkerLost,
+        ErrorCode::Internal,
+    ];
+
+    /// The contract name, e.g. `ssh_unreachable` (also a metrics label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidPayload => "invalid_payload",
+            ErrorCode::SecretUnresolved => "secret_unresolved",
+            ErrorCode::ServerNotFound => "server_not_found",
+            ErrorCode::SshUnreachable => "ssh_unreachable",
+            ErrorCode::SshAuthFailed => "ssh_auth_failed",
+            ErrorCode::HostKeyMismatch => "host_key_mismatch",
+            ErrorCode::ProviderError => "provider_error",
+            ErrorCode::PlaybookFailed => "playbook_failed",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Cancelled => "cancelled",
+            ErrorCode::WorkerLost => "worker_lost",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `{"code", "message", "details"}`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JobError {
@@ -39,7 +104,44 @@ pub struct JobError {
     pub details: serde_json::Map<String, serde_json::Value>,
 }
 
+impl JobError {
+    /// An error with empty `details`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> JobError {
+        JobError {
+            code,
+            message: message.into(),
+            details: serde_json::Map::new(),
+        }
+    }
+
+    /// Adds (or replaces) one entry of `details`.
+    pub fn with_detail(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<serde_json::Value>,
+    ) -> JobError {
+        self.details.insert(key.into(), value.into());
+        self
+    }
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+/// A refused payload's result error: `invalid_payload`, the reason as message.
+impl From<&InvalidPayload> for JobError {
+    fn from(invalid: &InvalidPayload) -> JobError {
+        JobError::new(ErrorCode::InvalidPayload, invalid.reason.clone())
+    }
+}
+
 /// One host's line of the PLAY RECAP.
+///
+/// Carries `rescued` and `ignored` beyond the contract example's five
+/// counters: ansible's recap prints them, and extra fields are allowed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct HostStats {
     pub ok: u32,
@@ -69,13 +171,18 @@ pub struct Timings {
 
 /// The published result; `extra` holds the kind-specific fields
 /// (deploy: project_id, server_ip, port, url; provision: server_handle, server_status).
+///
+/// `extra` must not reuse a fixed field's name: flattening would write the
+/// key twice.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JobResult {
     pub request_id: String,
     pub job: JobKind,
     pub status: &'static str,
     pub error: Option<JobError>,
+    #[serde(serialize_with = "rfc3339_millis")]
     pub started_at: DateTime<Utc>,
+    #[serde(serialize_with = "rfc3339_millis")]
     pub finished_at: DateTime<Utc>,
     pub duration_ms: u64,
     pub attempt: u32,
@@ -89,29 +196,221 @@ pub struct JobResult {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
-impl JobKind {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            JobKind::Deploy => "deploy",
-            JobKind::Provision => "provision",
+impl JobResult {
+    /// `status` of a job that did what it was asked.
+    pub const SUCCESS: &'static str = "success";
+    /// `status` of every other job.
+    pub const FAILED: &'static str = "failed";
+
+    /// The `status` that goes with `error`: `success` exactly when it is `None`.
+    pub fn status_for(error: Option<&JobError>) -> &'static str {
+        match error {
+            None => JobResult::SUCCESS,
+            Some(_) => JobResult::FAILED,
         }
     }
 }
-impl ErrorCode {
-    pub fn as_str(&self) -> &'static str {
-        "internal"
-    }
+
+/// `2026-11-23T10:00:00.123Z`: always three fractional digits (truncated,
+/// not rounded) and `Z`, which chrono's default `+00:00` form is not.
+fn rfc3339_millis<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Millis, true))
 }
-impl JobError {
-    pub fn new(code: ErrorCode, message: String) -> JobError {
-        JobError {
-            code,
-            message,
-            details: Default::default(),
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// The contract's result example, verbatim.
+    const EXAMPLE: &str = r#"{
+      "request_id": "dep-0c1d",
+      "job": "deploy",
+      "status": "success",
+      "error": null,
+      "started_at": "2026-11-23T10:00:00.123Z",
+      "finished_at": "2026-11-23T10:01:12.456Z",
+      "duration_ms": 72333,
+      "attempt": 1,
+      "worker": "worker-a-4242",
+      "output_tail": "PLAY RECAP ... ok=12 changed=3 failed=0",
+      "stats": {"203.0.113.10": {"ok": 12, "changed": 3, "failed": 0, "unreachable": 0, "skipped": 1}},
+      "failed_task": null,
+      "timings": {"queue_wait_ms": 40, "preflight_ms": 310, "playbook_ms": 71900},
+      "project_id": "6f1c2a9e-2b7d-4d8e-9a51-0c7e5b8f3a10",
+      "server_ip": "203.0.113.10",
+      "port": 8080,
+      "url": "http://203.0.113.10:8080"
+    }"#;
+
+    fn at(h: u32, m: u32, s: u32, ms: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 23, h, m, s).unwrap()
+            + chrono::Duration::milliseconds(ms.into())
+    }
+
+    /// The example's result, built the way the worker will build it.
+    fn example_result() -> JobResult {
+        let stats = HostStats {
+            ok: 12,
+            changed: 3,
+            skipped: 1,
+            ..HostStats::default()
+        };
+        let extra = json!({
+            "project_id": "6f1c2a9e-2b7d-4d8e-9a51-0c7e5b8f3a10",
+            "server_ip": "203.0.113.10",
+            "port": 8080,
+            "url": "http://203.0.113.10:8080",
+        });
+        JobResult {
+            request_id: "dep-0c1d".into(),
+            job: JobKind::Deploy,
+            status: JobResult::status_for(None),
+            error: None,
+            started_at: at(10, 0, 0, 123),
+            finished_at: at(10, 1, 12, 456),
+            duration_ms: 72333,
+            attempt: 1,
+            worker: "worker-a-4242".into(),
+            output_tail: "PLAY RECAP ... ok=12 changed=3 failed=0".into(),
+            stats: Some(BTreeMap::from([("203.0.113.10".to_owned(), stats)])),
+            failed_task: None,
+            timings: Timings {
+                queue_wait_ms: 40,
+                preflight_ms: 310,
+                playbook_ms: 71900,
+            },
+            extra: extra.as_object().unwrap().clone(),
         }
     }
-    pub fn with_detail(mut self, key: &str, value: serde_json::Value) -> JobError {
-        self.details.insert(key.to_owned(), value);
-        self
+
+    #[test]
+    fn a_deploy_result_serializes_exactly_as_the_contract_example() {
+        let mut expected: Value = serde_json::from_str(EXAMPLE).unwrap();
+        // HostStats adds ansible's `rescued` and `ignored` counters to the
+        // example's five; everything else must match name for name.
+        let host = &mut expected["stats"]["203.0.113.10"];
+        host["rescued"] = json!(0);
+        host["ignored"] = json!(0);
+        assert_eq!(serde_json::to_value(example_result()).unwrap(), expected);
+    }
+
+    #[test]
+    fn timestamps_have_exactly_three_fractional_digits_and_z() {
+        let text = serde_json::to_string(&example_result()).unwrap();
+        assert!(
+            text.contains(r#""started_at":"2026-11-23T10:00:00.123Z""#),
+            "{text}"
+        );
+        let mut result = example_result();
+        result.started_at = at(10, 0, 0, 0);
+        result.finished_at = at(10, 0, 0, 0) + chrono::Duration::nanoseconds(999_999_999);
+        let value = serde_json::to_value(result).unwrap();
+        assert_eq!(value["started_at"], "2026-11-23T10:00:00.000Z");
+        assert_eq!(value["finished_at"], "2026-11-23T10:00:00.999Z");
+    }
+
+    #[test]
+    fn a_failed_result_carries_the_error_object_and_the_failed_task() {
+        let mut result = example_result();
+        result.error = Some(
+            JobError::new(ErrorCode::SshUnreachable, "203.0.113.10:22 did not answer")
+                .with_detail("reason", "timed_out")
+                .with_detail("attempts", 3),
+        );
+        result.status = JobResult::status_for(result.error.as_ref());
+        result.failed_task = Some(FailedTask {
+            host: "h".into(),
+            task: "t".into(),
+            message: "m".into(),
+        });
+        let value = serde_json::to_value(result).unwrap();
+        assert_eq!(value["status"], "failed");
+        assert_eq!(
+            value["error"],
+            json!({
+                "code": "ssh_unreachable",
+                "message": "203.0.113.10:22 did not answer",
+                "details": {"reason": "timed_out", "attempts": 3},
+            })
+        );
+        assert_eq!(
+            value["failed_task"],
+            json!({"host": "h", "task": "t", "message": "m"})
+        );
+    }
+
+    #[test]
+    fn stats_are_omitted_when_the_playbook_never_ran() {
+        let mut result = example_result();
+        result.stats = None;
+        let value = serde_json::to_value(result).unwrap();
+        assert!(value.get("stats").is_none());
+        assert_eq!(value["failed_task"], Value::Null);
+        assert_eq!(value["error"], Value::Null);
+    }
+
+    #[test]
+    fn a_provision_result_carries_its_own_extra_fields() {
+        let mut result = example_result();
+        result.job = JobKind::Provision;
+        result.extra = json!({"server_handle": "vps-1", "server_status": "ready"})
+            .as_object()
+            .unwrap()
+            .clone();
+        let value = serde_json::to_value(result).unwrap();
+        assert_eq!(value["job"], "provision");
+        assert_eq!(value["server_handle"], "vps-1");
+        assert!(value.get("url").is_none());
+    }
+
+    #[test]
+    fn every_error_code_as_str_matches_its_json_name() {
+        for code in ErrorCode::ALL {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
+        let names: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "invalid_payload",
+                "secret_unresolved",
+                "server_not_found",
+                "ssh_unreachable",
+                "ssh_auth_failed",
+                "host_key_mismatch",
+                "provider_error",
+                "playbook_failed",
+                "timeout",
+                "cancelled",
+                "worker_lost",
+                "internal",
+            ]
+        );
+    }
+
+    #[test]
+    fn every_job_kind_as_str_matches_its_json_name() {
+        for kind in [JobKind::Deploy, JobKind::Provision] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+    }
+
+    #[test]
+    fn a_refused_payload_becomes_an_invalid_payload_error() {
+        let invalid = InvalidPayload::new(None, "port: must be an integer 1-65535, got 0");
+        let error = JobError::from(&invalid);
+        assert_eq!(error.code, ErrorCode::InvalidPayload);
+        assert_eq!(error.message, invalid.reason);
+        assert!(error.details.is_empty());
+    }
+
+    #[test]
+    fn status_is_success_exactly_without_an_error() {
+        assert_eq!(JobResult::status_for(None), "success");
+        let error = JobError::new(ErrorCode::Internal, "x");
+        assert_eq!(JobResult::status_for(Some(&error)), "failed");
     }
 }
