@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use infra_service::cli::{Cli, Command};
 use infra_service::config::Settings;
+use infra_service::operator::{self, OperatorError};
 use infra_service::{daemon, shutdown, telemetry};
 
 const EXIT_CONFIG: u8 = 1;
@@ -36,6 +37,45 @@ fn main() -> ExitCode {
             }
             Err(e) => config_failure(&e),
         },
+        Command::Migrate(args) => run_once(args.path(), |settings| async move {
+            operator::migrate(&settings).await
+        }),
+        Command::Servers { action, config } => run_once(config.path(), |settings| async move {
+            operator::servers(&settings, action).await
+        }),
+    }
+}
+
+/// Runs a one-shot operator command with its own small runtime.
+fn run_once<F, Fut>(config: Option<&std::path::Path>, command: F) -> ExitCode
+where
+    F: FnOnce(Settings) -> Fut,
+    Fut: std::future::Future<Output = Result<(), OperatorError>>,
+{
+    let settings = match Settings::load(config) {
+        Ok(settings) => settings,
+        Err(e) => return config_failure(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("infra-service: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    match runtime.block_on(command(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ OperatorError::Usage(_)) => {
+            eprintln!("infra-service: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(e) => {
+            eprintln!("infra-service: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
     }
 }
 

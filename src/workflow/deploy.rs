@@ -118,7 +118,7 @@ fn config_ref(reference: &str) -> Result<SecretRef, ResolveError> {
 /// `secret_unresolved`, naming the reference and never a value.
 pub fn secret_error(e: &ResolveError) -> JobError {
     JobError::new(ErrorCode::SecretUnresolved, e.to_string())
-        .with_detail("reference", e.reference().into())
+        .with_detail("reference", e.reference())
 }
 
 /// The deploy-only result fields: `project_id`, `server_ip`, `port`, `url`.

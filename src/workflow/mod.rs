@@ -84,7 +84,7 @@ fn playbook_error(outcome: &PlaybookOutcome, timeout: Duration) -> Option<JobErr
                     timeout.as_secs()
                 ),
             )
-            .with_detail("timeout_secs", timeout.as_secs().into()),
+            .with_detail("timeout_secs", timeout.as_secs()),
         );
     }
     if outcome.succeeded() {
@@ -100,7 +100,7 @@ fn playbook_error(outcome: &PlaybookOutcome, timeout: Duration) -> Option<JobErr
     };
     let mut error = JobError::new(ErrorCode::PlaybookFailed, message);
     if let Some(code) = outcome.exit_code {
-        error = error.with_detail("exit_code", code.into());
+        error = error.with_detail("exit_code", code);
     }
     Some(error)
 }
