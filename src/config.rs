@@ -18,6 +18,8 @@ pub struct Settings {
     pub ansible: AnsibleSettings,
     pub secrets: SecretsSettings,
     pub log: LogSettings,
+    pub provision: ProvisionSettings,
+    pub time4vps: Time4vpsSettings,
 }
 
 /// Where the queues live and who this worker is among its peers.
@@ -65,6 +67,35 @@ pub struct AnsibleSettings {
     pub ssh_user: String,
     /// Secret reference of the private key used for deploys.
     pub ssh_key_ref: Option<String>,
+}
+
+/// How provisioning reaches servers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionSettings {
+    /// Tries of the SSH probe in all (the contract: 1 + 3 retries).
+    pub ssh_attempts: u32,
+    /// Pause before the first retry; doubles for each further one.
+    pub ssh_retry_base_ms: u64,
+    pub ssh_retry_max_ms: u64,
+    pub ssh_connect_timeout_secs: u64,
+    /// After a reinstall: how long to wait for SSH to come back.
+    pub reinstall_ssh_wait_secs: u64,
+}
+
+/// The Time4VPS API, used for `force_reinstall`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Time4vpsSettings {
+    pub base_url: String,
+    /// Secret references of the API credentials.
+    pub username_ref: Option<String>,
+    pub password_ref: Option<String>,
+    /// The OS template a reinstall installs.
+    pub os: String,
+    pub request_timeout_secs: u64,
+    pub poll_interval_secs: u64,
+    pub reinstall_deadline_secs: u64,
 }
 
 /// Where `file:` secret references are read from.
@@ -122,6 +153,16 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("ansible.ssh_user", "root"),
     ("secrets.dir", "/run/secrets"),
     ("log.format", "pretty"),
+    ("provision.ssh_attempts", "4"),
+    ("provision.ssh_retry_base_ms", "2000"),
+    ("provision.ssh_retry_max_ms", "60000"),
+    ("provision.ssh_connect_timeout_secs", "10"),
+    ("provision.reinstall_ssh_wait_secs", "900"),
+    ("time4vps.base_url", "https://billing.time4vps.com/api/"),
+    ("time4vps.os", "ubuntu-24.04-x86_64"),
+    ("time4vps.request_timeout_secs", "30"),
+    ("time4vps.poll_interval_secs", "10"),
+    ("time4vps.reinstall_deadline_secs", "1800"),
     ("log.level", "info"),
 ];
 
@@ -190,6 +231,12 @@ impl Settings {
         }
         if self.ansible.ssh_port == 0 {
             return bad("ansible.ssh_port", "must be between 1 and 65535");
+        }
+        if self.provision.ssh_attempts == 0 {
+            return bad("provision.ssh_attempts", "must be at least 1");
+        }
+        if self.time4vps.poll_interval_secs == 0 {
+            return bad("time4vps.poll_interval_secs", "must be at least 1");
         }
         if self.ansible.ssh_user.is_empty() {
             return bad("ansible.ssh_user", "must not be empty");
