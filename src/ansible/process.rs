@@ -20,6 +20,10 @@ pub struct SshTarget {
     pub user: String,
     /// Private key text, written 0600 inside the run's private directory only.
     pub private_key: Option<SecretString>,
+    /// Pinned `known_hosts` lines. When set, they are the only keys accepted
+    /// (`StrictHostKeyChecking=yes`); when `None`, the first key seen is
+    /// accepted (`accept-new`) into a file that lives only for this run.
+    pub known_hosts: Option<String>,
 }
 
 /// Everything one playbook run needs.
@@ -51,7 +55,9 @@ pub struct PlaybookOutcome {
 
 impl PlaybookOutcome {
     /// True when the playbook ran to the end with no failed or unreachable host.
-    pub fn succeeded(&self) -> bool { unimplemented!() }
+    pub fn succeeded(&self) -> bool {
+        unimplemented!()
+    }
 }
 
 /// Failures to run the playbook at all (not failures inside it).
@@ -60,7 +66,11 @@ pub enum RunError {
     #[error("preparing the run directory: {0}")]
     Workspace(#[source] std::io::Error),
     #[error("starting {bin}: {source}")]
-    Spawn { bin: String, #[source] source: std::io::Error },
+    Spawn {
+        bin: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("waiting for ansible-playbook: {0}")]
     Wait(#[source] std::io::Error),
 }
@@ -73,10 +83,19 @@ pub struct Runner {
 }
 
 impl Runner {
-    pub fn new(settings: AnsibleSettings, kill_grace: Duration) -> Runner { Runner { settings, kill_grace } }
+    pub fn new(settings: AnsibleSettings, kill_grace: Duration) -> Runner {
+        Runner {
+            settings,
+            kill_grace,
+        }
+    }
 
     /// Runs one playbook to its end, its timeout, or the drop of this future.
-    pub async fn run(&self, _run: PlaybookRun, _redactor: &Redactor) -> Result<PlaybookOutcome, RunError> {
+    pub async fn run(
+        &self,
+        _run: PlaybookRun,
+        _redactor: &Redactor,
+    ) -> Result<PlaybookOutcome, RunError> {
         let _ = (&self.settings, self.kill_grace);
         unimplemented!()
     }
