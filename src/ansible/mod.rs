@@ -2,6 +2,7 @@
 //! run, a cleared environment, output read concurrently and redacted, the
 //! recap parsed into the contract's `stats` and `failed_task`.
 
+mod output;
 mod process;
 mod recap;
 mod workspace;

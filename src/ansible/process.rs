@@ -1,10 +1,23 @@
 //! Spawning and supervising one `ansible-playbook` child.
+//!
+//! Owns the child's command line (nothing secret in it), its environment
+//! (cleared, then an allowlist, then the job's secrets), its process group
+//! (signalled as a whole on timeout, and SIGKILLed if the run's future is
+//! dropped), and the reading of its output into a [`PlaybookOutcome`].
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+use tokio::time::Instant;
+
+use super::output::{LineReader, OutputTail, TAIL_BYTES};
+use super::recap::RecapScanner;
+use super::workspace::Workspace;
 
 use crate::config::AnsibleSettings;
 use crate::job::{FailedTask, HostStats};
@@ -20,7 +33,9 @@ pub struct SshTarget {
     pub user: String,
     /// Private key text, written 0600 inside the run's private directory only.
     pub private_key: Option<SecretString>,
-    /// Pinned known_hosts lines; `None` means accept-new.
+    /// Pinned `known_hosts` lines. When set, they are the only keys accepted
+    /// (`StrictHostKeyChecking=yes`); when `None`, the first key seen is
+    /// accepted (`accept-new`) into a file that lives only for this run.
     pub known_hosts: Option<String>,
 }
 
@@ -52,9 +67,10 @@ pub struct PlaybookOutcome {
 }
 
 impl PlaybookOutcome {
-    /// True when the playbook ran to the end with no failed or unreachable host.
+    /// True when the playbook ran to the end with no failed or unreachable host
+    /// (`ansible-playbook` exited 0 and was not stopped at its timeout).
     pub fn succeeded(&self) -> bool {
-        unimplemented!()
+        self.exit_code == Some(0) && !self.timed_out
     }
 }
 
@@ -73,28 +89,660 @@ pub enum RunError {
     Wait(#[source] std::io::Error),
 }
 
+/// Worker variables the child inherits by name (besides every `ANSIBLE_*`).
+const INHERITED_VARS: [&str; 7] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME"];
+
+/// After the child exits, how long its pipes may stay open before we stop
+/// reading (a process that left the group could hold them forever).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Runs playbooks with the configured binary and content directory.
 #[derive(Debug, Clone)]
 pub struct Runner {
     settings: AnsibleSettings,
     kill_grace: Duration,
+    /// Stands in for the worker's environment in tests; `None` reads the real
+    /// one at each run.
+    worker_env: Option<Vec<(OsString, OsString)>>,
 }
 
 impl Runner {
+    /// A runner for `settings`; a timed-out playbook gets `kill_grace` between
+    /// SIGTERM and SIGKILL.
     pub fn new(settings: AnsibleSettings, kill_grace: Duration) -> Runner {
         Runner {
             settings,
             kill_grace,
+            worker_env: None,
         }
     }
 
     /// Runs one playbook to its end, its timeout, or the drop of this future.
+    #[tracing::instrument(skip_all, fields(
+        playbook = %run.playbook.display(),
+        host = %run.target.name,
+        timeout_ms = run.timeout.as_millis() as u64,
+    ))]
     pub async fn run(
         &self,
-        _run: PlaybookRun,
-        _redactor: &Redactor,
+        run: PlaybookRun,
+        redactor: &Redactor,
     ) -> Result<PlaybookOutcome, RunError> {
-        let _ = (&self.settings, self.kill_grace);
-        unimplemented!()
+        self.run_observed(run, redactor, |_, _| {}).await
+    }
+
+    /// [`Runner::run`], telling `observe` the run directory and process group
+    /// once the child started (tests check both are gone afterwards).
+    async fn run_observed(
+        &self,
+        run: PlaybookRun,
+        redactor: &Redactor,
+        observe: impl FnOnce(&Path, i32),
+    ) -> Result<PlaybookOutcome, RunError> {
+        let started = Instant::now();
+        let ansible_dir = std::path::absolute(&self.settings.dir).map_err(RunError::Workspace)?;
+        let workspace =
+            Workspace::create(&run.target, &run.extra_vars).map_err(RunError::Workspace)?;
+        tracing::debug!(dir = %workspace.path().display(), "run directory ready");
+
+        let mut child = self
+            .command(&run, &ansible_dir, &workspace)
+            .spawn()
+            .map_err(|source| RunError::Spawn {
+                bin: self.settings.playbook_bin.clone(),
+                source,
+            })?;
+        let pgid = child_pgid(&child)?;
+        // Declared after `child` so it is dropped first: the group is killed
+        // while its leader's pid is still ours (not yet reaped).
+        let mut guard = GroupGuard { pgid, armed: true };
+        observe(workspace.path(), pgid);
+        tracing::info!(pid = pgid, "playbook started");
+
+        let mut output = Output::new(&mut child, redactor.longest_needle());
+        let (status, timed_out) =
+            supervise(&mut child, &mut output, pgid, run.timeout, self.kill_grace).await?;
+        // The playbook is gone; anything it left in its group goes too
+        // (e.g. ssh ControlPersist masters whose sockets are about to vanish).
+        signal_group(pgid, libc::SIGKILL);
+        reap_adopted(pgid).await;
+        guard.armed = false;
+        output.drain().await;
+
+        let (stats, failed_task) = output.scanner.finish(redactor);
+        let outcome = PlaybookOutcome {
+            exit_code: status.code(),
+            timed_out,
+            output_tail: output.tail.finish(redactor),
+            stats,
+            failed_task,
+            duration: started.elapsed(),
+        };
+        tracing::info!(
+            exit_code = outcome.exit_code,
+            timed_out,
+            succeeded = outcome.succeeded(),
+            duration_ms = outcome.duration.as_millis() as u64,
+            failed_host = outcome.failed_task.as_ref().map(|f| f.host.as_str()),
+            "playbook finished"
+        );
+        drop(workspace);
+        Ok(outcome)
+    }
+
+    /// `<bin> -i inventory.json -e @vars.json <playbook>` in the Ansible dir,
+    /// with a cleared environment.
+    fn command(&self, run: &PlaybookRun, ansible_dir: &Path, workspace: &Workspace) -> Command {
+        let mut vars_arg = OsString::from("@");
+        vars_arg.push(workspace.vars_path());
+        let mut command = Command::new(&self.settings.playbook_bin);
+        command
+            .arg("-i")
+            .arg(workspace.inventory_path())
+            .arg("-e")
+            .arg(vars_arg)
+            .arg(ansible_dir.join(&run.playbook))
+            .current_dir(ansible_dir)
+            .env_clear()
+            .envs(child_env(
+                self.worker_env(),
+                Some(ansible_dir.join("ansible.cfg")).filter(|cfg| cfg.is_file()),
+                &workspace.control_path_dir(),
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own group, so the playbook and every fork are signalled together.
+            .process_group(0)
+            .kill_on_drop(true);
+        // Secret values reach the child here and nowhere else.
+        for (name, value) in &run.secret_env {
+            command.env(name, value.expose_secret());
+        }
+        tracing::debug!(secret_env = run.secret_env.len(), "command prepared");
+        command
+    }
+
+    fn worker_env(&self) -> Vec<(OsString, OsString)> {
+        match &self.worker_env {
+            Some(env) => env.clone(),
+            None => std::env::vars_os().collect(),
+        }
+    }
+}
+
+/// The child's environment, secrets aside: the allowlisted worker variables,
+/// every `ANSIBLE_*` of the worker (operators tune Ansible that way), and our
+/// defaults where the operator set none.
+fn child_env(
+    worker_env: Vec<(OsString, OsString)>,
+    ansible_cfg: Option<PathBuf>,
+    control_path_dir: &Path,
+) -> BTreeMap<OsString, OsString> {
+    let mut env: BTreeMap<OsString, OsString> = worker_env
+        .into_iter()
+        .filter(|(name, _)| {
+            name.to_str()
+                .is_some_and(|name| INHERITED_VARS.contains(&name) || name.starts_with("ANSIBLE_"))
+        })
+        .collect();
+    if let Some(cfg) = ansible_cfg {
+        env.entry("ANSIBLE_CONFIG".into()).or_insert(cfg.into());
+    }
+    // Colour codes would break the recap parsing; retry files would litter.
+    env.entry("ANSIBLE_NOCOLOR".into()).or_insert("1".into());
+    env.entry("ANSIBLE_RETRY_FILES_ENABLED".into())
+        .or_insert("0".into());
+    // Output arrives as it happens, not in 4 KiB blocks at exit.
+    env.insert("PYTHONUNBUFFERED".into(), "1".into());
+    env.insert(
+        "ANSIBLE_SSH_CONTROL_PATH_DIR".into(),
+        control_path_dir.into(),
+    );
+    env
+}
+
+fn child_pgid(child: &Child) -> Result<i32, RunError> {
+    let pid = child.id().ok_or_else(|| {
+        RunError::Wait(std::io::Error::other(
+            "the child was reaped before its pid was read",
+        ))
+    })?;
+    i32::try_from(pid).map_err(|_| RunError::Wait(std::io::Error::other("pid out of range")))
+}
+
+/// Waits for the child while reading its output; at `timeout` sends SIGTERM
+/// to the group, after `kill_grace` SIGKILL. Returns the exit status and
+/// whether the timeout struck.
+async fn supervise(
+    child: &mut Child,
+    output: &mut Output,
+    pgid: i32,
+    timeout: Duration,
+    kill_grace: Duration,
+) -> Result<(ExitStatus, bool), RunError> {
+    let mut phase = Phase::Running;
+    let alarm = tokio::time::sleep(timeout);
+    tokio::pin!(alarm);
+    loop {
+        tokio::select! {
+            chunk = output.stdout.next_line(), if !output.stdout_done => output.take(chunk, Stream::Stdout),
+            chunk = output.stderr.next_line(), if !output.stderr_done => output.take(chunk, Stream::Stderr),
+            status = child.wait() => {
+                let status = status.map_err(RunError::Wait)?;
+                return Ok((status, phase != Phase::Running));
+            }
+            () = &mut alarm, if phase != Phase::Killed => {
+                phase = match phase {
+                    Phase::Running => {
+                        tracing::warn!(pgid, grace_ms = kill_grace.as_millis() as u64,
+                            "playbook timed out; sending SIGTERM to its process group");
+                        signal_group(pgid, libc::SIGTERM);
+                        alarm.as_mut().reset(Instant::now() + kill_grace);
+                        Phase::Terminating
+                    }
+                    Phase::Terminating | Phase::Killed => {
+                        tracing::warn!(pgid, "playbook outlived its grace; sending SIGKILL");
+                        signal_group(pgid, libc::SIGKILL);
+                        Phase::Killed
+                    }
+                };
+            }
+        }
+    }
+}
+
+/// Where a timed-out run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Terminating,
+    Killed,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Both pipes and what their lines feed: the tail and the recap scanner.
+struct Output {
+    stdout: LineReader<ChildStdout>,
+    stderr: LineReader<ChildStderr>,
+    stdout_done: bool,
+    stderr_done: bool,
+    tail: OutputTail,
+    scanner: RecapScanner,
+}
+
+impl Output {
+    /// `margin`: the longest secret needle, kept beyond the tail until redaction.
+    fn new(child: &mut Child, margin: usize) -> Output {
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        Output {
+            stdout: LineReader::new(stdout),
+            stderr: LineReader::new(stderr),
+            stdout_done: false,
+            stderr_done: false,
+            tail: OutputTail::new(TAIL_BYTES, margin),
+            scanner: RecapScanner::new(),
+        }
+    }
+
+    fn take(&mut self, chunk: Option<Vec<u8>>, stream: Stream) {
+        let Some(chunk) = chunk else {
+            match stream {
+                Stream::Stdout => self.stdout_done = true,
+                Stream::Stderr => self.stderr_done = true,
+            }
+            return;
+        };
+        let text = String::from_utf8_lossy(&chunk);
+        self.tail.push(&text);
+        self.scanner
+            .push_line(text.trim_end_matches('\n').trim_end_matches('\r'));
+    }
+
+    /// Reads what is left in the pipes, for at most [`DRAIN_TIMEOUT`].
+    async fn drain(&mut self) {
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while !(self.stdout_done && self.stderr_done) {
+                tokio::select! {
+                    chunk = self.stdout.next_line(), if !self.stdout_done => self.take(chunk, Stream::Stdout),
+                    chunk = self.stderr.next_line(), if !self.stderr_done => self.take(chunk, Stream::Stderr),
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("playbook output still open after exit; a process left its group");
+        }
+    }
+}
+
+/// SIGKILLs the run's process group unless disarmed: the drop of the `run`
+/// future (cancellation) must not leave the playbook running.
+struct GroupGuard {
+    pgid: i32,
+    armed: bool,
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            tracing::warn!(pgid = self.pgid, "run abandoned; killing its process group");
+            signal_group(self.pgid, libc::SIGKILL);
+        }
+    }
+}
+
+/// Sends `signal` to every process of the group; false if none was left.
+fn signal_group(pgid: i32, signal: libc::c_int) -> bool {
+    // SAFETY: kill(2) has no memory-safety preconditions. A negative pid
+    // addresses the group whose leader we spawned; that id is not reused
+    // while any member (or the unreaped leader) exists.
+    let sent = unsafe { libc::kill(-pgid, signal) } == 0;
+    if !sent {
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::ESRCH) {
+            tracing::warn!(pgid, signal, error.message = %error, "signalling the process group failed");
+        }
+    }
+    sent
+}
+
+/// Reaps members of the group that became our children: orphans are
+/// re-parented to us when this process is a child subreaper (or PID 1).
+/// Otherwise there are none and this returns at once.
+async fn reap_adopted(pgid: i32) {
+    for _ in 0..100 {
+        let mut status = 0;
+        // SAFETY: waitpid(2) writes only to `status`. It only reaps processes
+        // of this run's group, whose leader tokio has already reaped, so no
+        // `Child` handle is robbed of its status.
+        let reaped = unsafe { libc::waitpid(-pgid, &mut status, libc::WNOHANG) };
+        match reaped {
+            0 => tokio::time::sleep(Duration::from_millis(10)).await,
+            pid if pid > 0 => continue,
+            _ => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::{Mutex, Once};
+
+    use serde_json::json;
+    use tempfile::TempDir;
+
+    const TOKEN: &str = "ghp_TestTokenValue0123456789";
+
+    /// Orphaned group members must come back to this test process to be
+    /// reaped: here PID 1 may not reap, and a zombie still counts as a
+    /// member for `kill(-pgid, 0)`.
+    fn become_subreaper() {
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) only sets a process flag.
+            let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+            assert_eq!(rc, 0, "prctl: {}", std::io::Error::last_os_error());
+        });
+    }
+
+    /// An Ansible dir holding `bin/fake-playbook` (the given shell body) and
+    /// a runner that uses it.
+    struct Fixture {
+        dir: TempDir,
+        runner: Runner,
+    }
+
+    impl Fixture {
+        fn new(script_body: &str) -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let bin = dir.path().join("fake-playbook");
+            std::fs::write(&bin, format!("#!/bin/sh\n{script_body}\n")).unwrap();
+            std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let settings = AnsibleSettings {
+                dir: dir.path().to_owned(),
+                playbook_bin: bin.to_string_lossy().into_owned(),
+                deploy_playbook: "playbooks/deploy_project.yml".into(),
+                provision_playbook: "playbooks/setup_server.yml".into(),
+                recovery_playbook: "playbooks/recovery.yml".into(),
+                ssh_port: 22,
+                ssh_user: "root".into(),
+                ssh_key_ref: None,
+            };
+            let runner = Runner::new(settings, Duration::from_millis(300));
+            Fixture { dir, runner }
+        }
+
+        fn out(&self, name: &str) -> PathBuf {
+            self.dir.path().join(name)
+        }
+
+        /// Runs and returns the outcome, the run directory and the group id.
+        async fn run(&self, run: PlaybookRun) -> (PlaybookOutcome, PathBuf, i32) {
+            let seen = Mutex::new(None);
+            let redactor = Redactor::new(run.secret_env.iter().map(|(_, v)| v));
+            let outcome = self
+                .runner
+                .run_observed(run, &redactor, |dir, pgid| {
+                    *seen.lock().unwrap() = Some((dir.to_owned(), pgid));
+                })
+                .await
+                .unwrap();
+            let (dir, pgid) = seen.into_inner().unwrap().unwrap();
+            (outcome, dir, pgid)
+        }
+    }
+
+    fn playbook_run(timeout: Duration) -> PlaybookRun {
+        PlaybookRun {
+            playbook: "playbooks/site.yml".into(),
+            target: SshTarget {
+                name: "web1".into(),
+                address: "127.0.0.1".into(),
+                port: 22,
+                user: "deploy".into(),
+                private_key: Some(SecretString::from("-----FAKE KEY-----")),
+                known_hosts: None,
+            },
+            extra_vars: json!({"project_name": "demo"}),
+            secret_env: vec![("DEPLOY_TOKEN".into(), SecretString::from(TOKEN))],
+            timeout,
+        }
+    }
+
+    fn group_is_gone(pgid: i32) -> bool {
+        // SAFETY: signal 0 only checks for existence.
+        let rc = unsafe { libc::kill(-pgid, 0) };
+        rc == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    }
+
+    #[tokio::test]
+    async fn the_secret_reaches_the_env_but_not_the_argv_and_the_run_dir_is_removed() {
+        let fx = Fixture::new("printf '%s\\n' \"$@\" > \"$PWD/argv\"; env > \"$PWD/env\"");
+        let (outcome, run_dir, _) = fx.run(playbook_run(Duration::from_secs(20))).await;
+
+        assert!(outcome.succeeded(), "{outcome:?}");
+        let argv = std::fs::read_to_string(fx.out("argv")).unwrap();
+        let ansible_dir = fx.dir.path().display();
+        let expected = format!(
+            "-i\n{d}/inventory.json\n-e\n@{d}/vars.json\n{ansible_dir}/playbooks/site.yml\n",
+            d = run_dir.display()
+        );
+        assert_eq!(argv, expected);
+        assert!(!argv.contains(TOKEN));
+        let env = std::fs::read_to_string(fx.out("env")).unwrap();
+        assert!(env.lines().any(|l| l == format!("DEPLOY_TOKEN={TOKEN}")));
+        assert!(!run_dir.exists(), "run dir left behind");
+    }
+
+    #[tokio::test]
+    async fn the_environment_is_cleared_but_for_the_allowlist_and_ansible_vars() {
+        let mut fx = Fixture::new("env > \"$PWD/env\"");
+        std::fs::write(fx.out("ansible.cfg"), "[defaults]\n").unwrap();
+        fx.runner.worker_env = Some(vec![
+            ("PATH".into(), std::env::var_os("PATH").unwrap()),
+            ("SOME_WORKER_VAR".into(), "leak".into()),
+            ("ANSIBLE_FOO".into(), "bar".into()),
+            ("ANSIBLE_NOCOLOR".into(), "0".into()),
+        ]);
+        let (_, run_dir, _) = fx.run(playbook_run(Duration::from_secs(20))).await;
+
+        let env = std::fs::read_to_string(fx.out("env")).unwrap();
+        let has = |line: &str| env.lines().any(|l| l == line);
+        assert!(!env.contains("SOME_WORKER_VAR"), "{env}");
+        assert!(has("ANSIBLE_FOO=bar"));
+        assert!(has("ANSIBLE_NOCOLOR=0"), "the operator's choice wins");
+        assert!(has("ANSIBLE_RETRY_FILES_ENABLED=0"));
+        assert!(has("PYTHONUNBUFFERED=1"));
+        let cfg = fx.out("ansible.cfg");
+        assert!(has(&format!("ANSIBLE_CONFIG={}", cfg.display())));
+        let cp = run_dir.join("cp");
+        assert!(has(&format!(
+            "ANSIBLE_SSH_CONTROL_PATH_DIR={}",
+            cp.display()
+        )));
+    }
+
+    #[tokio::test]
+    async fn variables_of_the_real_worker_environment_do_not_reach_the_child() {
+        let fx = Fixture::new("env > \"$PWD/env\"");
+        let (_, _, _) = fx.run(playbook_run(Duration::from_secs(20))).await;
+
+        let env = std::fs::read_to_string(fx.out("env")).unwrap();
+        let names: Vec<&str> = env
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(n, _)| n)
+            .collect();
+        for name in names {
+            let ours = INHERITED_VARS.contains(&name)
+                || name.starts_with("ANSIBLE_")
+                || ["PYTHONUNBUFFERED", "DEPLOY_TOKEN", "PWD", "SHLVL", "_"].contains(&name);
+            assert!(ours, "{name} leaked into the child");
+        }
+        assert!(std::env::vars_os().count() > 0);
+    }
+
+    #[tokio::test]
+    async fn a_secret_echoed_by_the_child_shows_as_stars_in_the_tail() {
+        let fx = Fixture::new(
+            "echo \"token=$DEPLOY_TOKEN\"\n\
+             printf 'x-access-token:%s' \"$DEPLOY_TOKEN\" | base64 -w0 >&2; echo >&2\n\
+             exit 3",
+        );
+        let (outcome, _, _) = fx.run(playbook_run(Duration::from_secs(20))).await;
+
+        assert_eq!(outcome.exit_code, Some(3));
+        assert!(!outcome.succeeded());
+        assert!(
+            outcome.output_tail.contains("token=***"),
+            "{}",
+            outcome.output_tail
+        );
+        assert!(!outcome.output_tail.contains(TOKEN));
+        use base64::Engine as _;
+        let blob =
+            base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{TOKEN}"));
+        let middle = &blob[8..blob.len() - 8];
+        assert!(
+            !outcome.output_tail.contains(middle),
+            "{}",
+            outcome.output_tail
+        );
+    }
+
+    #[tokio::test]
+    async fn only_the_last_64_kib_are_kept_but_the_first_failure_is_not_lost() {
+        let fx = Fixture::new(
+            "echo 'TASK [early] ***'\n\
+             echo 'fatal: [web1]: FAILED! => {\"msg\": \"early failure\"}'\n\
+             seq 1 6000 | sed 's/^/line padding padding padding /'\n\
+             echo 'PLAY RECAP ***'\n\
+             echo 'web1 : ok=1 changed=0 unreachable=0 failed=1 skipped=0 rescued=0 ignored=0'\n\
+             exit 2",
+        );
+        let (outcome, _, _) = fx.run(playbook_run(Duration::from_secs(20))).await;
+
+        let tail = &outcome.output_tail;
+        assert!(
+            tail.len() <= TAIL_BYTES && tail.len() > TAIL_BYTES - 100,
+            "{}",
+            tail.len()
+        );
+        assert!(tail.ends_with("ignored=0\n"));
+        assert!(tail.contains("padding 6000\n"));
+        assert!(!tail.contains("padding 1\n") && !tail.contains("TASK [early]"));
+        let failed = outcome.failed_task.unwrap();
+        assert_eq!(
+            (failed.task.as_str(), failed.message.as_str()),
+            ("early", "early failure")
+        );
+        assert_eq!(outcome.stats.unwrap()["web1"].failed, 1);
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_group_is_terminated_then_killed_with_nothing_left() {
+        become_subreaper();
+        // Ignores SIGTERM (inherited by its children), so only SIGKILL works.
+        let fx = Fixture::new("trap '' TERM\necho started\nsleep 30 &\nsleep 30");
+        let (outcome, run_dir, pgid) = fx.run(playbook_run(Duration::from_millis(300))).await;
+
+        assert!(outcome.timed_out && !outcome.succeeded());
+        assert_eq!(outcome.exit_code, None, "killed by a signal");
+        assert!(outcome.output_tail.contains("started"));
+        assert!(outcome.duration >= Duration::from_millis(600));
+        assert!(outcome.duration < Duration::from_secs(10));
+        assert!(group_is_gone(pgid), "processes of group {pgid} remain");
+        assert!(!run_dir.exists());
+    }
+
+    #[tokio::test]
+    async fn dropping_the_run_future_kills_the_group_and_removes_the_run_dir() {
+        become_subreaper();
+        let fx = Fixture::new("sleep 30 &\nsleep 30");
+        let seen = Mutex::new(None);
+        let redactor = Redactor::default();
+        let run =
+            fx.runner
+                .run_observed(playbook_run(Duration::from_secs(60)), &redactor, |d, p| {
+                    *seen.lock().unwrap() = Some((d.to_owned(), p));
+                });
+        let cancelled = tokio::time::timeout(Duration::from_millis(300), run).await;
+        assert!(cancelled.is_err(), "the run should still have been going");
+
+        let (run_dir, pgid) = seen.into_inner().unwrap().unwrap();
+        assert!(!run_dir.exists());
+        // Nobody awaits any more, so reap here what the guard killed.
+        let mut gone = false;
+        for _ in 0..200 {
+            reap_adopted(pgid).await;
+            if group_is_gone(pgid) {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(gone, "processes of group {pgid} remain");
+    }
+
+    #[test]
+    fn success_means_exit_zero_within_the_timeout() {
+        let outcome = |exit_code, timed_out| PlaybookOutcome {
+            exit_code,
+            timed_out,
+            output_tail: String::new(),
+            stats: None,
+            failed_task: None,
+            duration: Duration::ZERO,
+        };
+        assert!(outcome(Some(0), false).succeeded());
+        assert!(!outcome(Some(0), true).succeeded());
+        assert!(!outcome(Some(2), false).succeeded());
+        assert!(!outcome(None, false).succeeded());
+    }
+
+    /// One real `ansible-playbook` run (about a second of CPU): inventory,
+    /// vars, env secret, recap and failed task all line up.
+    #[tokio::test]
+    async fn a_real_playbook_run_gives_stats_and_the_failed_task() {
+        let fx = Fixture::new("");
+        std::fs::create_dir(fx.out("playbooks")).unwrap();
+        std::fs::write(
+            fx.out("playbooks/site.yml"),
+            "- hosts: all\n  connection: local\n  gather_facts: false\n  tasks:\n\
+             \x20   - name: greet\n      debug:\n        msg: \"hello {{ project_name }}\"\n\
+             \x20   - name: ignored\n      fail:\n        msg: not counted\n      ignore_errors: true\n\
+             \x20   - name: check the token\n      fail:\n        msg: \"bad token {{ lookup('env', 'DEPLOY_TOKEN') }}\"\n\
+             \x20   - name: never reached\n      debug:\n        msg: unreachable\n",
+        )
+        .unwrap();
+        let mut runner = fx.runner.clone();
+        runner.settings.playbook_bin = "ansible-playbook".into();
+        let fx = Fixture { runner, ..fx };
+
+        let (outcome, _, _) = fx.run(playbook_run(Duration::from_secs(120))).await;
+
+        assert_eq!(outcome.exit_code, Some(2), "{}", outcome.output_tail);
+        assert!(
+            outcome.output_tail.contains("hello demo"),
+            "{}",
+            outcome.output_tail
+        );
+        assert!(!outcome.output_tail.contains(TOKEN));
+        let stats = outcome.stats.expect("a recap");
+        let web1 = &stats["web1"];
+        assert_eq!((web1.ok, web1.failed, web1.ignored), (2, 1, 1), "{web1:?}");
+        let failed = outcome.failed_task.expect("a failed task");
+        assert_eq!(failed.host, "web1");
+        assert_eq!(failed.task, "check the token");
+        assert_eq!(failed.message, "bad token ***");
     }
 }
