@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod job;
+pub mod provider;
 pub mod queue;
 pub mod secrets;
 pub mod shutdown;
