@@ -1,0 +1,1 @@
+mod time4vps_fake;
