@@ -1,1 +1,2 @@
+mod provider;
 mod time4vps_fake;
