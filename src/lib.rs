@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod job;
 pub mod operator;
+pub mod provider;
 pub mod queue;
 pub mod secrets;
 pub mod shutdown;

@@ -1,0 +1,2 @@
+mod provider;
+mod time4vps_fake;
