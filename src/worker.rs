@@ -12,7 +12,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::job::{
-    DeployJob, ErrorCode, InvalidPayload, JobError, JobKind, JobResult, ProvisionJob, Timings,
+    DeployJob, ErrorCode, InvalidPayload, JobError, JobKind, JobResult, ProvisionJob, RequestId,
+    Timings,
 };
 use crate::queue::{DeadLetter, Delivery, Queue};
 use crate::workflow::{self, Context, Report, millis};
@@ -70,7 +71,7 @@ impl Worker {
                         let permit = permits.pop().expect("never more entries than slots");
                         let worker = self.clone();
                         jobs.spawn(async move {
-                            worker.handle(delivery).await;
+                            worker.handle_guarded(delivery).await;
                             drop(permit);
                         });
                     }
@@ -92,6 +93,38 @@ impl Worker {
         jobs.close();
         jobs.wait().await;
         Ok(())
+    }
+
+    /// `handle` in a task of its own, so that a bug that panics costs one
+    /// job an `internal` result and a dead letter, never the worker or the
+    /// entry.
+    async fn handle_guarded(&self, delivery: Delivery) {
+        let worker = self.clone();
+        let entry = delivery.clone();
+        let Err(e) = tokio::spawn(async move { worker.handle(entry).await }).await else {
+            return;
+        };
+        tracing::error!(entry_id = %delivery.entry_id, error.message = %e, "job handler panicked");
+        let invalid = InvalidPayload::new(
+            readable_request_id(&delivery),
+            "internal error: the worker panicked while handling this entry",
+        );
+        let started_at = Utc::now();
+        let dead = DeadLetter {
+            reason: &invalid.reason,
+            request_id: invalid.request_id.as_ref().map(|id| id.as_str()),
+        };
+        let result = invalid.request_id.as_ref().map(|id| {
+            let report = Report::failed(JobError::new(ErrorCode::Internal, invalid.reason.clone()));
+            build_result(
+                &delivery,
+                id.as_str(),
+                self.queue.consumer(),
+                started_at,
+                report,
+            )
+        });
+        self.publish(&delivery, result.as_ref(), Some(dead)).await;
     }
 
     /// One entry, start to ack: parse, run its workflow, publish, ack.
@@ -242,6 +275,17 @@ fn parse(delivery: &Delivery) -> Result<Job, InvalidPayload> {
     match delivery.kind {
         JobKind::Deploy => DeployJob::parse(payload).map(Job::Deploy),
         JobKind::Provision => ProvisionJob::parse(payload, &delivery.entry_id).map(Job::Provision),
+    }
+}
+
+/// The request id of an entry whose handling failed, if its payload has one
+/// (a provision job without one goes by its entry id).
+fn readable_request_id(delivery: &Delivery) -> Option<RequestId> {
+    let payload: serde_json::Value = serde_json::from_slice(delivery.payload.as_deref()?).ok()?;
+    match payload.get("request_id").and_then(|id| id.as_str()) {
+        Some(id) => RequestId::parse(id).ok(),
+        None if delivery.kind == JobKind::Provision => RequestId::parse(&delivery.entry_id).ok(),
+        None => None,
     }
 }
 
