@@ -18,6 +18,7 @@ pub struct Settings {
     pub ansible: AnsibleSettings,
     pub secrets: SecretsSettings,
     pub log: LogSettings,
+    pub ssh: SshSettings,
     pub provision: ProvisionSettings,
     pub time4vps: Time4vpsSettings,
 }
@@ -69,16 +70,22 @@ pub struct AnsibleSettings {
     pub ssh_key_ref: Option<String>,
 }
 
-/// How provisioning reaches servers.
+/// How every job checks that its server answers SSH before a playbook.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshSettings {
+    /// Tries of the SSH probe in all (the contract: 1 + 3 retries).
+    pub attempts: u32,
+    /// Pause before the first retry; doubles for each further one.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    pub connect_timeout_secs: u64,
+}
+
+/// Provisioning specifics.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProvisionSettings {
-    /// Tries of the SSH probe in all (the contract: 1 + 3 retries).
-    pub ssh_attempts: u32,
-    /// Pause before the first retry; doubles for each further one.
-    pub ssh_retry_base_ms: u64,
-    pub ssh_retry_max_ms: u64,
-    pub ssh_connect_timeout_secs: u64,
     /// After a reinstall: how long to wait for SSH to come back.
     pub reinstall_ssh_wait_secs: u64,
 }
@@ -153,13 +160,13 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("ansible.ssh_user", "root"),
     ("secrets.dir", "/run/secrets"),
     ("log.format", "pretty"),
-    ("provision.ssh_attempts", "4"),
-    ("provision.ssh_retry_base_ms", "2000"),
-    ("provision.ssh_retry_max_ms", "60000"),
-    ("provision.ssh_connect_timeout_secs", "10"),
+    ("ssh.attempts", "4"),
+    ("ssh.retry_base_ms", "2000"),
+    ("ssh.retry_max_ms", "60000"),
+    ("ssh.connect_timeout_secs", "10"),
     ("provision.reinstall_ssh_wait_secs", "900"),
     ("time4vps.base_url", "https://billing.time4vps.com/api/"),
-    ("time4vps.os", "ubuntu-24.04-x86_64"),
+    ("time4vps.os", "ubuntu-22.04-x86_64"),
     ("time4vps.request_timeout_secs", "30"),
     ("time4vps.poll_interval_secs", "10"),
     ("time4vps.reinstall_deadline_secs", "1800"),
@@ -232,8 +239,14 @@ impl Settings {
         if self.ansible.ssh_port == 0 {
             return bad("ansible.ssh_port", "must be between 1 and 65535");
         }
-        if self.provision.ssh_attempts == 0 {
-            return bad("provision.ssh_attempts", "must be at least 1");
+        if self.ssh.attempts == 0 {
+            return bad("ssh.attempts", "must be at least 1");
+        }
+        if self.postgres.url.is_none() {
+            return bad(
+                "postgres.url",
+                "is required (e.g. postgres://infra@127.0.0.1/infra)",
+            );
         }
         if self.time4vps.poll_interval_secs == 0 {
             return bad("time4vps.poll_interval_secs", "must be at least 1");
@@ -273,9 +286,12 @@ mod tests {
         Settings::load(Some(file.path()))
     }
 
+    const REQUIRED: &str = "[redis]\nurl = \"redis://127.0.0.1:6379\"\n\
+                            [postgres]\nurl = \"postgres://infra@127.0.0.1/infra\"\n";
+
     #[test]
-    fn defaults_fill_everything_but_the_redis_url() {
-        let s = load_toml("[redis]\nurl = \"redis://127.0.0.1:6379\"\n").unwrap();
+    fn defaults_fill_everything_but_the_two_urls() {
+        let s = load_toml(REQUIRED).unwrap();
         assert_eq!(s.redis.group, "infra-service");
         assert_eq!(s.worker.concurrency, 4);
         assert_eq!(s.worker.job_timeout_secs, 3600);
@@ -293,6 +309,12 @@ mod tests {
     fn a_missing_redis_url_is_named() {
         let err = load_toml("[worker]\nconcurrency = 2\n").unwrap_err();
         assert!(err.to_string().contains("redis.url"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_postgres_url_is_named() {
+        let err = load_toml("[redis]\nurl = \"redis://x\"\n").unwrap_err();
+        assert!(err.to_string().contains("postgres.url"), "{err}");
     }
 
     #[test]

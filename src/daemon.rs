@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::queue::{Queue, QueueError};
+use crate::store::{Store, StoreError};
 use crate::worker::{Worker, WorkerError};
 use crate::workflow::Context;
 
@@ -17,6 +18,8 @@ use crate::workflow::Context;
 pub enum DaemonError {
     #[error(transparent)]
     Worker(#[from] WorkerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Connects, runs the worker until `stop` resolves, and returns once the
@@ -33,14 +36,37 @@ pub async fn run_until_stopped(
         trigger.cancel();
     });
 
+    let store = Store::connect_lazy(settings.postgres.url.as_ref())?;
+    if !migrate(&store, &shutdown).await {
+        return Ok(());
+    }
     let consumer = settings.consumer_name();
     let Some(queue) = connect_queue(&settings, consumer, &shutdown).await else {
         return Ok(());
     };
-    let worker = Worker::new(queue, Context::new(settings));
+    let worker = Worker::new(queue, Context::new(settings, store));
     worker.run(shutdown).await?;
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// Applies the migrations, waiting for Postgres to come up if it is not
+/// there yet; false if told to stop first.
+async fn migrate(store: &Store, shutdown: &CancellationToken) -> bool {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match store.migrate().await {
+            Ok(()) => return true,
+            Err(e) => {
+                tracing::warn!(error.message = %e, retry_in_ms = delay.as_millis() as u64, "cannot migrate Postgres")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return false,
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
 }
 
 /// Redis may come up after us (compose, restarts): keep trying, loudly,

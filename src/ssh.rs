@@ -169,6 +169,27 @@ fn ssh_options(target: &ProbeTarget) -> Vec<String> {
         .collect()
 }
 
+/// The public half of a private key file, as an `authorized_keys` line.
+pub async fn public_key_of(key_file: &std::path::Path) -> Result<String, String> {
+    let output = Command::new("ssh-keygen")
+        .arg("-y")
+        .arg("-f")
+        .arg(key_file)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run ssh-keygen: {e}"))?;
+    if !output.status.success() {
+        // ssh-keygen's complaint names the file, never the key.
+        return Err(format!(
+            "not a usable private key: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
 /// How often and how patiently an unreachable host is tried. Plain data so
 /// tests can shrink the delays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

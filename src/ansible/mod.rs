@@ -8,3 +8,4 @@ mod recap;
 mod workspace;
 
 pub use process::{PlaybookOutcome, PlaybookRun, RunError, Runner, SshTarget};
+pub use workspace::Workspace;

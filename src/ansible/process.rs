@@ -128,25 +128,45 @@ impl Runner {
         run: PlaybookRun,
         redactor: &Redactor,
     ) -> Result<PlaybookOutcome, RunError> {
-        self.run_observed(run, redactor, |_, _| {}).await
+        let workspace = self.workspace(&run)?;
+        self.run_observed(&workspace, run, redactor, |_, _| {})
+            .await
     }
 
-    /// [`Runner::run`], telling `observe` the run directory and process group
-    /// once the child started (tests check both are gone afterwards).
+    /// The run's private directory, for a caller that needs its key and
+    /// known_hosts before and after the playbook (SSH probe, host key pin).
+    pub fn workspace(&self, run: &PlaybookRun) -> Result<Workspace, RunError> {
+        let workspace =
+            Workspace::create(&run.target, &run.extra_vars).map_err(RunError::Workspace)?;
+        tracing::debug!(dir = %workspace.path().display(), "run directory ready");
+        Ok(workspace)
+    }
+
+    /// [`Runner::run`] in a directory from [`Runner::workspace`] for the
+    /// same `run`.
+    pub async fn run_in(
+        &self,
+        workspace: &Workspace,
+        run: PlaybookRun,
+        redactor: &Redactor,
+    ) -> Result<PlaybookOutcome, RunError> {
+        self.run_observed(workspace, run, redactor, |_, _| {}).await
+    }
+
+    /// [`Runner::run_in`], telling `observe` the run directory and process
+    /// group once the child started (tests check both are gone afterwards).
     async fn run_observed(
         &self,
+        workspace: &Workspace,
         run: PlaybookRun,
         redactor: &Redactor,
         observe: impl FnOnce(&Path, i32),
     ) -> Result<PlaybookOutcome, RunError> {
         let started = Instant::now();
         let ansible_dir = std::path::absolute(&self.settings.dir).map_err(RunError::Workspace)?;
-        let workspace =
-            Workspace::create(&run.target, &run.extra_vars).map_err(RunError::Workspace)?;
-        tracing::debug!(dir = %workspace.path().display(), "run directory ready");
 
         let mut child = self
-            .command(&run, &ansible_dir, &workspace)
+            .command(&run, &ansible_dir, workspace)
             .spawn()
             .map_err(|source| RunError::Spawn {
                 bin: self.settings.playbook_bin.clone(),
@@ -186,7 +206,6 @@ impl Runner {
             failed_host = outcome.failed_task.as_ref().map(|f| f.host.as_str()),
             "playbook finished"
         );
-        drop(workspace);
         Ok(outcome)
     }
 
@@ -489,13 +508,15 @@ mod tests {
         async fn run(&self, run: PlaybookRun) -> (PlaybookOutcome, PathBuf, i32) {
             let seen = Mutex::new(None);
             let redactor = Redactor::new(run.secret_env.iter().map(|(_, v)| v));
+            let workspace = self.runner.workspace(&run).unwrap();
             let outcome = self
                 .runner
-                .run_observed(run, &redactor, |dir, pgid| {
+                .run_observed(&workspace, run, &redactor, |dir, pgid| {
                     *seen.lock().unwrap() = Some((dir.to_owned(), pgid));
                 })
                 .await
                 .unwrap();
+            drop(workspace);
             let (dir, pgid) = seen.into_inner().unwrap().unwrap();
             (outcome, dir, pgid)
         }
@@ -670,11 +691,15 @@ mod tests {
         let fx = Fixture::new("sleep 30 &\nsleep 30");
         let seen = Mutex::new(None);
         let redactor = Redactor::default();
-        let run =
+        let run = async {
+            let run = playbook_run(Duration::from_secs(60));
+            let workspace = fx.runner.workspace(&run).unwrap();
             fx.runner
-                .run_observed(playbook_run(Duration::from_secs(60)), &redactor, |d, p| {
+                .run_observed(&workspace, run, &redactor, |d, p| {
                     *seen.lock().unwrap() = Some((d.to_owned(), p));
-                });
+                })
+                .await
+        };
         let cancelled = tokio::time::timeout(Duration::from_millis(300), run).await;
         assert!(cancelled.is_err(), "the run should still have been going");
 

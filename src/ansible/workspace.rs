@@ -23,7 +23,7 @@ const MAX_BASE_DIR_LEN: usize = 32;
 
 /// The run's private directory and the paths of the files in it.
 #[derive(Debug)]
-pub(crate) struct Workspace {
+pub struct Workspace {
     dir: TempDir,
 }
 
@@ -63,7 +63,7 @@ impl Workspace {
     }
 
     /// The directory itself.
-    pub(crate) fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         self.dir.path()
     }
 
@@ -82,11 +82,32 @@ impl Workspace {
         self.path().join("cp")
     }
 
+    /// Replaces the extra vars, for values learnt after creation (such as
+    /// the public half of the key in this directory).
+    pub fn rewrite_extra_vars(&self, extra_vars: &serde_json::Value) -> io::Result<()> {
+        let path = self.vars_path();
+        std::fs::remove_file(&path)?;
+        write_private(&path, &extra_vars.to_string())
+    }
+
+    /// The private key file, if the target has a key.
+    pub fn key_file(&self) -> Option<PathBuf> {
+        Some(self.key_path()).filter(|path| path.exists())
+    }
+
+    /// The host keys ssh accepted or was given, as known_hosts lines.
+    pub fn known_hosts(&self) -> Option<String> {
+        std::fs::read_to_string(self.known_hosts_path())
+            .ok()
+            .filter(|text| !text.trim().is_empty())
+    }
+
     fn key_path(&self) -> PathBuf {
         self.path().join("id_key")
     }
 
-    fn known_hosts_path(&self) -> PathBuf {
+    /// The run's own known_hosts file.
+    pub fn known_hosts_path(&self) -> PathBuf {
         self.path().join("known_hosts")
     }
 

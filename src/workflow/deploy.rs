@@ -6,8 +6,8 @@ use std::time::Instant;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-use super::{Context, Report, millis};
-use crate::ansible::{PlaybookRun, SshTarget};
+use super::{Context, Report, millis, preflight};
+use crate::ansible::{PlaybookRun, SshTarget, Workspace};
 use crate::job::{DeployJob, ErrorCode, JobError, SecretRef};
 use crate::secrets::{Redactor, ResolveError};
 
@@ -35,33 +35,76 @@ pub async fn run(ctx: &Context, job: &DeployJob) -> Report {
         }
     };
     let redactor = Redactor::new(secrets.values());
+    let address = job.server_ip.as_str();
+    let port = ctx.settings.ansible.ssh_port;
+    let pinned = match ctx.store.host_key_for(address, port).await {
+        Ok(pinned) => pinned,
+        Err(e) => {
+            return Report {
+                extra: report.extra,
+                ..Report::failed(JobError::new(
+                    ErrorCode::Internal,
+                    format!("reading the pinned host key failed: {e}"),
+                ))
+            };
+        }
+    };
     let run = PlaybookRun {
         playbook: ctx.settings.ansible.deploy_playbook.clone(),
         target: SshTarget {
-            name: job.server_ip.as_str().to_owned(),
-            address: job.server_ip.as_str().to_owned(),
-            port: ctx.settings.ansible.ssh_port,
+            name: address.to_owned(),
+            address: address.to_owned(),
+            port,
             user: ctx.settings.ansible.ssh_user.clone(),
             private_key: secrets.ssh_key.clone(),
-            known_hosts: None,
+            known_hosts: pinned.clone(),
         },
         extra_vars: job.extra_vars(),
         secret_env: secrets.env(),
         timeout: ctx.job_timeout(),
     };
+    let workspace = match ctx.runner.workspace(&run) {
+        Ok(workspace) => workspace,
+        Err(e) => return internal(report, &e),
+    };
+    let policy = preflight::retry_policy(ctx);
+    if let Err(error) = preflight::reach(ctx, &workspace, &run.target, policy).await {
+        return Report {
+            error: Some(error),
+            ..report
+        };
+    }
+    if pinned.is_none() {
+        pin_first_key(ctx, &workspace, address, port).await;
+    }
     let report = Report {
         preflight_ms: millis(started.elapsed()),
         ..report
     };
-    match ctx.runner.run(run, &redactor).await {
+    match ctx.runner.run_in(&workspace, run, &redactor).await {
         Ok(outcome) => report.with_playbook(outcome, ctx.job_timeout()),
-        Err(e) => {
-            tracing::error!(error.message = %e, error.cause_chain = ?e, "playbook could not run");
-            Report {
-                error: Some(JobError::new(ErrorCode::Internal, e.to_string())),
-                ..report
-            }
-        }
+        Err(e) => internal(report, &e),
+    }
+}
+
+/// The playbook could not run at all.
+fn internal(report: Report, e: &crate::ansible::RunError) -> Report {
+    tracing::error!(error.message = %e, error.cause_chain = ?e, "playbook could not run");
+    Report {
+        error: Some(JobError::new(ErrorCode::Internal, e.to_string())),
+        ..report
+    }
+}
+
+/// Trust on first use for addresses that are not registered servers: the
+/// key seen now is the one required from now on.
+async fn pin_first_key(ctx: &Context, workspace: &Workspace, address: &str, port: u16) {
+    let Some(lines) = workspace.known_hosts() else {
+        return;
+    };
+    match ctx.store.pin_address_host_key(address, port, &lines).await {
+        Ok(()) => tracing::info!(address, port, "host key pinned"),
+        Err(e) => tracing::error!(error.message = %e, "pinning the host key failed"),
     }
 }
 

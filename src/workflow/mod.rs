@@ -2,6 +2,7 @@
 //! a `Report`; it never talks to Redis (results go back through `worker`).
 
 pub mod deploy;
+pub mod preflight;
 pub mod provision;
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use crate::ansible::{PlaybookOutcome, Runner};
 use crate::config::Settings;
 use crate::job::{ErrorCode, FailedTask, HostStats, JobError};
 use crate::secrets::Resolver;
+use crate::store::Store;
 
 use std::collections::BTreeMap;
 
@@ -20,12 +22,14 @@ pub struct Context {
     pub settings: Arc<Settings>,
     pub resolver: Resolver,
     pub runner: Runner,
+    pub store: Store,
 }
 
 impl Context {
-    /// Builds the context from settings.
-    pub fn new(settings: Arc<Settings>) -> Context {
+    /// Builds the context from settings and the status store.
+    pub fn new(settings: Arc<Settings>, store: Store) -> Context {
         Context {
+            store,
             resolver: Resolver::new(settings.secrets.dir.clone()),
             runner: Runner::new(
                 settings.ansible.clone(),

@@ -1,18 +1,322 @@
-//! Provisioning a server. Answered with a clear `internal` error until the
-//! provisioning workflow lands.
+//! Provisioning a server: look it up, (reinstall its OS,) reach it over
+//! SSH, pin its host key, run the setup or recovery playbook, and keep its
+//! status in `servers` current at every step.
 
-use super::{Context, Report};
-use crate::job::{ErrorCode, JobError, ProvisionJob};
+use std::time::{Duration, Instant};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+
+use super::{Context, Report, millis, preflight};
+use crate::ansible::{PlaybookRun, SshTarget, Workspace};
+use crate::job::{ErrorCode, JobError, ProvisionJob, SecretRef};
+use crate::provider::time4vps::{self, PollPolicy};
+use crate::secrets::Redactor;
+use crate::ssh::{self, RetryPolicy};
+use crate::store::{Server, ServerStatus};
+
+use super::deploy::secret_error;
 
 /// Runs one provision job to its report.
-pub async fn run(_ctx: &Context, job: &ProvisionJob) -> Report {
-    let mut report = Report::failed(JobError::new(
-        ErrorCode::Internal,
-        "provisioning jobs are not implemented by this worker version".to_owned(),
-    ));
-    report.extra.insert(
-        "server_handle".to_owned(),
-        job.server_handle.as_str().into(),
-    );
-    report
+#[tracing::instrument(name = "provision", skip_all, fields(server = %job.server_handle))]
+pub async fn run(ctx: &Context, job: &ProvisionJob) -> Report {
+    let handle = job.server_handle.as_str();
+    let mut flow = Flow {
+        ctx,
+        handle,
+        status: None,
+    };
+    let report = flow.run(job).await;
+    flow.finish(report)
+}
+
+/// One provisioning in progress; remembers the last status it wrote.
+struct Flow<'a> {
+    ctx: &'a Context,
+    handle: &'a str,
+    status: Option<ServerStatus>,
+}
+
+impl Flow<'_> {
+    async fn run(&mut self, job: &ProvisionJob) -> Report {
+        let started = Instant::now();
+        let mut server = match self.ctx.store.server(self.handle).await {
+            Ok(Some(server)) => server,
+            Ok(None) => {
+                return Report::failed(JobError::new(
+                    ErrorCode::ServerNotFound,
+                    format!("no server with handle `{}` in servers", self.handle),
+                ));
+            }
+            Err(e) => {
+                return Report::failed(JobError::new(
+                    ErrorCode::Internal,
+                    format!("looking up the server failed: {e}"),
+                ));
+            }
+        };
+        let key = match self.resolve(&server.ssh_key_ref).await {
+            Ok(key) => key,
+            Err(error) => return self.fail(ServerStatus::Failed, error).await,
+        };
+        if job.force_reinstall {
+            // A new OS has a new host key: the old pin is obsolete.
+            server.host_key = None;
+        }
+        let mut run = self.playbook_run(job, &server, key.clone());
+        let workspace = match self.ctx.runner.workspace(&run) {
+            Ok(workspace) => workspace,
+            Err(e) => return Report::failed(JobError::new(ErrorCode::Internal, e.to_string())),
+        };
+        let public_key = match self.public_key(&workspace, &server).await {
+            Ok(public_key) => public_key,
+            Err(error) => return self.fail(ServerStatus::Failed, error).await,
+        };
+        run.extra_vars["deploy_authorized_key"] = json!(public_key);
+        if let Err(e) = workspace.rewrite_extra_vars(&run.extra_vars) {
+            return Report::failed(JobError::new(ErrorCode::Internal, e.to_string()));
+        }
+        let mut redact_values = vec![key];
+        let mut policy = preflight::retry_policy(self.ctx);
+
+        if job.force_reinstall {
+            self.set_status(ServerStatus::Reinstalling, None).await;
+            match self.reinstall(&server, &public_key).await {
+                Ok(password) => redact_values.extend(password),
+                Err(error) => return self.fail(ServerStatus::Failed, error).await,
+            }
+            // We caused the host key change; forget the pin and give the
+            // fresh system time to boot.
+            self.forget_host_key().await;
+            policy = self.after_reinstall(policy);
+        }
+        self.set_status(
+            if job.is_recovery {
+                ServerStatus::Recovering
+            } else {
+                ServerStatus::Provisioning
+            },
+            None,
+        )
+        .await;
+
+        if let Err(error) = preflight::reach(self.ctx, &workspace, &run.target, policy).await {
+            let status = match error.code {
+                ErrorCode::SshUnreachable => ServerStatus::Unreachable,
+                _ => ServerStatus::Failed,
+            };
+            return self.fail(status, error).await;
+        }
+        if server.host_key.is_none() {
+            self.pin_host_key(&workspace).await;
+        }
+
+        let redactor = Redactor::new(redact_values.iter());
+        let preflight_ms = millis(started.elapsed());
+        let timeout = self.ctx.job_timeout();
+        let report = match self.ctx.runner.run_in(&workspace, run, &redactor).await {
+            Ok(outcome) => Report {
+                preflight_ms,
+                ..Report::default()
+            }
+            .with_playbook(outcome, timeout),
+            Err(e) => Report {
+                preflight_ms,
+                ..Report::failed(JobError::new(ErrorCode::Internal, e.to_string()))
+            },
+        };
+        match &report.error {
+            None => self.set_status(ServerStatus::Ready, None).await,
+            Some(error) => {
+                self.set_status(ServerStatus::Failed, Some(&error.message))
+                    .await
+            }
+        }
+        report
+    }
+
+    fn playbook_run(&self, job: &ProvisionJob, server: &Server, key: SecretString) -> PlaybookRun {
+        let ansible = &self.ctx.settings.ansible;
+        let playbook = if job.is_recovery {
+            ansible.recovery_playbook.clone()
+        } else {
+            ansible.provision_playbook.clone()
+        };
+        PlaybookRun {
+            playbook,
+            target: SshTarget {
+                name: server.handle.clone(),
+                address: server.public_ip.clone(),
+                port: u16::try_from(server.ssh_port).unwrap_or(22),
+                user: server.ssh_user.clone(),
+                private_key: Some(key),
+                known_hosts: server.host_key.clone(),
+            },
+            extra_vars: json!({
+                "request_id": job.request_id.as_str(),
+                "server_handle": server.handle,
+                "public_ip": server.public_ip,
+                "ssh_port": server.ssh_port,
+                "ssh_user": server.ssh_user,
+                "provider": server.provider,
+                "force_reinstall": job.force_reinstall,
+                "is_recovery": job.is_recovery,
+            }),
+            secret_env: Vec::new(),
+            timeout: self.ctx.job_timeout(),
+        }
+    }
+
+    async fn resolve(&self, reference: &str) -> Result<SecretString, JobError> {
+        let reference = SecretRef::parse(reference).map_err(|problem| {
+            JobError::new(
+                ErrorCode::SecretUnresolved,
+                format!("secret reference `{reference}` is malformed: {problem}"),
+            )
+            .with_detail("reference", reference)
+        })?;
+        self.ctx
+            .resolver
+            .resolve(&reference)
+            .await
+            .map_err(|e| secret_error(&e))
+    }
+
+    /// Rebuilds the OS through Time4VPS and waits for the task; returns the
+    /// API password so it can be redacted from anything later printed.
+    async fn reinstall(
+        &self,
+        server: &Server,
+        public_key: &str,
+    ) -> Result<Option<SecretString>, JobError> {
+        let provider_error = |message: String| JobError::new(ErrorCode::ProviderError, message);
+        if server.provider != "time4vps" {
+            return Err(JobError::new(
+                ErrorCode::InvalidPayload,
+                format!(
+                    "force_reinstall needs a time4vps server; `{}` is managed by `{}`",
+                    server.handle, server.provider
+                ),
+            ));
+        }
+        let server_id: u64 = server
+            .provider_server_id
+            .as_deref()
+            .and_then(|id| id.parse().ok())
+            .ok_or_else(|| {
+                provider_error(format!(
+                    "server `{}` has no numeric provider_server_id",
+                    server.handle
+                ))
+            })?;
+        let settings = &self.ctx.settings.time4vps;
+        let (Some(user_ref), Some(password_ref)) = (&settings.username_ref, &settings.password_ref)
+        else {
+            return Err(provider_error(
+                "time4vps.username_ref and time4vps.password_ref are not configured".to_owned(),
+            ));
+        };
+        let username = self.resolve(user_ref).await?;
+        let password = self.resolve(password_ref).await?;
+        let base_url = settings
+            .base_url
+            .parse()
+            .map_err(|e| provider_error(format!("time4vps.base_url: {e}")))?;
+        let client = time4vps::Client::new(
+            base_url,
+            username,
+            password.clone(),
+            Duration::from_secs(settings.request_timeout_secs),
+        )
+        .map_err(|e| provider_error(e.message()))?;
+        let poll = PollPolicy {
+            interval: Duration::from_secs(settings.poll_interval_secs),
+            deadline: Duration::from_secs(settings.reinstall_deadline_secs),
+        };
+        tracing::info!(server_id, os = %settings.os, "reinstalling through Time4VPS");
+        client
+            .reinstall_and_wait(server_id, &settings.os, public_key, poll)
+            .await
+            .map_err(|e| provider_error(e.message()).with_detail("provider", "time4vps"))?;
+        tracing::info!(server_id, "reinstall finished");
+        Ok(Some(password).filter(|p| !p.expose_secret().is_empty()))
+    }
+
+    /// After a reinstall the server boots for a while: keep the backoff but
+    /// try long enough to cover `provision.reinstall_ssh_wait_secs`.
+    fn after_reinstall(&self, policy: RetryPolicy) -> RetryPolicy {
+        let wait = Duration::from_secs(self.ctx.settings.provision.reinstall_ssh_wait_secs);
+        let mut attempts = policy.attempts;
+        let mut total = Duration::ZERO;
+        while total < wait && attempts < 1000 {
+            attempts += 1;
+            total += policy.delay_before(attempts);
+        }
+        RetryPolicy { attempts, ..policy }
+    }
+
+    /// Records `status` with the error as `last_error`, and reports it.
+    async fn fail(&mut self, status: ServerStatus, error: JobError) -> Report {
+        self.set_status(status, Some(&error.message)).await;
+        Report::failed(error)
+    }
+
+    async fn public_key(&self, workspace: &Workspace, server: &Server) -> Result<String, JobError> {
+        let key_file = workspace.key_file().unwrap_or_default();
+        ssh::public_key_of(&key_file).await.map_err(|problem| {
+            JobError::new(
+                ErrorCode::SecretUnresolved,
+                format!("secret reference `{}`: {problem}", server.ssh_key_ref),
+            )
+            .with_detail("reference", server.ssh_key_ref.as_str())
+        })
+    }
+
+    /// Writes a status; a database error is logged and does not stop the
+    /// job (its result matters more than the row).
+    async fn set_status(&mut self, status: ServerStatus, last_error: Option<&str>) {
+        self.status = Some(status);
+        if let Err(e) = self
+            .ctx
+            .store
+            .set_server_status(self.handle, status, last_error)
+            .await
+        {
+            tracing::error!(error.message = %e, status = status.as_str(), "recording the server status failed");
+        }
+    }
+
+    async fn pin_host_key(&self, workspace: &Workspace) {
+        let Some(lines) = workspace.known_hosts() else {
+            return;
+        };
+        if let Err(e) = self
+            .ctx
+            .store
+            .pin_server_host_key(self.handle, &lines)
+            .await
+        {
+            tracing::error!(error.message = %e, "pinning the host key failed");
+        } else {
+            tracing::info!("host key pinned");
+        }
+    }
+
+    async fn forget_host_key(&self) {
+        if let Err(e) = self.ctx.store.reset_server_host_key(self.handle).await {
+            tracing::error!(error.message = %e, "forgetting the old host key failed");
+        }
+    }
+
+    /// Adds the provision-only result fields.
+    fn finish(self, mut report: Report) -> Report {
+        report
+            .extra
+            .insert("server_handle".to_owned(), json!(self.handle));
+        report.extra.insert(
+            "server_status".to_owned(),
+            json!(self.status.map(ServerStatus::as_str)),
+        );
+        report
+    }
 }
