@@ -16,6 +16,7 @@ use crate::job::{
     Timings,
 };
 use crate::queue::{DeadLetter, Delivery, Queue};
+use crate::store::JobStatus;
 use crate::workflow::{self, Context, Report, millis};
 
 /// Failures that stop the worker loop itself.
@@ -149,6 +150,7 @@ impl Worker {
                     project_id = job.project_id().unwrap_or_default(),
                     attempt = delivery.delivery_count,
                 );
+                self.record_start(&delivery, &job).await;
                 let report = self.run_job(&job).instrument(span).await;
                 (job.request_id().to_owned(), report)
             }
@@ -161,10 +163,53 @@ impl Worker {
             report,
         );
         let success = result.error.is_none();
+        self.record_finish(&result).await;
         self.publish(&delivery, Some(&result), None).await;
         Handled::Published {
             request_id,
             success,
+        }
+    }
+
+    /// The ledger is audit, not a gate: a database error is logged and the
+    /// job goes on.
+    async fn record_start(&self, delivery: &Delivery, job: &Job) {
+        let recorded = self
+            .ctx
+            .store
+            .job_started(
+                delivery.kind.as_str(),
+                job.request_id(),
+                self.queue.consumer(),
+                &delivery.entry_id,
+                Some(job.target()),
+            )
+            .await;
+        if let Err(e) = recorded {
+            tracing::error!(error.message = %e, "recording the job start failed");
+        }
+    }
+
+    async fn record_finish(&self, result: &JobResult) {
+        let status = if result.error.is_none() {
+            JobStatus::Success
+        } else {
+            JobStatus::Failed
+        };
+        let json = serde_json::to_value(result).expect("a result always serializes");
+        let recorded = self
+            .ctx
+            .store
+            .job_finished(
+                result.job.as_str(),
+                &result.request_id,
+                status,
+                result.error.as_ref().map(|e| e.code.as_str()),
+                &json,
+            )
+            .await;
+        if let Err(e) = recorded {
+            tracing::error!(error.message = %e, request_id = %result.request_id, "recording the job result failed");
         }
     }
 
@@ -254,6 +299,14 @@ impl Job {
         match self {
             Job::Deploy(job) => job.request_id.as_str(),
             Job::Provision(job) => job.request_id.as_str(),
+        }
+    }
+
+    /// The server the job acts on.
+    fn target(&self) -> &str {
+        match self {
+            Job::Deploy(job) => job.server_ip.as_str(),
+            Job::Provision(job) => job.server_handle.as_str(),
         }
     }
 
