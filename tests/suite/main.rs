@@ -1,0 +1,7 @@
+//! The integration suite: one binary, one harness (`helpers`), one module per
+//! capability. Each test brings its own Redis key prefix, sshd and worker;
+//! see `helpers` for what is shared and what is not.
+
+mod helpers;
+
+mod harness_selftest;
