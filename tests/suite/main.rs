@@ -4,4 +4,5 @@
 
 mod helpers;
 
+mod deploy;
 mod harness_selftest;
