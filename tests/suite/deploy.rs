@@ -191,7 +191,7 @@ struct BadPayload {
 fn bad_payloads(server_ip: &str) -> Vec<BadPayload> {
     let id = |label: &str| unique_request_id(&format!("bad-{label}"));
     let with = |label: &'static str, field: &'static str, value: Value| {
-        let request_id = id(label);
+        let request_id = id(field);
         let mut p = valid_deploy_payload(&request_id, server_ip, 8080);
         p[field] = value;
         BadPayload {
@@ -366,7 +366,7 @@ async fn the_secret_never_appears_in_command_lines_logs_results_or_dead_letters(
     w.queue
         .enqueue_deploy(&valid_deploy_payload(&request_id, w.host.address(), 8080))
         .await;
-    let mut leaks = Vec::new();
+    let mut leaks = BTreeSet::new();
     let mut saw_playbook = false;
     let mut saw_token_in_an_environment = false;
     let mut scans_while_running = 0;
@@ -374,7 +374,7 @@ async fn the_secret_never_appears_in_command_lines_logs_results_or_dead_letters(
     while scans_while_running < 30 && std::time::Instant::now() < deadline {
         for (pid, argv) in all_cmdlines() {
             if argv.contains(&token) {
-                leaks.push(format!("{pid}: {argv}"));
+                leaks.insert(format!("{pid}: {argv}"));
             }
         }
         let running = descendants(w.worker.pid() as i32)
@@ -450,7 +450,7 @@ async fn eight_sleeping_jobs_at_concurrency_eight_all_start_before_any_finishes(
     }
     // Released once all eight have started, or after a minute if they never
     // do; either way the timestamps decide.
-    let all_started = wait_sleepers_started(&w.host, &ids, Duration::from_secs(120)).await;
+    let all_started = wait_sleepers_started(&w.host, &ids, Duration::from_secs(60)).await;
     release_sleepers(&w.host);
     let mut results = Vec::new();
     for id in &ids {

@@ -264,7 +264,7 @@ impl TestWorkerBuilder {
 
         let log_path = dir.path().join("worker.log");
         let log = std::fs::File::create(&log_path).expect("worker log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_infra-service"));
+        let mut command = Command::new(worker_bin());
         command
             .arg("worker")
             .arg("--config")
@@ -318,6 +318,13 @@ fn render_toml(settings: &BTreeMap<String, Value>) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The worker binary: this build's `infra-service`, or `TEST_WORKER_BIN`
+/// (e.g. a release build, or a stand-in while checking the suite itself).
+pub fn worker_bin() -> String {
+    std::env::var("TEST_WORKER_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_infra-service").to_owned())
 }
 
 /// The `ansible-playbook` the worker runs. `TEST_ANSIBLE_PLAYBOOK` wins;
