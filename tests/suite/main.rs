@@ -1,2 +1,10 @@
-mod provider;
+//! The integration suite: one binary, one harness (`helpers`), one module per
+//! capability. Each test brings its own Redis key prefix, sshd and worker;
+//! see `helpers` for what is shared and what is not.
+
+mod helpers;
 mod time4vps_fake;
+
+mod deploy;
+mod harness_selftest;
+mod provider;

@@ -1,0 +1,24 @@
+# Developer entry points. `.ci/run` prepares a machine, then runs `lint` and `test`.
+
+CARGO ?= cargo
+CONFIG ?= config/local.toml
+
+.PHONY: test lint run
+
+## test: every test target; the integration suite needs Redis, Postgres,
+## sshd and ansible-playbook (see README.md, "Tests").
+test:
+	$(CARGO) test --all-targets
+
+## lint: formatting, clippy with warnings as errors, ansible-lint on ansible/.
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	@if [ -d ansible ]; then \
+		echo "ansible-lint --profile production (ansible/)"; \
+		cd ansible && ansible-lint --profile production; \
+	fi
+
+## run: a worker against local Redis 127.0.0.1:6379 and Postgres.
+run:
+	$(CARGO) run -- worker --config $(CONFIG)

@@ -1,0 +1,31 @@
+//! The harness every suite uses: real Redis (`TestRedis`, `Queue`), real
+//! Postgres (`TestDb`), a real sshd standing in for a server (`TestHost`),
+//! and the real worker binary (`TestWorker`), each made unique per test.
+//! Services come from `TEST_REDIS_URL` / `TEST_DATABASE_URL` when set, else
+//! from containers started once per test binary.
+
+// Parts of the harness serve suites of later issues.
+#![allow(dead_code, unused_imports)]
+
+mod containers;
+mod db;
+mod host;
+mod payload;
+mod playbooks;
+mod procs;
+mod redis;
+mod worker;
+
+pub use db::TestDb;
+pub use host::{RunOutput, TestHost};
+pub use payload::{unique_request_id, valid_deploy_payload};
+pub use playbooks::{
+    FAILING_TASK, digest_record, fixtures_dir, release_sleepers, sha256_hex, sleep_ends,
+    sleep_starts, wait_sleepers_started,
+};
+pub use procs::{all_cmdlines, cmdline, descendants, pids_with_environ_containing};
+pub use redis::{Queue, TestRedis};
+pub use worker::{
+    GITHUB_TOKEN_VAR, PROJECT_ENV_VAR, SSH_KEY_REF, TestWorker, TestWorkerBuilder,
+    ansible_playbook_bin, tail,
+};

@@ -1,0 +1,449 @@
+//! `TestHost`: a real `sshd` on a loopback address, started by the test with
+//! its own host key, client key and configuration in a temporary directory.
+//! It stands in for a deployed server: the worker's `ansible-playbook` and the
+//! test's own `run` reach it over SSH exactly as they would a VPS.
+//!
+//! Every session on it gets, through sshd's `SetEnv`:
+//! - `PATH=<stub_bin_dir>:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`,
+//!   so stub commands (a fake `docker`) shadow real ones;
+//! - `INFRA_TEST_OUT=<out_dir>`, where the fixture playbooks write what they
+//!   saw, so each test reads its own files.
+//!
+//! The login user is `infra-target` (shell `/bin/sh`, no rc files) when the
+//! tests run as root, else the current user. Its filesystem is this machine's.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+use super::procs::{descendants, kill_all};
+use std::time::{Duration, Instant};
+
+const SSHD: &str = "/usr/sbin/sshd";
+const TARGET_USER: &str = "infra-target";
+const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A running sshd and everything needed to log in to it.
+pub struct TestHost {
+    dir: tempfile::TempDir,
+    address: String,
+    port: u16,
+    user: String,
+    sshd: Option<Child>,
+}
+
+/// What a command run over SSH printed and how it ended.
+#[derive(Debug)]
+pub struct RunOutput {
+    /// Exit code; -1 when killed by a signal.
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl TestHost {
+    /// An sshd on a free port of 127.0.0.1.
+    pub async fn start() -> TestHost {
+        TestHost::start_on("127.0.0.1").await
+    }
+
+    /// An sshd on a free port of `address` (127.0.0.1 to 127.0.0.16).
+    pub async fn start_on(address: &str) -> TestHost {
+        let address = address.to_owned();
+        tokio::task::spawn_blocking(move || TestHost::start_blocking(&address))
+            .await
+            .expect("starting sshd panicked")
+    }
+
+    fn start_blocking(address: &str) -> TestHost {
+        assert!(
+            is_allowed_address(address),
+            "TestHost listens on 127.0.0.1-127.0.0.16, not {address}"
+        );
+        let user = login_user();
+        let dir = tempfile::Builder::new()
+            .prefix("infra-testhost-")
+            .tempdir()
+            .expect("temp dir for sshd");
+        // The login user must traverse the dir to reach bin/ and out/; the
+        // keys inside stay 0600 and root's.
+        set_mode(dir.path(), 0o755);
+        let mut host = TestHost {
+            dir,
+            address: address.to_owned(),
+            port: 0,
+            user,
+            sshd: None,
+        };
+        std::fs::create_dir(host.stub_bin_dir()).expect("stub bin dir");
+        set_mode(&host.stub_bin_dir(), 0o755);
+        std::fs::create_dir(host.out_dir()).expect("out dir");
+        set_mode(&host.out_dir(), 0o1777);
+        keygen(&host.dir.path().join("client_key"));
+        std::fs::copy(
+            host.dir.path().join("client_key.pub"),
+            host.dir.path().join("authorized_keys"),
+        )
+        .expect("authorized_keys");
+        keygen(&host.host_key_path());
+
+        // A free port can be taken between our probe and sshd's bind when
+        // tests run in parallel: pick another and try again.
+        let mut last_error = String::new();
+        for _ in 0..20 {
+            host.port = free_port(address);
+            match host.spawn_sshd() {
+                Ok(()) => return host,
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("sshd did not start on {address}: {last_error}");
+    }
+
+    /// The address sshd listens on (the job's `server_ip`).
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The port sshd listens on (the worker's `ansible.ssh_port`).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The login user (the worker's `ansible.ssh_user`).
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The client private key file (OpenSSH format, 0600).
+    pub fn client_key_path(&self) -> PathBuf {
+        self.dir.path().join("client_key")
+    }
+
+    /// The client private key's text, to place in a worker's secrets dir.
+    pub fn client_private_key_pem(&self) -> String {
+        std::fs::read_to_string(self.client_key_path()).expect("client key")
+    }
+
+    /// The current host public key as `ssh-ed25519 AAAA...` (no comment).
+    pub fn host_public_key(&self) -> String {
+        let text = std::fs::read_to_string(self.host_key_path().with_extension("pub"))
+            .expect("host public key");
+        text.split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// A `known_hosts` line for this host, `[addr]:port ssh-ed25519 AAAA...`.
+    pub fn known_hosts_line(&self) -> String {
+        format!(
+            "[{}]:{} {}",
+            self.address,
+            self.port,
+            self.host_public_key()
+        )
+    }
+
+    /// First directory on the PATH of every SSH session: put stubs here.
+    pub fn stub_bin_dir(&self) -> PathBuf {
+        self.dir.path().join("bin")
+    }
+
+    /// Writes an executable stub command (e.g. a fake `docker`) into
+    /// `stub_bin_dir`; `script` is the whole file, shebang included.
+    pub fn add_stub(&self, name: &str, script: &str) -> PathBuf {
+        let path = self.stub_bin_dir().join(name);
+        std::fs::write(&path, script).expect("write stub");
+        set_mode(&path, 0o755);
+        path
+    }
+
+    /// `$INFRA_TEST_OUT` of every session: world-writable, this test's own.
+    pub fn out_dir(&self) -> PathBuf {
+        self.dir.path().join("out")
+    }
+
+    /// sshd's own log (`-e`), for diagnosing failed logins.
+    pub fn sshd_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+
+    /// Stops sshd and its sessions, replaces the host key, and starts it
+    /// again on the same address and port.
+    pub async fn restart_with_new_host_key(&mut self) {
+        self.stop();
+        let key = self.host_key_path();
+        let _ = std::fs::remove_file(&key);
+        let _ = std::fs::remove_file(key.with_extension("pub"));
+        keygen(&key);
+        // The port was ours a moment ago; retry briefly should the kernel
+        // still hold it, but never move: the worker's config names it.
+        let mut last_error = String::new();
+        for _ in 0..50 {
+            match self.spawn_sshd() {
+                Ok(()) => return,
+                Err(e) => last_error = e,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("sshd did not restart on port {}: {last_error}", self.port);
+    }
+
+    /// Runs `command` on the host over SSH as `user()`, through its `/bin/sh`.
+    pub async fn run(&self, command: &str) -> RunOutput {
+        let output = tokio::process::Command::new("ssh")
+            .args(self.ssh_args())
+            .arg(format!("{}@{}", self.user, self.address))
+            .arg(command)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("spawn ssh");
+        RunOutput {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Like `run`, but panics unless the command exits 0; returns stdout.
+    pub async fn run_ok(&self, command: &str) -> String {
+        let out = self.run(command).await;
+        assert_eq!(
+            out.code,
+            0,
+            "`{command}` failed on the test host: {out:?}\nsshd log:\n{}",
+            self.sshd_log()
+        );
+        out.stdout
+    }
+
+    /// Options for an `ssh` client that trusts this host whatever its key.
+    pub fn ssh_args(&self) -> Vec<String> {
+        [
+            "-i",
+            &self.client_key_path().to_string_lossy(),
+            "-p",
+            &self.port.to_string(),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "ConnectTimeout=10",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    fn host_key_path(&self) -> PathBuf {
+        self.dir.path().join("host_key")
+    }
+
+    fn write_config(&self) -> PathBuf {
+        let d = self.dir.path().display();
+        let config = format!(
+            "ListenAddress {addr}:{port}\n\
+             HostKey {d}/host_key\n\
+             PidFile {d}/sshd.pid\n\
+             AuthorizedKeysFile {d}/authorized_keys\n\
+             PubkeyAuthentication yes\n\
+             PasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\n\
+             UsePAM no\n\
+             StrictModes no\n\
+             PermitRootLogin prohibit-password\n\
+             PrintMotd no\n\
+             PrintLastLog no\n\
+             MaxStartups 200\n\
+             MaxSessions 200\n\
+             Subsystem sftp internal-sftp\n\
+             SetEnv PATH={bin}:{BASE_PATH} INFRA_TEST_OUT={out}\n",
+            addr = self.address,
+            port = self.port,
+            bin = self.stub_bin_dir().display(),
+            out = self.out_dir().display(),
+        );
+        let path = self.dir.path().join("sshd_config");
+        std::fs::write(&path, config).expect("write sshd_config");
+        path
+    }
+
+    /// Starts sshd in the foreground and waits for its SSH banner.
+    fn spawn_sshd(&mut self) -> Result<(), String> {
+        let config = self.write_config();
+        let log_path = self.dir.path().join("sshd.log");
+        let log = std::fs::File::create(&log_path).expect("sshd log");
+        let mut child = Command::new(SSHD)
+            .arg("-D")
+            .arg("-e")
+            .arg("-f")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot run {SSHD}: {e} (install openssh-server)"))?;
+        let addr: SocketAddr = format!("{}:{}", self.address, self.port)
+            .parse()
+            .expect("socket address");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "sshd exited with {status}: {}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                ));
+            }
+            if banner_ok(addr) {
+                self.sshd = Some(child);
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("no SSH banner within 15 s".to_owned());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the listener and every process it forked (the sessions, the
+    /// commands they run), so no connection survives a restart.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.sshd.take() {
+            // Listener first, so it forks nothing new; then what it had forked
+            // (found before it died, while they were still its children).
+            let below = descendants(child.id() as i32);
+            let _ = child.kill();
+            kill_all(&below);
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- sshd log of {}:{} ---\n{}",
+                self.address,
+                self.port,
+                self.sshd_log()
+            );
+        }
+        self.stop();
+    }
+}
+
+fn is_allowed_address(address: &str) -> bool {
+    match address.parse::<std::net::Ipv4Addr>() {
+        Ok(ip) => {
+            let [a, b, c, d] = ip.octets();
+            (a, b, c) == (127, 0, 0) && (1..=16).contains(&d)
+        }
+        Err(_) => false,
+    }
+}
+
+fn free_port(address: &str) -> u16 {
+    TcpListener::bind((address, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port on {address}: {e}"))
+}
+
+fn banner_ok(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut buf = [0u8; 8];
+    let ok = stream.read_exact(&mut buf).is_ok() && buf.starts_with(b"SSH-2.0");
+    // Say goodbye politely so sshd logs no protocol error.
+    let _ = stream.write_all(b"SSH-2.0-probe\r\n");
+    ok
+}
+
+fn keygen(path: &Path) {
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "infra-test", "-f"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .status()
+        .expect("run ssh-keygen");
+    assert!(status.success(), "ssh-keygen failed for {}", path.display());
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+}
+
+/// The SSH login user, prepared once per test binary.
+fn login_user() -> String {
+    static USER: OnceLock<String> = OnceLock::new();
+    USER.get_or_init(|| {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return std::env::var("USER").unwrap_or_else(|_| {
+                let out = Command::new("id").arg("-un").output().expect("id -un");
+                String::from_utf8_lossy(&out.stdout).trim().to_owned()
+            });
+        }
+        // sshd -D needs its privilege separation directory.
+        std::fs::create_dir_all("/run/sshd").expect("mkdir /run/sshd");
+        ensure_target_user();
+        TARGET_USER.to_owned()
+    })
+    .clone()
+}
+
+/// Creates `infra-target` (shell /bin/sh, a home) if missing, and makes sure
+/// its account is not locked: with `UsePAM no`, sshd refuses a user whose
+/// shadow password starts with `!`, which is what `useradd` leaves.
+fn ensure_target_user() {
+    let exists = || {
+        Command::new("getent")
+            .args(["passwd", TARGET_USER])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    // Another test binary (or nextest process) may be creating it right now.
+    for _ in 0..50 {
+        if exists() {
+            break;
+        }
+        let _ = Command::new("useradd")
+            .args(["--create-home", "--shell", "/bin/sh", "--password", "*"])
+            .arg(TARGET_USER)
+            .stderr(Stdio::null())
+            .status();
+        if !exists() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    assert!(exists(), "could not create the user {TARGET_USER}");
+    let shadow = std::fs::read_to_string("/etc/shadow").unwrap_or_default();
+    let locked = shadow
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{TARGET_USER}:")))
+        .is_some_and(|rest| rest.starts_with('!'));
+    if locked {
+        let _ = Command::new("usermod")
+            .args(["--password", "*", TARGET_USER])
+            .status();
+    }
+}

@@ -1,0 +1,85 @@
+//! Reading the process table from `/proc`: trees of processes (to clean up
+//! after a killed worker or sshd) and command lines (to look for leaks).
+
+/// Every process whose ancestry leads to `root` (not `root` itself).
+pub fn descendants(root: i32) -> Vec<i32> {
+    let mut parent_of: Vec<(i32, i32)> = Vec::new();
+    for pid in pids() {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The command name may hold spaces and parentheses: parse after the last ')'.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|s| s.parse().ok()) {
+            parent_of.push((pid, ppid));
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parent_of
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// SIGKILLs `root`'s descendants.
+pub fn kill_tree_below(root: i32) {
+    kill_all(&descendants(root));
+}
+
+/// SIGKILLs each of `pids`, deepest (last found) first.
+pub fn kill_all(pids: &[i32]) {
+    for &pid in pids.iter().rev() {
+        // SAFETY: plain kill(2); a pid that already exited is harmless here.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// `(pid, argv joined by spaces)` of every process readable right now.
+pub fn all_cmdlines() -> Vec<(i32, String)> {
+    pids()
+        .filter_map(|pid| {
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let text = String::from_utf8_lossy(&raw).replace('\0', " ");
+            Some((pid, text))
+        })
+        .collect()
+}
+
+/// The argv of one process, joined by spaces; empty if it is gone.
+pub fn cmdline(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+fn pids() -> impl Iterator<Item = i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+}
+
+/// Pids whose environment (`/proc/<pid>/environ`) contains `needle`.
+pub fn pids_with_environ_containing(needle: &str) -> Vec<i32> {
+    pids()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|raw| String::from_utf8_lossy(&raw).contains(needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}

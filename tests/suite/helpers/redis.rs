@@ -1,0 +1,235 @@
+//! Redis for tests: one server per test binary (`TEST_REDIS_URL`, else a
+//! container), and per test a unique key prefix, so tests never see each
+//! other's streams. `Queue` is the producer's and caller's side of the wire.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use redis::aio::MultiplexedConnection;
+use serde_json::Value;
+
+use super::containers;
+
+static SERVER_URL: OnceLock<String> = OnceLock::new();
+
+fn server_url() -> String {
+    SERVER_URL
+        .get_or_init(|| match std::env::var("TEST_REDIS_URL") {
+            Ok(url) if !url.is_empty() => url,
+            _ => containers::redis_url(),
+        })
+        .clone()
+}
+
+/// One test's slice of Redis: the server URL and a prefix of its own.
+pub struct TestRedis {
+    url: String,
+    prefix: String,
+    conn: MultiplexedConnection,
+}
+
+impl TestRedis {
+    /// Connects to the shared server and picks a fresh `t<uuid>:` prefix.
+    pub async fn new() -> TestRedis {
+        let url = server_url();
+        let prefix = format!("t{}:", uuid::Uuid::new_v4().simple());
+        let conn = connect(&url).await;
+        TestRedis { url, prefix, conn }
+    }
+
+    /// The server URL, for the worker's `redis.url`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The test's `redis.key_prefix`, e.g. `t0c1d...:`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A connection that is not prefixed: build names with `Queue::key`.
+    pub fn connection(&self) -> MultiplexedConnection {
+        self.conn.clone()
+    }
+
+    /// The producer/caller side of the queues under this test's prefix.
+    pub fn queue(&self) -> Queue {
+        Queue {
+            conn: self.conn.clone(),
+            prefix: self.prefix.clone(),
+        }
+    }
+}
+
+impl Drop for TestRedis {
+    /// Deletes every key under the prefix (a 10 MB stream entry must not
+    /// outlive its test on a shared server). Best effort.
+    fn drop(&mut self) {
+        let (url, pattern) = (self.url.clone(), format!("{}*", self.prefix));
+        let cleanup = std::thread::spawn(move || -> redis::RedisResult<()> {
+            let mut conn = redis::Client::open(url)?.get_connection()?;
+            let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query(&mut conn)?;
+            if !keys.is_empty() {
+                redis::cmd("UNLINK").arg(keys).query::<()>(&mut conn)?;
+            }
+            Ok(())
+        });
+        let _ = cleanup.join();
+    }
+}
+
+async fn connect(url: &str) -> MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        // Large payloads (10 MB) take longer than the 500 ms default.
+        .set_response_timeout(Some(Duration::from_secs(30)));
+    redis::Client::open(url)
+        .unwrap_or_else(|e| panic!("bad redis url {url}: {e}"))
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to redis at {url}: {e}"))
+}
+
+/// Enqueues jobs and reads results, results stream and dead letters, as the
+/// contract's producers and callers do, under one test's prefix.
+#[derive(Clone)]
+pub struct Queue {
+    conn: MultiplexedConnection,
+    prefix: String,
+}
+
+impl Queue {
+    /// A stream or key name under the test's prefix.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// `XADD <prefix>ansible:deploy:queue * payload <json>`; returns the entry id.
+    pub async fn enqueue_deploy(&self, payload: &Value) -> String {
+        self.enqueue_raw(payload.to_string()).await
+    }
+
+    /// Enqueues any bytes as the `payload` field of a deploy queue entry.
+    pub async fn enqueue_raw(&self, payload: impl AsRef<[u8]>) -> String {
+        self.enqueue_to("ansible:deploy:queue", payload.as_ref())
+            .await
+    }
+
+    /// `XADD <prefix><stream> * payload <bytes>`; returns the entry id.
+    pub async fn enqueue_to(&self, stream: &str, payload: &[u8]) -> String {
+        let mut conn = self.conn.clone();
+        redis::cmd("XADD")
+            .arg(self.key(stream))
+            .arg("*")
+            .arg("payload")
+            .arg(payload)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("XADD to {stream} failed: {e}"))
+    }
+
+    /// The JSON at `<prefix>deploy:result:<request_id>`, if published.
+    pub async fn deploy_result(&self, request_id: &str) -> Option<Value> {
+        let mut conn = self.conn.clone();
+        let key = self.key(&format!("deploy:result:{request_id}"));
+        let raw: Option<String> = conn.get(&key).await.expect("GET result key");
+        raw.map(|text| {
+            serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("result at {key} is not JSON ({e}): {text}"))
+        })
+    }
+
+    /// Polls the result key until it appears; panics after `timeout`.
+    pub async fn wait_deploy_result(&self, request_id: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(result) = self.deploy_result(request_id).await {
+                return result;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no result for {request_id} within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Remaining TTL of the result key in seconds (-2: missing, -1: none).
+    pub async fn deploy_result_ttl(&self, request_id: &str) -> i64 {
+        let mut conn = self.conn.clone();
+        conn.ttl(self.key(&format!("deploy:result:{request_id}")))
+            .await
+            .expect("TTL result key")
+    }
+
+    /// Every `payload` of `<prefix>deploy:results`, oldest first, parsed.
+    pub async fn deploy_results_stream(&self) -> Vec<Value> {
+        self.stream_entries("deploy:results")
+            .await
+            .into_iter()
+            .map(|(id, fields)| {
+                let payload = fields
+                    .get("payload")
+                    .unwrap_or_else(|| panic!("deploy:results entry {id} has no payload"));
+                serde_json::from_str(payload)
+                    .unwrap_or_else(|e| panic!("deploy:results entry {id} is not JSON: {e}"))
+            })
+            .collect()
+    }
+
+    /// The fields of every `<prefix>infra:dead` entry, oldest first.
+    pub async fn dead_letters(&self) -> Vec<HashMap<String, String>> {
+        self.stream_entries("infra:dead")
+            .await
+            .into_iter()
+            .map(|(_, fields)| fields)
+            .collect()
+    }
+
+    /// Polls `infra:dead` until it holds at least `count` entries.
+    pub async fn wait_dead_letters(
+        &self,
+        count: usize,
+        timeout: Duration,
+    ) -> Vec<HashMap<String, String>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let letters = self.dead_letters().await;
+            if letters.len() >= count || Instant::now() >= deadline {
+                return letters;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// XRANGE of a stream under the prefix: entry ids with their fields
+    /// (values decoded lossily, so binary payloads can be inspected too).
+    pub async fn stream_entries(&self, stream: &str) -> Vec<(String, HashMap<String, String>)> {
+        let mut conn = self.conn.clone();
+        let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+            .arg(self.key(stream))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("XRANGE {stream} failed: {e}"));
+        entries
+            .into_iter()
+            .map(|(id, flat)| {
+                let fields = flat
+                    .chunks(2)
+                    .map(|pair| {
+                        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                        (
+                            text(&pair[0]),
+                            pair.get(1).map(|v| text(v)).unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                (id, fields)
+            })
+            .collect()
+    }
+}
