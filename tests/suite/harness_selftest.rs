@@ -108,11 +108,13 @@ async fn the_digest_fixture_runs_against_a_test_host_with_plain_ansible_playbook
     std::fs::write(
         &inventory,
         format!(
-            "target ansible_host={} ansible_port={} ansible_user={} ansible_ssh_private_key_file={}\n",
+            "target ansible_host={} ansible_port={} ansible_user={} ansible_ssh_private_key_file={} \
+             ansible_ssh_common_args='-o UserKnownHostsFile={}'\n",
             host.address(),
             host.port(),
             host.user(),
-            host.client_key_path().display()
+            host.client_key_path().display(),
+            work.path().join("known_hosts").display()
         ),
     )
     .unwrap();

@@ -13,6 +13,7 @@ use serde_json::Value;
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 
+use super::db::TestDb;
 use super::host::TestHost;
 use super::playbooks::fixtures_dir;
 use super::procs::kill_tree_below;
@@ -31,6 +32,9 @@ pub struct TestWorker {
     pid: u32,
     dir: tempfile::TempDir,
     env: BTreeMap<String, String>,
+    /// The worker's own database when the test gave none; dropped after the
+    /// worker is killed.
+    _db: Option<TestDb>,
 }
 
 /// Settings and environment for one `TestWorker`; every key can be overridden.
@@ -58,6 +62,10 @@ impl TestWorker {
             .set("redis.block_ms", 500)
             .set("worker.concurrency", 4)
             .set("worker.job_timeout_secs", 300)
+            // An unreachable host gives up in well under a second.
+            .set("ssh.retry_base_ms", 50)
+            .set("ssh.retry_max_ms", 400)
+            .set("ssh.connect_timeout_secs", 5)
             .set("worker.kill_grace_secs", 2)
             .set("ansible.dir", fixtures_dir().to_string_lossy())
             .set("ansible.playbook_bin", ansible_playbook_bin())
@@ -256,6 +264,13 @@ impl TestWorkerBuilder {
             write_secret(&secrets, name, contents);
         }
         let mut settings = self.settings;
+        let db = if settings.contains_key("postgres.url") {
+            None
+        } else {
+            let db = TestDb::new().await;
+            settings.insert("postgres.url".to_owned(), Value::from(db.url()));
+            Some(db)
+        };
         settings
             .entry("secrets.dir".to_owned())
             .or_insert_with(|| Value::from(secrets.to_string_lossy()));
@@ -288,6 +303,7 @@ impl TestWorkerBuilder {
             pid,
             dir,
             env: self.env,
+            _db: db,
         }
     }
 }
