@@ -14,10 +14,10 @@ test:
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	@if [ -d ansible ]; then \
-		echo "ansible-lint --profile production (ansible/)"; \
-		cd ansible && ansible-lint --profile production; \
-	fi
+	cd ansible && ansible-lint --profile production
+	cd ansible && for playbook in playbooks/*.yml; do \
+		ansible-playbook --syntax-check -i localhost, "$$playbook" || exit 1; \
+	done
 
 ## run: a worker against local Redis 127.0.0.1:6379 and Postgres.
 run:

@@ -27,5 +27,5 @@ pub use procs::{all_cmdlines, cmdline, descendants, pids_with_environ_containing
 pub use redis::{Queue, TestRedis};
 pub use worker::{
     GITHUB_TOKEN_VAR, PROJECT_ENV_VAR, SSH_KEY_REF, TestWorker, TestWorkerBuilder,
-    ansible_playbook_bin, tail,
+    ansible_playbook_bin, tail, worker_bin,
 };

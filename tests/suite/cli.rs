@@ -1,0 +1,76 @@
+//! The binary's configuration contract: file, `INFRA__*` overrides, and the
+//! exit codes operators script against (0 ok, 1 bad configuration).
+
+use std::process::Output;
+
+use crate::helpers::worker_bin;
+
+fn check_config(file: Option<&str>, env: &[(&str, &str)]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = std::process::Command::new(worker_bin());
+    command.arg("check-config");
+    if let Some(text) = file {
+        let path = dir.path().join("infra.toml");
+        std::fs::write(&path, text).unwrap();
+        // The ops convention: the config path as the last argument.
+        command.arg(&path);
+    }
+    for (name, _) in std::env::vars() {
+        if name.starts_with("INFRA__") {
+            command.env_remove(name);
+        }
+    }
+    command.envs(env.iter().copied());
+    command.output().unwrap()
+}
+
+const MINIMAL: &str = "[redis]\nurl = \"redis://127.0.0.1:6379\"\n[postgres]\nurl = \"postgres://postgres@127.0.0.1/test\"\n";
+
+#[test]
+fn environment_variables_override_the_file() {
+    let out = check_config(
+        Some(MINIMAL),
+        &[
+            ("INFRA__WORKER__CONCURRENCY", "7"),
+            ("INFRA__REDIS__GROUP", "blue"),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("concurrency: 7"), "{stdout}");
+    assert!(stdout.contains("group: \"blue\""), "{stdout}");
+}
+
+#[test]
+fn a_bad_value_exits_1_naming_the_key() {
+    let out = check_config(Some(MINIMAL), &[("INFRA__WORKER__CONCURRENCY", "0")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("worker.concurrency"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_missing_required_key_exits_1_naming_it() {
+    let out = check_config(
+        None,
+        &[("INFRA__POSTGRES__URL", "postgres://x@127.0.0.1/x")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("redis.url"));
+}
+
+#[test]
+fn the_printed_configuration_shows_no_connection_secret() {
+    let out = check_config(
+        Some(MINIMAL),
+        &[(
+            "INFRA__REDIS__URL",
+            "redis://:hunter2-password@127.0.0.1:6379",
+        )],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("hunter2"));
+}
