@@ -9,3 +9,4 @@ mod cli;
 mod deploy;
 mod harness_selftest;
 mod provider;
+mod provision;

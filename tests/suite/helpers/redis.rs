@@ -130,6 +130,32 @@ impl Queue {
             .unwrap_or_else(|e| panic!("XADD to {stream} failed: {e}"))
     }
 
+    /// `XADD <prefix>provisioner:queue * payload <json>`; returns the entry id.
+    pub async fn enqueue_provision(&self, payload: &Value) -> String {
+        self.enqueue_to("provisioner:queue", payload.to_string().as_bytes())
+            .await
+    }
+
+    /// Polls `<prefix>provisioner:result:<request_id>` until it appears;
+    /// panics after `timeout`.
+    pub async fn wait_provision_result(&self, request_id: &str, timeout: Duration) -> Value {
+        let key = self.key(&format!("provisioner:result:{request_id}"));
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut conn = self.conn.clone();
+            let raw: Option<String> = conn.get(&key).await.expect("GET result key");
+            if let Some(text) = raw {
+                return serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("result at {key} is not JSON ({e}): {text}"));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no result for {request_id} within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The JSON at `<prefix>deploy:result:<request_id>`, if published.
     pub async fn deploy_result(&self, request_id: &str) -> Option<Value> {
         let mut conn = self.conn.clone();

@@ -1,0 +1,470 @@
+//! Provisioning jobs end to end (issue 3): a ProvisionJob on
+//! `provisioner:queue` for a server registered in Postgres, a real sshd as
+//! that server, fixture playbooks that record which of them ran, and a fake
+//! Time4VPS API for reinstalls.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+use crate::helpers::*;
+use crate::time4vps_fake::{FakeConfig, FakeTime4vps, TaskBehaviour};
+
+const RESULT_TIMEOUT: Duration = Duration::from_secs(120);
+const HANDLE: &str = "vps-hel1-01";
+
+/// One registered server, its sshd, and a worker that provisions it.
+struct World {
+    _worker: TestWorker,
+    host: TestHost,
+    db: TestDb,
+    queue: Queue,
+    /// The worker's `$TMPDIR`: every job's private directory lives here.
+    tmp: tempfile::TempDir,
+    _redis: TestRedis,
+}
+
+struct Options {
+    /// Register the server on this port instead of the sshd's.
+    port: Option<u16>,
+    provider: Option<(String, String)>,
+    worker: Vec<(&'static str, Value)>,
+    env: Vec<(&'static str, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            port: None,
+            provider: None,
+            worker: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+}
+
+async fn world(options: Options) -> World {
+    let redis = TestRedis::new().await;
+    let db = TestDb::new().await;
+    let host = TestHost::start().await;
+    let port = options.port.unwrap_or(host.port()).to_string();
+    let mut add = vec![
+        "add",
+        HANDLE,
+        "--address",
+        host.address(),
+        "--port",
+        &port,
+        "--user",
+        host.user(),
+        "--key-ref",
+        SSH_KEY_REF,
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect::<Vec<_>>();
+    if let Some((provider, id)) = &options.provider {
+        add.extend([
+            "--provider".into(),
+            provider.clone(),
+            "--provider-id".into(),
+            id.clone(),
+        ]);
+    }
+    servers_cli(&db, &add).await;
+    record_status_changes(&db).await;
+
+    // Short: ssh ControlPath sockets live below it (108-byte limit).
+    let tmp = tempfile::Builder::new()
+        .prefix("iw")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mut builder = TestWorker::builder(&redis)
+        .target(&host)
+        .postgres_url(db.url())
+        .set("ansible.provision_playbook", "provision_setup.yml")
+        .set("ansible.recovery_playbook", "provision_recovery.yml")
+        .env("TMPDIR", tmp.path().to_str().unwrap());
+    for (key, value) in options.worker {
+        builder = builder.set(key, value);
+    }
+    for (name, value) in options.env {
+        builder = builder.env(name, &value);
+    }
+    let worker = builder.spawn().await;
+    let queue = redis.queue();
+    World {
+        _worker: worker,
+        host,
+        db,
+        queue,
+        tmp,
+        _redis: redis,
+    }
+}
+
+/// `infra-service servers ...` against the test's database, as an operator.
+async fn servers_cli(db: &TestDb, args: &[String]) -> String {
+    let out = tokio::process::Command::new(worker_bin())
+        .arg("servers")
+        .args(args)
+        .env("INFRA__REDIS__URL", "redis://127.0.0.1:1")
+        .env("INFRA__POSTGRES__URL", db.url())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "servers {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A trigger in the test's own database logs every status the worker writes.
+async fn record_status_changes(db: &TestDb) {
+    let mut conn = db.connect().await;
+    for statement in [
+        "CREATE TABLE status_log (id serial PRIMARY KEY, handle text, status text, last_error text)",
+        "CREATE FUNCTION log_status() RETURNS trigger AS $$ BEGIN
+           INSERT INTO status_log (handle, status, last_error) VALUES (NEW.handle, NEW.status, NEW.last_error);
+           RETURN NEW; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER servers_status AFTER UPDATE OF status ON servers
+           FOR EACH ROW EXECUTE FUNCTION log_status()",
+    ] {
+        sqlx::query(statement).execute(&mut conn).await.unwrap();
+    }
+    conn.close().await.unwrap();
+}
+
+async fn statuses(db: &TestDb) -> Vec<String> {
+    let mut conn = db.connect().await;
+    sqlx::query_scalar("SELECT status FROM status_log ORDER BY id")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+}
+
+async fn server_row(db: &TestDb) -> (String, Option<String>, Option<String>) {
+    let mut conn = db.connect().await;
+    sqlx::query_as("SELECT status, last_error, host_key FROM servers WHERE handle = $1")
+        .bind(HANDLE)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// The lines the fixture playbooks appended on the target.
+fn provision_log(host: &TestHost) -> Vec<String> {
+    std::fs::read_to_string(host.out_dir().join("provision.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn leftovers(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+impl World {
+    async fn provision(&self, payload: Value) -> Value {
+        let request_id = payload["request_id"].as_str().unwrap().to_owned();
+        self.queue.enqueue_provision(&payload).await;
+        self.queue
+            .wait_provision_result(&request_id, RESULT_TIMEOUT)
+            .await
+    }
+}
+
+#[tokio::test]
+async fn a_reachable_server_is_set_up_and_becomes_ready() {
+    let w = world(Options::default()).await;
+    let request_id = unique_request_id("prov");
+
+    let result = w
+        .provision(json!({"request_id": request_id, "server_handle": HANDLE}))
+        .await;
+
+    assert_eq!(result["status"], "success", "{result:#}");
+    assert_eq!(result["job"], "provision");
+    assert_eq!(result["error"], Value::Null);
+    assert_eq!(result["server_handle"], HANDLE);
+    assert_eq!(result["server_status"], "ready");
+    assert!(result["stats"].is_object(), "{result:#}");
+    assert_eq!(statuses(&w.db).await, ["provisioning", "ready"]);
+    assert_eq!(provision_log(&w.host), [format!("setup {request_id} key")]);
+    let (status, last_error, host_key) = server_row(&w.db).await;
+    assert_eq!((status.as_str(), last_error), ("ready", None));
+    let pinned = host_key.expect("the first provision pins the host key");
+    assert!(pinned.contains(w.host.host_public_key().split(' ').nth(1).unwrap()));
+    assert!(
+        leftovers(w.tmp.path()).is_empty(),
+        "{:?}",
+        leftovers(w.tmp.path())
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_tried_four_times_with_growing_gaps_then_marked_unreachable() {
+    // A loopback port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let w = world(Options {
+        port: Some(closed),
+        worker: vec![
+            ("ssh.retry_base_ms", json!(150)),
+            ("ssh.retry_max_ms", json!(5000)),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let request_id = unique_request_id("unreach");
+
+    let result = w
+        .provision(json!({"request_id": request_id, "server_handle": HANDLE}))
+        .await;
+
+    assert_eq!(result["status"], "failed");
+    assert_eq!(result["error"]["code"], "ssh_unreachable", "{result:#}");
+    assert_eq!(result["error"]["details"]["reason"], "refused");
+    assert_eq!(result["server_status"], "unreachable");
+    let attempts = result["error"]["details"]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 4, "{result:#}");
+    let times: Vec<chrono::DateTime<chrono::FixedOffset>> = attempts
+        .iter()
+        .map(|a| chrono::DateTime::parse_from_rfc3339(a["at"].as_str().unwrap()).unwrap())
+        .collect();
+    let gaps: Vec<i64> = times
+        .windows(2)
+        .map(|w| (w[1] - w[0]).num_milliseconds())
+        .collect();
+    assert!(
+        gaps[0] >= 150 && gaps[1] >= 300 && gaps[2] >= 600,
+        "gaps {gaps:?}"
+    );
+    assert!(gaps[0] < gaps[1] && gaps[1] < gaps[2], "gaps {gaps:?}");
+    assert_eq!(statuses(&w.db).await, ["provisioning", "unreachable"]);
+    let (_, last_error, _) = server_row(&w.db).await;
+    assert!(last_error.unwrap().contains("connection refused"));
+    assert!(result.get("stats").is_none(), "the playbook never started");
+    assert!(provision_log(&w.host).is_empty());
+    assert!(
+        leftovers(w.tmp.path()).is_empty(),
+        "{:?}",
+        leftovers(w.tmp.path())
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_handle_and_contradicting_flags_are_refused() {
+    let w = world(Options::default()).await;
+    let unknown = unique_request_id("unknown");
+    let both = unique_request_id("both");
+
+    let not_found = w
+        .provision(json!({"request_id": unknown, "server_handle": "vps-nowhere-9"}))
+        .await;
+    let invalid = w
+        .provision(json!({
+            "request_id": both, "server_handle": HANDLE,
+            "force_reinstall": true, "is_recovery": true,
+        }))
+        .await;
+
+    assert_eq!(
+        not_found["error"]["code"], "server_not_found",
+        "{not_found:#}"
+    );
+    assert_eq!(not_found["server_handle"], "vps-nowhere-9");
+    assert_eq!(invalid["error"]["code"], "invalid_payload", "{invalid:#}");
+    let dead = w.queue.dead_letters().await;
+    assert!(dead.iter().any(|d| d["request_id"] == both), "{dead:?}");
+    assert!(
+        statuses(&w.db).await.is_empty(),
+        "nothing touched the server"
+    );
+    assert!(provision_log(&w.host).is_empty());
+}
+
+#[tokio::test]
+async fn a_recovery_runs_the_recovery_playbook_not_the_setup() {
+    let w = world(Options::default()).await;
+    let request_id = unique_request_id("recover");
+
+    let result = w
+        .provision(json!({"request_id": request_id, "server_handle": HANDLE, "is_recovery": true}))
+        .await;
+
+    assert_eq!(result["status"], "success", "{result:#}");
+    assert_eq!(
+        provision_log(&w.host),
+        [format!("recovery {request_id} key")]
+    );
+    assert_eq!(statuses(&w.db).await, ["recovering", "ready"]);
+}
+
+fn time4vps_options(fake: &FakeTime4vps, config: &FakeConfig) -> Options {
+    Options {
+        provider: Some(("time4vps".into(), "42".into())),
+        worker: vec![
+            ("time4vps.base_url", json!(fake.base_url())),
+            ("time4vps.username_ref", json!("env:T4_USER")),
+            ("time4vps.password_ref", json!("env:T4_PASSWORD")),
+            ("time4vps.os", json!("debian-12-x86_64")),
+            ("time4vps.poll_interval_secs", json!(1)),
+            ("time4vps.reinstall_deadline_secs", json!(3)),
+            ("provision.reinstall_ssh_wait_secs", json!(2)),
+        ],
+        env: vec![
+            ("T4_USER", config.username.clone()),
+            ("T4_PASSWORD", config.password.clone()),
+        ],
+        ..Options::default()
+    }
+}
+
+#[tokio::test]
+async fn a_forced_reinstall_rebuilds_through_time4vps_then_sets_up() {
+    let config = FakeConfig::default();
+    let fake = FakeTime4vps::start(config.clone()).await;
+    let w = world(time4vps_options(&fake, &config)).await;
+    let request_id = unique_request_id("reinstall");
+
+    let result = w
+        .provision(
+            json!({"request_id": request_id, "server_handle": HANDLE, "force_reinstall": true}),
+        )
+        .await;
+
+    assert_eq!(result["status"], "success", "{result:#}");
+    let reinstalls = fake.reinstalls();
+    assert_eq!(reinstalls.len(), 1);
+    assert_eq!(reinstalls[0].path, "/api/server/42/reinstall");
+    assert_eq!(
+        reinstalls[0].auth_user.as_deref(),
+        Some(config.username.as_str())
+    );
+    assert!(reinstalls[0].auth_ok);
+    let body = reinstalls[0].body.clone().unwrap();
+    assert_eq!(body["os"], "debian-12-x86_64");
+    assert!(
+        body["ssh_key"]
+            .as_str()
+            .unwrap()
+            .starts_with("ssh-ed25519 ")
+    );
+    assert!(fake.task_polls() >= 2, "polled until done");
+    assert_eq!(
+        statuses(&w.db).await,
+        ["reinstalling", "provisioning", "ready"]
+    );
+    assert_eq!(provision_log(&w.host), [format!("setup {request_id} key")]);
+    assert!(!result.to_string().contains(&config.password));
+}
+
+#[tokio::test]
+async fn wrong_api_credentials_are_a_provider_error_naming_wronglogin() {
+    let config = FakeConfig::default();
+    let fake = FakeTime4vps::start(config.clone()).await;
+    let mut options = time4vps_options(&fake, &config);
+    options.env.retain(|(name, _)| *name != "T4_PASSWORD");
+    options.env.push(("T4_PASSWORD", "not-the-password".into()));
+    let w = world(options).await;
+    let request_id = unique_request_id("wronglogin");
+
+    let result = w
+        .provision(
+            json!({"request_id": request_id, "server_handle": HANDLE, "force_reinstall": true}),
+        )
+        .await;
+
+    assert_eq!(result["error"]["code"], "provider_error", "{result:#}");
+    assert!(
+        result["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("wronglogin"),
+        "{result:#}"
+    );
+    assert!(!result.to_string().contains("not-the-password"));
+    assert_eq!(result["server_status"], "failed");
+    assert_eq!(statuses(&w.db).await, ["reinstalling", "failed"]);
+    assert!(provision_log(&w.host).is_empty(), "setup never ran");
+    assert!(
+        leftovers(w.tmp.path()).is_empty(),
+        "{:?}",
+        leftovers(w.tmp.path())
+    );
+}
+
+#[tokio::test]
+async fn a_reinstall_task_that_never_completes_is_a_provider_error() {
+    let config = FakeConfig {
+        task: TaskBehaviour::NeverCompletes,
+        ..FakeConfig::default()
+    };
+    let fake = FakeTime4vps::start(config.clone()).await;
+    let w = world(time4vps_options(&fake, &config)).await;
+    let request_id = unique_request_id("hung");
+
+    let result = w
+        .provision(
+            json!({"request_id": request_id, "server_handle": HANDLE, "force_reinstall": true}),
+        )
+        .await;
+
+    assert_eq!(result["error"]["code"], "provider_error", "{result:#}");
+    assert!(fake.task_polls() >= 2, "it kept polling until the deadline");
+    assert_eq!(result["server_status"], "failed");
+    assert!(provision_log(&w.host).is_empty(), "setup never ran");
+    assert!(
+        leftovers(w.tmp.path()).is_empty(),
+        "{:?}",
+        leftovers(w.tmp.path())
+    );
+}
+
+#[tokio::test]
+async fn a_changed_host_key_fails_with_host_key_mismatch_until_an_operator_resets_it() {
+    let mut w = world(Options::default()).await;
+    let first = unique_request_id("pin");
+    let second = unique_request_id("mitm");
+    let third = unique_request_id("reset");
+    let pinned = w
+        .provision(json!({"request_id": first, "server_handle": HANDLE}))
+        .await;
+    assert_eq!(pinned["status"], "success", "{pinned:#}");
+
+    w.host.restart_with_new_host_key().await;
+    let refused = w
+        .provision(json!({"request_id": second, "server_handle": HANDLE}))
+        .await;
+    servers_cli(&w.db, &["reset-host-key".into(), HANDLE.into()]).await;
+    let accepted = w
+        .provision(json!({"request_id": third, "server_handle": HANDLE}))
+        .await;
+
+    assert_eq!(refused["error"]["code"], "host_key_mismatch", "{refused:#}");
+    assert_eq!(refused["server_status"], "failed");
+    assert_eq!(accepted["status"], "success", "{accepted:#}");
+    assert_eq!(
+        provision_log(&w.host),
+        [format!("setup {first} key"), format!("setup {third} key")],
+        "the playbook never ran against the impostor"
+    );
+    let (_, _, host_key) = server_row(&w.db).await;
+    let new_key = w.host.host_public_key();
+    assert!(
+        host_key
+            .unwrap()
+            .contains(new_key.split(' ').nth(1).unwrap())
+    );
+}
