@@ -25,23 +25,13 @@ struct World {
     _redis: TestRedis,
 }
 
+#[derive(Default)]
 struct Options {
     /// Register the server on this port instead of the sshd's.
     port: Option<u16>,
     provider: Option<(String, String)>,
     worker: Vec<(&'static str, Value)>,
     env: Vec<(&'static str, String)>,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            port: None,
-            provider: None,
-            worker: Vec::new(),
-            env: Vec::new(),
-        }
-    }
 }
 
 async fn world(options: Options) -> World {
