@@ -53,6 +53,13 @@ pub struct WorkerSettings {
     pub job_timeout_secs: u64,
     /// After SIGTERM to a timed-out playbook, how long before SIGKILL.
     pub kill_grace_secs: u64,
+    /// An entry idle this long belongs to a dead worker and is taken over.
+    pub lease_secs: u64,
+    /// A job delivered more often than this is not run again (`worker_lost`).
+    pub max_deliveries: u32,
+    /// On SIGTERM, how long running jobs may finish before they are killed
+    /// and handed back.
+    pub shutdown_grace_secs: u64,
 }
 
 /// Where the Ansible content is and how to reach target hosts.
@@ -151,6 +158,9 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("worker.concurrency", "4"),
     ("worker.job_timeout_secs", "3600"),
     ("worker.kill_grace_secs", "10"),
+    ("worker.lease_secs", "60"),
+    ("worker.max_deliveries", "3"),
+    ("worker.shutdown_grace_secs", "30"),
     ("ansible.dir", "ansible"),
     ("ansible.playbook_bin", "ansible-playbook"),
     ("ansible.deploy_playbook", "playbooks/deploy_project.yml"),
@@ -232,6 +242,12 @@ impl Settings {
         }
         if self.worker.job_timeout_secs == 0 {
             return bad("worker.job_timeout_secs", "must be at least 1");
+        }
+        if self.worker.lease_secs < 2 {
+            return bad("worker.lease_secs", "must be at least 2");
+        }
+        if self.worker.max_deliveries == 0 {
+            return bad("worker.max_deliveries", "must be at least 1");
         }
         if self.ansible.playbook_bin.is_empty() {
             return bad("ansible.playbook_bin", "must not be empty");

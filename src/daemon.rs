@@ -36,7 +36,7 @@ pub async fn run_until_stopped(
         trigger.cancel();
     });
 
-    let store = Store::connect_lazy(settings.postgres.url.as_ref())?;
+    let store = Store::connect_lazy(settings.postgres.url.as_ref(), settings.worker.concurrency)?;
     if !migrate(&store, &shutdown).await {
         return Ok(());
     }

@@ -18,7 +18,7 @@ pub enum OperatorError {
 
 /// Applies the migrations.
 pub async fn migrate(settings: &Settings) -> Result<(), OperatorError> {
-    let store = Store::connect_lazy(settings.postgres.url.as_ref())?;
+    let store = Store::connect_lazy(settings.postgres.url.as_ref(), 0)?;
     store.migrate().await?;
     println!("migrations applied");
     Ok(())
@@ -26,7 +26,7 @@ pub async fn migrate(settings: &Settings) -> Result<(), OperatorError> {
 
 /// Runs one `servers` subcommand.
 pub async fn servers(settings: &Settings, action: ServersAction) -> Result<(), OperatorError> {
-    let store = Store::connect_lazy(settings.postgres.url.as_ref())?;
+    let store = Store::connect_lazy(settings.postgres.url.as_ref(), 0)?;
     store.migrate().await?;
     match action {
         ServersAction::Add(args) => {

@@ -1,6 +1,9 @@
 //! The worker loop: read entries while slots are free, run each under a
-//! slot, publish its result, ack. One step (`Worker::handle`) is public so
-//! tests can drive it directly.
+//! slot, publish its result, ack. Beside it, a lease keeper renews the
+//! entries that are running; on shutdown, a bounded drain, then whatever
+//! still runs is killed and handed back to the group.
+
+mod leases;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +18,10 @@ use crate::job::{
     DeployJob, ErrorCode, InvalidPayload, JobError, JobKind, JobResult, ProvisionJob, RequestId,
     Timings,
 };
-use crate::queue::{DeadLetter, Delivery, Queue};
-use crate::store::JobStatus;
+use crate::queue::{DeadLetter, Delivery, Finished, Queue};
+use crate::store::{Claim, JobStatus};
 use crate::workflow::{self, Context, Report, millis};
+use leases::Leases;
 
 /// Failures that stop the worker loop itself.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +37,9 @@ pub enum Handled {
     Published { request_id: String, success: bool },
     /// No request id could be read: dead-lettered and acked, no result.
     DeadLettered,
+    /// Stopped before its end (shutdown, or the entry was taken over by
+    /// another worker); nothing published, nothing acked.
+    Abandoned,
 }
 
 /// Runs jobs from both queues with bounded concurrency.
@@ -42,9 +49,11 @@ pub struct Worker {
     ctx: Context,
 }
 
-/// Backoff after a failed read or publish.
+/// Backoff after a failed read, publish or ledger write.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 const RETRY_DELAY_MAX: Duration = Duration::from_secs(10);
+/// How often a duplicate request checks whether the first one finished.
+const DUPLICATE_POLL: Duration = Duration::from_secs(1);
 
 impl Worker {
     /// A worker taking jobs from `queue`.
@@ -52,12 +61,24 @@ impl Worker {
         Worker { queue, ctx }
     }
 
-    /// Reads and runs jobs until `shutdown` fires, then waits for the jobs
-    /// already started.
+    fn lease(&self) -> Duration {
+        Duration::from_secs(self.ctx.settings.worker.lease_secs)
+    }
+
+    /// Reads and runs jobs until `shutdown` fires, then drains: running
+    /// jobs get `worker.shutdown_grace_secs` to finish; the rest are killed
+    /// and their entries handed back for another worker.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let slots = Arc::new(Semaphore::new(self.ctx.settings.worker.concurrency));
         let jobs = TaskTracker::new();
-        let mut reader = self.queue.reader().await?;
+        let abort = CancellationToken::new();
+        let leases = Leases::default();
+        let keeper = tokio::spawn(leases.clone().keep(
+            self.queue.clone(),
+            self.lease(),
+            abort.clone(),
+        ));
+        let mut reader = self.queue.reader(self.lease()).await?;
         let mut delay = RETRY_DELAY;
         tracing::info!(
             consumer = self.queue.consumer(),
@@ -66,13 +87,25 @@ impl Worker {
         );
         while let Some(mut permits) = free_slots(&slots, &shutdown).await {
             match reader.next(permits.len(), &shutdown).await {
-                Ok(deliveries) => {
+                Ok(batch) => {
                     delay = RETRY_DELAY;
-                    for delivery in deliveries {
+                    for vanished in batch.vanished {
+                        if let Err(e) = self.queue.dead_letter_vanished(&vanished).await {
+                            tracing::warn!(error.message = %e, "recording a vanished entry failed");
+                        }
+                    }
+                    for delivery in batch.deliveries {
                         let permit = permits.pop().expect("never more entries than slots");
+                        let token = leases.hold(&delivery, &abort);
                         let worker = self.clone();
+                        let leases = leases.clone();
+                        let abort = abort.clone();
                         jobs.spawn(async move {
-                            worker.handle_guarded(delivery).await;
+                            let handled = worker.handle_guarded(delivery.clone(), token).await;
+                            if handled == Handled::Abandoned && abort.is_cancelled() {
+                                worker.hand_back(&delivery).await;
+                            }
+                            leases.release(&delivery);
                             drop(permit);
                         });
                     }
@@ -87,52 +120,71 @@ impl Worker {
                 }
             }
         }
+        self.drain(&jobs, &abort).await;
+        abort.cancel();
+        let _ = keeper.await;
+        if let Err(e) = self.queue.retire_consumer().await {
+            tracing::warn!(error.message = %e, "removing this consumer from the groups failed");
+        }
+        Ok(())
+    }
+
+    async fn drain(&self, jobs: &TaskTracker, abort: &CancellationToken) {
+        let grace = Duration::from_secs(self.ctx.settings.worker.shutdown_grace_secs);
         tracing::info!(
             running = jobs.len(),
-            "stopped reading; waiting for running jobs"
+            grace_secs = grace.as_secs(),
+            "stopped reading; draining"
         );
         jobs.close();
-        jobs.wait().await;
-        Ok(())
+        if tokio::time::timeout(grace, jobs.wait()).await.is_err() {
+            tracing::warn!(
+                running = jobs.len(),
+                "grace period over; stopping the jobs still running"
+            );
+            abort.cancel();
+            jobs.wait().await;
+        }
+    }
+
+    /// Gives an entry we could not finish back to the group, so another
+    /// worker takes it at once rather than after a lease.
+    async fn hand_back(&self, delivery: &Delivery) {
+        match self.queue.hand_back(delivery, self.lease()).await {
+            Ok(()) => tracing::info!(entry_id = %delivery.entry_id, "entry handed back"),
+            Err(e) => tracing::warn!(
+                entry_id = %delivery.entry_id,
+                error.message = %e,
+                "handing the entry back failed; it is taken over after its lease"
+            ),
+        }
     }
 
     /// `handle` in a task of its own, so that a bug that panics costs one
     /// job an `internal` result and a dead letter, never the worker or the
     /// entry.
-    async fn handle_guarded(&self, delivery: Delivery) {
+    async fn handle_guarded(&self, delivery: Delivery, token: CancellationToken) -> Handled {
         let worker = self.clone();
         let entry = delivery.clone();
-        let Err(e) = tokio::spawn(async move { worker.handle(entry).await }).await else {
-            return;
+        let e = match tokio::spawn(async move { worker.handle(entry, token).await }).await {
+            Ok(handled) => return handled,
+            Err(e) => e,
         };
         tracing::error!(entry_id = %delivery.entry_id, error.message = %e, "job handler panicked");
         let invalid = InvalidPayload::new(
             readable_request_id(&delivery),
             "internal error: the worker panicked while handling this entry",
         );
-        let started_at = Utc::now();
-        let dead = DeadLetter {
-            reason: &invalid.reason,
-            request_id: invalid.request_id.as_ref().map(|id| id.as_str()),
-        };
-        let result = invalid.request_id.as_ref().map(|id| {
-            let report = Report::failed(JobError::new(ErrorCode::Internal, invalid.reason.clone()));
-            build_result(
-                &delivery,
-                id.as_str(),
-                self.queue.consumer(),
-                started_at,
-                report,
-            )
-        });
-        self.publish(&delivery, result.as_ref(), Some(dead)).await;
+        self.fail_entry(&delivery, &invalid, ErrorCode::Internal)
+            .await
     }
 
-    /// One entry, start to ack: parse, run its workflow, publish, ack.
-    pub async fn handle(&self, delivery: Delivery) -> Handled {
+    /// One entry, start to ack: parse, claim, run its workflow, publish, ack.
+    /// `token` fires when the job must stop (shutdown, or lost lease).
+    pub async fn handle(&self, delivery: Delivery, token: CancellationToken) -> Handled {
         let started_at = Utc::now();
-        let parsed = parse(&delivery);
-        let (request_id, report) = match parsed {
+        let job = match parse(&delivery) {
+            Ok(job) => job,
             Err(invalid) => {
                 tracing::warn!(
                     stream = %delivery.stream,
@@ -140,56 +192,219 @@ impl Worker {
                     reason = %invalid.reason,
                     "invalid payload"
                 );
-                return self.refuse(&delivery, &invalid, started_at).await;
-            }
-            Ok(job) => {
-                let span = tracing::info_span!(
-                    "job",
-                    kind = delivery.kind.as_str(),
-                    request_id = job.request_id(),
-                    project_id = job.project_id().unwrap_or_default(),
-                    attempt = delivery.delivery_count,
-                );
-                self.record_start(&delivery, &job).await;
-                let report = self.run_job(&job).instrument(span).await;
-                (job.request_id().to_owned(), report)
+                return self
+                    .fail_entry(&delivery, &invalid, ErrorCode::InvalidPayload)
+                    .await;
             }
         };
+        let span = tracing::info_span!(
+            "job",
+            kind = delivery.kind.as_str(),
+            request_id = job.request_id(),
+            project_id = job.project_id().unwrap_or_default(),
+            attempt = delivery.delivery_count,
+        );
+        async {
+            let limit = self.ctx.settings.worker.max_deliveries;
+            if delivery.delivery_count > limit {
+                let lost = InvalidPayload::new(
+                    RequestId::parse(job.request_id()).ok(),
+                    format!(
+                        "delivered {} times (limit {limit}): its workers kept dying; not run again",
+                        delivery.delivery_count
+                    ),
+                );
+                return self
+                    .fail_entry(&delivery, &lost, ErrorCode::WorkerLost)
+                    .await;
+            }
+            tokio::select! {
+                handled = self.claim_and_run(&delivery, &job, started_at) => handled,
+                () = token.cancelled() => {
+                    tracing::warn!("job stopped before its end; its entry stays pending");
+                    Handled::Abandoned
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Runs the job unless the ledger says it ran or runs elsewhere; in
+    /// those cases its result is published again once there is one.
+    async fn claim_and_run(
+        &self,
+        delivery: &Delivery,
+        job: &Job,
+        started_at: chrono::DateTime<Utc>,
+    ) -> Handled {
+        match self.claim(delivery, job).await {
+            Claim::Run => {}
+            Claim::Finished(result) => {
+                return self.republish(delivery, job, &result.to_string()).await;
+            }
+            Claim::RunningElsewhere { entry_id } => {
+                if let Some(result) = self.await_other(delivery, job, &entry_id).await {
+                    return self.republish(delivery, job, &result).await;
+                }
+            }
+        }
+        tracing::info!("job started");
+        let report = match job {
+            Job::Deploy(job) => workflow::deploy::run(&self.ctx, job).await,
+            Job::Provision(job) => workflow::provision::run(&self.ctx, job).await,
+        };
+        match &report.error {
+            None => tracing::info!("job succeeded"),
+            Some(e) => {
+                tracing::warn!(error.code = e.code.as_str(), error.message = %e.message, "job failed")
+            }
+        }
         let result = build_result(
-            &delivery,
-            &request_id,
+            delivery,
+            job.request_id(),
             self.queue.consumer(),
             started_at,
             report,
         );
-        let success = result.error.is_none();
         self.record_finish(&result).await;
-        self.publish(&delivery, Some(&result), None).await;
+        let success = result.error.is_none();
+        self.publish(delivery, Some(&result), None).await;
         Handled::Published {
-            request_id,
+            request_id: result.request_id,
             success,
         }
     }
 
-    /// The ledger is audit, not a gate: a database error is logged and the
-    /// job goes on.
-    async fn record_start(&self, delivery: &Delivery, job: &Job) {
-        let recorded = self
-            .ctx
-            .store
-            .job_started(
-                delivery.kind.as_str(),
-                job.request_id(),
-                self.queue.consumer(),
-                &delivery.entry_id,
-                Some(job.target()),
-            )
-            .await;
-        if let Err(e) = recorded {
-            tracing::error!(error.message = %e, "recording the job start failed");
+    /// Asks the ledger, waiting out a Postgres outage: a delay, never a
+    /// lost or doubled job.
+    async fn claim(&self, delivery: &Delivery, job: &Job) -> Claim {
+        let mut delay = RETRY_DELAY;
+        loop {
+            let claimed = self
+                .ctx
+                .store
+                .claim_job(
+                    delivery.kind.as_str(),
+                    job.request_id(),
+                    self.queue.consumer(),
+                    &delivery.entry_id,
+                    job.target(),
+                )
+                .await;
+            match claimed {
+                Ok(claim) => return claim,
+                Err(e) => {
+                    tracing::warn!(error.message = %e, "the jobs ledger is unavailable; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RETRY_DELAY_MAX);
+                }
+            }
         }
     }
 
+    /// Another entry with the same request id is running: wait for its
+    /// result. `None` when that entry is gone without one, and this entry
+    /// took the job over.
+    async fn await_other(&self, delivery: &Delivery, job: &Job, other: &str) -> Option<String> {
+        tracing::info!(
+            other_entry = other,
+            "the same request is running elsewhere; waiting for its result"
+        );
+        loop {
+            tokio::time::sleep(DUPLICATE_POLL).await;
+            match self
+                .ctx
+                .store
+                .job(delivery.kind.as_str(), job.request_id())
+                .await
+            {
+                Ok(Some(record)) if record.status != "running" => {
+                    if let Some(result) = record.result {
+                        return Some(result.to_string());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error.message = %e, "the jobs ledger is unavailable; still waiting");
+                    continue;
+                }
+            }
+            let Ok(None) = self.queue.pending_idle(&delivery.stream, other).await else {
+                continue;
+            };
+            // The other entry was acked: its result is in Redis even if the
+            // ledger missed it; or it vanished, and the job is ours.
+            if let Ok(Some(result)) = self.queue.result(delivery.kind, job.request_id()).await {
+                return Some(result);
+            }
+            let moved = self
+                .ctx
+                .store
+                .take_over_job(
+                    delivery.kind.as_str(),
+                    job.request_id(),
+                    self.queue.consumer(),
+                    &delivery.entry_id,
+                    other,
+                )
+                .await;
+            if let Ok(true) = moved {
+                return None;
+            }
+        }
+    }
+
+    /// Answers a repeated request with the stored result, without running.
+    async fn republish(&self, delivery: &Delivery, job: &Job, result: &str) -> Handled {
+        tracing::info!("request already answered; publishing its result again");
+        self.publish_json(delivery, Some((job.request_id(), result)), None)
+            .await;
+        let success = serde_json::from_str::<serde_json::Value>(result)
+            .is_ok_and(|r| r["status"] == "success");
+        Handled::Published {
+            request_id: job.request_id().to_owned(),
+            success,
+        }
+    }
+
+    /// An entry that is not run (breaks the contract, delivered too often,
+    /// or crashed the handler): a failed result when a request id is
+    /// readable, always a dead letter, then the ack.
+    async fn fail_entry(
+        &self,
+        delivery: &Delivery,
+        why: &InvalidPayload,
+        code: ErrorCode,
+    ) -> Handled {
+        let dead = DeadLetter {
+            reason: &why.reason,
+            request_id: why.request_id.as_ref().map(|id| id.as_str()),
+        };
+        let Some(request_id) = &why.request_id else {
+            self.publish(delivery, None, Some(dead)).await;
+            return Handled::DeadLettered;
+        };
+        let report = Report::failed(JobError::new(code, why.reason.clone()));
+        let result = build_result(
+            delivery,
+            request_id.as_str(),
+            self.queue.consumer(),
+            Utc::now(),
+            report,
+        );
+        if code != ErrorCode::InvalidPayload {
+            self.record_finish(&result).await;
+        }
+        self.publish(delivery, Some(&result), Some(dead)).await;
+        Handled::Published {
+            request_id: request_id.as_str().to_owned(),
+            success: false,
+        }
+    }
+
+    /// The ledger is audit and idempotency, not a gate for the result: a
+    /// database error is logged and the result still goes out.
     async fn record_finish(&self, result: &JobResult) {
         let status = if result.error.is_none() {
             JobStatus::Success
@@ -213,57 +428,6 @@ impl Worker {
         }
     }
 
-    async fn run_job(&self, job: &Job) -> Report {
-        tracing::info!("job started");
-        let report = match job {
-            Job::Deploy(job) => workflow::deploy::run(&self.ctx, job).await,
-            Job::Provision(job) => workflow::provision::run(&self.ctx, job).await,
-        };
-        match &report.error {
-            None => tracing::info!("job succeeded"),
-            Some(e) => {
-                tracing::warn!(error.code = e.code.as_str(), error.message = %e.message, "job failed")
-            }
-        }
-        report
-    }
-
-    /// An entry that breaks the contract: an `invalid_payload` result when a
-    /// request id is readable, always a dead letter, then the ack.
-    async fn refuse(
-        &self,
-        delivery: &Delivery,
-        invalid: &InvalidPayload,
-        started_at: chrono::DateTime<Utc>,
-    ) -> Handled {
-        let dead = DeadLetter {
-            reason: &invalid.reason,
-            request_id: invalid.request_id.as_ref().map(|id| id.as_str()),
-        };
-        let Some(request_id) = &invalid.request_id else {
-            self.publish(delivery, None, Some(dead)).await;
-            return Handled::DeadLettered;
-        };
-        let report = Report::failed(JobError::new(
-            ErrorCode::InvalidPayload,
-            invalid.reason.clone(),
-        ));
-        let result = build_result(
-            delivery,
-            request_id.as_str(),
-            self.queue.consumer(),
-            started_at,
-            report,
-        );
-        self.publish(delivery, Some(&result), Some(dead)).await;
-        Handled::Published {
-            request_id: request_id.as_str().to_owned(),
-            success: false,
-        }
-    }
-
-    /// Publishes and acks, retrying until Redis takes it: a job's result is
-    /// never dropped because Redis blinked.
     async fn publish(
         &self,
         delivery: &Delivery,
@@ -274,10 +438,25 @@ impl Worker {
         let result = result
             .zip(json.as_deref())
             .map(|(r, json)| (r.request_id.as_str(), json));
+        self.publish_json(delivery, result, dead).await;
+    }
+
+    /// Publishes and acks, retrying until Redis takes it: a job's result is
+    /// never dropped because Redis blinked.
+    async fn publish_json(
+        &self,
+        delivery: &Delivery,
+        result: Option<(&str, &str)>,
+        dead: Option<DeadLetter<'_>>,
+    ) {
         let mut delay = RETRY_DELAY;
         loop {
             match self.queue.finish(delivery, result, dead.clone()).await {
-                Ok(()) => return,
+                Ok(Finished::Done | Finished::AlreadyFinished) => return,
+                Ok(Finished::NotOwner) => {
+                    tracing::warn!(entry_id = %delivery.entry_id, "another worker took this entry over; its result is theirs to publish");
+                    return;
+                }
                 Err(e) => {
                     tracing::warn!(error.message = %e, entry_id = %delivery.entry_id, "publishing the result failed; retrying");
                     tokio::time::sleep(delay).await;
@@ -357,16 +536,12 @@ fn build_result(
     JobResult {
         request_id: request_id.to_owned(),
         job: delivery.kind,
-        status: if report.error.is_none() {
-            "success"
-        } else {
-            "failed"
-        },
+        status: JobResult::status_for(report.error.as_ref()),
         error: report.error,
         started_at,
         finished_at,
         duration_ms: millis((finished_at - started_at).to_std().unwrap_or_default()),
-        attempt: delivery.delivery_count,
+        attempt: delivery.delivery_count.max(1),
         worker: worker.to_owned(),
         output_tail: report.output_tail,
         stats: report.stats,

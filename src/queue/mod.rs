@@ -4,9 +4,10 @@
 
 mod names;
 mod reader;
+mod scripts;
 
 pub use names::Names;
-pub use reader::Reader;
+pub use reader::{Batch, Reader};
 
 use std::time::Duration;
 
@@ -48,6 +49,18 @@ impl Delivery {
     pub fn enqueued_at_ms(&self) -> Option<i64> {
         self.entry_id.split('-').next()?.parse().ok()
     }
+}
+
+/// What `Queue::finish` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// Published (when there was something to publish) and acked.
+    Done,
+    /// The entry was acked before: a retry after a lost reply, or another
+    /// worker finished it.
+    AlreadyFinished,
+    /// Another consumer owns the entry now; nothing was written.
+    NotOwner,
 }
 
 /// A copy of a refused entry for `infra:dead`.
@@ -123,77 +136,194 @@ impl Queue {
 
     /// A reader on a connection of its own, so its blocking waits never
     /// stall the commands other tasks send.
-    pub async fn reader(&self) -> Result<Reader, QueueError> {
+    pub async fn reader(&self, lease: Duration) -> Result<Reader, QueueError> {
         Reader::connect(
             self.client.clone(),
             self.names.clone(),
             self.group.clone(),
             self.consumer.clone(),
             self.block_ms,
+            lease,
         )
         .await
     }
 
-    /// Publishes a final result (key with TTL, then the result stream) and
-    /// acks the entry, in that order, in one transaction; optionally also
-    /// copies the entry to the dead-letter stream before the ack.
+    /// Publishes a final result (key with TTL, then the result stream),
+    /// optionally copies the entry to the dead-letter stream, and acks, in
+    /// that order and atomically, if this consumer still owns the entry.
     pub async fn finish(
         &self,
         delivery: &Delivery,
         result: Option<(&str, &str)>,
         dead: Option<DeadLetter<'_>>,
-    ) -> Result<(), QueueError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        if let Some((request_id, json)) = result {
-            pipe.cmd("SET")
-                .arg(self.names.result_key(delivery.kind, request_id))
-                .arg(json)
-                .arg("EX")
-                .arg(RESULT_TTL_SECS)
-                .ignore();
-            pipe.cmd("XADD")
-                .arg(self.names.result_stream(delivery.kind))
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(RESULT_STREAM_MAXLEN)
-                .arg("*")
-                .arg("payload")
-                .arg(json)
-                .ignore();
-        }
+    ) -> Result<Finished, QueueError> {
+        let request_id = result.map_or("", |(id, _)| id);
+        let mut invocation = scripts::FINISH.prepare_invoke();
+        invocation
+            .key(&delivery.stream)
+            .key(self.names.result_key(delivery.kind, request_id))
+            .key(self.names.result_stream(delivery.kind))
+            .key(self.names.dead_letters())
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg(&delivery.entry_id)
+            .arg(result.map_or("", |(_, json)| json))
+            .arg(RESULT_TTL_SECS)
+            .arg(RESULT_STREAM_MAXLEN);
         if let Some(dead) = dead {
-            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-            let mut xadd = redis::cmd("XADD");
-            xadd.arg(self.names.dead_letters())
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(RESULT_STREAM_MAXLEN)
-                .arg("*")
-                .arg("reason")
-                .arg(dead.reason)
-                .arg("stream")
-                .arg(&delivery.stream)
-                .arg("entry_id")
-                .arg(&delivery.entry_id)
-                .arg("request_id")
-                .arg(dead.request_id.unwrap_or(""))
-                .arg("worker")
-                .arg(&self.consumer)
-                .arg("dead_at")
-                .arg(now);
-            if let Some(payload) = &delivery.payload {
-                xadd.arg("payload").arg(payload.as_slice());
+            for (field, value) in self.dead_letter_fields(delivery, &dead) {
+                invocation.arg(field).arg(value);
             }
-            pipe.add_command(xadd).ignore();
         }
-        pipe.cmd("XACK")
+        let mut conn = self.conn.clone();
+        let outcome: i64 = invocation.invoke_async(&mut conn).await?;
+        Ok(match outcome {
+            1 => Finished::Done,
+            0 => Finished::AlreadyFinished,
+            _ => Finished::NotOwner,
+        })
+    }
+
+    fn dead_letter_fields<'a>(
+        &'a self,
+        delivery: &'a Delivery,
+        dead: &DeadLetter<'a>,
+    ) -> Vec<(&'static str, Vec<u8>)> {
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mut fields = vec![
+            ("reason", dead.reason.as_bytes().to_vec()),
+            ("stream", delivery.stream.as_bytes().to_vec()),
+            ("entry_id", delivery.entry_id.as_bytes().to_vec()),
+            (
+                "request_id",
+                dead.request_id.unwrap_or("").as_bytes().to_vec(),
+            ),
+            ("worker", self.consumer.as_bytes().to_vec()),
+            ("dead_at", now.into_bytes()),
+        ];
+        if let Some(payload) = &delivery.payload {
+            fields.push(("payload", payload.clone()));
+        }
+        fields
+    }
+
+    /// Records an entry that vanished (deleted or trimmed) while pending:
+    /// nothing is left to run or ack, but an operator should know.
+    pub async fn dead_letter_vanished(&self, delivery: &Delivery) -> Result<(), QueueError> {
+        let dead = DeadLetter {
+            reason: "entry was deleted or trimmed from the stream before it was processed",
+            request_id: None,
+        };
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(self.names.dead_letters())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(RESULT_STREAM_MAXLEN)
+            .arg("*");
+        for (field, value) in self.dead_letter_fields(delivery, &dead) {
+            cmd.arg(field).arg(value);
+        }
+        let mut conn = self.conn.clone();
+        cmd.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Keeps the leases of running entries fresh; returns those this
+    /// consumer no longer owns (another worker took them over).
+    pub async fn renew(
+        &self,
+        stream: &str,
+        entry_ids: &[String],
+    ) -> Result<Vec<String>, QueueError> {
+        let mut invocation = scripts::RENEW.prepare_invoke();
+        invocation.key(stream).arg(&self.group).arg(&self.consumer);
+        for id in entry_ids {
+            invocation.arg(id);
+        }
+        let mut conn = self.conn.clone();
+        Ok(invocation.invoke_async(&mut conn).await?)
+    }
+
+    /// Gives an unfinished entry back (shutdown): claiming it with a large
+    /// idle time makes it reclaimable at once, and JUSTID does not count
+    /// another delivery.
+    pub async fn hand_back(&self, delivery: &Delivery, lease: Duration) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("XCLAIM")
             .arg(&delivery.stream)
             .arg(&self.group)
+            .arg(&self.consumer)
+            .arg(0)
             .arg(&delivery.entry_id)
-            .ignore();
+            .arg("IDLE")
+            .arg(
+                u64::try_from(lease.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .saturating_mul(10),
+            )
+            .arg("JUSTID")
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Whether an entry is still pending, and if so for how long it has
+    /// been idle.
+    pub async fn pending_idle(
+        &self,
+        stream: &str,
+        entry_id: &str,
+    ) -> Result<Option<Duration>, QueueError> {
         let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn).await?;
+        let reply: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(&self.group)
+            .arg(entry_id)
+            .arg(entry_id)
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
+        Ok(reply
+            .into_iter()
+            .next()
+            .map(|(_, _, idle_ms, _)| Duration::from_millis(idle_ms)))
+    }
+
+    /// A published result, if its key still exists.
+    pub async fn result(
+        &self,
+        kind: JobKind,
+        request_id: &str,
+    ) -> Result<Option<String>, QueueError> {
+        let mut conn = self.conn.clone();
+        Ok(conn.get(self.names.result_key(kind, request_id)).await?)
+    }
+
+    /// Leaves the groups tidy on a clean stop: this consumer is removed
+    /// only when it has nothing pending, so no entry loses its owner.
+    pub async fn retire_consumer(&self) -> Result<(), QueueError> {
+        let mut conn = self.conn.clone();
+        for kind in [JobKind::Deploy, JobKind::Provision] {
+            let stream = self.names.queue(kind);
+            let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+                .arg(&stream)
+                .arg(&self.group)
+                .arg("-")
+                .arg("+")
+                .arg(1)
+                .arg(&self.consumer)
+                .query_async(&mut conn)
+                .await?;
+            if pending.is_empty() {
+                redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(&stream)
+                    .arg(&self.group)
+                    .arg(&self.consumer)
+                    .query_async::<()>(&mut conn)
+                    .await?;
+            }
+        }
         Ok(())
     }
 

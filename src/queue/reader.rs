@@ -7,11 +7,15 @@
 //! exactly the free slots, and waits for new work with a plain `XREAD BLOCK`
 //! from each stream's newest id, which claims nothing and so can be
 //! abandoned at any time (shutdown) without stranding an entry.
+//!
+//! Entries whose worker died are taken over the same way: every so often
+//! `XAUTOCLAIM` claims entries idle longer than the lease, again no more
+//! than there are free slots.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
 use super::{Delivery, Names, QueueError};
@@ -28,6 +32,20 @@ pub struct Reader {
     /// Alternates which queue is served first, so a busy one cannot starve
     /// the other.
     provision_first: bool,
+    lease: Duration,
+    last_reclaim: Option<Instant>,
+    /// XAUTOCLAIM scan position per queue (deploy, provision).
+    cursors: [String; 2],
+}
+
+/// What one read produced.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Entries to run: new ones, and ones taken over from dead workers.
+    pub deliveries: Vec<Delivery>,
+    /// Pending entries that no longer exist in their stream (deleted or
+    /// trimmed); nothing to run, only to report.
+    pub vanished: Vec<Delivery>,
 }
 
 impl Reader {
@@ -37,6 +55,7 @@ impl Reader {
         group: String,
         consumer: String,
         block_ms: u64,
+        lease: Duration,
     ) -> Result<Reader, QueueError> {
         let conn = Self::open(&client, block_ms).await?;
         Ok(Reader {
@@ -47,7 +66,20 @@ impl Reader {
             consumer,
             block_ms,
             provision_first: false,
+            lease,
+            last_reclaim: None,
+            cursors: ["0-0".to_owned(), "0-0".to_owned()],
         })
+    }
+
+    /// Dead workers' entries are looked for twice per lease.
+    fn reclaim_every(&self) -> Duration {
+        self.lease / 2
+    }
+
+    fn reclaim_due(&self) -> bool {
+        self.last_reclaim
+            .is_none_or(|at| at.elapsed() >= self.reclaim_every())
     }
 
     /// The reply to a `BLOCK` wait arrives only after the block time, so the
@@ -73,13 +105,13 @@ impl Reader {
         Ok(())
     }
 
-    /// Up to `max` new entries; empty after waiting `block_ms` with nothing
-    /// new, or as soon as `cancel` fires.
+    /// Up to `max` entries to run; empty after waiting (at most `block_ms`)
+    /// with nothing new, or as soon as `cancel` fires.
     pub async fn next(
         &mut self,
         max: usize,
         cancel: &CancellationToken,
-    ) -> Result<Vec<Delivery>, QueueError> {
+    ) -> Result<Batch, QueueError> {
         let order = if self.provision_first {
             [JobKind::Provision, JobKind::Deploy]
         } else {
@@ -87,24 +119,121 @@ impl Reader {
         };
         self.provision_first = !self.provision_first;
 
+        let mut batch = Batch::default();
+        if self.reclaim_due() {
+            for kind in order {
+                let room = max - batch.deliveries.len();
+                if room > 0 {
+                    self.reclaim(kind, room, &mut batch).await?;
+                }
+            }
+            // Slots to spare: the scan is through; otherwise look again
+            // as soon as slots free up.
+            if batch.deliveries.len() < max {
+                self.last_reclaim = Some(Instant::now());
+            }
+        }
+
         // Newest ids first: anything added after them wakes the wait below,
         // anything before them is seen by the claims.
         let newest = self.newest_ids().await?;
-        let mut taken = Vec::new();
         for kind in order {
-            let room = max - taken.len();
+            let room = max - batch.deliveries.len();
             if room == 0 {
                 break;
             }
-            taken.extend(self.claim(kind, room).await?);
+            let taken = self.claim(kind, room).await?;
+            batch.deliveries.extend(taken);
         }
-        if taken.is_empty() {
+        if batch.deliveries.is_empty() && batch.vanished.is_empty() {
+            let until_reclaim = self.last_reclaim.map_or(Duration::ZERO, |at| {
+                self.reclaim_every().saturating_sub(at.elapsed())
+            });
+            let block = Duration::from_millis(self.block_ms)
+                .min(until_reclaim)
+                .max(Duration::from_millis(1));
             tokio::select! {
-                waited = self.wait_for_new(&newest) => waited?,
+                waited = self.wait_for_new(&newest, block) => waited?,
                 () = cancel.cancelled() => {}
             }
         }
-        Ok(taken)
+        Ok(batch)
+    }
+
+    /// Takes over entries idle longer than the lease, with their delivery
+    /// counts, and reports the ids Redis says were deleted meanwhile.
+    async fn reclaim(
+        &mut self,
+        kind: JobKind,
+        count: usize,
+        batch: &mut Batch,
+    ) -> Result<(), QueueError> {
+        let stream = self.names.queue(kind);
+        let slot = usize::from(kind == JobKind::Provision);
+        let reply = redis::cmd("XAUTOCLAIM")
+            .arg(&stream)
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg(u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX))
+            .arg(&self.cursors[slot])
+            .arg("COUNT")
+            .arg(count)
+            .query_async::<StreamAutoClaimReply>(&mut self.conn)
+            .await;
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(e) if e.code() == Some("NOGROUP") => {
+                self.recreate_group(&stream).await?;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.cursors[slot] = reply.next_stream_id;
+        for id in reply.deleted_ids {
+            tracing::warn!(stream, entry_id = %id, "pending entry vanished from its stream");
+            batch.vanished.push(Delivery {
+                kind,
+                stream: stream.clone(),
+                entry_id: id,
+                payload: None,
+                delivery_count: 0,
+            });
+        }
+        if reply.claimed.is_empty() {
+            return Ok(());
+        }
+        let counts = self.delivery_counts(&stream, &reply.claimed).await?;
+        for (entry, count) in reply.claimed.into_iter().zip(counts) {
+            tracing::info!(stream, entry_id = %entry.id, delivery = count, "took over an entry from a silent worker");
+            batch.deliveries.push(delivery(kind, &stream, entry, count));
+        }
+        Ok(())
+    }
+
+    async fn delivery_counts(
+        &mut self,
+        stream: &str,
+        entries: &[StreamId],
+    ) -> Result<Vec<u32>, QueueError> {
+        let mut pipe = redis::pipe();
+        for entry in entries {
+            pipe.cmd("XPENDING")
+                .arg(stream)
+                .arg(&self.group)
+                .arg(&entry.id)
+                .arg(&entry.id)
+                .arg(1);
+        }
+        let replies: Vec<Vec<(String, String, u64, u64)>> =
+            pipe.query_async(&mut self.conn).await?;
+        Ok(replies
+            .into_iter()
+            .map(|reply| {
+                reply.first().map_or(1, |(_, _, _, count)| {
+                    u32::try_from(*count).unwrap_or(u32::MAX)
+                })
+            })
+            .collect())
     }
 
     async fn newest_ids(&mut self) -> Result<[String; 2], QueueError> {
@@ -175,12 +304,16 @@ impl Reader {
         }
     }
 
-    async fn wait_for_new(&mut self, newest: &[String; 2]) -> Result<(), QueueError> {
+    async fn wait_for_new(
+        &mut self,
+        newest: &[String; 2],
+        block: Duration,
+    ) -> Result<(), QueueError> {
         let _: Option<redis::Value> = redis::cmd("XREAD")
             .arg("COUNT")
             .arg(1)
             .arg("BLOCK")
-            .arg(self.block_ms)
+            .arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX))
             .arg("STREAMS")
             .arg(self.names.queue(JobKind::Deploy))
             .arg(self.names.queue(JobKind::Provision))

@@ -3,9 +3,11 @@
 //! `sqlx::query!` so a build never needs a live database or `.sqlx` data.
 
 mod jobs;
+mod lock;
 mod servers;
 
-pub use jobs::{JobRecord, JobStatus};
+pub use jobs::{Claim, JobRecord, JobStatus};
+pub use lock::ServerLock;
 pub use servers::{NewServer, Server, ServerStatus};
 
 use std::time::Duration;
@@ -35,18 +37,30 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: PgPool,
+    /// Connections that hold server locks for as long as a job runs; one per
+    /// job slot, so waiting for a server never starves the queries.
+    locks: PgPool,
 }
 
 impl Store {
     /// A lazily connecting pool: a database that is down at start or blinks
     /// later costs a failed query, never the process.
-    pub fn connect_lazy(url: Option<&SecretString>) -> Result<Store, StoreError> {
+    pub fn connect_lazy(url: Option<&SecretString>, job_slots: usize) -> Result<Store, StoreError> {
         let url = url.ok_or(StoreError::NoUrl)?;
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(5))
             .connect_lazy(url.expose_secret())?;
-        Ok(Store { pool })
+        let locks = PgPoolOptions::new()
+            .max_connections(
+                u32::try_from(job_slots)
+                    .unwrap_or(u32::MAX)
+                    .saturating_add(1),
+            )
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy(url.expose_secret())?;
+        Ok(Store { pool, locks })
     }
 
     /// Applies pending migrations.

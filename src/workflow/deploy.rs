@@ -35,6 +35,21 @@ pub async fn run(ctx: &Context, job: &DeployJob) -> Report {
         }
     };
     let redactor = Redactor::new(secrets.values());
+    let lock = ctx.lock_server(job.server_ip.as_str()).await;
+    let report = run_locked(ctx, job, &secrets, &redactor, report, started).await;
+    lock.release().await;
+    report
+}
+
+/// The part of a deploy that touches the server, under its lock.
+async fn run_locked(
+    ctx: &Context,
+    job: &DeployJob,
+    secrets: &DeploySecrets,
+    redactor: &Redactor,
+    report: Report,
+    started: Instant,
+) -> Report {
     let address = job.server_ip.as_str();
     let port = ctx.settings.ansible.ssh_port;
     let pinned = match ctx.store.host_key_for(address, port).await {
@@ -81,7 +96,7 @@ pub async fn run(ctx: &Context, job: &DeployJob) -> Report {
         preflight_ms: millis(started.elapsed()),
         ..report
     };
-    match ctx.runner.run_in(&workspace, run, &redactor).await {
+    match ctx.runner.run_in(&workspace, run, redactor).await {
         Ok(outcome) => report.with_playbook(outcome, ctx.job_timeout()),
         Err(e) => internal(report, &e),
     }

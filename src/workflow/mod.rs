@@ -12,7 +12,7 @@ use crate::ansible::{PlaybookOutcome, Runner};
 use crate::config::Settings;
 use crate::job::{ErrorCode, FailedTask, HostStats, JobError};
 use crate::secrets::Resolver;
-use crate::store::Store;
+use crate::store::{ServerLock, Store};
 
 use std::collections::BTreeMap;
 
@@ -36,6 +36,23 @@ impl Context {
                 Duration::from_secs(settings.worker.kill_grace_secs),
             ),
             settings,
+        }
+    }
+
+    /// Waits until no other job, in any worker, works on `server`, and
+    /// holds it until the lock is released or dropped. A Postgres outage
+    /// means waiting longer, not failing.
+    pub async fn lock_server(&self, server: &str) -> ServerLock {
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match self.store.lock_server(server).await {
+                Ok(lock) => return lock,
+                Err(e) => {
+                    tracing::warn!(error.message = %e, server, "cannot take the server lock; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
         }
     }
 

@@ -40,7 +40,7 @@ struct Flow<'a> {
 impl Flow<'_> {
     async fn run(&mut self, job: &ProvisionJob) -> Report {
         let started = Instant::now();
-        let mut server = match self.ctx.store.server(self.handle).await {
+        let server = match self.ctx.store.server(self.handle).await {
             Ok(Some(server)) => server,
             Ok(None) => {
                 return Report::failed(JobError::new(
@@ -55,6 +55,19 @@ impl Flow<'_> {
                 ));
             }
         };
+        let lock = self.ctx.lock_server(&server.public_ip).await;
+        let report = self.run_locked(job, server, started).await;
+        lock.release().await;
+        report
+    }
+
+    /// The part of a provisioning that touches the server, under its lock.
+    async fn run_locked(
+        &mut self,
+        job: &ProvisionJob,
+        mut server: Server,
+        started: Instant,
+    ) -> Report {
         let key = match self.resolve(&server.ssh_key_ref).await {
             Ok(key) => key,
             Err(error) => return self.fail(ServerStatus::Failed, error).await,

@@ -22,8 +22,24 @@ struct World {
 }
 
 async fn world(playbook: &str, concurrency: usize) -> World {
+    world_on(TestHost::start().await, playbook, concurrency).await
+}
+
+/// Eight loopback addresses on one sshd: eight servers to the worker, so
+/// the one-job-per-server rule does not serialize jobs spread over them.
+const SERVERS: [&str; 8] = [
+    "127.0.0.1",
+    "127.0.0.2",
+    "127.0.0.3",
+    "127.0.0.4",
+    "127.0.0.5",
+    "127.0.0.6",
+    "127.0.0.7",
+    "127.0.0.8",
+];
+
+async fn world_on(host: TestHost, playbook: &str, concurrency: usize) -> World {
     let redis = TestRedis::new().await;
-    let host = TestHost::start().await;
     let worker = TestWorker::builder(&redis)
         .target(&host)
         .deploy_playbook(playbook)
@@ -437,15 +453,20 @@ async fn the_secret_never_appears_in_command_lines_logs_results_or_dead_letters(
 #[tokio::test]
 async fn eight_sleeping_jobs_at_concurrency_eight_all_start_before_any_finishes() {
     // Arrange
-    let w = world("deploy_sleep.yml", 8).await;
+    let w = world_on(
+        TestHost::start_on_all(&SERVERS).await,
+        "deploy_sleep.yml",
+        8,
+    )
+    .await;
     let ids: Vec<String> = (0..8)
         .map(|i| unique_request_id(&format!("sleep{i}")))
         .collect();
 
     // Act
-    for id in &ids {
+    for (id, server) in ids.iter().zip(SERVERS) {
         w.queue
-            .enqueue_deploy(&valid_deploy_payload(id, w.host.address(), 8080))
+            .enqueue_deploy(&valid_deploy_payload(id, server, 8080))
             .await;
     }
     // Released once all eight have started, or after a minute if they never
@@ -486,10 +507,12 @@ async fn two_workers_on_one_group_split_a_batch_and_run_each_job_once() {
     // Arrange: two slots each, so four jobs can only be running at once if
     // both workers took some.
     let redis = TestRedis::new().await;
-    let host = TestHost::start().await;
+    let db = TestDb::new().await;
+    let host = TestHost::start_on_all(&SERVERS).await;
     let spawn = || {
         TestWorker::builder(&redis)
             .target(&host)
+            .postgres_url(db.url())
             .deploy_playbook("deploy_sleep.yml")
             .concurrency(2)
             .spawn()
@@ -501,9 +524,9 @@ async fn two_workers_on_one_group_split_a_batch_and_run_each_job_once() {
         .collect();
 
     // Act
-    for id in &ids {
+    for (id, server) in ids.iter().zip(SERVERS) {
         queue
-            .enqueue_deploy(&valid_deploy_payload(id, host.address(), 8080))
+            .enqueue_deploy(&valid_deploy_payload(id, server, 8080))
             .await;
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(120);

@@ -30,6 +30,10 @@ const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin
 pub struct TestHost {
     dir: tempfile::TempDir,
     address: String,
+    /// More loopback addresses the same sshd answers on, same port: several
+    /// "servers" behind one key, for jobs the one-job-per-server rule must
+    /// not serialize.
+    also_on: Vec<String>,
     port: u16,
     user: String,
     sshd: Option<Child>,
@@ -52,17 +56,33 @@ impl TestHost {
 
     /// An sshd on a free port of `address` (127.0.0.1 to 127.0.0.16).
     pub async fn start_on(address: &str) -> TestHost {
-        let address = address.to_owned();
-        tokio::task::spawn_blocking(move || TestHost::start_blocking(&address))
+        TestHost::start_on_all(&[address]).await
+    }
+
+    /// One sshd on the same free port of each of `addresses` (127.0.0.1 to
+    /// 127.0.0.16); `address()` is the first.
+    pub async fn start_on_all(addresses: &[&str]) -> TestHost {
+        let addresses: Vec<String> = addresses.iter().map(|a| (*a).to_owned()).collect();
+        tokio::task::spawn_blocking(move || TestHost::start_blocking(&addresses))
             .await
             .expect("starting sshd panicked")
     }
 
-    fn start_blocking(address: &str) -> TestHost {
-        assert!(
-            is_allowed_address(address),
-            "TestHost listens on 127.0.0.1-127.0.0.16, not {address}"
-        );
+    /// Every address this sshd answers on.
+    pub fn addresses(&self) -> Vec<String> {
+        std::iter::once(self.address.clone())
+            .chain(self.also_on.iter().cloned())
+            .collect()
+    }
+
+    fn start_blocking(addresses: &[String]) -> TestHost {
+        for address in addresses {
+            assert!(
+                is_allowed_address(address),
+                "TestHost listens on 127.0.0.1-127.0.0.16, not {address}"
+            );
+        }
+        let address = addresses[0].as_str();
         let user = login_user();
         let dir = tempfile::Builder::new()
             .prefix("infra-testhost-")
@@ -74,6 +94,7 @@ impl TestHost {
         let mut host = TestHost {
             dir,
             address: address.to_owned(),
+            also_on: addresses[1..].to_vec(),
             port: 0,
             user,
             sshd: None,
@@ -275,8 +296,13 @@ impl TestHost {
             bin = self.stub_bin_dir().display(),
             out = self.out_dir().display(),
         );
+        let also: String = self
+            .also_on
+            .iter()
+            .map(|addr| format!("ListenAddress {addr}:{}\n", self.port))
+            .collect();
         let path = self.dir.path().join("sshd_config");
-        std::fs::write(&path, config).expect("write sshd_config");
+        std::fs::write(&path, also + &config).expect("write sshd_config");
         path
     }
 

@@ -1,0 +1,62 @@
+//! Lua scripts for the steps that must check ownership and act in one
+//! atomic step: a worker that lost an entry to another must neither renew
+//! its lease nor publish its result.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Renews the lease of entries this consumer still owns by claiming them to
+/// itself (`XCLAIM ... 0 <id> JUSTID` resets the idle time without counting
+/// a delivery). Returns the ids it no longer owns.
+///
+/// KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3..] entry ids.
+pub static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local lost = {}
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+  if #p == 1 and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id, 'JUSTID')
+  else
+    lost[#lost + 1] = id
+  end
+end
+return lost
+",
+    )
+});
+
+/// Publishes a result, copies a dead letter, and acks, only if this
+/// consumer still owns the entry. Safe to retry after a lost reply: an
+/// entry no longer pending was finished already.
+///
+/// KEYS[1] job stream, KEYS[2] result key, KEYS[3] result stream,
+/// KEYS[4] dead-letter stream; ARGV[1] group, ARGV[2] consumer,
+/// ARGV[3] entry id, ARGV[4] result JSON ('' for none), ARGV[5] TTL secs,
+/// ARGV[6] stream MAXLEN, ARGV[7..] dead-letter field/value pairs (none: no
+/// dead letter).
+///
+/// Returns 1 done, 0 already finished, -1 owned by another consumer.
+pub static FINISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 then return 0 end
+if p[1][2] ~= ARGV[2] then return -1 end
+if ARGV[4] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5])
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'payload', ARGV[4])
+end
+if #ARGV > 6 then
+  local fields = {}
+  for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', unpack(fields))
+end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+return 1
+",
+    )
+});

@@ -1,0 +1,81 @@
+//! Leases of the entries this worker is running: renewed every third of a
+//! lease for as long as the job runs (however long, waiting for its server
+//! included), and a job whose entry another worker took over is told to
+//! stop.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::queue::{Delivery, Queue};
+
+/// The running entries, each with the token that stops its job.
+#[derive(Clone, Default)]
+pub(super) struct Leases {
+    held: Arc<Mutex<HashMap<(String, String), CancellationToken>>>,
+}
+
+impl Leases {
+    /// Starts renewing `delivery`; the token fires when its job must stop
+    /// (the entry was lost, or `abort` fired).
+    pub(super) fn hold(&self, delivery: &Delivery, abort: &CancellationToken) -> CancellationToken {
+        let token = abort.child_token();
+        self.lock().insert(
+            (delivery.stream.clone(), delivery.entry_id.clone()),
+            token.clone(),
+        );
+        token
+    }
+
+    /// Stops renewing `delivery` (its job ended).
+    pub(super) fn release(&self, delivery: &Delivery) {
+        self.lock()
+            .remove(&(delivery.stream.clone(), delivery.entry_id.clone()));
+    }
+
+    /// Renews every held lease until `stop` fires. A Redis error skips one
+    /// round: a lease is three rounds long.
+    pub(super) async fn keep(self, queue: Queue, lease: Duration, stop: CancellationToken) {
+        let every = lease / 3;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = stop.cancelled() => return,
+            }
+            for (stream, ids) in self.by_stream() {
+                match queue.renew(&stream, &ids).await {
+                    Ok(lost) => self.stop_lost(&stream, &lost),
+                    Err(e) => tracing::warn!(error.message = %e, stream, "renewing leases failed"),
+                }
+            }
+        }
+    }
+
+    fn by_stream(&self) -> HashMap<String, Vec<String>> {
+        let mut streams: HashMap<String, Vec<String>> = HashMap::new();
+        for (stream, id) in self.lock().keys() {
+            streams.entry(stream.clone()).or_default().push(id.clone());
+        }
+        streams
+    }
+
+    fn stop_lost(&self, stream: &str, lost: &[String]) {
+        let held = self.lock();
+        for id in lost {
+            tracing::warn!(stream, entry_id = %id, "another worker took this entry over; stopping its job here");
+            if let Some(token) = held.get(&(stream.to_owned(), id.clone())) {
+                token.cancel();
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), CancellationToken>> {
+        // A panic while holding this lock cannot leave the map inconsistent
+        // (single inserts and removes), so a poisoned lock is still usable.
+        self.held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
