@@ -2,9 +2,11 @@
 //! dead letters and acks. Knows entries, names and payload bytes; does not
 //! know what a deploy is.
 
+mod dead;
 mod names;
 mod reader;
 
+pub use dead::{DeadLetterEntry, DeadLetterPage, DeadLetters, ReplayError, Replayed};
 pub use names::Names;
 pub use reader::Reader;
 
