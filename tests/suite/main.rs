@@ -6,6 +6,7 @@ mod helpers;
 mod time4vps_fake;
 
 mod cli;
+mod dead;
 mod deploy;
 mod harness_selftest;
 mod provider;
