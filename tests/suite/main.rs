@@ -7,6 +7,7 @@ mod time4vps_fake;
 
 mod cli;
 mod dead;
+mod delivery;
 mod deploy;
 mod harness_selftest;
 mod provider;
