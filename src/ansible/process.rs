@@ -793,6 +793,192 @@ mod tests {
         assert!(gone, "processes of group {pgid} remain");
     }
 
+    /// A fake playbook's body that leaves the playbook's session: one
+    /// `setsid sleep` and a `setsid sh` with two sleeps of its own, all
+    /// named by `marker` and ignoring SIGTERM (so only SIGKILL ends them).
+    fn escaping_children(marker: &str) -> String {
+        format!(
+            "trap '' TERM\n\
+             setsid sleep {marker} &\n\
+             setsid sh -c 'sleep {marker} & sleep {marker}; :' &\n\
+             echo started\n"
+        )
+    }
+
+    /// A `sleep` argument no other process has: 300 s and a random fraction.
+    fn unique_marker() -> String {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        format!(
+            "300.{nanos:09}{}",
+            uuid::Uuid::new_v4().as_u128() % 1_000_000
+        )
+    }
+
+    /// Processes whose command line holds `marker`, with their session ids.
+    fn with_marker(marker: &str) -> Vec<(Proc, i32)> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.split(' ').any(|word| word.contains(marker))
+                && let (Some(proc), Some(fields)) = (Proc::of(pid), stat_fields(pid))
+            {
+                found.push((proc, fields[3].parse().unwrap()));
+            }
+        }
+        found
+    }
+
+    /// Fields 3.. of `/proc/<pid>/stat` (state, ppid, pgrp, session, ...).
+    fn stat_fields(pid: i32) -> Option<Vec<String>> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = &text[text.rfind(')')? + 1..];
+        Some(rest.split_whitespace().map(str::to_owned).collect())
+    }
+
+    /// Our children that are zombies (exited, not reaped).
+    fn our_zombies() -> Vec<i32> {
+        let me = std::process::id().to_string();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|&pid| stat_fields(pid).is_some_and(|f| f[0] == "Z" && f[1] == me))
+            .collect()
+    }
+
+    /// Runs `run` while recording every process that carries `marker`.
+    async fn run_watching<T>(
+        marker: &str,
+        run: impl std::future::Future<Output = T>,
+    ) -> (T, Vec<(Proc, i32)>) {
+        let mut seen = Vec::new();
+        let watch = async {
+            loop {
+                for found in with_marker(marker) {
+                    if !seen.contains(&found) {
+                        seen.push(found);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let result = tokio::select! {
+            result = run => result,
+            () = watch => unreachable!(),
+        };
+        (result, seen)
+    }
+
+    /// The escaping children really ran, outside the playbook's session.
+    fn assert_escaped(seen: &[(Proc, i32)], pgid: i32) {
+        assert!(
+            seen.len() >= 3,
+            "expected 3 or 4 marked processes: {seen:?}"
+        );
+        assert!(
+            seen.iter().all(|&(_, session)| session != pgid),
+            "each left the playbook's session: {seen:?}"
+        );
+    }
+
+    /// None of `seen` exists any more, not even as a zombie, and no child of
+    /// ours is a zombie (after `settle`, for other tests' children).
+    async fn assert_all_gone(seen: &[(Proc, i32)], settle: Duration) {
+        let deadline = tokio::time::Instant::now() + settle;
+        loop {
+            let left: Vec<_> = seen
+                .iter()
+                .filter(|(p, _)| Proc::of(p.pid) == Some(*p))
+                .collect();
+            let zombies = our_zombies();
+            if left.is_empty() && zombies.is_empty() {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("left: {left:?}; zombies among our children: {zombies:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_run_kills_and_reaps_children_in_sessions_of_their_own() {
+        become_subreaper();
+        let marker = unique_marker();
+        let fx = Fixture::new(&format!("{}sleep 30", escaping_children(&marker)));
+
+        let ((outcome, _, pgid), seen) =
+            run_watching(&marker, fx.run(playbook_run(Duration::from_millis(500)))).await;
+
+        assert!(outcome.timed_out && !outcome.succeeded(), "{outcome:?}");
+        assert!(outcome.output_tail.contains("started"));
+        assert!(outcome.duration < Duration::from_secs(10));
+        assert_escaped(&seen, pgid);
+        // The run reaped them itself; the settle time is for zombies other
+        // tests' runs have not reaped yet.
+        assert!(
+            seen.iter().all(|(p, _)| Proc::of(p.pid) != Some(*p)),
+            "{seen:?}"
+        );
+        assert_all_gone(&seen, Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test]
+    async fn a_daemon_left_by_a_successful_run_is_killed_and_reaped() {
+        become_subreaper();
+        let marker = unique_marker();
+        // The pause lets the watcher see the children before the run ends.
+        let fx = Fixture::new(&format!("{}sleep 0.5\nexit 0", escaping_children(&marker)));
+
+        let ((outcome, _, pgid), seen) =
+            run_watching(&marker, fx.run(playbook_run(Duration::from_secs(20)))).await;
+
+        assert!(outcome.succeeded(), "{outcome:?}");
+        assert_escaped(&seen, pgid);
+        assert!(
+            seen.iter().all(|(p, _)| Proc::of(p.pid) != Some(*p)),
+            "{seen:?}"
+        );
+        assert_all_gone(&seen, Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_run_kills_and_reaps_children_in_sessions_of_their_own() {
+        become_subreaper();
+        let marker = unique_marker();
+        let fx = Fixture::new(&format!("{}sleep 30", escaping_children(&marker)));
+        let pgid = Mutex::new(None);
+        let redactor = Redactor::default();
+        let run = async {
+            let run = playbook_run(Duration::from_secs(60));
+            let workspace = fx.runner.workspace(&run).unwrap();
+            fx.runner
+                .run_observed(&workspace, run, &redactor, |_, p| {
+                    *pgid.lock().unwrap() = Some(p);
+                })
+                .await
+        };
+
+        let (cancelled, seen) = run_watching(
+            &marker,
+            tokio::time::timeout(Duration::from_millis(600), run),
+        )
+        .await;
+
+        assert!(cancelled.is_err(), "the run should still have been going");
+        assert_escaped(&seen, pgid.into_inner().unwrap().unwrap());
+        // SIGTERM is ignored: SIGKILL comes after the 300 ms grace.
+        assert!(tree::finish_cleanups(Duration::from_secs(5)).await);
+        assert_all_gone(&seen, Duration::from_secs(2)).await;
+    }
+
     #[test]
     fn success_means_exit_zero_within_the_timeout() {
         let outcome = |exit_code, timed_out| PlaybookOutcome {
