@@ -28,6 +28,13 @@ pub async fn run_until_stopped(
     settings: Settings,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
+    // Processes that leave a playbook run (Ansible's forks in sessions of
+    // their own, daemonized ssh ControlMasters) re-parent to us, not to PID 1
+    // (which in a container may never reap), so each run can kill and reap
+    // all it started.
+    if let Err(e) = crate::ansible::become_subreaper() {
+        tracing::warn!(error.message = %e, "cannot become a child subreaper; orphans of playbook runs may be left as zombies");
+    }
     let settings = Arc::new(settings);
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
