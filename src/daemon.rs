@@ -51,8 +51,14 @@ pub async fn run_until_stopped(
     let Some(queue) = connect_queue(&settings, consumer, &shutdown).await else {
         return Ok(());
     };
-    let worker = Worker::new(queue, Context::new(settings, store));
+    let worker = Worker::new(queue, Context::new(settings.clone(), store));
     worker.run(shutdown).await?;
+    // Runs stopped at the end of the drain finish dying on threads of their
+    // own; let them, so nothing outlives the worker.
+    let kill_grace = Duration::from_secs(settings.worker.kill_grace_secs);
+    if !crate::ansible::finish_cleanups(kill_grace + Duration::from_secs(5)).await {
+        tracing::warn!("some playbook processes were still being stopped at exit");
+    }
     tracing::info!("worker stopped");
     Ok(())
 }

@@ -62,13 +62,12 @@ impl Fleet {
     /// Entries of the deploy queue delivered and not yet acked.
     async fn pending(&self) -> usize {
         let mut conn = self.redis.connection();
-        let (count, ..): (usize, redis::Value, redis::Value, redis::Value) =
-            redis::cmd("XPENDING")
-                .arg(self.queue.key("ansible:deploy:queue"))
-                .arg("infra-service")
-                .query_async(&mut conn)
-                .await
-                .unwrap();
+        let (count, ..): (usize, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+            .arg(self.queue.key("ansible:deploy:queue"))
+            .arg("infra-service")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         count
     }
 
@@ -244,7 +243,10 @@ async fn two_jobs_for_one_server_on_two_workers_never_overlap() {
     // Assert: one interval ends before the other begins.
     let (s1, e1) = interval(&f.host, &first);
     let (s2, e2) = interval(&f.host, &second);
-    assert!(e1 <= s2 || e2 <= s1, "overlap: [{s1}, {e1}] and [{s2}, {e2}]");
+    assert!(
+        e1 <= s2 || e2 <= s1,
+        "overlap: [{s1}, {e1}] and [{s2}, {e2}]"
+    );
 }
 
 #[tokio::test]
@@ -265,7 +267,10 @@ async fn jobs_for_two_servers_on_two_workers_run_at_the_same_time() {
     assert!(both, "both started before either was released");
     let (s1, e1) = interval(&f.host, &left);
     let (s2, e2) = interval(&f.host, &right);
-    assert!(s1 < e2 && s2 < e1, "no overlap: [{s1}, {e1}] and [{s2}, {e2}]");
+    assert!(
+        s1 < e2 && s2 < e1,
+        "no overlap: [{s1}, {e1}] and [{s2}, {e2}]"
+    );
 }
 
 /// The process group the worker logged for the playbook of `request_id`.
@@ -324,7 +329,11 @@ async fn a_hung_playbook_is_killed_at_its_timeout_with_nothing_of_it_left() {
     );
     assert_eq!(sleep_starts(&f.host, &id).len(), 1, "it had started");
     let pgid = playbook_pgid(&w.logs(), &id);
-    assert!(group_members(pgid).is_empty(), "left in group {pgid}: {:?}", group_members(pgid));
+    assert!(
+        group_members(pgid).is_empty(),
+        "left in group {pgid}: {:?}",
+        group_members(pgid)
+    );
     assert!(
         descendants(w.pid() as i32).is_empty(),
         "the worker still has children: {:?}",
@@ -352,7 +361,11 @@ async fn sigterm_lets_a_running_job_finish_within_the_grace_period_and_exits_0()
     let status = w.wait_exit(RESULT_TIMEOUT).await;
 
     assert_eq!(status.code(), Some(0));
-    let result = f.queue.deploy_result(&id).await.expect("published before exit");
+    let result = f
+        .queue
+        .deploy_result(&id)
+        .await
+        .expect("published before exit");
     assert_eq!(result["status"], "success", "{result:#}");
     assert_eq!(f.pending().await, 0);
 }
