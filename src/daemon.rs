@@ -35,6 +35,13 @@ pub async fn run_until_stopped(
     if let Err(e) = crate::ansible::become_subreaper() {
         tracing::warn!(error.message = %e, "cannot become a child subreaper; orphans of playbook runs may be left as zombies");
     }
+    // A process adopted that way may exit long after its run ended.
+    tokio::spawn(async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            crate::ansible::reap_adopted_orphans();
+        }
+    });
     let settings = Arc::new(settings);
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();

@@ -10,5 +10,5 @@ mod tree;
 mod workspace;
 
 pub use process::{PlaybookOutcome, PlaybookRun, RunError, Runner, SshTarget};
-pub use tree::{become_subreaper, finish_cleanups};
+pub use tree::{become_subreaper, finish_cleanups, reap_adopted_orphans};
 pub use workspace::Workspace;

@@ -211,6 +211,7 @@ impl Runner {
         tree.signal(libc::SIGKILL);
         tree.reap().await;
         reap_adopted(pgid).await;
+        tree::reap_adopted_orphans();
         guard.armed = false;
         output.drain().await;
 
@@ -492,6 +493,7 @@ impl Drop for RunGuard {
                 tree.signal(libc::SIGKILL);
             }
             tree.reap_blocking();
+            tree::reap_adopted_orphans();
         });
     }
 }

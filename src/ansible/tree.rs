@@ -110,6 +110,7 @@ impl Proc {
 struct Stat {
     state: u8,
     ppid: i32,
+    session: i32,
     start: u64,
 }
 
@@ -128,8 +129,26 @@ fn parse_stat(text: &[u8]) -> Option<Stat> {
     Some(Stat {
         state: *fields.first()?.as_bytes().first()?,
         ppid: fields.get(1)?.parse().ok()?,
+        session: fields.get(3)?.parse().ok()?,
         start: fields.get(19)?.parse().ok()?,
     })
+}
+
+/// Reaps zombies that were adopted by this (subreaper) process: children of
+/// ours in a session other than ours. Tokio's own children (playbooks,
+/// probes) share our session and are left to tokio; a process that ran
+/// `setsid` (an Ansible fork, a daemonized ControlMaster) cannot be one of
+/// them. Catches what exits on its own after a run's tree was collected.
+pub fn reap_adopted_orphans() {
+    let me = std::process::id() as i32;
+    // SAFETY: getsid(0) only reads this process's session id.
+    let my_session = unsafe { libc::getsid(0) };
+    for (pid, stat) in snapshot() {
+        if stat.ppid == me && stat.state == b'Z' && stat.session != my_session {
+            // SAFETY: a non-blocking wait for one specific pid; no memory is shared.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+        }
+    }
 }
 
 /// Every process in `/proc` now.
@@ -381,6 +400,7 @@ mod tests {
             Stat {
                 state: b'S',
                 ppid: 17,
+                session: 4242,
                 start: 987654
             }
         );

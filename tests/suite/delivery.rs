@@ -334,10 +334,16 @@ async fn a_hung_playbook_is_killed_at_its_timeout_with_nothing_of_it_left() {
         "left in group {pgid}: {:?}",
         group_members(pgid)
     );
+    let children: Vec<String> = descendants(w.pid() as i32)
+        .into_iter()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            format!("{pid}: {stat} {}", cmdline(pid))
+        })
+        .collect();
     assert!(
-        descendants(w.pid() as i32).is_empty(),
-        "the worker still has children: {:?}",
-        descendants(w.pid() as i32)
+        children.is_empty(),
+        "the worker still has children: {children:#?}"
     );
     release_sleepers(&f.host);
 }
