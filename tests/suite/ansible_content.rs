@@ -280,11 +280,17 @@ async fn recovery_reports_and_fixes_a_full_disk_and_a_hung_docker_daemon() {
             "no `{wanted}`: {calls:#?}"
         );
     }
+    let restart = calls
+        .iter()
+        .position(|c| c.starts_with("systemctl restart") && c.contains("docker"))
+        .unwrap_or_else(|| panic!("docker was not restarted: {calls:#?}"));
+    let prune = calls
+        .iter()
+        .position(|c| c.starts_with("docker system prune"))
+        .unwrap();
     assert!(
-        calls
-            .iter()
-            .any(|c| c.starts_with("systemctl restart") && c.contains("docker")),
-        "docker was not restarted: {calls:#?}"
+        restart < prune,
+        "prune needs a daemon that answers: {calls:#?}"
     );
     assert!(!stubs.exists("docker_info_hang"));
 }
