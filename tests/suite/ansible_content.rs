@@ -20,8 +20,10 @@ const BRANCH: &str = "release";
 /// A test host with the stubs, a bare repository of `REPO` whose `BRANCH`
 /// differs from its default branch, and an empty services root.
 struct DeployFixture {
-    host: TestHost,
+    // Before `host`: dropping it stops the stub's listener, whose pid file
+    // lives in the host's directory.
     stubs: StubState,
+    host: TestHost,
     dir: tempfile::TempDir,
     port: u16,
     token: String,
@@ -42,8 +44,8 @@ impl DeployFixture {
         let token = format!("ghp_{}", uuid::Uuid::new_v4().simple());
         let secret = format!("dsn{}", uuid::Uuid::new_v4().simple());
         DeployFixture {
-            host,
             stubs,
+            host,
             dir,
             port: free_port(),
             token,

@@ -157,7 +157,8 @@ pub fn install_stubs(host: &TestHost) -> StubState {
 }
 
 /// The stubs' state directory: their call log and the files they obey.
-/// Dropping it stops the listener a stub `docker compose up` started.
+/// Dropping it stops the listener a stub `docker compose up` started; drop
+/// it before its `TestHost`, which removes the pid file with its directory.
 pub struct StubState {
     dir: PathBuf,
     user: String,
