@@ -5,6 +5,7 @@
 mod helpers;
 mod time4vps_fake;
 
+mod ansible_content;
 mod cli;
 mod dead;
 mod delivery;
