@@ -405,3 +405,47 @@ async fn sigterm_with_a_job_longer_than_the_grace_hands_it_to_another_worker() {
     assert_eq!(result["attempt"], 2);
     assert!(a.logs().contains("entry handed back"), "{}", a.logs());
 }
+
+#[tokio::test]
+async fn an_entry_deleted_while_pending_is_reported_as_a_dead_letter() {
+    // Arrange: a dead consumer's entry, then deleted from the stream.
+    let f = fleet(&["127.0.0.1"]).await;
+    let id = unique_request_id("vanished");
+    let entry = f.enqueue(&id, "127.0.0.1").await;
+    let stream = f.queue.key("ansible:deploy:queue");
+    let mut conn = f.redis.connection();
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("infra-service")
+        .arg("0")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("infra-service")
+        .arg("ghost")
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("XDEL")
+        .arg(&stream)
+        .arg(&entry)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    // Act: a live worker's takeover finds only the id.
+    let _w = f.worker("janitor").spawn().await;
+    let dead = f.queue.wait_dead_letters(1, Duration::from_secs(30)).await;
+
+    // Assert
+    assert_eq!(dead[0]["entry_id"], entry, "{dead:?}");
+    assert!(dead[0]["reason"].contains("deleted or trimmed"), "{dead:?}");
+    assert!(sleep_starts(&f.host, &id).is_empty());
+    assert_eq!(f.pending().await, 0);
+}
