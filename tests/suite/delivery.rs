@@ -59,6 +59,35 @@ impl Fleet {
         }
     }
 
+    /// Creates the group and delivers the deploy queue to `consumer`, a
+    /// worker that will never answer; returns the stream and a connection.
+    async fn deliver_to_ghost(
+        &self,
+        consumer: &str,
+    ) -> (String, redis::aio::MultiplexedConnection) {
+        let stream = self.queue.key("ansible:deploy:queue");
+        let mut conn = self.redis.connection();
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&stream)
+            .arg("infra-service")
+            .arg("0")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("infra-service")
+            .arg(consumer)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(">")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        (stream, conn)
+    }
+
     /// Entries of the deploy queue delivered and not yet acked.
     async fn pending(&self) -> usize {
         let mut conn = self.redis.connection();
@@ -118,26 +147,7 @@ async fn an_entry_delivered_more_than_the_limit_is_given_up_as_worker_lost() {
     let f = fleet(&["127.0.0.1"]).await;
     let id = unique_request_id("cursed");
     let entry = f.enqueue(&id, "127.0.0.1").await;
-    let stream = f.queue.key("ansible:deploy:queue");
-    let mut conn = f.redis.connection();
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg("infra-service")
-        .arg("0")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("infra-service")
-        .arg("ghost-1")
-        .arg("STREAMS")
-        .arg(&stream)
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let (stream, mut conn) = f.deliver_to_ghost("ghost-1").await;
     for ghost in ["ghost-2", "ghost-3"] {
         let _: redis::Value = redis::cmd("XCLAIM")
             .arg(&stream)
@@ -412,26 +422,7 @@ async fn an_entry_deleted_while_pending_is_reported_as_a_dead_letter() {
     let f = fleet(&["127.0.0.1"]).await;
     let id = unique_request_id("vanished");
     let entry = f.enqueue(&id, "127.0.0.1").await;
-    let stream = f.queue.key("ansible:deploy:queue");
-    let mut conn = f.redis.connection();
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg("infra-service")
-        .arg("0")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("infra-service")
-        .arg("ghost")
-        .arg("STREAMS")
-        .arg(&stream)
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let (stream, mut conn) = f.deliver_to_ghost("ghost").await;
     let _: () = redis::cmd("XDEL")
         .arg(&stream)
         .arg(&entry)
