@@ -3,7 +3,7 @@
 CARGO ?= cargo
 CONFIG ?= config/local.toml
 
-.PHONY: test lint run
+.PHONY: test lint run docker-check
 
 ## test: every test target; the integration suite needs Redis, Postgres,
 ## sshd and ansible-playbook (see README.md, "Tests").
@@ -22,3 +22,8 @@ lint:
 ## run: a worker against local Redis 127.0.0.1:6379 and Postgres.
 run:
 	$(CARGO) run -- worker --config $(CONFIG)
+
+## docker-check: static checks of Dockerfile, .dockerignore, docker-compose.yml
+## and config/ (no Docker engine needed; python3, PyYAML if present).
+docker-check:
+	python3 .ci/docker-check.py
