@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// Everything the daemon can be told, one section per concern.
@@ -225,8 +225,12 @@ impl Settings {
                 problem: problem.to_owned(),
             })
         };
-        if self.redis.url.is_none() {
+        let Some(redis_url) = &self.redis.url else {
             return bad("redis.url", "is required (e.g. redis://127.0.0.1:6379)");
+        };
+        // A malformed URL is a configuration error, not an outage to wait out.
+        if let Err(e) = redis::Client::open(redis_url.expose_secret()) {
+            return bad("redis.url", &format!("is not a usable Redis URL: {e}"));
         }
         if self.redis.group.is_empty() {
             return bad("redis.group", "must not be empty");
@@ -258,11 +262,17 @@ impl Settings {
         if self.ssh.attempts == 0 {
             return bad("ssh.attempts", "must be at least 1");
         }
-        if self.postgres.url.is_none() {
+        let Some(postgres_url) = &self.postgres.url else {
             return bad(
                 "postgres.url",
                 "is required (e.g. postgres://infra@127.0.0.1/infra)",
             );
+        };
+        if let Err(e) = postgres_url
+            .expose_secret()
+            .parse::<sqlx::postgres::PgConnectOptions>()
+        {
+            return bad("postgres.url", &format!("is not a usable Postgres URL: {e}"));
         }
         if self.time4vps.poll_interval_secs == 0 {
             return bad("time4vps.poll_interval_secs", "must be at least 1");

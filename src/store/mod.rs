@@ -82,11 +82,14 @@ impl Store {
         address: &str,
         port: u16,
     ) -> Result<Option<String>, StoreError> {
+        // A registered server's pin wins over a deploy-time pin of its address.
         let key = sqlx::query_scalar(
-            "SELECT host_key FROM servers WHERE public_ip = $1 AND ssh_port = $2 AND host_key IS NOT NULL
-             UNION ALL
-             SELECT host_key FROM host_keys WHERE address = $1 AND ssh_port = $2
-             LIMIT 1",
+            "SELECT host_key FROM (
+                 SELECT host_key, 0 AS rank FROM servers
+                 WHERE public_ip = $1 AND ssh_port = $2 AND host_key IS NOT NULL
+                 UNION ALL
+                 SELECT host_key, 1 AS rank FROM host_keys WHERE address = $1 AND ssh_port = $2
+             ) pins ORDER BY rank LIMIT 1",
         )
         .bind(address)
         .bind(i32::from(port))
