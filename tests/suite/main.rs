@@ -8,5 +8,6 @@ mod time4vps_fake;
 mod cli;
 mod deploy;
 mod harness_selftest;
+mod outages;
 mod provider;
 mod provision;

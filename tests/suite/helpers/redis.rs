@@ -116,6 +116,25 @@ impl Queue {
         format!("{}{name}", self.prefix)
     }
 
+    /// Pings until the server answers (after an `OwnRedis` restart, the
+    /// first command on the old connection fails while it reconnects);
+    /// panics after `timeout`.
+    pub async fn wait_until_reachable(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut conn = self.conn.clone();
+            let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+            match pong {
+                Ok(_) => return,
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "redis unreachable for {timeout:?}: {e}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// `XADD <prefix>ansible:deploy:queue * payload <json>`; returns the entry id.
     pub async fn enqueue_deploy(&self, payload: &Value) -> String {
         self.enqueue_raw(payload.to_string()).await
