@@ -1,4 +1,4 @@
-//! The command line: `worker`, `migrate`, `servers`, `check-config`.
+//! The command line: `worker`, `migrate`, `servers`, `dead`, `check-config`.
 
 use std::path::PathBuf;
 
@@ -28,6 +28,59 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Read and replay the dead-letter stream (`infra:dead`). Needs Redis only.
+    Dead {
+        #[command(subcommand)]
+        action: DeadAction,
+    },
+}
+
+/// `dead` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DeadAction {
+    /// List the newest dead letters, oldest first: id, time, queue, request
+    /// id, payload size, reason.
+    List(DeadList),
+    /// Put a dead letter's exact payload back on the queue it came from as a
+    /// new entry, and delete the letter, in one atomic step.
+    Replay(DeadReplay),
+}
+
+impl DeadAction {
+    /// The configuration file the subcommand was given.
+    pub fn config(&self) -> &ConfigArgs {
+        match self {
+            DeadAction::List(args) => &args.config,
+            DeadAction::Replay(args) => &args.config,
+        }
+    }
+}
+
+/// `dead list` arguments.
+#[derive(Debug, Args)]
+pub struct DeadList {
+    /// Print a JSON array with every field; payloads over 1 MiB are cut
+    /// (`payload_truncated: true`, `payload_size` the real length).
+    #[arg(long)]
+    pub json: bool,
+    /// How many of the newest letters to show.
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub count: u32,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// `dead replay` arguments.
+#[derive(Debug, Args)]
+pub struct DeadReplay {
+    /// The dead letter's id, as `dead list` shows it (`<ms>-<seq>`).
+    pub id: String,
+    /// Print the outcome as a JSON object.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub config: ConfigArgs,
 }
 
 /// `servers` subcommands.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::queue::{Queue, QueueError};
+use crate::queue::Queue;
 use crate::store::{Store, StoreError};
 use crate::worker::{Worker, WorkerError};
 use crate::workflow::Context;
@@ -28,6 +28,20 @@ pub async fn run_until_stopped(
     settings: Settings,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
+    // Processes that leave a playbook run (Ansible's forks in sessions of
+    // their own, daemonized ssh ControlMasters) re-parent to us, not to PID 1
+    // (which in a container may never reap), so each run can kill and reap
+    // all it started.
+    if let Err(e) = crate::ansible::become_subreaper() {
+        tracing::warn!(error.message = %e, "cannot become a child subreaper; orphans of playbook runs may be left as zombies");
+    }
+    // A process adopted that way may exit long after its run ended.
+    tokio::spawn(async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            crate::ansible::reap_adopted_orphans();
+        }
+    });
     let settings = Arc::new(settings);
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
@@ -37,53 +51,48 @@ pub async fn run_until_stopped(
     });
 
     let store = Store::connect_lazy(settings.postgres.url.as_ref(), settings.worker.concurrency)?;
-    if !migrate(&store, &shutdown).await {
+    if until_ok("applying the Postgres migrations", &shutdown, || {
+        store.migrate()
+    })
+    .await
+    .is_none()
+    {
         return Ok(());
     }
     let consumer = settings.consumer_name();
-    let Some(queue) = connect_queue(&settings, consumer, &shutdown).await else {
+    let connect = || Queue::connect(&settings.redis, consumer.clone());
+    let Some(queue) = until_ok("connecting to Redis", &shutdown, connect).await else {
         return Ok(());
     };
-    let worker = Worker::new(queue, Context::new(settings, store));
+    let worker = Worker::new(queue, Context::new(settings.clone(), store));
     worker.run(shutdown).await?;
+    // Runs stopped at the end of the drain finish dying on threads of their
+    // own; let them, so nothing outlives the worker.
+    let kill_grace = Duration::from_secs(settings.worker.kill_grace_secs);
+    if !crate::ansible::finish_cleanups(kill_grace + Duration::from_secs(5)).await {
+        tracing::warn!("some playbook processes were still being stopped at exit");
+    }
     tracing::info!("worker stopped");
     Ok(())
 }
 
-/// Applies the migrations, waiting for Postgres to come up if it is not
-/// there yet; false if told to stop first.
-async fn migrate(store: &Store, shutdown: &CancellationToken) -> bool {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match store.migrate().await {
-            Ok(()) => return true,
-            Err(e) => {
-                tracing::warn!(error.message = %e, retry_in_ms = delay.as_millis() as u64, "cannot migrate Postgres")
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = shutdown.cancelled() => return false,
-        }
-        delay = (delay * 2).min(Duration::from_secs(10));
-    }
-}
-
-/// Redis may come up after us (compose, restarts): keep trying, loudly,
-/// until it answers or we are told to stop.
-async fn connect_queue(
-    settings: &Settings,
-    consumer: String,
+/// Dependencies may come up after us (compose, restarts): `attempt` is
+/// retried with backoff, loudly, until it succeeds; `None` if told to stop
+/// first.
+async fn until_ok<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    what: &str,
     shutdown: &CancellationToken,
-) -> Option<Queue> {
+    mut attempt: impl FnMut() -> F,
+) -> Option<T> {
     let mut delay = Duration::from_millis(200);
     loop {
-        match Queue::connect(&settings.redis, consumer.clone()).await {
-            Ok(queue) => return Some(queue),
-            Err(QueueError::NoUrl) => unreachable!("settings validation requires redis.url"),
-            Err(e) => {
-                tracing::warn!(error.message = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach Redis")
-            }
+        match attempt().await {
+            Ok(value) => return Some(value),
+            Err(e) => tracing::warn!(
+                error.message = %e,
+                retry_in_ms = delay.as_millis() as u64,
+                "{what} failed; retrying"
+            ),
         }
         tokio::select! {
             () = tokio::time::sleep(delay) => {}

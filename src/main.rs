@@ -43,6 +43,12 @@ fn main() -> ExitCode {
         Command::Servers { action, config } => run_once(config.path(), |settings| async move {
             operator::servers(&settings, action).await
         }),
+        Command::Dead { action } => {
+            let config = action.config().path().map(std::path::Path::to_owned);
+            run_once(config.as_deref(), |settings| async move {
+                operator::dead(&settings, action).await
+            })
+        }
     }
 }
 

@@ -1,9 +1,18 @@
-//! Operator commands that act once and exit: `migrate` and `servers`.
+//! Operator commands that act once and exit: `migrate`, `servers` and
+//! `dead`. Output goes to stdout (a table or, with `--json`, JSON); notes
+//! and errors to stderr.
 
-use crate::cli::{AddServer, ServersAction};
+use serde::Serialize;
+
+use crate::cli::{AddServer, DeadAction, ServersAction};
 use crate::config::Settings;
 use crate::job::{SecretRef, ServerAddress, ServerHandle};
+use crate::queue::{DeadLetterEntry, DeadLetterPage, DeadLetters, Names, QueueError, ReplayError};
 use crate::store::{NewServer, Server, Store, StoreError};
+
+/// The most of one payload `dead list --json` prints; longer ones are cut
+/// and marked `payload_truncated`.
+pub const JSON_PAYLOAD_CAP: usize = 1024 * 1024;
 
 /// Why an operator command failed.
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +23,9 @@ pub enum OperatorError {
     /// The database failed (exit 2).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Redis failed (exit 2).
+    #[error(transparent)]
+    Queue(#[from] QueueError),
 }
 
 /// Applies the migrations.
@@ -70,6 +82,129 @@ pub async fn servers(settings: &Settings, action: ServersAction) -> Result<(), O
         }
     }
     Ok(())
+}
+
+/// Runs one `dead` subcommand; needs Redis only.
+pub async fn dead(settings: &Settings, action: DeadAction) -> Result<(), OperatorError> {
+    let letters = DeadLetters::connect(&settings.redis).await?;
+    match action {
+        DeadAction::List(args) => {
+            // The table shows sizes only: keep payloads in Redis.
+            let cap = if args.json { JSON_PAYLOAD_CAP } else { 0 };
+            let page = letters.list(args.count as usize, cap).await?;
+            if args.json {
+                let rows: Vec<DeadLetterJson> = page.entries.iter().map(Into::into).collect();
+                println!("{}", to_json(&rows));
+            } else {
+                print_dead_table(letters.names(), &page);
+            }
+            if (page.entries.len() as u64) < page.total {
+                eprintln!(
+                    "showing the newest {} of {} dead letters; --count N shows more",
+                    page.entries.len(),
+                    page.total
+                );
+            }
+        }
+        DeadAction::Replay(args) => {
+            let replayed = letters.replay(&args.id).await.map_err(|e| match e {
+                ReplayError::Queue(e) => OperatorError::Queue(e),
+                e => OperatorError::Usage(e.to_string()),
+            })?;
+            if args.json {
+                let out = serde_json::json!({
+                    "dead_letter_id": args.id,
+                    "stream": replayed.stream,
+                    "entry_id": replayed.entry_id,
+                });
+                println!("{}", to_json(&out));
+            } else {
+                println!(
+                    "replayed dead letter {} onto {} as entry {}",
+                    args.id,
+                    letters.names().unprefixed(&replayed.stream),
+                    replayed.entry_id
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A dead letter in `dead list --json`: every field as stored (`stream`
+/// with its key prefix), the payload as lossy UTF-8.
+#[derive(Serialize)]
+struct DeadLetterJson<'a> {
+    id: &'a str,
+    reason: Option<&'a str>,
+    stream: Option<&'a str>,
+    entry_id: Option<&'a str>,
+    request_id: Option<&'a str>,
+    worker: Option<&'a str>,
+    dead_at: Option<&'a str>,
+    payload: Option<String>,
+    /// The whole payload's length in bytes.
+    payload_size: Option<u64>,
+    /// True when `payload` holds only the first `JSON_PAYLOAD_CAP` bytes.
+    payload_truncated: bool,
+}
+
+impl<'a> From<&'a DeadLetterEntry> for DeadLetterJson<'a> {
+    fn from(letter: &'a DeadLetterEntry) -> Self {
+        DeadLetterJson {
+            id: &letter.id,
+            reason: letter.reason.as_deref(),
+            stream: letter.stream.as_deref(),
+            entry_id: letter.entry_id.as_deref(),
+            request_id: letter.request_id.as_deref(),
+            worker: letter.worker.as_deref(),
+            dead_at: letter.dead_at.as_deref(),
+            payload: letter
+                .payload
+                .as_deref()
+                .map(|bytes| String::from_utf8_lossy(bytes).into_owned()),
+            payload_size: letter.payload_size,
+            payload_truncated: letter.payload_truncated(),
+        }
+    }
+}
+
+fn print_dead_table(names: &Names, page: &DeadLetterPage) {
+    println!(
+        "{:<20} {:<24} {:<22} {:<30} {:>9}  REASON",
+        "ID", "DEAD AT", "STREAM", "REQUEST ID", "PAYLOAD"
+    );
+    for letter in &page.entries {
+        let reason = letter.reason.as_deref().unwrap_or("-");
+        println!(
+            "{:<20} {:<24} {:<22} {:<30} {:>9}  {}",
+            letter.id,
+            letter.dead_at.as_deref().unwrap_or("-"),
+            letter
+                .stream
+                .as_deref()
+                .map_or("-", |s| names.unprefixed(s)),
+            letter.request_id.as_deref().unwrap_or("-"),
+            letter
+                .payload_size
+                .map_or_else(|| "-".to_owned(), human_size),
+            // One line per letter, whatever the reason holds.
+            reason.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
+    }
+}
+
+/// `512 B`, `3.4 KiB`, `10.0 MiB`.
+fn human_size(bytes: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let b = bytes as f64;
+    if b < KIB {
+        format!("{bytes} B")
+    } else if b < KIB * KIB {
+        format!("{:.1} KiB", b / KIB)
+    } else {
+        format!("{:.1} MiB", b / (KIB * KIB))
+    }
 }
 
 /// Checks an operator's input with the same rules jobs obey.
@@ -144,4 +279,17 @@ fn print_server(s: &Server) {
         s.host_key.as_deref().map_or("not pinned", str::trim)
     );
     println!("updated at:         {}", s.updated_at.to_rfc3339());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_in_the_largest_fitting_unit() {
+        assert_eq!(human_size(0), "0 B");
+        assert_eq!(human_size(1023), "1023 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(10 * 1024 * 1024), "10.0 MiB");
+    }
 }

@@ -1,9 +1,11 @@
 //! Spawning and supervising one `ansible-playbook` child.
 //!
 //! Owns the child's command line (nothing secret in it), its environment
-//! (cleared, then an allowlist, then the job's secrets), its process group
-//! (signalled as a whole on timeout, and SIGKILLed if the run's future is
-//! dropped), and the reading of its output into a [`PlaybookOutcome`].
+//! (cleared, then an allowlist, then the job's secrets), its end (on timeout
+//! or when the run's future is dropped: SIGTERM to its process group and to
+//! every process of its [`RunTree`], SIGKILL after the grace; after any end:
+//! its ControlMasters told to exit, leftovers killed and reaped), and the
+//! reading of its output into a [`PlaybookOutcome`].
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -17,6 +19,7 @@ use tokio::time::Instant;
 
 use super::output::{LineReader, OutputTail, TAIL_BYTES};
 use super::recap::RecapScanner;
+use super::tree::{self, Proc, RunTree};
 use super::workspace::Workspace;
 
 use crate::config::AnsibleSettings;
@@ -173,19 +176,42 @@ impl Runner {
                 source,
             })?;
         let pgid = child_pgid(&child)?;
+        let root = Proc::of(pgid)
+            .ok_or_else(|| RunError::Wait(std::io::Error::other("the playbook is not in /proc")))?;
         // Declared after `child` so it is dropped first: the group is killed
         // while its leader's pid is still ours (not yet reaped).
-        let mut guard = GroupGuard { pgid, armed: true };
+        let mut guard = RunGuard {
+            pgid,
+            tree: Some(RunTree::new(root, workspace.path())),
+            control_path_dir: workspace.control_path_dir(),
+            kill_grace: self.kill_grace,
+            armed: true,
+        };
         observe(workspace.path(), pgid);
         tracing::info!(pid = pgid, "playbook started");
 
         let mut output = Output::new(&mut child, redactor.longest_needle());
-        let (status, timed_out) =
-            supervise(&mut child, &mut output, pgid, run.timeout, self.kill_grace).await?;
-        // The playbook is gone; anything it left in its group goes too
-        // (e.g. ssh ControlPersist masters whose sockets are about to vanish).
+        let tree = guard.tree.as_mut().expect("taken only on drop");
+        let (status, timed_out) = supervise(
+            &mut child,
+            &mut output,
+            pgid,
+            tree,
+            run.timeout,
+            self.kill_grace,
+        )
+        .await?;
+        // The playbook is gone. Its ControlMasters are asked to exit before
+        // their sockets' directory goes; whatever else it left (in its group
+        // or in sessions of their own) is killed and reaped.
+        tree::close_control_masters(&workspace.control_path_dir()).await;
+        let tree = guard.tree.as_mut().expect("taken only on drop");
+        tree.collect(false);
         signal_group(pgid, libc::SIGKILL);
+        tree.signal(libc::SIGKILL);
+        tree.reap().await;
         reap_adopted(pgid).await;
+        tree::reap_adopted_orphans();
         guard.armed = false;
         output.drain().await;
 
@@ -290,39 +316,56 @@ fn child_pgid(child: &Child) -> Result<i32, RunError> {
     i32::try_from(pid).map_err(|_| RunError::Wait(std::io::Error::other("pid out of range")))
 }
 
-/// Waits for the child while reading its output; at `timeout` sends SIGTERM
-/// to the group, after `kill_grace` SIGKILL. Returns the exit status and
-/// whether the timeout struck.
+/// Waits for the child while reading its output. At `timeout`: collects the
+/// run's processes, sends them and the group SIGTERM, and waits until all are
+/// gone or `kill_grace` passed; then collects again and sends SIGKILL.
+/// Returns the exit status and whether the timeout struck.
 async fn supervise(
     child: &mut Child,
     output: &mut Output,
     pgid: i32,
+    tree: &mut RunTree,
     timeout: Duration,
     kill_grace: Duration,
 ) -> Result<(ExitStatus, bool), RunError> {
     let mut phase = Phase::Running;
+    let mut status = None;
     let alarm = tokio::time::sleep(timeout);
     tokio::pin!(alarm);
     loop {
+        if let Some(status) = status {
+            match phase {
+                Phase::Running => return Ok((status, false)),
+                Phase::Terminating if !tree.all_gone() => {}
+                Phase::Terminating | Phase::Killed => return Ok((status, true)),
+            }
+        }
         tokio::select! {
             chunk = output.stdout.next_line(), if !output.stdout_done => output.take(chunk, Stream::Stdout),
             chunk = output.stderr.next_line(), if !output.stderr_done => output.take(chunk, Stream::Stderr),
-            status = child.wait() => {
-                let status = status.map_err(RunError::Wait)?;
-                return Ok((status, phase != Phase::Running));
-            }
+            exited = child.wait(), if status.is_none() => status = Some(exited.map_err(RunError::Wait)?),
+            // The playbook exited within its grace: look again whether its
+            // other processes did too.
+            () = tokio::time::sleep(tree::POLL), if status.is_some() => {}
             () = &mut alarm, if phase != Phase::Killed => {
+                // Before any signal: a killed parent's children move away.
+                tree.collect(status.is_none());
                 phase = match phase {
                     Phase::Running => {
                         tracing::warn!(pgid, grace_ms = kill_grace.as_millis() as u64,
-                            "playbook timed out; sending SIGTERM to its process group");
+                            "playbook timed out; sending SIGTERM to its process group and every process of the run");
                         signal_group(pgid, libc::SIGTERM);
+                        tree.signal(libc::SIGTERM);
                         alarm.as_mut().reset(Instant::now() + kill_grace);
                         Phase::Terminating
                     }
                     Phase::Terminating | Phase::Killed => {
                         tracing::warn!(pgid, "playbook outlived its grace; sending SIGKILL");
-                        signal_group(pgid, libc::SIGKILL);
+                        if status.is_none() {
+                            // Only while the leader is unreaped is the id surely still ours.
+                            signal_group(pgid, libc::SIGKILL);
+                        }
+                        tree.signal(libc::SIGKILL);
                         Phase::Killed
                     }
                 };
@@ -401,19 +444,57 @@ impl Output {
     }
 }
 
-/// SIGKILLs the run's process group unless disarmed: the drop of the `run`
-/// future (cancellation) must not leave the playbook running.
-struct GroupGuard {
+/// Ends the run unless disarmed: the drop of the `run` future (cancellation)
+/// must not leave any of its processes running.
+///
+/// Here, at once: the run's processes are collected, they and the group get
+/// SIGTERM, and the ControlMasters are told to exit (blocking, at most a few
+/// seconds, while their sockets still exist). Tokio's `kill_on_drop` then
+/// SIGKILLs the playbook itself. A thread of its own waits up to the grace,
+/// SIGKILLs what is left and reaps it ([`tree::finish_cleanups`] waits for
+/// it).
+struct RunGuard {
     pgid: i32,
+    /// Taken by the drop.
+    tree: Option<RunTree>,
+    control_path_dir: PathBuf,
+    kill_grace: Duration,
     armed: bool,
 }
 
-impl Drop for GroupGuard {
+impl Drop for RunGuard {
     fn drop(&mut self) {
-        if self.armed {
-            tracing::warn!(pgid = self.pgid, "run abandoned; killing its process group");
-            signal_group(self.pgid, libc::SIGKILL);
+        let Some(mut tree) = self.tree.take().filter(|_| self.armed) else {
+            return;
+        };
+        let (pgid, kill_grace) = (self.pgid, self.kill_grace);
+        tracing::warn!(pgid, "run abandoned; terminating its processes");
+        // The future may have been dropped after tokio reaped the playbook.
+        let unreaped = tree.root_unreaped();
+        tree.collect(unreaped);
+        if unreaped {
+            signal_group(pgid, libc::SIGTERM);
         }
+        tree.signal(libc::SIGTERM);
+        tree::close_control_masters_blocking(&self.control_path_dir);
+        tree::spawn_cleanup(move || {
+            let deadline = std::time::Instant::now() + kill_grace;
+            while !tree.all_gone() && std::time::Instant::now() < deadline {
+                std::thread::sleep(tree::POLL);
+            }
+            // The playbook is SIGKILLed and reaped by tokio meanwhile, so its
+            // group id is no longer ours to signal: pids only from here.
+            tree.collect(false);
+            if !tree.all_gone() {
+                tracing::warn!(
+                    pgid,
+                    "processes of an abandoned run outlived the grace; sending SIGKILL"
+                );
+                tree.signal(libc::SIGKILL);
+            }
+            tree.reap_blocking();
+            tree::reap_adopted_orphans();
+        });
     }
 }
 
@@ -466,11 +547,7 @@ mod tests {
     /// member for `kill(-pgid, 0)`.
     fn become_subreaper() {
         static ONCE: Once = Once::new();
-        ONCE.call_once(|| {
-            // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) only sets a process flag.
-            let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-            assert_eq!(rc, 0, "prctl: {}", std::io::Error::last_os_error());
-        });
+        ONCE.call_once(|| tree::become_subreaper().expect("prctl(PR_SET_CHILD_SUBREAPER)"));
     }
 
     /// An Ansible dir holding `bin/fake-playbook` (the given shell body) and
@@ -716,6 +793,192 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(gone, "processes of group {pgid} remain");
+    }
+
+    /// A fake playbook's body that leaves the playbook's session: one
+    /// `setsid sleep` and a `setsid sh` with two sleeps of its own, all
+    /// named by `marker` and ignoring SIGTERM (so only SIGKILL ends them).
+    fn escaping_children(marker: &str) -> String {
+        format!(
+            "trap '' TERM\n\
+             setsid sleep {marker} &\n\
+             setsid sh -c 'sleep {marker} & sleep {marker}; :' &\n\
+             echo started\n"
+        )
+    }
+
+    /// A `sleep` argument no other process has: 300 s and a random fraction.
+    fn unique_marker() -> String {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        format!(
+            "300.{nanos:09}{}",
+            uuid::Uuid::new_v4().as_u128() % 1_000_000
+        )
+    }
+
+    /// Processes whose command line holds `marker`, with their session ids.
+    fn with_marker(marker: &str) -> Vec<(Proc, i32)> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.split(' ').any(|word| word.contains(marker))
+                && let (Some(proc), Some(fields)) = (Proc::of(pid), stat_fields(pid))
+            {
+                found.push((proc, fields[3].parse().unwrap()));
+            }
+        }
+        found
+    }
+
+    /// Fields 3.. of `/proc/<pid>/stat` (state, ppid, pgrp, session, ...).
+    fn stat_fields(pid: i32) -> Option<Vec<String>> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = &text[text.rfind(')')? + 1..];
+        Some(rest.split_whitespace().map(str::to_owned).collect())
+    }
+
+    /// Our children that are zombies (exited, not reaped).
+    fn our_zombies() -> Vec<i32> {
+        let me = std::process::id().to_string();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|&pid| stat_fields(pid).is_some_and(|f| f[0] == "Z" && f[1] == me))
+            .collect()
+    }
+
+    /// Runs `run` while recording every process that carries `marker`.
+    async fn run_watching<T>(
+        marker: &str,
+        run: impl std::future::Future<Output = T>,
+    ) -> (T, Vec<(Proc, i32)>) {
+        let mut seen = Vec::new();
+        let watch = async {
+            loop {
+                for found in with_marker(marker) {
+                    if !seen.contains(&found) {
+                        seen.push(found);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let result = tokio::select! {
+            result = run => result,
+            () = watch => unreachable!(),
+        };
+        (result, seen)
+    }
+
+    /// The escaping children really ran, outside the playbook's session.
+    fn assert_escaped(seen: &[(Proc, i32)], pgid: i32) {
+        assert!(
+            seen.len() >= 3,
+            "expected 3 or 4 marked processes: {seen:?}"
+        );
+        assert!(
+            seen.iter().all(|&(_, session)| session != pgid),
+            "each left the playbook's session: {seen:?}"
+        );
+    }
+
+    /// None of `seen` exists any more, not even as a zombie, and no child of
+    /// ours is a zombie (after `settle`, for other tests' children).
+    async fn assert_all_gone(seen: &[(Proc, i32)], settle: Duration) {
+        let deadline = tokio::time::Instant::now() + settle;
+        loop {
+            let left: Vec<_> = seen
+                .iter()
+                .filter(|(p, _)| Proc::of(p.pid) == Some(*p))
+                .collect();
+            let zombies = our_zombies();
+            if left.is_empty() && zombies.is_empty() {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("left: {left:?}; zombies among our children: {zombies:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_run_kills_and_reaps_children_in_sessions_of_their_own() {
+        become_subreaper();
+        let marker = unique_marker();
+        let fx = Fixture::new(&format!("{}sleep 30", escaping_children(&marker)));
+
+        let ((outcome, _, pgid), seen) =
+            run_watching(&marker, fx.run(playbook_run(Duration::from_millis(500)))).await;
+
+        assert!(outcome.timed_out && !outcome.succeeded(), "{outcome:?}");
+        assert!(outcome.output_tail.contains("started"));
+        assert!(outcome.duration < Duration::from_secs(10));
+        assert_escaped(&seen, pgid);
+        // The run reaped them itself; the settle time is for zombies other
+        // tests' runs have not reaped yet.
+        assert!(
+            seen.iter().all(|(p, _)| Proc::of(p.pid) != Some(*p)),
+            "{seen:?}"
+        );
+        assert_all_gone(&seen, Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test]
+    async fn a_daemon_left_by_a_successful_run_is_killed_and_reaped() {
+        become_subreaper();
+        let marker = unique_marker();
+        // The pause lets the watcher see the children before the run ends.
+        let fx = Fixture::new(&format!("{}sleep 0.5\nexit 0", escaping_children(&marker)));
+
+        let ((outcome, _, pgid), seen) =
+            run_watching(&marker, fx.run(playbook_run(Duration::from_secs(20)))).await;
+
+        assert!(outcome.succeeded(), "{outcome:?}");
+        assert_escaped(&seen, pgid);
+        assert!(
+            seen.iter().all(|(p, _)| Proc::of(p.pid) != Some(*p)),
+            "{seen:?}"
+        );
+        assert_all_gone(&seen, Duration::from_secs(2)).await;
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_run_kills_and_reaps_children_in_sessions_of_their_own() {
+        become_subreaper();
+        let marker = unique_marker();
+        let fx = Fixture::new(&format!("{}sleep 30", escaping_children(&marker)));
+        let pgid = Mutex::new(None);
+        let redactor = Redactor::default();
+        let run = async {
+            let run = playbook_run(Duration::from_secs(60));
+            let workspace = fx.runner.workspace(&run).unwrap();
+            fx.runner
+                .run_observed(&workspace, run, &redactor, |_, p| {
+                    *pgid.lock().unwrap() = Some(p);
+                })
+                .await
+        };
+
+        let (cancelled, seen) = run_watching(
+            &marker,
+            tokio::time::timeout(Duration::from_millis(600), run),
+        )
+        .await;
+
+        assert!(cancelled.is_err(), "the run should still have been going");
+        assert_escaped(&seen, pgid.into_inner().unwrap().unwrap());
+        // SIGTERM is ignored: SIGKILL comes after the 300 ms grace.
+        assert!(tree::finish_cleanups(Duration::from_secs(5)).await);
+        assert_all_gone(&seen, Duration::from_secs(2)).await;
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! dead letters and acks. Knows entries, names and payload bytes; does not
 //! know what a deploy is.
 
+mod dead;
 mod names;
 mod reader;
 mod scripts;
 
+pub use dead::{DeadLetterEntry, DeadLetterPage, DeadLetters, ReplayError, Replayed};
 pub use names::Names;
 pub use reader::{Batch, Reader};
 

@@ -58,6 +58,12 @@ impl Names {
         self.with_prefix(&format!("job:events:{request_id}"))
     }
 
+    /// `name` without this prefix, for showing to people; unchanged when
+    /// it does not start with the prefix.
+    pub fn unprefixed<'a>(&self, name: &'a str) -> &'a str {
+        name.strip_prefix(self.prefix.as_str()).unwrap_or(name)
+    }
+
     fn with_prefix(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }
@@ -100,5 +106,13 @@ mod tests {
             Some(JobKind::Provision)
         );
         assert_eq!(names.kind_of_queue("provisioner:queue"), None);
+    }
+
+    #[test]
+    fn unprefixed_drops_only_this_prefix() {
+        let names = Names::new("t1:");
+        assert_eq!(names.unprefixed("t1:infra:dead"), "infra:dead");
+        assert_eq!(names.unprefixed("t2:infra:dead"), "t2:infra:dead");
+        assert_eq!(Names::new("").unprefixed("infra:dead"), "infra:dead");
     }
 }

@@ -8,7 +8,10 @@ use redis::Script;
 
 /// Renews the lease of entries this consumer still owns by claiming them to
 /// itself (`XCLAIM ... 0 <id> JUSTID` resets the idle time without counting
-/// a delivery). Returns the ids it no longer owns.
+/// a delivery). Returns the ids another consumer owns now.
+///
+/// An entry pending nowhere (its group or stream went with a Redis restart
+/// that kept no data) is nobody else's: its job goes on.
 ///
 /// KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3..] entry ids.
 pub static RENEW: LazyLock<Script> = LazyLock::new(|| {
@@ -17,11 +20,13 @@ pub static RENEW: LazyLock<Script> = LazyLock::new(|| {
 local lost = {}
 for i = 3, #ARGV do
   local id = ARGV[i]
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
-  if #p == 1 and p[1][2] == ARGV[2] then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id, 'JUSTID')
-  else
-    lost[#lost + 1] = id
+  local ok, p = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1], id, id, 1)
+  if ok and #p == 1 then
+    if p[1][2] == ARGV[2] then
+      redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id, 'JUSTID')
+    else
+      lost[#lost + 1] = id
+    end
   end
 end
 return lost
@@ -30,8 +35,13 @@ return lost
 });
 
 /// Publishes a result, copies a dead letter, and acks, only if this
-/// consumer still owns the entry. Safe to retry after a lost reply: an
-/// entry no longer pending was finished already.
+/// consumer still owns the entry. Safe to retry after a lost reply.
+///
+/// An entry no longer pending was either finished already (its result key
+/// exists: a retry, or another worker) or lost its pending state with a
+/// Redis restart that kept no data (no result key): then the result is
+/// still published, since the caller waits for it, and there is nothing to
+/// ack.
 ///
 /// KEYS[1] job stream, KEYS[2] result key, KEYS[3] result stream,
 /// KEYS[4] dead-letter stream; ARGV[1] group, ARGV[2] consumer,
@@ -43,9 +53,12 @@ return lost
 pub static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
-if #p == 0 then return 0 end
-if p[1][2] ~= ARGV[2] then return -1 end
+local ok, p = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if not ok or #p == 0 then
+  if ARGV[4] == '' or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+elseif p[1][2] ~= ARGV[2] then
+  return -1
+end
 if ARGV[4] ~= '' then
   redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5])
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'payload', ARGV[4])
@@ -55,7 +68,7 @@ if #ARGV > 6 then
   for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', unpack(fields))
 end
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+pcall(redis.call, 'XACK', KEYS[1], ARGV[1], ARGV[3])
 return 1
 ",
     )

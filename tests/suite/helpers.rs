@@ -1,6 +1,7 @@
 //! The harness every suite uses: real Redis (`TestRedis`, `Queue`), real
 //! Postgres (`TestDb`), a real sshd standing in for a server (`TestHost`),
-//! and the real worker binary (`TestWorker`), each made unique per test.
+//! and the real worker binary (`TestWorker`), each made unique per test;
+//! `run_playbook` runs the real `ansible/` content against a `TestHost`.
 //! Services come from `TEST_REDIS_URL` / `TEST_DATABASE_URL` when set, else
 //! from containers started once per test binary. A test that stops Redis or
 //! Postgres starts a server of its own instead (`OwnRedis`, `OwnPostgres`).
@@ -8,6 +9,7 @@
 // Parts of the harness serve suites of later issues.
 #![allow(dead_code, unused_imports)]
 
+mod ansible_run;
 mod containers;
 mod db;
 mod host;
@@ -20,6 +22,10 @@ mod procs;
 mod redis;
 mod worker;
 
+pub use ansible_run::{
+    PlaybookRun, StubState, ansible_dir, give_to_login_user, install_stubs, login_user_dir,
+    run_playbook,
+};
 pub use db::TestDb;
 pub use host::{RunOutput, TestHost};
 pub use own_postgres::OwnPostgres;

@@ -5,7 +5,10 @@
 mod helpers;
 mod time4vps_fake;
 
+mod ansible_content;
 mod cli;
+mod dead;
+mod delivery;
 mod deploy;
 mod harness_selftest;
 mod outages;

@@ -1,0 +1,453 @@
+//! Every process of one playbook run, wherever it went, and its end.
+//!
+//! ansible-core 2.19 starts each fork in a session of its own and ssh
+//! ControlPersist masters daemonize, so the playbook's process group is not
+//! the run. A [`RunTree`] finds the run in `/proc`: the playbook's
+//! descendants, plus every process that names the run's private directory
+//! (in its environment or command line) and their descendants. It signals
+//! them by pid checked against the start time, and reaps those re-parented
+//! to this process ([`become_subreaper`]); never with `waitpid(-1)`, which
+//! would steal statuses tokio waits for.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long `ssh -O exit` may take before it is killed.
+const SSH_EXIT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long killed processes get to turn into zombies we can reap.
+const REAP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How often a waiting loop looks again.
+pub(crate) const POLL: Duration = Duration::from_millis(50);
+
+/// Cleanups of abandoned runs still going on in their own threads.
+static PENDING_CLEANUPS: AtomicUsize = AtomicUsize::new(0);
+
+/// Makes this process a child subreaper (`PR_SET_CHILD_SUBREAPER`).
+///
+/// Processes that leave a playbook run (Ansible's forks in their own
+/// sessions, daemonized ssh ControlMasters) are re-parented when their parent
+/// dies: without this to PID 1, which in a container may never reap them, so
+/// they stay as zombies; with it to the worker, where a [`RunTree`] reaps
+/// them. Call once at worker start; it holds for the process's lifetime.
+pub fn become_subreaper() -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) only sets a flag on this process.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Waits until the cleanups of abandoned (cancelled) runs have ended, for at
+/// most `within`; false if some still go on. A daemon calls this after its
+/// drain, before exiting, so their SIGKILL after the grace still happens.
+pub async fn finish_cleanups(within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while PENDING_CLEANUPS.load(Ordering::SeqCst) > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    true
+}
+
+/// Runs `cleanup` on a thread of its own, counted by [`finish_cleanups`]:
+/// a dropped future cannot await its grace period.
+pub(crate) fn spawn_cleanup(cleanup: impl FnOnce() + Send + 'static) {
+    PENDING_CLEANUPS.fetch_add(1, Ordering::SeqCst);
+    let spawned = std::thread::Builder::new()
+        .name("run-cleanup".into())
+        .spawn(move || {
+            cleanup();
+            PENDING_CLEANUPS.fetch_sub(1, Ordering::SeqCst);
+        });
+    if let Err(error) = spawned {
+        PENDING_CLEANUPS.fetch_sub(1, Ordering::SeqCst);
+        tracing::error!(error.message = %error, "cannot start the cleanup of an abandoned run");
+    }
+}
+
+/// One process: a pid alone may be reused, a pid and a start time may not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Proc {
+    pub(crate) pid: i32,
+    /// Field 22 of `/proc/<pid>/stat`, in clock ticks since boot.
+    start: u64,
+}
+
+impl Proc {
+    /// The process that has `pid` now.
+    pub(crate) fn of(pid: i32) -> Option<Proc> {
+        stat(pid).map(|s| Proc {
+            pid,
+            start: s.start,
+        })
+    }
+
+    /// Its `/proc` record, if the pid still names this very process.
+    fn stat(&self) -> Option<Stat> {
+        stat(self.pid).filter(|s| s.start == self.start)
+    }
+
+    /// True while it exists and has not exited (a zombie has).
+    pub(crate) fn is_running(&self) -> bool {
+        self.stat().is_some_and(|s| !matches!(s.state, b'Z' | b'X'))
+    }
+}
+
+/// What `/proc/<pid>/stat` says that we use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stat {
+    state: u8,
+    ppid: i32,
+    session: i32,
+    start: u64,
+}
+
+fn stat(pid: i32) -> Option<Stat> {
+    let text = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&text)
+}
+
+/// Parses `pid (comm) state ppid ... starttime ...`; `comm` may hold spaces
+/// and parentheses, so fields are counted from the last `)`.
+fn parse_stat(text: &[u8]) -> Option<Stat> {
+    let close = text.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&text[close + 1..]).ok()?;
+    // Field 3 (state) is the first after the parenthesis.
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    Some(Stat {
+        state: *fields.first()?.as_bytes().first()?,
+        ppid: fields.get(1)?.parse().ok()?,
+        session: fields.get(3)?.parse().ok()?,
+        start: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// Reaps zombies that were adopted by this (subreaper) process: children of
+/// ours in a session other than ours. Tokio's own children (playbooks,
+/// probes) share our session and are left to tokio; a process that ran
+/// `setsid` (an Ansible fork, a daemonized ControlMaster) cannot be one of
+/// them. Catches what exits on its own after a run's tree was collected.
+pub fn reap_adopted_orphans() {
+    let me = std::process::id() as i32;
+    // SAFETY: getsid(0) only reads this process's session id.
+    let my_session = unsafe { libc::getsid(0) };
+    for (pid, stat) in snapshot() {
+        if stat.ppid == me && stat.state == b'Z' && stat.session != my_session {
+            // SAFETY: a non-blocking wait for one specific pid; no memory is shared.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+        }
+    }
+}
+
+/// Every process in `/proc` now.
+fn snapshot() -> HashMap<i32, Stat> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return HashMap::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| Some((pid, stat(pid)?)))
+        .collect()
+}
+
+/// The processes of one run found so far.
+#[derive(Debug)]
+pub(crate) struct RunTree {
+    /// The playbook: tokio's child, so never reaped (or listed) here.
+    root: Proc,
+    /// `<run dir>/`: a process whose command line or environment holds it
+    /// belongs to the run (the ssh options name the run's known_hosts, a
+    /// ControlMaster's title its socket, every child inherits
+    /// `ANSIBLE_SSH_CONTROL_PATH_DIR`).
+    marker: Vec<u8>,
+    /// Every process found, the root aside.
+    known: HashSet<Proc>,
+}
+
+impl RunTree {
+    /// The run of playbook `root`, whose private directory is `run_dir`.
+    pub(crate) fn new(root: Proc, run_dir: &Path) -> RunTree {
+        let mut marker = run_dir.as_os_str().as_bytes().to_vec();
+        marker.push(b'/');
+        RunTree {
+            root,
+            marker,
+            known: HashSet::new(),
+        }
+    }
+
+    /// Adds the run's processes alive now: descendants of the root (only
+    /// while `root_unreaped`, since a reaped pid may be reused), of the ones
+    /// already known, and of those carrying the marker. Call it before
+    /// signalling: a killed parent's children are re-parented away.
+    pub(crate) fn collect(&mut self, root_unreaped: bool) {
+        let procs = snapshot();
+        let me = std::process::id() as i32;
+        let alive = |p: &Proc| procs.get(&p.pid).is_some_and(|s| s.start == p.start);
+        let mut roots: Vec<i32> = self
+            .known
+            .iter()
+            .filter(|p| alive(p))
+            .map(|p| p.pid)
+            .collect();
+        if root_unreaped && alive(&self.root) {
+            roots.push(self.root.pid);
+        }
+        roots.extend(
+            procs
+                .keys()
+                .filter(|&&pid| pid != me && pid != self.root.pid && self.is_marked(pid)),
+        );
+        let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+        for (&pid, s) in &procs {
+            children.entry(s.ppid).or_default().push(pid);
+        }
+        let mut seen = HashSet::new();
+        while let Some(pid) = roots.pop() {
+            if pid == me || !seen.insert(pid) {
+                continue;
+            }
+            if pid != self.root.pid {
+                self.known.insert(Proc {
+                    pid,
+                    start: procs[&pid].start,
+                });
+            }
+            roots.extend(children.get(&pid).into_iter().flatten());
+        }
+    }
+
+    /// True while the playbook's pid is still its own (running or a zombie
+    /// not yet reaped by tokio), so its process group id cannot be reused.
+    pub(crate) fn root_unreaped(&self) -> bool {
+        self.root.stat().is_some()
+    }
+
+    fn is_marked(&self, pid: i32) -> bool {
+        let holds = |file: &str, needle: &[u8]| {
+            std::fs::read(format!("/proc/{pid}/{file}"))
+                .is_ok_and(|text| text.windows(needle.len()).any(|w| w == needle))
+        };
+        let mut assigned = b"=".to_vec();
+        assigned.extend_from_slice(&self.marker);
+        holds("cmdline", &self.marker) || holds("environ", &assigned)
+    }
+
+    /// Sends `signal` to every known process still running.
+    pub(crate) fn signal(&self, signal: libc::c_int) {
+        for proc in self.known.iter().filter(|p| p.is_running()) {
+            // SAFETY: kill(2) has no memory-safety preconditions. The start
+            // time was checked just above; a pid freed and reused in between
+            // is the one race left, and needs the whole pid space to wrap.
+            if unsafe { libc::kill(proc.pid, signal) } != 0 {
+                let error = io::Error::last_os_error();
+                if error.raw_os_error() != Some(libc::ESRCH) {
+                    tracing::warn!(pid = proc.pid, signal, error.message = %error, "signalling a process of the run failed");
+                }
+            }
+        }
+    }
+
+    /// True when no known process runs any more.
+    pub(crate) fn all_gone(&self) -> bool {
+        !self.known.iter().any(Proc::is_running)
+    }
+
+    /// Reaps the known processes that are (or become) our children, waiting
+    /// up to [`REAP_TIMEOUT`]. Blocks: for the cleanup thread.
+    pub(crate) fn reap_blocking(&self) {
+        let mut pending = self.known.clone();
+        let deadline = Instant::now() + REAP_TIMEOUT;
+        while !reap_step(&mut pending) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// [`RunTree::reap_blocking`] without blocking the runtime.
+    pub(crate) async fn reap(&self) {
+        let mut pending = self.known.clone();
+        let deadline = Instant::now() + REAP_TIMEOUT;
+        while !reap_step(&mut pending) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// One pass of `waitpid(pid, WNOHANG)` over `pending`, dropping those reaped
+/// or gone; true when none is left. A process whose parent is still another
+/// process of the run stays pending: it comes to us when that one dies.
+fn reap_step(pending: &mut HashSet<Proc>) -> bool {
+    let me = std::process::id() as i32;
+    let run: HashSet<i32> = pending.iter().map(|p| p.pid).collect();
+    pending.retain(|proc| {
+        let Some(stat) = proc.stat() else {
+            return false;
+        };
+        if stat.ppid != me {
+            // Someone else's to reap (PID 1 when we are no subreaper).
+            return run.contains(&stat.ppid);
+        }
+        let mut status = 0;
+        // SAFETY: waitpid(2) writes only to `status`. The pid is our child
+        // with the start time we recorded, and not tokio's (the root is never
+        // in the tree), so no `Child` handle is robbed of its status.
+        let reaped = unsafe { libc::waitpid(proc.pid, &mut status, libc::WNOHANG) };
+        reaped == 0
+    });
+    pending.is_empty()
+}
+
+/// Asks the ControlMaster behind each socket in `dir` to exit, so none
+/// outlives its run: `ssh -O exit -o ControlPath=<socket> x`.
+pub(crate) async fn close_control_masters(dir: &Path) {
+    let mut running = Vec::new();
+    for socket in sockets(dir) {
+        let mut command = tokio::process::Command::from(ssh_exit(&socket));
+        match command.kill_on_drop(true).spawn() {
+            Ok(child) => running.push((socket, child)),
+            Err(error) => {
+                tracing::warn!(error.message = %error, "cannot run ssh -O exit");
+                return;
+            }
+        }
+    }
+    let deadline = tokio::time::Instant::now() + SSH_EXIT_TIMEOUT;
+    for (socket, mut child) in running {
+        match tokio::time::timeout_at(deadline, child.wait()).await {
+            Ok(status) => tracing::debug!(socket = %socket.display(), ?status, "ssh -O exit"),
+            Err(_) => {
+                tracing::warn!(socket = %socket.display(), "ssh -O exit hung; killed");
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+/// [`close_control_masters`] for a `Drop`: blocks, at most
+/// [`SSH_EXIT_TIMEOUT`] in all.
+pub(crate) fn close_control_masters_blocking(dir: &Path) {
+    let mut running = Vec::new();
+    for socket in sockets(dir) {
+        match ssh_exit(&socket).spawn() {
+            Ok(child) => running.push(child),
+            Err(error) => {
+                tracing::warn!(error.message = %error, "cannot run ssh -O exit");
+                break;
+            }
+        }
+    }
+    let deadline = Instant::now() + SSH_EXIT_TIMEOUT;
+    for mut child in running {
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if matches!(child.try_wait(), Ok(None)) {
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+    }
+}
+
+/// The Unix sockets in `dir` (ssh's ControlPath sockets).
+fn sockets(dir: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_type().is_ok_and(|t| t.is_socket()))
+        .map(|entry| entry.path())
+        .collect()
+}
+
+fn ssh_exit(socket: &Path) -> std::process::Command {
+    let mut control_path = std::ffi::OsString::from("ControlPath=");
+    control_path.push(socket);
+    let mut command = std::process::Command::new("ssh");
+    command
+        .args(["-F", "/dev/null", "-o", "BatchMode=yes", "-O", "exit", "-o"])
+        .arg(control_path)
+        .arg("x")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_from_the_last_parenthesis() {
+        let mut line = b"4242 (a) b (c) S 17 4242 4242 0 -1 4194560".to_vec();
+        line.extend_from_slice(b" 1 0 0 0 0 0 0 0 20 0 1 0 987654 1000 200\n");
+        let stat = parse_stat(&line).unwrap();
+        assert_eq!(
+            stat,
+            Stat {
+                state: b'S',
+                ppid: 17,
+                session: 4242,
+                start: 987654
+            }
+        );
+    }
+
+    #[test]
+    fn a_truncated_stat_is_not_parsed() {
+        assert_eq!(parse_stat(b"12 (sh) S 1 12"), None);
+        assert_eq!(parse_stat(b"garbage"), None);
+    }
+
+    /// Stands in for ControlMasters that never answer: `ssh -O exit` must
+    /// reach each socket and be given up on after its timeout.
+    #[tokio::test]
+    async fn every_control_socket_is_asked_to_exit_within_the_timeout() {
+        let dir = tempfile::tempdir_in("/tmp").unwrap();
+        let listeners: Vec<_> = ["a", "b"]
+            .iter()
+            .map(|name| std::os::unix::net::UnixListener::bind(dir.path().join(name)).unwrap())
+            .collect();
+        std::fs::write(dir.path().join("not-a-socket"), "").unwrap();
+        let contacted: Vec<_> = listeners
+            .into_iter()
+            .map(|listener| std::thread::spawn(move || listener.accept().is_ok()))
+            .collect();
+
+        let started = Instant::now();
+        close_control_masters(dir.path()).await;
+
+        assert!(started.elapsed() < SSH_EXIT_TIMEOUT + Duration::from_secs(1));
+        for thread in contacted {
+            assert!(thread.join().unwrap(), "a socket was not contacted");
+        }
+    }
+
+    #[test]
+    fn this_process_is_found_with_a_stable_start_time() {
+        let me = Proc::of(std::process::id() as i32).unwrap();
+        assert!(me.is_running());
+        assert_eq!(Proc::of(me.pid), Some(me));
+        let reused = Proc {
+            start: me.start + 1,
+            ..me
+        };
+        assert!(
+            !reused.is_running(),
+            "a different start time is another process"
+        );
+    }
+}

@@ -1,0 +1,442 @@
+//! Delivery guarantees (issue 4), with real worker processes: a killed
+//! worker's job is finished by another, a job delivered too often is given
+//! up, a repeated request runs once, one job per server at a time, hung
+//! playbooks are killed at their timeout, and SIGTERM drains.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+const RESULT_TIMEOUT: Duration = Duration::from_secs(120);
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Workers that share one Redis prefix, one database and one sshd.
+struct Fleet {
+    redis: TestRedis,
+    db: TestDb,
+    host: TestHost,
+    queue: Queue,
+}
+
+async fn fleet(addresses: &[&str]) -> Fleet {
+    let redis = TestRedis::new().await;
+    let queue = redis.queue();
+    Fleet {
+        db: TestDb::new().await,
+        host: TestHost::start_on_all(addresses).await,
+        queue,
+        redis,
+    }
+}
+
+impl Fleet {
+    /// A worker on the sleeping fixture with a 2 s lease.
+    fn worker(&self, consumer: &str) -> TestWorkerBuilder {
+        TestWorker::builder(&self.redis)
+            .target(&self.host)
+            .postgres_url(self.db.url())
+            .deploy_playbook("deploy_sleep.yml")
+            .consumer(consumer)
+            .set("worker.lease_secs", 2)
+    }
+
+    async fn enqueue(&self, request_id: &str, server: &str) -> String {
+        self.queue
+            .enqueue_deploy(&valid_deploy_payload(request_id, server, 8080))
+            .await
+    }
+
+    async fn wait_starts(&self, request_id: &str, runs: usize) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while sleep_starts(&self.host, request_id).len() < runs {
+            assert!(
+                Instant::now() < deadline,
+                "{request_id} did not start {runs} time(s)"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Creates the group and delivers the deploy queue to `consumer`, a
+    /// worker that will never answer; returns the stream and a connection.
+    async fn deliver_to_ghost(
+        &self,
+        consumer: &str,
+    ) -> (String, redis::aio::MultiplexedConnection) {
+        let stream = self.queue.key("ansible:deploy:queue");
+        let mut conn = self.redis.connection();
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&stream)
+            .arg("infra-service")
+            .arg("0")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("infra-service")
+            .arg(consumer)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(">")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        (stream, conn)
+    }
+
+    /// Entries of the deploy queue delivered and not yet acked.
+    async fn pending(&self) -> usize {
+        let mut conn = self.redis.connection();
+        let (count, ..): (usize, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+            .arg(self.queue.key("ansible:deploy:queue"))
+            .arg("infra-service")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        count
+    }
+
+    async fn results_for(&self, request_id: &str) -> Vec<Value> {
+        self.queue
+            .deploy_results_stream()
+            .await
+            .into_iter()
+            .filter(|r| r["request_id"] == request_id)
+            .collect()
+    }
+}
+
+fn kill_9(worker: &TestWorker) {
+    // SAFETY: signalling a child process we started; no memory involved.
+    let killed = unsafe { libc::kill(worker.pid() as i32, libc::SIGKILL) };
+    assert_eq!(killed, 0, "kill -9 {}", worker.pid());
+}
+
+#[tokio::test]
+async fn a_job_of_a_killed_worker_is_finished_by_another_after_its_lease() {
+    // Arrange: worker A has the job running.
+    let f = fleet(&["127.0.0.1"]).await;
+    let a = f.worker("worker-a").spawn().await;
+    let id = unique_request_id("killed");
+    f.enqueue(&id, "127.0.0.1").await;
+    f.wait_starts(&id, 1).await;
+    let b = f.worker("worker-b").spawn().await;
+
+    // Act: A dies mid-job; B takes the entry over after the lease.
+    kill_9(&a);
+    f.wait_starts(&id, 2).await;
+    release_sleepers(&f.host);
+    let result = b.wait_deploy_result(&f.queue, &id, RESULT_TIMEOUT).await;
+
+    // Assert
+    assert_eq!(result["status"], "success", "{result:#}");
+    assert_eq!(result["worker"], "worker-b");
+    assert_eq!(result["attempt"], 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(f.results_for(&id).await.len(), 1, "exactly one result");
+    assert_eq!(f.pending().await, 0);
+}
+
+#[tokio::test]
+async fn an_entry_delivered_more_than_the_limit_is_given_up_as_worker_lost() {
+    // Arrange: an entry that "crashed" three consumers already.
+    let f = fleet(&["127.0.0.1"]).await;
+    let id = unique_request_id("cursed");
+    let entry = f.enqueue(&id, "127.0.0.1").await;
+    let (stream, mut conn) = f.deliver_to_ghost("ghost-1").await;
+    for ghost in ["ghost-2", "ghost-3"] {
+        let _: redis::Value = redis::cmd("XCLAIM")
+            .arg(&stream)
+            .arg("infra-service")
+            .arg(ghost)
+            .arg(0)
+            .arg(&entry)
+            .arg("IDLE")
+            .arg(600_000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    // Act: a live worker finds it idle and would deliver it a fourth time.
+    let w = f
+        .worker("survivor")
+        .set("worker.max_deliveries", 3)
+        .spawn()
+        .await;
+    let result = w.wait_deploy_result(&f.queue, &id, RESULT_TIMEOUT).await;
+
+    // Assert
+    assert_eq!(result["status"], "failed");
+    assert_eq!(result["error"]["code"], "worker_lost", "{result:#}");
+    assert_eq!(result["attempt"], 4);
+    let dead = f.queue.dead_letters().await;
+    assert!(
+        dead.iter()
+            .any(|d| d["request_id"] == id && d["reason"].contains("delivered 4 times")),
+        "{dead:?}"
+    );
+    assert!(sleep_starts(&f.host, &id).is_empty(), "never run again");
+    assert_eq!(f.pending().await, 0);
+}
+
+#[tokio::test]
+async fn the_same_request_id_twice_runs_once_and_gets_the_same_result() {
+    // Arrange
+    let f = fleet(&["127.0.0.1"]).await;
+    let w = f.worker("solo").concurrency(2).spawn().await;
+    let id = unique_request_id("twice");
+
+    // Act: a duplicate while the first runs, and another after it finished.
+    f.enqueue(&id, "127.0.0.1").await;
+    f.wait_starts(&id, 1).await;
+    f.enqueue(&id, "127.0.0.1").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    release_sleepers(&f.host);
+    let first = w.wait_deploy_result(&f.queue, &id, RESULT_TIMEOUT).await;
+    let deadline = Instant::now() + RESULT_TIMEOUT;
+    while f.results_for(&id).await.len() < 2 {
+        assert!(Instant::now() < deadline, "the duplicate got no result");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    f.enqueue(&id, "127.0.0.1").await;
+    while f.results_for(&id).await.len() < 3 {
+        assert!(Instant::now() < deadline, "the late repeat got no result");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Assert: one run, three identical answers, nothing pending.
+    assert_eq!(first["status"], "success", "{first:#}");
+    assert_eq!(sleep_starts(&f.host, &id).len(), 1, "one run");
+    for published in f.results_for(&id).await {
+        assert_eq!(published, first);
+    }
+    assert_eq!(f.pending().await, 0);
+}
+
+/// (start, end) of each run of `request_id`.
+fn interval(host: &TestHost, request_id: &str) -> (f64, f64) {
+    let starts = sleep_starts(host, request_id);
+    let ends = sleep_ends(host, request_id);
+    assert_eq!((starts.len(), ends.len()), (1, 1), "{request_id} ran once");
+    (starts[0], ends[0])
+}
+
+#[tokio::test]
+async fn two_jobs_for_one_server_on_two_workers_never_overlap() {
+    // Arrange
+    let f = fleet(&["127.0.0.1"]).await;
+    let a = f.worker("lock-a").spawn().await;
+    let _b = f.worker("lock-b").spawn().await;
+    let (first, second) = (unique_request_id("same-1"), unique_request_id("same-2"));
+
+    // Act: both queued for one server; one starts and holds it.
+    f.enqueue(&first, "127.0.0.1").await;
+    f.enqueue(&second, "127.0.0.1").await;
+    let deadline = Instant::now() + START_TIMEOUT;
+    while sleep_starts(&f.host, &first).is_empty() && sleep_starts(&f.host, &second).is_empty() {
+        assert!(Instant::now() < deadline, "neither job started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Time for the other worker to (wrongly) start the second job.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    release_sleepers(&f.host);
+    for id in [&first, &second] {
+        let result = a.wait_deploy_result(&f.queue, id, RESULT_TIMEOUT).await;
+        assert_eq!(result["status"], "success", "{result:#}");
+    }
+
+    // Assert: one interval ends before the other begins.
+    let (s1, e1) = interval(&f.host, &first);
+    let (s2, e2) = interval(&f.host, &second);
+    assert!(
+        e1 <= s2 || e2 <= s1,
+        "overlap: [{s1}, {e1}] and [{s2}, {e2}]"
+    );
+}
+
+#[tokio::test]
+async fn jobs_for_two_servers_on_two_workers_run_at_the_same_time() {
+    let f = fleet(&["127.0.0.2", "127.0.0.3"]).await;
+    let a = f.worker("pair-a").concurrency(1).spawn().await;
+    let _b = f.worker("pair-b").concurrency(1).spawn().await;
+    let (left, right) = (unique_request_id("left"), unique_request_id("right"));
+
+    f.enqueue(&left, "127.0.0.2").await;
+    f.enqueue(&right, "127.0.0.3").await;
+    let both = wait_sleepers_started(&f.host, &[left.clone(), right.clone()], START_TIMEOUT).await;
+    release_sleepers(&f.host);
+    for id in [&left, &right] {
+        a.wait_deploy_result(&f.queue, id, RESULT_TIMEOUT).await;
+    }
+
+    assert!(both, "both started before either was released");
+    let (s1, e1) = interval(&f.host, &left);
+    let (s2, e2) = interval(&f.host, &right);
+    assert!(
+        s1 < e2 && s2 < e1,
+        "no overlap: [{s1}, {e1}] and [{s2}, {e2}]"
+    );
+}
+
+/// The process group the worker logged for the playbook of `request_id`.
+fn playbook_pgid(logs: &str, request_id: &str) -> i32 {
+    logs.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|entry| entry["message"] == "playbook started")
+        .filter(|entry| entry.to_string().contains(request_id))
+        .find_map(|entry| entry["pid"].as_i64())
+        .map(|pid| pid as i32)
+        .unwrap_or_else(|| panic!("no 'playbook started' line for {request_id} in:\n{logs}"))
+}
+
+/// Live processes whose process group is `pgid`.
+fn group_members(pgid: i32) -> Vec<i32> {
+    let mut members = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command: state ppid pgrp ...
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split(' ').collect();
+        if fields[2].parse::<i32>() == Ok(pgid) && fields[0] != "Z" {
+            members.push(pid);
+        }
+    }
+    members
+}
+
+#[tokio::test]
+async fn a_hung_playbook_is_killed_at_its_timeout_with_nothing_of_it_left() {
+    let f = fleet(&["127.0.0.1"]).await;
+    let w = f
+        .worker("timeout")
+        .set("worker.job_timeout_secs", 3)
+        .set("worker.kill_grace_secs", 1)
+        .spawn()
+        .await;
+    let id = unique_request_id("hung");
+
+    f.enqueue(&id, "127.0.0.1").await;
+    let result = w.wait_deploy_result(&f.queue, &id, RESULT_TIMEOUT).await;
+
+    assert_eq!(result["status"], "failed");
+    assert_eq!(result["error"]["code"], "timeout", "{result:#}");
+    assert!(
+        result["output_tail"]
+            .as_str()
+            .unwrap()
+            .contains("Record the start time"),
+        "output so far: {result:#}"
+    );
+    assert_eq!(sleep_starts(&f.host, &id).len(), 1, "it had started");
+    let pgid = playbook_pgid(&w.logs(), &id);
+    assert!(
+        group_members(pgid).is_empty(),
+        "left in group {pgid}: {:?}",
+        group_members(pgid)
+    );
+    let children: Vec<String> = descendants(w.pid() as i32)
+        .into_iter()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            format!("{pid}: {stat} {}", cmdline(pid))
+        })
+        .collect();
+    assert!(
+        children.is_empty(),
+        "the worker still has children: {children:#?}"
+    );
+    release_sleepers(&f.host);
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_running_job_finish_within_the_grace_period_and_exits_0() {
+    let f = fleet(&["127.0.0.1"]).await;
+    let w = f
+        .worker("graceful")
+        .set("worker.shutdown_grace_secs", 60)
+        .spawn()
+        .await;
+    let id = unique_request_id("drain");
+    f.enqueue(&id, "127.0.0.1").await;
+    f.wait_starts(&id, 1).await;
+
+    w.sigterm();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    w.assert_running().await;
+    release_sleepers(&f.host);
+    let status = w.wait_exit(RESULT_TIMEOUT).await;
+
+    assert_eq!(status.code(), Some(0));
+    let result = f
+        .queue
+        .deploy_result(&id)
+        .await
+        .expect("published before exit");
+    assert_eq!(result["status"], "success", "{result:#}");
+    assert_eq!(f.pending().await, 0);
+}
+
+#[tokio::test]
+async fn sigterm_with_a_job_longer_than_the_grace_hands_it_to_another_worker() {
+    let f = fleet(&["127.0.0.1"]).await;
+    let a = f
+        .worker("leaving")
+        .set("worker.shutdown_grace_secs", 1)
+        .spawn()
+        .await;
+    let id = unique_request_id("handback");
+    f.enqueue(&id, "127.0.0.1").await;
+    f.wait_starts(&id, 1).await;
+
+    a.sigterm();
+    let status = a.wait_exit(RESULT_TIMEOUT).await;
+    let pending_after_exit = f.pending().await;
+    let published_after_exit = f.queue.deploy_result(&id).await;
+    let b = f.worker("arriving").spawn().await;
+    f.wait_starts(&id, 2).await;
+    release_sleepers(&f.host);
+    let result = b.wait_deploy_result(&f.queue, &id, RESULT_TIMEOUT).await;
+
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(pending_after_exit, 1, "left pending for another worker");
+    assert_eq!(published_after_exit, None, "no result for a killed job");
+    assert_eq!(result["status"], "success", "{result:#}");
+    assert_eq!(result["worker"], "arriving");
+    assert_eq!(result["attempt"], 2);
+    assert!(a.logs().contains("entry handed back"), "{}", a.logs());
+}
+
+#[tokio::test]
+async fn an_entry_deleted_while_pending_is_reported_as_a_dead_letter() {
+    // Arrange: a dead consumer's entry, then deleted from the stream.
+    let f = fleet(&["127.0.0.1"]).await;
+    let id = unique_request_id("vanished");
+    let entry = f.enqueue(&id, "127.0.0.1").await;
+    let (stream, mut conn) = f.deliver_to_ghost("ghost").await;
+    let _: () = redis::cmd("XDEL")
+        .arg(&stream)
+        .arg(&entry)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    // Act: a live worker's takeover finds only the id.
+    let _w = f.worker("janitor").spawn().await;
+    let dead = f.queue.wait_dead_letters(1, Duration::from_secs(30)).await;
+
+    // Assert
+    assert_eq!(dead[0]["entry_id"], entry, "{dead:?}");
+    assert!(dead[0]["reason"].contains("deleted or trimmed"), "{dead:?}");
+    assert!(sleep_starts(&f.host, &id).is_empty());
+    assert_eq!(f.pending().await, 0);
+}
