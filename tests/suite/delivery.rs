@@ -61,10 +61,7 @@ impl Fleet {
 
     /// Creates the group and delivers the deploy queue to `consumer`, a
     /// worker that will never answer; returns the stream and a connection.
-    async fn deliver_to_ghost(
-        &self,
-        consumer: &str,
-    ) -> (String, redis::aio::MultiplexedConnection) {
+    async fn deliver_to_ghost(&self, consumer: &str) -> (String, redis::aio::ConnectionManager) {
         let stream = self.queue.key("ansible:deploy:queue");
         let mut conn = self.redis.connection();
         let _: () = redis::cmd("XGROUP")

@@ -263,3 +263,58 @@ async fn a_test_db_is_a_fresh_database_of_its_own() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn an_own_redis_restarts_empty_on_the_same_port() {
+    // Arrange
+    let mut own = OwnRedis::new().await;
+    let url = own.url();
+    let redis = TestRedis::on(&url).await;
+    let queue = redis.queue();
+    queue.enqueue_raw("before").await;
+
+    // Act
+    own.stop().await;
+    let mut conn = redis.connection();
+    let while_down: redis::RedisResult<i64> = redis::AsyncCommands::exists(&mut conn, "x").await;
+    own.start().await;
+
+    // Assert: same URL, nothing kept, and the queue's connection came back.
+    assert!(while_down.is_err(), "redis answered while stopped");
+    assert_eq!(own.url(), url);
+    assert!(
+        queue
+            .stream_entries("ansible:deploy:queue")
+            .await
+            .is_empty(),
+        "the stream survived a restart without persistence"
+    );
+    queue.enqueue_raw("after").await;
+    assert_eq!(queue.stream_entries("ansible:deploy:queue").await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_own_postgres_restarts_on_the_same_port_with_its_data() {
+    // Arrange
+    let mut pg = OwnPostgres::new().await;
+    let url = pg.url();
+    let mut conn = pg.connect().await;
+    for sql in ["CREATE TABLE kept (n int)", "INSERT INTO kept VALUES (7)"] {
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+    }
+
+    // Act
+    pg.stop().await;
+    let while_down = sqlx::query("SELECT 1").execute(&mut conn).await;
+    pg.start().await;
+
+    // Assert
+    assert!(while_down.is_err(), "postgres answered while stopped");
+    assert_eq!(pg.url(), url);
+    let mut conn = pg.connect().await;
+    let n: i32 = sqlx::query_scalar("SELECT n FROM kept")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 7);
+}

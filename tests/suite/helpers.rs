@@ -3,7 +3,8 @@
 //! and the real worker binary (`TestWorker`), each made unique per test;
 //! `run_playbook` runs the real `ansible/` content against a `TestHost`.
 //! Services come from `TEST_REDIS_URL` / `TEST_DATABASE_URL` when set, else
-//! from containers started once per test binary.
+//! from containers started once per test binary. A test that stops Redis or
+//! Postgres starts a server of its own instead (`OwnRedis`, `OwnPostgres`).
 
 // Parts of the harness serve suites of later issues.
 #![allow(dead_code, unused_imports)]
@@ -12,8 +13,11 @@ mod ansible_run;
 mod containers;
 mod db;
 mod host;
+mod own_postgres;
+mod own_redis;
 mod payload;
 mod playbooks;
+mod ports;
 mod procs;
 mod redis;
 mod worker;
@@ -24,6 +28,8 @@ pub use ansible_run::{
 };
 pub use db::TestDb;
 pub use host::{RunOutput, TestHost};
+pub use own_postgres::OwnPostgres;
+pub use own_redis::OwnRedis;
 pub use payload::{unique_request_id, valid_deploy_payload};
 pub use playbooks::{
     FAILING_TASK, digest_record, fixtures_dir, release_sleepers, sha256_hex, sleep_ends,

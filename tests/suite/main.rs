@@ -11,5 +11,6 @@ mod dead;
 mod delivery;
 mod deploy;
 mod harness_selftest;
+mod outages;
 mod provider;
 mod provision;

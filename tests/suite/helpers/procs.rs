@@ -83,3 +83,20 @@ pub fn pids_with_environ_containing(needle: &str) -> Vec<i32> {
         })
         .collect()
 }
+
+/// Polls `child` until it exits or `timeout` passes.
+pub(crate) async fn wait_exit(
+    child: &mut std::process::Child,
+    timeout: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -1,13 +1,15 @@
 //! Redis for tests: one server per test binary (`TEST_REDIS_URL`, else a
 //! container), and per test a unique key prefix, so tests never see each
-//! other's streams. `Queue` is the producer's and caller's side of the wire.
+//! other's streams; or, for a test that breaks Redis, a server of its own
+//! (`TestRedis::on`). `Queue` is the producer's and caller's side of the
+//! wire; its connection reconnects by itself, so it outlives a restart.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde_json::Value;
 
 use super::containers;
@@ -27,16 +29,24 @@ fn server_url() -> String {
 pub struct TestRedis {
     url: String,
     prefix: String,
-    conn: MultiplexedConnection,
+    conn: ConnectionManager,
 }
 
 impl TestRedis {
     /// Connects to the shared server and picks a fresh `t<uuid>:` prefix.
     pub async fn new() -> TestRedis {
-        let url = server_url();
+        TestRedis::on(&server_url()).await
+    }
+
+    /// A fresh prefix on the server at `url` (an `OwnRedis`).
+    pub async fn on(url: &str) -> TestRedis {
         let prefix = format!("t{}:", uuid::Uuid::new_v4().simple());
-        let conn = connect(&url).await;
-        TestRedis { url, prefix, conn }
+        let conn = connect(url).await;
+        TestRedis {
+            url: url.to_owned(),
+            prefix,
+            conn,
+        }
     }
 
     /// The server URL, for the worker's `redis.url`.
@@ -50,7 +60,7 @@ impl TestRedis {
     }
 
     /// A connection that is not prefixed: build names with `Queue::key`.
-    pub fn connection(&self) -> MultiplexedConnection {
+    pub fn connection(&self) -> ConnectionManager {
         self.conn.clone()
     }
 
@@ -80,14 +90,14 @@ impl Drop for TestRedis {
     }
 }
 
-async fn connect(url: &str) -> MultiplexedConnection {
-    let config = redis::AsyncConnectionConfig::new()
+async fn connect(url: &str) -> ConnectionManager {
+    let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(5)))
         // Large payloads (10 MB) take longer than the 500 ms default.
         .set_response_timeout(Some(Duration::from_secs(30)));
     redis::Client::open(url)
         .unwrap_or_else(|e| panic!("bad redis url {url}: {e}"))
-        .get_multiplexed_async_connection_with_config(&config)
+        .get_connection_manager_with_config(config)
         .await
         .unwrap_or_else(|e| panic!("cannot connect to redis at {url}: {e}"))
 }
@@ -96,7 +106,7 @@ async fn connect(url: &str) -> MultiplexedConnection {
 /// contract's producers and callers do, under one test's prefix.
 #[derive(Clone)]
 pub struct Queue {
-    conn: MultiplexedConnection,
+    conn: ConnectionManager,
     prefix: String,
 }
 
@@ -104,6 +114,25 @@ impl Queue {
     /// A stream or key name under the test's prefix.
     pub fn key(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
+    }
+
+    /// Pings until the server answers (after an `OwnRedis` restart, the
+    /// first command on the old connection fails while it reconnects);
+    /// panics after `timeout`.
+    pub async fn wait_until_reachable(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut conn = self.conn.clone();
+            let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+            match pong {
+                Ok(_) => return,
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "redis unreachable for {timeout:?}: {e}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// `XADD <prefix>ansible:deploy:queue * payload <json>`; returns the entry id.
@@ -227,6 +256,24 @@ impl Queue {
                 return letters;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// How many entries of a stream under the prefix the worker's group
+    /// (`infra-service`, the default `redis.group`) still holds pending. A
+    /// stream or group that does not exist (NOGROUP) holds none.
+    pub async fn pending_count(&self, stream: &str) -> u64 {
+        let mut conn = self.conn.clone();
+        let summary: redis::RedisResult<(u64, redis::Value, redis::Value, redis::Value)> =
+            redis::cmd("XPENDING")
+                .arg(self.key(stream))
+                .arg("infra-service")
+                .query_async(&mut conn)
+                .await;
+        match summary {
+            Ok((count, ..)) => count,
+            Err(e) if e.code() == Some("NOGROUP") => 0,
+            Err(e) => panic!("XPENDING {stream} failed: {e}"),
         }
     }
 

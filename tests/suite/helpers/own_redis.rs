@@ -1,0 +1,156 @@
+//! `OwnRedis`: a `redis-server` of one test's own, for tests that break
+//! Redis (the shared one is never stopped). It keeps nothing on disk
+//! (`--save "" --appendonly no`), so a restart loses every stream, group
+//! and key, like a production Redis without persistence. It stops and
+//! starts again on the same port, and is killed on drop.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::ports::free_stable_port;
+use super::procs::wait_exit;
+
+/// How long a start or a stop may take before the test fails.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A `redis-server` child of the test on 127.0.0.1.
+pub struct OwnRedis {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    /// Starts a server on a free port.
+    pub async fn new() -> OwnRedis {
+        let dir = tempfile::Builder::new()
+            .prefix("infra-ownredis-")
+            .tempdir()
+            .expect("temp dir for redis-server");
+        let mut redis = OwnRedis {
+            dir,
+            port: 0,
+            child: None,
+        };
+        // Another test may bind the port between our probe and the server's
+        // bind: pick another one then.
+        let mut last_error = String::new();
+        for _ in 0..10 {
+            redis.port = free_stable_port();
+            match redis.spawn().await {
+                Ok(()) => return redis,
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("redis-server did not start: {last_error}");
+    }
+
+    /// `redis://127.0.0.1:<port>`, for the worker and for `TestRedis::on`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (SIGTERM; nothing is saved) and waits for its exit.
+    pub async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        if wait_exit(&mut child, PATIENCE).await.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("redis-server ignored SIGTERM for {PATIENCE:?}");
+        }
+    }
+
+    /// Starts the server again, empty, on the same port.
+    pub async fn start(&mut self) {
+        assert!(self.child.is_none(), "redis-server is already running");
+        // The port was ours a moment ago and lies outside the ephemeral
+        // range; retry briefly should the kernel still hold it, but never
+        // move: the worker's config names it.
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match self.spawn().await {
+                Ok(()) => return,
+                Err(e) if Instant::now() >= deadline => {
+                    panic!("redis-server did not start again on {}: {e}", self.port)
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    /// The server's own log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    /// Spawns the server and waits until it answers PING; on failure the
+    /// child is reaped and the log returned.
+    async fn spawn(&mut self) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("redis log file");
+        let mut child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port"])
+            .arg(self.port.to_string())
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(self.dir.path())
+            .args(["--protected-mode", "no", "--daemonize", "no"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("spawning redis-server: {e}"))?;
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if pong(self.port).await {
+                self.child = Some(child);
+                return Ok(());
+            }
+            let exited = child.try_wait().ok().flatten();
+            if exited.is_some() || Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("exited ({exited:?}); log:\n{}", self.log()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn pong(port: u16) -> bool {
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        stream.write_all(b"PING\r\n").await?;
+        let mut buf = [0u8; 7];
+        stream.read_exact(&mut buf).await?;
+        Ok::<bool, std::io::Error>(&buf == b"+PONG\r\n")
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), probe).await,
+        Ok(Ok(true))
+    )
+}
