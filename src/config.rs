@@ -272,7 +272,10 @@ impl Settings {
             .expose_secret()
             .parse::<sqlx::postgres::PgConnectOptions>()
         {
-            return bad("postgres.url", &format!("is not a usable Postgres URL: {e}"));
+            return bad(
+                "postgres.url",
+                &format!("is not a usable Postgres URL: {e}"),
+            );
         }
         if self.time4vps.poll_interval_secs == 0 {
             return bad("time4vps.poll_interval_secs", "must be at least 1");

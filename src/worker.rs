@@ -52,6 +52,8 @@ pub struct Worker {
 /// Backoff after a failed read, publish or ledger write.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 const RETRY_DELAY_MAX: Duration = Duration::from_secs(10);
+/// Background tries of a ledger write that failed (about 10 minutes).
+const LEDGER_RETRIES: u32 = 64;
 /// How often a duplicate request checks whether the first one finished.
 const DUPLICATE_POLL: Duration = Duration::from_secs(1);
 
@@ -403,8 +405,10 @@ impl Worker {
         }
     }
 
-    /// The ledger is audit and idempotency, not a gate for the result: a
-    /// database error is logged and the result still goes out.
+    /// The ledger is audit and idempotency, not a gate for the result: when
+    /// Postgres is down the result goes out anyway, and the ledger write is
+    /// retried in the background for a while (a repeated request id is
+    /// answered from the Redis result key meanwhile).
     async fn record_finish(&self, result: &JobResult) {
         let status = if result.error.is_none() {
             JobStatus::Success
@@ -412,20 +416,33 @@ impl Worker {
             JobStatus::Failed
         };
         let json = serde_json::to_value(result).expect("a result always serializes");
-        let recorded = self
-            .ctx
-            .store
-            .job_finished(
-                result.job.as_str(),
-                &result.request_id,
-                status,
-                result.error.as_ref().map(|e| e.code.as_str()),
-                &json,
-            )
+        let kind = result.job.as_str();
+        let request_id = result.request_id.clone();
+        let code = result.error.as_ref().map(|e| e.code.as_str());
+        let store = self.ctx.store.clone();
+        let first = store
+            .job_finished(kind, &request_id, status, code, &json)
             .await;
-        if let Err(e) = recorded {
-            tracing::error!(error.message = %e, request_id = %result.request_id, "recording the job result failed");
-        }
+        let Err(e) = first else {
+            return;
+        };
+        tracing::error!(error.message = %e, request_id = %request_id, "recording the job result failed; retrying in the background");
+        tokio::spawn(async move {
+            let mut delay = RETRY_DELAY;
+            for _ in 0..LEDGER_RETRIES {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RETRY_DELAY_MAX);
+                if store
+                    .job_finished(kind, &request_id, status, code, &json)
+                    .await
+                    .is_ok()
+                {
+                    tracing::info!(request_id = %request_id, "job result recorded after a retry");
+                    return;
+                }
+            }
+            tracing::error!(request_id = %request_id, "giving up recording the job result");
+        });
     }
 
     async fn publish(

@@ -10,8 +10,9 @@ use redis::Script;
 /// itself (`XCLAIM ... 0 <id> JUSTID` resets the idle time without counting
 /// a delivery). Returns the ids another consumer owns now.
 ///
-/// An entry pending nowhere (its group or stream went with a Redis restart
-/// that kept no data) is nobody else's: its job goes on.
+/// An entry pending nowhere is lost only if it is still in the stream
+/// (another worker acked it); gone with the data of a Redis restart that
+/// kept none, it is nobody else's and its job goes on.
 ///
 /// KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3..] entry ids.
 pub static RENEW: LazyLock<Script> = LazyLock::new(|| {
@@ -27,6 +28,8 @@ for i = 3, #ARGV do
     else
       lost[#lost + 1] = id
     end
+  elseif ok and #redis.call('XRANGE', KEYS[1], id, id) == 1 then
+    lost[#lost + 1] = id
   end
 end
 return lost
@@ -38,10 +41,10 @@ return lost
 /// consumer still owns the entry. Safe to retry after a lost reply.
 ///
 /// An entry no longer pending was either finished already (its result key
-/// exists: a retry, or another worker) or lost its pending state with a
-/// Redis restart that kept no data (no result key): then the result is
-/// still published, since the caller waits for it, and there is nothing to
-/// ack.
+/// exists, or for a dead letter alone, the entry is still in the stream: a
+/// retry, or another worker) or lost its pending state with a Redis restart
+/// that kept no data: then the result or dead letter is still written,
+/// since someone waits for it, and there is nothing to ack.
 ///
 /// KEYS[1] job stream, KEYS[2] result key, KEYS[3] result stream,
 /// KEYS[4] dead-letter stream; ARGV[1] group, ARGV[2] consumer,
@@ -55,7 +58,8 @@ pub static FINISH: LazyLock<Script> = LazyLock::new(|| {
         r"
 local ok, p = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if not ok or #p == 0 then
-  if ARGV[4] == '' or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+  if ARGV[4] ~= '' and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+  if ARGV[4] == '' and #redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3]) == 1 then return 0 end
 elseif p[1][2] ~= ARGV[2] then
   return -1
 end
