@@ -24,21 +24,31 @@
 //! - `cli`, `operator`: the command line and the one-shot operator commands.
 //! - `daemon`: builds the clients and runs the worker until the stop signal.
 //! - `shutdown`, `telemetry`: SIGTERM/SIGINT; tracing output.
-//! - `worker`: the read → run → publish → ack loop.
-//! - `queue`: Redis Streams (names, groups, reads, results, dead letters).
+//! - `worker`: the read → run → publish → ack loop; `worker::leases` keeps
+//!   running entries' leases fresh.
+//! - `queue`: Redis Streams (names, groups, reads and takeovers, leases,
+//!   results, dead letters and their replay); Lua scripts for the steps
+//!   that must check ownership atomically.
 //! - `job`: the contract's types; parsing is validation.
 //! - `workflow`: what each job kind does, step by step.
 //! - `secrets`: references to values, and redaction of values.
 //! - `ansible`: one `ansible-playbook` child per run, its private directory.
 //! - `ssh`: reachability probe, failure classes, retry policy.
-//! - `store`: Postgres (servers, host keys, jobs ledger).
+//! - `store`: Postgres (servers, host keys, jobs ledger, server locks).
 //! - `provider`: the Time4VPS API client.
 //!
 //! ## Invariants
 //!
 //! - An entry is acked only after its result is published, in the same
-//!   transaction; a result that cannot be published is retried, not dropped.
-//! - No entry is ever claimed without a free slot to run it.
+//!   script, and only by the consumer that owns it; a result that cannot be
+//!   published is retried, not dropped.
+//! - No entry is ever claimed (read or taken over) without a free slot to
+//!   run it, and a running entry's lease is renewed for as long as it runs.
+//! - A request id runs at most once to a final result (the jobs ledger);
+//!   repeats are answered with the stored result.
+//! - At most one job per server address runs at a time, across workers.
+//! - No process of a playbook run outlives it: its group, its descendants
+//!   in other sessions and its ControlMasters are stopped and reaped.
 //! - Only `secrets` turns a reference into a value; values live in
 //!   `SecretString` and leave the process only through the playbook child's
 //!   environment (and the 0600 key file in the run's private directory).
