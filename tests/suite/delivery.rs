@@ -316,7 +316,7 @@ async fn a_hung_playbook_is_killed_at_its_timeout_with_nothing_of_it_left() {
     let f = fleet(&["127.0.0.1"]).await;
     let w = f
         .worker("timeout")
-        .set("worker.job_timeout_secs", 3)
+        .set("worker.job_timeout_secs", 12)
         .set("worker.kill_grace_secs", 1)
         .spawn()
         .await;
