@@ -101,6 +101,7 @@ impl Worker {
                         let leases = leases.clone();
                         let abort = abort.clone();
                         jobs.spawn(async move {
+                            let _in_flight = crate::metrics::job_started();
                             let handled = worker.handle_guarded(delivery.clone(), token).await;
                             if handled == Handled::Abandoned && abort.is_cancelled() {
                                 worker.hand_back(&delivery).await;
@@ -267,6 +268,7 @@ impl Worker {
             started_at,
             report,
         );
+        crate::metrics::job_finished(&result);
         self.record_finish(&result).await;
         let success = result.error.is_none();
         self.publish(delivery, Some(&result), None).await;
@@ -393,6 +395,7 @@ impl Worker {
             Utc::now(),
             report,
         );
+        crate::metrics::job_finished(&result);
         if code != ErrorCode::InvalidPayload {
             self.record_finish(&result).await;
         }
@@ -424,6 +427,7 @@ impl Worker {
             )
             .await;
         if let Err(e) = recorded {
+            crate::metrics::status_write_failed(crate::metrics::StatusWrite::JobLedger);
             tracing::error!(error.message = %e, request_id = %result.request_id, "recording the job result failed");
         }
     }
