@@ -23,6 +23,8 @@
 //! - `config`: the settings tree (defaults, TOML file, `INFRA__*` variables).
 //! - `cli`, `operator`: the command line and the one-shot operator commands.
 //! - `daemon`: builds the clients and runs the worker until the stop signal.
+//! - `http`: `/metrics`, `/healthz`, `/readyz`; `heartbeat`: the ops file
+//!   touched while Redis answers.
 //! - `metrics`: every metric, in one registry; call sites record with
 //!   one-line calls.
 //! - `shutdown`, `telemetry`: SIGTERM/SIGINT; tracing output.
@@ -57,6 +59,8 @@ pub mod ansible;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod heartbeat;
+pub mod http;
 pub mod job;
 pub mod metrics;
 pub mod operator;
