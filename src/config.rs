@@ -2,6 +2,7 @@
 //! environment variables. Loaded and validated once at start; every later
 //! module receives typed, already-checked values.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use secrecy::{ExposeSecret, SecretString};
@@ -21,6 +22,8 @@ pub struct Settings {
     pub ssh: SshSettings,
     pub provision: ProvisionSettings,
     pub time4vps: Time4vpsSettings,
+    pub http: HttpSettings,
+    pub heartbeat: HeartbeatSettings,
 }
 
 /// Where the queues live and who this worker is among its peers.
@@ -112,6 +115,40 @@ pub struct Time4vpsSettings {
     pub reinstall_deadline_secs: u64,
 }
 
+/// The metrics and health endpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// `IP:port` to serve `/metrics`, `/healthz` and `/readyz` on; port 0
+    /// picks a free one (logged as `listen` on "http listening").
+    pub listen: String,
+}
+
+impl HttpSettings {
+    /// The listen address; `validate` has checked that it parses.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
+            .parse()
+            .expect("http.listen was validated at load")
+    }
+}
+
+/// The ops heartbeat file (seed 002: `./tmp/<service>.heartbeat`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatSettings {
+    /// Touched every `interval_secs` while Redis answers; empty disables it.
+    pub path: PathBuf,
+    pub interval_secs: u64,
+}
+
+impl HeartbeatSettings {
+    /// The file to touch, unless the heartbeat is disabled.
+    pub fn file(&self) -> Option<&Path> {
+        (!self.path.as_os_str().is_empty()).then_some(self.path.as_path())
+    }
+}
+
 /// Where `file:` secret references are read from.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -181,6 +218,9 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("time4vps.poll_interval_secs", "10"),
     ("time4vps.reinstall_deadline_secs", "1800"),
     ("log.level", "info"),
+    ("http.listen", "127.0.0.1:9187"),
+    ("heartbeat.path", "tmp/infra_service.heartbeat"),
+    ("heartbeat.interval_secs", "10"),
 ];
 
 impl Settings {
@@ -283,6 +323,15 @@ impl Settings {
         if self.ansible.ssh_user.is_empty() {
             return bad("ansible.ssh_user", "must not be empty");
         }
+        if self.http.listen.parse::<SocketAddr>().is_err() {
+            return bad(
+                "http.listen",
+                "must be an IP address and port (e.g. 127.0.0.1:9187)",
+            );
+        }
+        if self.heartbeat.interval_secs == 0 {
+            return bad("heartbeat.interval_secs", "must be at least 1");
+        }
         Ok(())
     }
 
@@ -358,6 +407,29 @@ mod tests {
         let err =
             load_toml("[redis]\nurl = \"redis://x\"\n[worker]\nconcurency = 2\n").unwrap_err();
         assert!(err.to_string().contains("concurency"), "{err}");
+    }
+
+    #[test]
+    fn metrics_listen_on_loopback_and_the_heartbeat_follows_the_ops_convention_by_default() {
+        let s = load_toml(REQUIRED).unwrap();
+        assert_eq!(s.http.listen_addr(), "127.0.0.1:9187".parse().unwrap());
+        assert_eq!(
+            s.heartbeat.file(),
+            Some(Path::new("tmp/infra_service.heartbeat"))
+        );
+        assert_eq!(s.heartbeat.interval_secs, 10);
+    }
+
+    #[test]
+    fn an_empty_heartbeat_path_disables_it() {
+        let s = load_toml(&format!("{REQUIRED}[heartbeat]\npath = \"\"\n")).unwrap();
+        assert_eq!(s.heartbeat.file(), None);
+    }
+
+    #[test]
+    fn a_bad_listen_address_is_named() {
+        let err = load_toml(&format!("{REQUIRED}[http]\nlisten = \"localhost\"\n")).unwrap_err();
+        assert!(err.to_string().contains("http.listen"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Building the long-lived clients from settings and running the worker
-//! until the stop signal, then draining.
+//! until the stop signal, then draining. Beside the worker: the HTTP
+//! endpoints (from the start) and the heartbeat (once Redis answers), both
+//! stopped after the drain.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,6 +10,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::http::{self, Health, HttpError};
 use crate::queue::Queue;
 use crate::store::{Store, StoreError};
 use crate::worker::{Worker, WorkerError};
@@ -20,6 +23,8 @@ pub enum DaemonError {
     Worker(#[from] WorkerError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Http(#[from] HttpError),
 }
 
 /// Connects, runs the worker until `stop` resolves, and returns once the
@@ -51,6 +56,13 @@ pub async fn run_until_stopped(
     });
 
     let store = Store::connect_lazy(settings.postgres.url.as_ref(), settings.worker.concurrency)?;
+    // HTTP and heartbeat outlive the drain; this guard stops them on every
+    // way out of this function.
+    let services = CancellationToken::new();
+    let _stop_services = services.clone().drop_guard();
+    let health = Health::new(store.clone());
+    let listener = http::bind(settings.http.listen_addr()).await?;
+    let server = tokio::spawn(http::serve(listener, health.clone(), services.clone()));
     if until_ok("applying the Postgres migrations", &shutdown, || {
         store.migrate()
     })
@@ -64,6 +76,15 @@ pub async fn run_until_stopped(
     let Some(queue) = until_ok("connecting to Redis", &shutdown, connect).await else {
         return Ok(());
     };
+    health.set_queue(queue.clone());
+    if let Some(path) = settings.heartbeat.file() {
+        tokio::spawn(crate::heartbeat::run(
+            path.to_owned(),
+            Duration::from_secs(settings.heartbeat.interval_secs),
+            queue.clone(),
+            services.clone(),
+        ));
+    }
     let worker = Worker::new(queue, Context::new(settings.clone(), store));
     worker.run(shutdown).await?;
     // Runs stopped at the end of the drain finish dying on threads of their
@@ -72,6 +93,9 @@ pub async fn run_until_stopped(
     if !crate::ansible::finish_cleanups(kill_grace + Duration::from_secs(5)).await {
         tracing::warn!("some playbook processes were still being stopped at exit");
     }
+    services.cancel();
+    // Open keep-alive connections may hold the server a moment; not longer.
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     tracing::info!("worker stopped");
     Ok(())
 }

@@ -23,6 +23,10 @@
 //! - `config`: the settings tree (defaults, TOML file, `INFRA__*` variables).
 //! - `cli`, `operator`: the command line and the one-shot operator commands.
 //! - `daemon`: builds the clients and runs the worker until the stop signal.
+//! - `http`: `/metrics`, `/healthz`, `/readyz`; `heartbeat`: the ops file
+//!   touched while Redis answers.
+//! - `metrics`: every metric, in one registry; call sites record with
+//!   one-line calls.
 //! - `shutdown`, `telemetry`: SIGTERM/SIGINT; tracing output.
 //! - `worker`: the read → run → publish → ack loop; `worker::leases` keeps
 //!   running entries' leases fresh.
@@ -58,12 +62,17 @@
 //! - Only `store` runs SQL; only `queue` talks to Redis; `job` does no I/O;
 //!   a workflow never talks to Redis.
 //! - A Postgres failure costs a log line, never a job's result.
+//! - Every metric is defined in `metrics`, named `infra_*`; no other module
+//!   registers one. Queue depth is read from Redis at scrape time, not kept.
 
 pub mod ansible;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod heartbeat;
+pub mod http;
 pub mod job;
+pub mod metrics;
 pub mod operator;
 pub mod provider;
 pub mod queue;

@@ -244,6 +244,9 @@ pub async fn probe_with_retries(
                 Err(failure) => failure.kind().to_owned(),
             },
         });
+        if let Err(failure) = &outcome {
+            crate::metrics::ssh_probe_failed(failure.kind());
+        }
         match outcome {
             Ok(()) => return (attempts, Ok(())),
             Err(failure) if !failure.retryable() || attempt >= policy.attempts => {

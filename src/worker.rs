@@ -103,6 +103,7 @@ impl Worker {
                         let leases = leases.clone();
                         let abort = abort.clone();
                         jobs.spawn(async move {
+                            let _in_flight = crate::metrics::job_started();
                             let handled = worker.handle_guarded(delivery.clone(), token).await;
                             if handled == Handled::Abandoned && abort.is_cancelled() {
                                 worker.hand_back(&delivery).await;
@@ -269,6 +270,7 @@ impl Worker {
             started_at,
             report,
         );
+        crate::metrics::job_finished(&result);
         self.record_finish(&result).await;
         let success = result.error.is_none();
         self.publish(delivery, Some(&result), None).await;
@@ -395,6 +397,7 @@ impl Worker {
             Utc::now(),
             report,
         );
+        crate::metrics::job_finished(&result);
         if code != ErrorCode::InvalidPayload {
             self.record_finish(&result).await;
         }
@@ -426,6 +429,7 @@ impl Worker {
         let Err(e) = first else {
             return;
         };
+        crate::metrics::status_write_failed(crate::metrics::StatusWrite::JobLedger);
         tracing::error!(error.message = %e, request_id = %request_id, "recording the job result failed; retrying in the background");
         tokio::spawn(async move {
             let mut delay = RETRY_DELAY;

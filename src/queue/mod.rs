@@ -65,6 +65,16 @@ pub enum Finished {
     NotOwner,
 }
 
+/// One queue's consumer group as Redis sees it (`XINFO GROUPS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backlog {
+    pub stream: String,
+    /// Delivered to a consumer and not yet acked.
+    pub pending: u64,
+    /// Not yet delivered; `None` before Redis 7 or when Redis cannot tell.
+    pub lag: Option<u64>,
+}
+
 /// A copy of a refused entry for `infra:dead`.
 #[derive(Debug, Clone)]
 pub struct DeadLetter<'a> {
@@ -160,6 +170,7 @@ impl Queue {
         dead: Option<DeadLetter<'_>>,
     ) -> Result<Finished, QueueError> {
         let request_id = result.map_or("", |(id, _)| id);
+        let has_dead_letter = dead.is_some();
         let mut invocation = scripts::FINISH.prepare_invoke();
         invocation
             .key(&delivery.stream)
@@ -180,6 +191,10 @@ impl Queue {
         let mut conn = self.conn.clone();
         let outcome: i64 = invocation.invoke_async(&mut conn).await?;
         Ok(match outcome {
+            1 if has_dead_letter => {
+                crate::metrics::dead_lettered();
+                Finished::Done
+            }
             1 => Finished::Done,
             0 => Finished::AlreadyFinished,
             _ => Finished::NotOwner,
@@ -227,6 +242,7 @@ impl Queue {
         }
         let mut conn = self.conn.clone();
         cmd.query_async::<()>(&mut conn).await?;
+        crate::metrics::dead_lettered();
         Ok(())
     }
 
@@ -327,6 +343,36 @@ impl Queue {
             }
         }
         Ok(())
+    }
+
+    /// Pending entries and lag of this worker's group on both queues. A
+    /// queue whose group does not exist (yet) is left out.
+    pub async fn backlog(&self) -> Result<Vec<Backlog>, QueueError> {
+        let mut conn = self.conn.clone();
+        let mut backlog = Vec::new();
+        for kind in [JobKind::Deploy, JobKind::Provision] {
+            let stream = self.names.queue(kind);
+            let groups: redis::RedisResult<redis::streams::StreamInfoGroupsReply> =
+                redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(&stream)
+                    .query_async(&mut conn)
+                    .await;
+            let groups = match groups {
+                Ok(reply) => reply.groups,
+                // No stream: Redis restarted empty and nobody read since.
+                Err(e) if e.code() == Some("ERR") => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(group) = groups.into_iter().find(|g| g.name == self.group) {
+                backlog.push(Backlog {
+                    stream,
+                    pending: group.pending as u64,
+                    lag: group.lag.map(|lag| lag as u64),
+                });
+            }
+        }
+        Ok(backlog)
     }
 
     /// Answers a liveness question: does Redis respond?

@@ -102,6 +102,7 @@ impl Reader {
     /// Replaces a connection that failed.
     pub async fn reconnect(&mut self) -> Result<(), QueueError> {
         self.conn = Self::open(&self.client, self.block_ms).await?;
+        crate::metrics::redis_reconnected();
         Ok(())
     }
 

@@ -23,11 +23,20 @@ pub enum StoreError {
     #[error("postgres.url is not set")]
     NoUrl,
     #[error("postgres: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(sqlx::Error),
     #[error("applying migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("server `{0}` already exists")]
     ServerExists(String),
+}
+
+/// Every database error passes through here, so this is where they are
+/// counted.
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> StoreError {
+        crate::metrics::postgres_failed();
+        StoreError::Db(e)
+    }
 }
 
 /// The migrations in `migrations/`, embedded in the binary.
@@ -50,6 +59,7 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(5))
+            .after_connect(|_, _| Box::pin(count_connection()))
             .connect_lazy(url.expose_secret())?;
         let locks = PgPoolOptions::new()
             .max_connections(
@@ -59,6 +69,7 @@ impl Store {
             )
             .min_connections(0)
             .acquire_timeout(Duration::from_secs(5))
+            .after_connect(|_, _| Box::pin(count_connection()))
             .connect_lazy(url.expose_secret())?;
         Ok(Store { pool, locks })
     }
@@ -116,4 +127,10 @@ impl Store {
         .await?;
         Ok(())
     }
+}
+
+/// A new connection in either pool: after an outage, a reconnect.
+async fn count_connection() -> Result<(), sqlx::Error> {
+    crate::metrics::postgres_connected();
+    Ok(())
 }

@@ -295,6 +295,7 @@ impl Flow<'_> {
             .set_server_status(self.handle, status, last_error)
             .await
         {
+            crate::metrics::status_write_failed(crate::metrics::StatusWrite::ServerStatus);
             tracing::error!(error.message = %e, status = status.as_str(), "recording the server status failed");
         }
     }

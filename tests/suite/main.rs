@@ -11,6 +11,7 @@ mod dead;
 mod delivery;
 mod deploy;
 mod harness_selftest;
+mod observability;
 mod outages;
 mod provider;
 mod provision;

@@ -274,6 +274,14 @@ impl TestWorkerBuilder {
         settings
             .entry("secrets.dir".to_owned())
             .or_insert_with(|| Value::from(secrets.to_string_lossy()));
+        // Neither the default heartbeat file (relative to the test's cwd,
+        // shared by every worker) nor the default metrics port (one per host).
+        settings
+            .entry("heartbeat.path".to_owned())
+            .or_insert_with(|| Value::from(dir.path().join("heartbeat").to_string_lossy()));
+        settings
+            .entry("http.listen".to_owned())
+            .or_insert_with(|| Value::from("127.0.0.1:0"));
         let config = dir.path().join("config.toml");
         std::fs::write(&config, render_toml(&settings)).expect("write config");
 

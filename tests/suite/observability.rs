@@ -1,0 +1,318 @@
+//! Metrics, health and the heartbeat (issue 6): `/metrics` counts what the
+//! worker did with the right labels, `/readyz` follows the worker's Redis
+//! (a `redis-server` of the test's own, never the shared one), and the
+//! heartbeat file's mtime advances while the worker runs.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+use crate::helpers::*;
+
+const RESULT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// `http://<addr>` of the worker's endpoints, from its "http listening"
+/// log line (the tests bind port 0).
+async fn http_base(worker: &TestWorker) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let listen = worker.logs().lines().find_map(|line| {
+            let event: Value = serde_json::from_str(line).ok()?;
+            (event["message"] == "http listening")
+                .then(|| event["listen"].as_str().map(str::to_owned))?
+        });
+        if let Some(listen) = listen {
+            return format!("http://{listen}");
+        }
+        worker.assert_running().await;
+        assert!(
+            Instant::now() < deadline,
+            "no \"http listening\" line; logs:\n{}",
+            tail(&worker.logs(), 40)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `/metrics` as `name{sorted labels}` -> value.
+async fn scrape(base: &str) -> BTreeMap<String, f64> {
+    let response = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("GET /metrics");
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.expect("metrics body");
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').expect("`series value`");
+            (normalize(series), value.parse().expect("a number"))
+        })
+        .collect()
+}
+
+/// `name{b="2",a="1"}` as `name{a="1",b="2"}`, so lookups ignore label order.
+fn normalize(series: &str) -> String {
+    let Some((name, labels)) = series.split_once('{') else {
+        return series.to_owned();
+    };
+    let mut labels: Vec<&str> = labels.trim_end_matches('}').split(',').collect();
+    labels.sort_unstable();
+    format!("{name}{{{}}}", labels.join(","))
+}
+
+fn value(metrics: &BTreeMap<String, f64>, series: &str) -> f64 {
+    *metrics
+        .get(&normalize(series))
+        .unwrap_or_else(|| panic!("no {series} in /metrics:\n{metrics:#?}"))
+}
+
+async fn get_status(url: &str) -> (u16, String) {
+    let response = reqwest::get(url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn metrics_count_one_success_and_one_failure_with_their_kind_status_and_error_code() {
+    // Arrange: a worker on 127.0.0.1's sshd; nothing listens on 127.0.0.2.
+    let host = TestHost::start().await;
+    let redis = TestRedis::new().await;
+    let queue = redis.queue();
+    let worker = TestWorker::builder(&redis)
+        .target(&host)
+        .set("http.listen", "127.0.0.1:0")
+        .spawn()
+        .await;
+    let base = http_base(&worker).await;
+    let good = unique_request_id("metrics-ok");
+    let bad = unique_request_id("metrics-down");
+
+    // Act
+    queue
+        .enqueue_deploy(&valid_deploy_payload(&good, host.address(), 8080))
+        .await;
+    let ok = worker
+        .wait_deploy_result(&queue, &good, RESULT_TIMEOUT)
+        .await;
+    queue
+        .enqueue_deploy(&valid_deploy_payload(&bad, "127.0.0.2", 8080))
+        .await;
+    let failed = worker
+        .wait_deploy_result(&queue, &bad, RESULT_TIMEOUT)
+        .await;
+
+    // Assert: the results are what the metrics should say.
+    assert_eq!(ok["status"], "success", "{ok:#}");
+    assert_eq!(failed["status"], "failed", "{failed:#}");
+    assert_eq!(failed["error"]["code"], "ssh_unreachable", "{failed:#}");
+    let probes = failed["error"]["details"]["attempts"]
+        .as_array()
+        .expect("attempts in the details")
+        .len();
+
+    // Assert: exactly those two jobs, each under its own labels.
+    let m = scrape(&base).await;
+    let finished = |status: &str, code: &str| {
+        format!(
+            r#"infra_jobs_finished_total{{error_code="{code}",kind="deploy",status="{status}"}}"#
+        )
+    };
+    assert_eq!(value(&m, &finished("success", "none")), 1.0);
+    assert_eq!(value(&m, &finished("failed", "ssh_unreachable")), 1.0);
+    let all_finished: f64 = m
+        .iter()
+        .filter(|(series, _)| series.starts_with("infra_jobs_finished_total{"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(all_finished, 2.0, "{m:#?}");
+    assert_eq!(
+        value(&m, r#"infra_job_duration_seconds_count{kind="deploy"}"#),
+        2.0
+    );
+    assert_eq!(
+        value(&m, r#"infra_ssh_probe_failures_total{reason="refused"}"#),
+        probes as f64
+    );
+    assert_eq!(value(&m, "infra_dead_letters_total"), 0.0);
+    // Read from Redis at scrape time: both entries are acked.
+    let stream = queue.key("ansible:deploy:queue");
+    assert_eq!(
+        value(
+            &m,
+            &format!(r#"infra_stream_pending_entries{{stream="{stream}"}}"#)
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            &format!(r#"infra_stream_lag_entries{{stream="{stream}"}}"#)
+        ),
+        0.0
+    );
+    // The job's task ends just after its result is published.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while value(&scrape(&base).await, "infra_jobs_in_flight") != 0.0 {
+        assert!(Instant::now() < deadline, "a job still counts as in flight");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get_status(&format!("{base}/healthz")).await.0, 200);
+}
+
+/// A `redis-server` of the test's own, on a fixed port so it can be stopped
+/// and started again where the worker expects it. Killed on drop.
+struct OwnRedis {
+    port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl OwnRedis {
+    async fn start() -> OwnRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut redis = OwnRedis {
+            port,
+            child: None,
+            dir: tempfile::tempdir().expect("redis dir"),
+        };
+        redis.restart().await;
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) on the same port and waits for PONG.
+    async fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let pong = async {
+                let client = redis::Client::open(self.url()).ok()?;
+                let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+                redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .ok()
+            };
+            if pong.await.is_some() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "own redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("kill redis-server");
+        }
+    }
+}
+
+/// Polls `/readyz` until it answers `want`; returns the last body.
+async fn wait_readyz(worker: &TestWorker, base: &str, want: u16, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let (status, body) = get_status(&format!("{base}/readyz")).await;
+        if status == want {
+            return body;
+        }
+        worker.assert_running().await;
+        assert!(
+            Instant::now() < deadline,
+            "/readyz still {status} ({body}) after {within:?}, wanted {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn readyz_fails_while_the_workers_redis_is_stopped_and_recovers_after() {
+    // Arrange: the worker's Redis is ours to stop.
+    let mut own = OwnRedis::start().await;
+    let redis = TestRedis::new().await;
+    let worker = TestWorker::builder(&redis)
+        .set("redis.url", own.url())
+        .set("http.listen", "127.0.0.1:0")
+        .spawn()
+        .await;
+    let base = http_base(&worker).await;
+    let body = wait_readyz(&worker, &base, 200, Duration::from_secs(60)).await;
+    let ready: Value = serde_json::from_str(&body).expect("JSON body");
+    assert_eq!(ready["redis"], "ok", "{body}");
+    assert_eq!(ready["postgres"], "ok", "{body}");
+
+    // Act: stop Redis.
+    own.stop().await;
+
+    // Assert: not ready, naming Redis; still alive.
+    let body = wait_readyz(&worker, &base, 503, Duration::from_secs(15)).await;
+    let down: Value = serde_json::from_str(&body).expect("JSON body");
+    assert_eq!(down["ready"], false, "{body}");
+    assert_ne!(down["redis"], "ok", "{body}");
+    assert_eq!(down["postgres"], "ok", "{body}");
+    assert_eq!(get_status(&format!("{base}/healthz")).await.0, 200);
+
+    // Act: start it again where it was.
+    own.restart().await;
+
+    // Assert: ready again.
+    wait_readyz(&worker, &base, 200, Duration::from_secs(60)).await;
+    worker.assert_running().await;
+}
+
+fn mtime(path: &PathBuf) -> Option<SystemTime> {
+    std::fs::metadata(path).ok()?.modified().ok()
+}
+
+#[tokio::test]
+async fn the_heartbeat_files_mtime_advances_while_the_worker_runs() {
+    // Arrange: a heartbeat in a directory that does not exist yet.
+    let dir = tempfile::tempdir().expect("heartbeat dir");
+    let path = dir.path().join("tmp/infra_service.heartbeat");
+    let redis = TestRedis::new().await;
+    let worker = TestWorker::builder(&redis)
+        .set("heartbeat.path", path.to_string_lossy())
+        .set("heartbeat.interval_secs", 1)
+        .spawn()
+        .await;
+
+    // Act: wait for the first touch.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        if let Some(at) = mtime(&path) {
+            break at;
+        }
+        worker.assert_running().await;
+        assert!(Instant::now() < deadline, "no heartbeat file at {path:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // Assert: touched again and again.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let later = mtime(&path).expect("the heartbeat file stays");
+    assert!(
+        later > first,
+        "mtime did not advance: {first:?} -> {later:?}"
+    );
+    worker.assert_running().await;
+}
