@@ -71,6 +71,7 @@ COPY config/container.toml /etc/infra-service/config.toml
 COPY --from=builder /build/target/release/infra-service /usr/local/bin/infra-service
 # The docker-service convention (`./main <args> <config>` in WORKDIR).
 RUN ln -s /usr/local/bin/infra-service /app/main \
+    && mkdir /app/tmp && chown 10001:10001 /app/tmp \
     && infra-service --version
 
 USER 10001:10001
