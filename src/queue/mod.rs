@@ -3,11 +3,13 @@
 //! and following a job (`operator`). Knows entries, names and payload bytes;
 //! does not know what a deploy is.
 
+mod caller;
 mod dead;
 mod names;
 mod reader;
 mod scripts;
 
+pub use caller::{Caller, EventEntry};
 pub use dead::{DeadLetterEntry, DeadLetterPage, DeadLetters, ReplayError, Replayed};
 pub use names::Names;
 pub use reader::{Batch, Reader};
