@@ -11,5 +11,6 @@ mod dead;
 mod delivery;
 mod deploy;
 mod harness_selftest;
+mod progress;
 mod provider;
 mod provision;
