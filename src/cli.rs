@@ -1,4 +1,5 @@
-//! The command line: `worker`, `migrate`, `servers`, `dead`, `check-config`.
+//! The command line: `worker`, `migrate`, `servers`, `dead`, `enqueue`,
+//! `status`, `check-config`.
 
 use std::path::PathBuf;
 
@@ -33,6 +34,133 @@ pub enum Command {
         #[command(subcommand)]
         action: DeadAction,
     },
+    /// Put a job on its queue, built from flags and checked like the worker
+    /// checks it; with `--wait`, follow its progress to its result. Needs
+    /// Redis only.
+    ///
+    /// Exit codes: 0 enqueued (with `--wait`: the job succeeded); 1 invalid
+    /// flags or payload (nothing enqueued), or with `--wait` the job failed;
+    /// 2 Redis failed or `--timeout` passed first.
+    Enqueue {
+        #[command(subcommand)]
+        job: EnqueueJob,
+    },
+    /// Show a job's result if it is published. Needs Redis only.
+    ///
+    /// Exit codes: 0 the job succeeded; 1 it failed; 2 Redis failed; 3 no
+    /// result yet but progress events exist (running); 4 nothing known
+    /// (still queued, never enqueued, or expired: results and events are
+    /// kept an hour).
+    Status(StatusArgs),
+}
+
+/// `enqueue` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum EnqueueJob {
+    /// A DeployJob on `ansible:deploy:queue`.
+    Deploy(EnqueueDeploy),
+    /// A ProvisionJob on `provisioner:queue`.
+    Provision(EnqueueProvision),
+}
+
+impl EnqueueJob {
+    /// The options every job kind shares.
+    pub fn common(&self) -> &EnqueueCommon {
+        match self {
+            EnqueueJob::Deploy(args) => &args.common,
+            EnqueueJob::Provision(args) => &args.common,
+        }
+    }
+}
+
+/// `enqueue deploy` arguments: the DeployJob fields (CONTRACT.md section 1).
+#[derive(Debug, Args)]
+pub struct EnqueueDeploy {
+    /// The job's `request_id` (1-128 of `[A-Za-z0-9._:-]`).
+    #[arg(long)]
+    pub request_id: String,
+    /// The project's UUID.
+    #[arg(long)]
+    pub project_id: String,
+    /// Kebab-case project name; default: the repo part of `--repo`, lower-cased.
+    #[arg(long)]
+    pub project_name: Option<String>,
+    /// `owner/repo` on GitHub.
+    #[arg(long = "repo", value_name = "OWNER/REPO")]
+    pub repo_full_name: String,
+    /// The git branch to deploy.
+    #[arg(long, default_value = "main")]
+    pub branch: String,
+    /// The server's IP address or DNS name.
+    #[arg(long)]
+    pub server_ip: String,
+    /// The project's service port on the server (1-65535).
+    #[arg(long)]
+    pub port: u32,
+    /// A docker compose profile to enable; repeat for several.
+    #[arg(long = "module", value_name = "MODULE")]
+    pub modules: Vec<String>,
+    /// Secret reference to the GitHub token, e.g. `vault:secret/github#token`.
+    #[arg(long)]
+    pub github_token_ref: String,
+    /// Secret reference to the project's `.env`.
+    #[arg(long)]
+    pub secrets_ref: Option<String>,
+    #[command(flatten)]
+    pub common: EnqueueCommon,
+}
+
+/// `enqueue provision` arguments: the ProvisionJob fields.
+#[derive(Debug, Args)]
+pub struct EnqueueProvision {
+    /// The server's handle in `servers`.
+    #[arg(long)]
+    pub server_handle: String,
+    /// The job's `request_id`; default: the stream entry id.
+    #[arg(long)]
+    pub request_id: Option<String>,
+    /// Rebuild the OS through the provider before setup.
+    #[arg(long, conflicts_with = "is_recovery")]
+    pub force_reinstall: bool,
+    /// Run the recovery playbook instead of the full setup.
+    #[arg(long)]
+    pub is_recovery: bool,
+    #[command(flatten)]
+    pub common: EnqueueCommon,
+}
+
+/// What `enqueue` does after the XADD, and how it prints.
+#[derive(Debug, Args)]
+pub struct EnqueueCommon {
+    /// Follow the job's progress (a spinner on a terminal, one line per task
+    /// start and result otherwise) until its result, then print it.
+    #[arg(long)]
+    pub wait: bool,
+    /// With `--wait`: give up after this many seconds (exit 2).
+    #[arg(long, value_name = "SECS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
+    /// Print JSON on stdout: the entry, or with `--wait` the result (progress
+    /// then goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// `status` arguments.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The job's request id.
+    pub request_id: String,
+    /// Which kind of job; default: deploy, then provision.
+    #[arg(long, value_parser = ["deploy", "provision"])]
+    pub kind: Option<String>,
+    /// Print the result JSON as published, or `{"request_id", "state"}`.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub config: ConfigArgs,
 }
 
 /// `dead` subcommands.
@@ -132,7 +260,7 @@ pub struct AddServer {
 
 /// Where the configuration file is: `--config FILE` or a last positional
 /// argument (the ops tooling's convention).
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct ConfigArgs {
     /// TOML configuration file.
     #[arg(long = "config", value_name = "FILE")]

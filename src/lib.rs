@@ -18,10 +18,19 @@
 //! A workflow resolves secrets (`secrets`), checks SSH (`workflow::preflight`,
 //! `ssh`), runs the playbook (`ansible`) and returns a `workflow::Report`.
 //!
+//! Beside that path, live progress: our callback plugin writes each task
+//! start and result to a file in the run's private directory; `ansible`
+//! reads it while the playbook runs, redacts and numbers the events and
+//! hands them to the `EventSink` the worker passed down through the
+//! workflow; `worker` appends them to `job:events:<request_id>` (through
+//! `queue`) and ends the stream with `job_finished` after the result.
+//!
 //! ## Code map
 //!
 //! - `config`: the settings tree (defaults, TOML file, `INFRA__*` variables).
-//! - `cli`, `operator`: the command line and the one-shot operator commands.
+//! - `cli`, `operator`: the command line and the one-shot operator commands
+//!   (`enqueue`, `status` and `dead` need Redis only, via `queue::Caller`
+//!   and `queue::DeadLetters`).
 //! - `daemon`: builds the clients and runs the worker until the stop signal.
 //! - `http`: `/metrics`, `/healthz`, `/readyz`; `heartbeat`: the ops file
 //!   touched while Redis answers.
@@ -56,8 +65,11 @@
 //! - Only `secrets` turns a reference into a value; values live in
 //!   `SecretString` and leave the process only through the playbook child's
 //!   environment (and the 0600 key file in the run's private directory).
-//!   Every text that leaves (output tail, failed task) passes the job's
-//!   `Redactor` first.
+//!   Every text that leaves (output tail, failed task, progress events)
+//!   passes the job's `Redactor` first; progress events carry names and a
+//!   short failure message only, never task arguments or results.
+//! - Progress is best effort: events are dropped (and counted), never
+//!   waited for, so a slow Redis cannot slow or fail a job or its result.
 //! - The playbook child starts from a cleared environment plus an allowlist.
 //! - Only `store` runs SQL; only `queue` talks to Redis; `job` does no I/O;
 //!   a workflow never talks to Redis.

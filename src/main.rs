@@ -1,5 +1,7 @@
 //! Entry point: parse the command line, load settings, run, map the outcome
-//! to the ops exit codes (0 clean stop, 1 bad configuration, 2 runtime failure).
+//! to the ops exit codes (0 clean stop, 1 bad configuration, 2 runtime
+//! failure; `enqueue --wait` and `status` add the job's state: 1 failed,
+//! 3 running, 4 unknown).
 
 use std::process::ExitCode;
 
@@ -38,25 +40,38 @@ fn main() -> ExitCode {
             Err(e) => config_failure(&e),
         },
         Command::Migrate(args) => run_once(args.path(), |settings| async move {
-            operator::migrate(&settings).await
+            operator::migrate(&settings).await.map(|()| 0)
         }),
         Command::Servers { action, config } => run_once(config.path(), |settings| async move {
-            operator::servers(&settings, action).await
+            operator::servers(&settings, action).await.map(|()| 0)
         }),
         Command::Dead { action } => {
             let config = action.config().path().map(std::path::Path::to_owned);
             run_once(config.as_deref(), |settings| async move {
-                operator::dead(&settings, action).await
+                operator::dead(&settings, action).await.map(|()| 0)
+            })
+        }
+        Command::Enqueue { job } => {
+            let config = job.common().config.path().map(std::path::Path::to_owned);
+            run_once(config.as_deref(), |settings| async move {
+                operator::enqueue(&settings, job).await
+            })
+        }
+        Command::Status(args) => {
+            let config = args.config.path().map(std::path::Path::to_owned);
+            run_once(config.as_deref(), |settings| async move {
+                operator::status(&settings, args).await
             })
         }
     }
 }
 
-/// Runs a one-shot operator command with its own small runtime.
+/// Runs a one-shot operator command with its own small runtime; `Ok` holds
+/// the command's own exit code (`enqueue --wait`, `status`: the job's state).
 fn run_once<F, Fut>(config: Option<&std::path::Path>, command: F) -> ExitCode
 where
     F: FnOnce(Settings) -> Fut,
-    Fut: std::future::Future<Output = Result<(), OperatorError>>,
+    Fut: std::future::Future<Output = Result<u8, OperatorError>>,
 {
     let settings = match Settings::load(config) {
         Ok(settings) => settings,
@@ -73,7 +88,7 @@ where
         }
     };
     match runtime.block_on(command(settings)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e @ OperatorError::Usage(_)) => {
             eprintln!("infra-service: {e}");
             ExitCode::from(EXIT_CONFIG)

@@ -1,6 +1,10 @@
-//! Operator commands that act once and exit: `migrate`, `servers` and
-//! `dead`. Output goes to stdout (a table or, with `--json`, JSON); notes
-//! and errors to stderr.
+//! Operator commands that act once and exit: `migrate`, `servers`, `dead`,
+//! and (in `jobs`) `enqueue` and `status`. Output goes to stdout (a table or,
+//! with `--json`, JSON); notes and errors to stderr.
+
+mod jobs;
+
+pub use jobs::{EXIT_FAILED, EXIT_RUNNING, EXIT_SUCCESS, EXIT_UNKNOWN, enqueue, status};
 
 use serde::Serialize;
 
@@ -26,6 +30,9 @@ pub enum OperatorError {
     /// Redis failed (exit 2).
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// A wait ran out of time (exit 2).
+    #[error("{0}")]
+    Timeout(String),
 }
 
 /// Applies the migrations.

@@ -4,6 +4,7 @@
 //! still runs is killed and handed back to the group.
 
 mod leases;
+mod progress;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use crate::queue::{DeadLetter, Delivery, Finished, Queue};
 use crate::store::{Claim, JobStatus};
 use crate::workflow::{self, Context, Report, millis};
 use leases::Leases;
+use progress::Progress;
 
 /// Failures that stop the worker loop itself.
 #[derive(Debug, thiserror::Error)]
@@ -253,9 +255,10 @@ impl Worker {
             }
         }
         tracing::info!("job started");
+        let (events, progress) = Progress::start(&self.queue, job.request_id());
         let report = match job {
-            Job::Deploy(job) => workflow::deploy::run(&self.ctx, job).await,
-            Job::Provision(job) => workflow::provision::run(&self.ctx, job).await,
+            Job::Deploy(job) => workflow::deploy::run(&self.ctx, job, Some(events)).await,
+            Job::Provision(job) => workflow::provision::run(&self.ctx, job, Some(events)).await,
         };
         match &report.error {
             None => tracing::info!("job succeeded"),
@@ -274,6 +277,7 @@ impl Worker {
         self.record_finish(&result).await;
         let success = result.error.is_none();
         self.publish(delivery, Some(&result), None).await;
+        progress.finish(&self.queue, &result).await;
         Handled::Published {
             request_id: result.request_id,
             success,

@@ -5,7 +5,8 @@
 //! or when the run's future is dropped: SIGTERM to its process group and to
 //! every process of its [`RunTree`], SIGKILL after the grace; after any end:
 //! its ControlMasters told to exit, leftovers killed and reaped), and the
-//! reading of its output into a [`PlaybookOutcome`].
+//! reading of its output into a [`PlaybookOutcome`], and the following of its
+//! progress events (see `events`) while it runs.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -17,6 +18,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 use tokio::time::Instant;
 
+use super::events::{self, EventSink, EventTail};
 use super::output::{LineReader, OutputTail, TAIL_BYTES};
 use super::recap::RecapScanner;
 use super::tree::{self, Proc, RunTree};
@@ -53,6 +55,8 @@ pub struct PlaybookRun {
     /// Secrets handed to the child as environment variables only.
     pub secret_env: Vec<(String, SecretString)>,
     pub timeout: Duration,
+    /// Where task progress goes while the playbook runs; `None`: not followed.
+    pub events: Option<EventSink>,
 }
 
 /// What a finished (or killed) run left behind.
@@ -98,6 +102,9 @@ const INHERITED_VARS: [&str; 7] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER
 /// After the child exits, how long its pipes may stay open before we stop
 /// reading (a process that left the group could hold them forever).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often the events file is read while the playbook runs.
+const EVENTS_POLL: Duration = Duration::from_millis(200);
 
 /// Runs playbooks with the configured binary and content directory.
 #[derive(Debug, Clone)]
@@ -167,9 +174,10 @@ impl Runner {
     ) -> Result<PlaybookOutcome, RunError> {
         let started = Instant::now();
         let ansible_dir = std::path::absolute(&self.settings.dir).map_err(RunError::Workspace)?;
+        let progress = self.follow_events(&run, &ansible_dir, workspace, redactor);
 
         let mut child = self
-            .command(&run, &ansible_dir, workspace)
+            .command(&run, &ansible_dir, workspace, progress.as_ref())
             .spawn()
             .map_err(|source| RunError::Spawn {
                 bin: self.settings.playbook_bin.clone(),
@@ -191,6 +199,7 @@ impl Runner {
         tracing::info!(pid = pgid, "playbook started");
 
         let mut output = Output::new(&mut child, redactor.longest_needle());
+        output.events = progress.map(|(_, tail)| tail);
         let tree = guard.tree.as_mut().expect("taken only on drop");
         let (status, timed_out) = supervise(
             &mut child,
@@ -214,6 +223,8 @@ impl Runner {
         tree::reap_adopted_orphans();
         guard.armed = false;
         output.drain().await;
+        // The plugin's last lines were written before the playbook exited.
+        output.poll_events();
 
         let (stats, failed_task) = output.scanner.finish(redactor);
         let outcome = PlaybookOutcome {
@@ -235,9 +246,47 @@ impl Runner {
         Ok(outcome)
     }
 
+    /// When the run wants its progress and the plugin is installed: the
+    /// plugin's directory and a tail of the run's new events file.
+    fn follow_events(
+        &self,
+        run: &PlaybookRun,
+        ansible_dir: &Path,
+        workspace: &Workspace,
+        redactor: &Redactor,
+    ) -> Option<(EventsPlugin, EventTail)> {
+        let sink = run.events.clone()?;
+        let plugin_dir = ansible_dir.join(events::PLUGIN_DIR);
+        if !plugin_dir
+            .join(format!("{}.py", events::PLUGIN_NAME))
+            .is_file()
+        {
+            tracing::debug!(dir = %plugin_dir.display(), "no events plugin; progress not followed");
+            return None;
+        }
+        let followed = workspace.create_events_file().and_then(|file| {
+            let tail = EventTail::open(&file, sink, redactor.clone())?;
+            Ok((EventsPlugin { plugin_dir, file }, tail))
+        });
+        match followed {
+            Ok(followed) => Some(followed),
+            Err(e) => {
+                // Progress is a convenience: the job runs without it.
+                tracing::warn!(error.message = %e, "cannot create the events file; progress not followed");
+                None
+            }
+        }
+    }
+
     /// `<bin> -i inventory.json -e @vars.json <playbook>` in the Ansible dir,
     /// with a cleared environment.
-    fn command(&self, run: &PlaybookRun, ansible_dir: &Path, workspace: &Workspace) -> Command {
+    fn command(
+        &self,
+        run: &PlaybookRun,
+        ansible_dir: &Path,
+        workspace: &Workspace,
+        progress: Option<&(EventsPlugin, EventTail)>,
+    ) -> Command {
         let mut vars_arg = OsString::from("@");
         vars_arg.push(workspace.vars_path());
         let mut command = Command::new(&self.settings.playbook_bin);
@@ -253,6 +302,7 @@ impl Runner {
                 self.worker_env(),
                 Some(ansible_dir.join("ansible.cfg")).filter(|cfg| cfg.is_file()),
                 &workspace.control_path_dir(),
+                progress.map(|(plugin, _)| plugin),
             ))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -276,13 +326,22 @@ impl Runner {
     }
 }
 
+/// Where the `infra_events` plugin is and the file it writes to.
+#[derive(Debug)]
+struct EventsPlugin {
+    plugin_dir: PathBuf,
+    file: PathBuf,
+}
+
 /// The child's environment, secrets aside: the allowlisted worker variables,
-/// every `ANSIBLE_*` of the worker (operators tune Ansible that way), and our
-/// defaults where the operator set none.
+/// every `ANSIBLE_*` of the worker (operators tune Ansible that way), our
+/// defaults where the operator set none, and, when progress is followed, the
+/// events plugin added to (not replacing) the operator's callbacks.
 fn child_env(
     worker_env: Vec<(OsString, OsString)>,
     ansible_cfg: Option<PathBuf>,
     control_path_dir: &Path,
+    events: Option<&EventsPlugin>,
 ) -> BTreeMap<OsString, OsString> {
     let mut env: BTreeMap<OsString, OsString> = worker_env
         .into_iter()
@@ -304,7 +363,56 @@ fn child_env(
         "ANSIBLE_SSH_CONTROL_PATH_DIR".into(),
         control_path_dir.into(),
     );
+    if let Some(events) = events {
+        // A notification callback: the stdout callback, whose output the
+        // recap scanner reads, stays whatever it was.
+        append_list(
+            &mut env,
+            "ANSIBLE_CALLBACKS_ENABLED",
+            ",",
+            events::PLUGIN_NAME.as_ref(),
+        );
+        prepend_list(
+            &mut env,
+            "ANSIBLE_CALLBACK_PLUGINS",
+            ":",
+            events.plugin_dir.as_os_str(),
+        );
+        env.insert(events::EVENTS_FILE_VAR.into(), events.file.clone().into());
+    }
     env
+}
+
+/// `name=item`, or `name=<old><sep>item` when the operator set it.
+fn append_list(
+    env: &mut BTreeMap<OsString, OsString>,
+    name: &str,
+    sep: &str,
+    item: &std::ffi::OsStr,
+) {
+    let value = env.entry(name.into()).or_default();
+    if !value.is_empty() {
+        value.push(sep);
+    }
+    value.push(item);
+}
+
+/// `name=item`, or `name=item<sep><old>` when the operator set it.
+fn prepend_list(
+    env: &mut BTreeMap<OsString, OsString>,
+    name: &str,
+    sep: &str,
+    item: &std::ffi::OsStr,
+) {
+    let mut value = OsString::from(item);
+    if let Some(old) = env
+        .get(std::ffi::OsStr::new(name))
+        .filter(|old| !old.is_empty())
+    {
+        value.push(sep);
+        value.push(old);
+    }
+    env.insert(name.into(), value);
 }
 
 fn child_pgid(child: &Child) -> Result<i32, RunError> {
@@ -330,6 +438,8 @@ async fn supervise(
 ) -> Result<(ExitStatus, bool), RunError> {
     let mut phase = Phase::Running;
     let mut status = None;
+    let mut events_tick = tokio::time::interval(EVENTS_POLL);
+    events_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let alarm = tokio::time::sleep(timeout);
     tokio::pin!(alarm);
     loop {
@@ -344,6 +454,7 @@ async fn supervise(
             chunk = output.stdout.next_line(), if !output.stdout_done => output.take(chunk, Stream::Stdout),
             chunk = output.stderr.next_line(), if !output.stderr_done => output.take(chunk, Stream::Stderr),
             exited = child.wait(), if status.is_none() => status = Some(exited.map_err(RunError::Wait)?),
+            _ = events_tick.tick(), if output.events.is_some() => output.poll_events(),
             // The playbook exited within its grace: look again whether its
             // other processes did too.
             () = tokio::time::sleep(tree::POLL), if status.is_some() => {}
@@ -388,7 +499,8 @@ enum Stream {
     Stderr,
 }
 
-/// Both pipes and what their lines feed: the tail and the recap scanner.
+/// Both pipes and what their lines feed (the tail and the recap scanner),
+/// and the events file when progress is followed.
 struct Output {
     stdout: LineReader<ChildStdout>,
     stderr: LineReader<ChildStderr>,
@@ -396,6 +508,7 @@ struct Output {
     stderr_done: bool,
     tail: OutputTail,
     scanner: RecapScanner,
+    events: Option<EventTail>,
 }
 
 impl Output {
@@ -410,6 +523,14 @@ impl Output {
             stderr_done: false,
             tail: OutputTail::new(TAIL_BYTES, margin),
             scanner: RecapScanner::new(),
+            events: None,
+        }
+    }
+
+    /// Hands on the progress events written since the last look.
+    fn poll_events(&mut self) {
+        if let Some(events) = &mut self.events {
+            events.poll();
         }
     }
 
@@ -613,6 +734,7 @@ mod tests {
             extra_vars: json!({"project_name": "demo"}),
             secret_env: vec![("DEPLOY_TOKEN".into(), SecretString::from(TOKEN))],
             timeout,
+            events: None,
         }
     }
 
@@ -667,6 +789,54 @@ mod tests {
             "ANSIBLE_SSH_CONTROL_PATH_DIR={}",
             cp.display()
         )));
+    }
+
+    #[test]
+    fn followed_progress_adds_the_events_plugin_to_the_operators_callbacks() {
+        let plugin = EventsPlugin {
+            plugin_dir: "/srv/ansible/plugins/callback".into(),
+            file: "/tmp/ia-x/events.jsonl".into(),
+        };
+        let get = |env: &BTreeMap<OsString, OsString>, name: &str| {
+            env.get(std::ffi::OsStr::new(name))
+                .map(|v| v.to_string_lossy().into_owned())
+        };
+        let plain = child_env(Vec::new(), None, Path::new("/cp"), Some(&plugin));
+        assert_eq!(
+            get(&plain, "ANSIBLE_CALLBACKS_ENABLED").as_deref(),
+            Some("infra_events")
+        );
+        assert_eq!(
+            get(&plain, "ANSIBLE_CALLBACK_PLUGINS").as_deref(),
+            Some("/srv/ansible/plugins/callback")
+        );
+        assert_eq!(
+            get(&plain, "INFRA_EVENTS_FILE").as_deref(),
+            Some("/tmp/ia-x/events.jsonl")
+        );
+        assert_eq!(
+            get(&plain, "ANSIBLE_STDOUT_CALLBACK"),
+            None,
+            "stdout callback untouched"
+        );
+
+        let operator = vec![
+            ("ANSIBLE_CALLBACKS_ENABLED".into(), "timer".into()),
+            ("ANSIBLE_CALLBACK_PLUGINS".into(), "/opt/cb".into()),
+        ];
+        let merged = child_env(operator, None, Path::new("/cp"), Some(&plugin));
+        assert_eq!(
+            get(&merged, "ANSIBLE_CALLBACKS_ENABLED").as_deref(),
+            Some("timer,infra_events")
+        );
+        assert_eq!(
+            get(&merged, "ANSIBLE_CALLBACK_PLUGINS").as_deref(),
+            Some("/srv/ansible/plugins/callback:/opt/cb")
+        );
+
+        let off = child_env(Vec::new(), None, Path::new("/cp"), None);
+        assert_eq!(get(&off, "ANSIBLE_CALLBACKS_ENABLED"), None);
+        assert_eq!(get(&off, "INFRA_EVENTS_FILE"), None);
     }
 
     #[tokio::test]
@@ -998,11 +1168,18 @@ mod tests {
     }
 
     /// One real `ansible-playbook` run (about a second of CPU): inventory,
-    /// vars, env secret, recap and failed task all line up.
+    /// vars, env secret, recap and failed task all line up, and the shipped
+    /// callback plugin reports every task, redacted, in order.
     #[tokio::test]
-    async fn a_real_playbook_run_gives_stats_and_the_failed_task() {
+    async fn a_real_playbook_run_gives_stats_the_failed_task_and_progress() {
         let fx = Fixture::new("");
         std::fs::create_dir(fx.out("playbooks")).unwrap();
+        std::fs::create_dir_all(fx.out(events::PLUGIN_DIR)).unwrap();
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("ansible")
+            .join(events::PLUGIN_DIR)
+            .join("infra_events.py");
+        std::fs::copy(shipped, fx.out("plugins/callback/infra_events.py")).unwrap();
         std::fs::write(
             fx.out("playbooks/site.yml"),
             "- hosts: all\n  connection: local\n  gather_facts: false\n  tasks:\n\
@@ -1015,8 +1192,13 @@ mod tests {
         let mut runner = fx.runner.clone();
         runner.settings.playbook_bin = "ansible-playbook".into();
         let fx = Fixture { runner, ..fx };
+        let (sink, mut events) = events::channel(64);
+        let run = PlaybookRun {
+            events: Some(sink),
+            ..playbook_run(Duration::from_secs(120))
+        };
 
-        let (outcome, _, _) = fx.run(playbook_run(Duration::from_secs(120))).await;
+        let (outcome, _, _) = fx.run(run).await;
 
         assert_eq!(outcome.exit_code, Some(2), "{}", outcome.output_tail);
         assert!(
@@ -1032,5 +1214,34 @@ mod tests {
         assert_eq!(failed.host, "web1");
         assert_eq!(failed.task, "check the token");
         assert_eq!(failed.message, "bad token ***");
+
+        let mut seen = Vec::new();
+        while let Some(event) = events.recv().await {
+            seen.push(event);
+        }
+        let steps: Vec<(u64, &str, &str)> = seen
+            .iter()
+            .map(|e| (e.seq, e.event.as_str(), e.task.as_deref().unwrap_or("")))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                (1, "playbook_on_task_start", "greet"),
+                (2, "runner_on_ok", "greet"),
+                (3, "playbook_on_task_start", "ignored"),
+                (4, "runner_on_failed", "ignored"),
+                (5, "playbook_on_task_start", "check the token"),
+                (6, "runner_on_failed", "check the token"),
+            ]
+        );
+        assert!(seen[3].ignored && !seen[5].ignored);
+        assert_eq!(seen[1].host.as_deref(), Some("web1"));
+        assert_eq!(seen[5].message.as_deref(), Some("bad token ***"));
+        assert!(seen.iter().all(|e| !e.to_json().contains(TOKEN)));
+        assert!(
+            !outcome.output_tail.contains("infra_events"),
+            "no plugin warning: {}",
+            outcome.output_tail
+        );
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! One `TempDir` (mode 0700) per playbook run holds everything the run must
 //! not share: the inventory, the extra vars, the private key (0600 from
-//! creation), `known_hosts`, and `cp/` for SSH ControlPath sockets. Dropping
+//! creation), `known_hosts`, `cp/` for SSH ControlPath sockets, and
+//! `events.jsonl` for live progress. Dropping
 //! the [`Workspace`] removes it, on every path: success, error, panic, or the
 //! run's future being dropped.
 
@@ -75,6 +76,24 @@ impl Workspace {
     /// `vars.json`, passed as `-e @vars.json`.
     pub(crate) fn vars_path(&self) -> PathBuf {
         self.path().join("vars.json")
+    }
+
+    /// `events.jsonl`, where the `infra_events` plugin appends progress.
+    pub(crate) fn events_path(&self) -> PathBuf {
+        self.path().join("events.jsonl")
+    }
+
+    /// Creates the (empty, 0600) events file for a run whose progress is
+    /// followed; the plugin only appends to it.
+    pub(crate) fn create_events_file(&self) -> io::Result<PathBuf> {
+        let path = self.events_path();
+        // A second run in the same directory starts from an empty file.
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        write_private(&path, "")?;
+        Ok(path)
     }
 
     /// Where ssh keeps its ControlPath sockets for this run.

@@ -1,14 +1,17 @@
-//! The contract's job and result types (CONTRACT.md sections 1 and 3). Pure:
-//! no I/O. A stream entry's payload becomes a `DeployJob` or `ProvisionJob`
-//! only through `parse`, so later code can rely on every rule holding.
+//! The contract's job, result and progress event types (CONTRACT.md
+//! sections 1 and 3). Pure: no I/O. A stream entry's payload becomes a
+//! `DeployJob` or `ProvisionJob` only through `parse`, so later code can rely
+//! on every rule holding.
 
 mod deploy;
+mod event;
 mod fields;
 mod payload;
 mod provision;
 mod result;
 
 pub use deploy::DeployJob;
+pub use event::{HANDLER_TASK_START, JOB_FINISHED, JobEvent, TASK_EVENTS, TASK_START};
 pub use fields::{
     GitRef, InvalidPayload, Module, ProjectName, RepoName, RequestId, SecretRef, ServerAddress,
     ServerHandle,

@@ -1,12 +1,15 @@
 //! Redis Streams: consumer groups, reading entries, publishing results,
-//! dead letters and acks. Knows entries, names and payload bytes; does not
-//! know what a deploy is.
+//! dead letters, acks and progress events; the operator side of enqueueing
+//! and following a job (`operator`). Knows entries, names and payload bytes;
+//! does not know what a deploy is.
 
+mod caller;
 mod dead;
 mod names;
 mod reader;
 mod scripts;
 
+pub use caller::{Caller, EventEntry};
 pub use dead::{DeadLetterEntry, DeadLetterPage, DeadLetters, ReplayError, Replayed};
 pub use names::Names;
 pub use reader::{Batch, Reader};
@@ -24,6 +27,11 @@ use crate::job::JobKind;
 pub const RESULT_TTL_SECS: u64 = 3600;
 /// Approximate cap of the result and dead-letter streams.
 pub const RESULT_STREAM_MAXLEN: usize = 100_000;
+/// Approximate cap of one job's progress stream (contract section 3).
+pub const EVENTS_STREAM_MAXLEN: usize = 10_000;
+/// A progress stream expires this long after its last entry, so an hour
+/// after the job's end (and even when its worker died mid-job).
+pub const EVENTS_TTL_SECS: u64 = 3600;
 
 /// A Redis operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -243,6 +251,30 @@ impl Queue {
         let mut conn = self.conn.clone();
         cmd.query_async::<()>(&mut conn).await?;
         crate::metrics::dead_lettered();
+        Ok(())
+    }
+
+    /// Appends one progress event to `job:events:<request_id>` and pushes
+    /// the stream's expiry an hour ahead.
+    pub async fn append_event(&self, request_id: &str, payload: &str) -> Result<(), QueueError> {
+        let stream = self.names.events(request_id);
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .cmd("XADD")
+            .arg(&stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(EVENTS_STREAM_MAXLEN)
+            .arg("*")
+            .arg("payload")
+            .arg(payload)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&stream)
+            .arg(EVENTS_TTL_SECS)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
         Ok(())
     }
 

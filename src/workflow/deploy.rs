@@ -7,7 +7,7 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use super::{Context, Report, millis, preflight};
-use crate::ansible::{PlaybookRun, SshTarget, Workspace};
+use crate::ansible::{EventSink, PlaybookRun, SshTarget, Workspace};
 use crate::job::{DeployJob, ErrorCode, JobError, SecretRef};
 use crate::secrets::{Redactor, ResolveError};
 
@@ -16,9 +16,10 @@ pub const GITHUB_TOKEN_ENV: &str = "GITHUB_TOKEN";
 /// Environment variable the playbook reads the project's `.env` text from.
 pub const PROJECT_ENV_ENV: &str = "PROJECT_ENV";
 
-/// Runs one deploy job to its report.
+/// Runs one deploy job to its report; the playbook's task progress goes to
+/// `events`.
 #[tracing::instrument(name = "deploy", skip_all)]
-pub async fn run(ctx: &Context, job: &DeployJob) -> Report {
+pub async fn run(ctx: &Context, job: &DeployJob, events: Option<EventSink>) -> Report {
     let started = Instant::now();
     let report = Report {
         extra: result_fields(job),
@@ -36,7 +37,7 @@ pub async fn run(ctx: &Context, job: &DeployJob) -> Report {
     };
     let redactor = Redactor::new(secrets.values());
     let lock = ctx.lock_server(job.server_ip.as_str()).await;
-    let report = run_locked(ctx, job, &secrets, &redactor, report, started).await;
+    let report = run_locked(ctx, job, &secrets, &redactor, report, started, events).await;
     lock.release().await;
     report
 }
@@ -49,6 +50,7 @@ async fn run_locked(
     redactor: &Redactor,
     report: Report,
     started: Instant,
+    events: Option<EventSink>,
 ) -> Report {
     let address = job.server_ip.as_str();
     let port = ctx.settings.ansible.ssh_port;
@@ -77,6 +79,7 @@ async fn run_locked(
         extra_vars: job.extra_vars(),
         secret_env: secrets.env(),
         timeout: ctx.job_timeout(),
+        events,
     };
     let workspace = match ctx.runner.workspace(&run) {
         Ok(workspace) => workspace,

@@ -1,5 +1,6 @@
 //! What each job kind does, step by step. A workflow turns a parsed job into
-//! a `Report`; it never talks to Redis (results go back through `worker`).
+//! a `Report`; it never talks to Redis (results go back through `worker`,
+//! task progress through the `EventSink` the worker passes in).
 
 pub mod deploy;
 pub mod preflight;

@@ -8,7 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
 use super::{Context, Report, millis, preflight};
-use crate::ansible::{PlaybookRun, SshTarget, Workspace};
+use crate::ansible::{EventSink, PlaybookRun, SshTarget, Workspace};
 use crate::job::{ErrorCode, JobError, ProvisionJob, SecretRef};
 use crate::provider::time4vps::{self, PollPolicy};
 use crate::secrets::Redactor;
@@ -17,14 +17,16 @@ use crate::store::{Server, ServerStatus};
 
 use super::deploy::secret_error;
 
-/// Runs one provision job to its report.
+/// Runs one provision job to its report; the playbook's task progress goes
+/// to `events`.
 #[tracing::instrument(name = "provision", skip_all, fields(server = %job.server_handle))]
-pub async fn run(ctx: &Context, job: &ProvisionJob) -> Report {
+pub async fn run(ctx: &Context, job: &ProvisionJob, events: Option<EventSink>) -> Report {
     let handle = job.server_handle.as_str();
     let mut flow = Flow {
         ctx,
         handle,
         status: None,
+        events,
     };
     let report = flow.run(job).await;
     flow.finish(report)
@@ -35,6 +37,7 @@ struct Flow<'a> {
     ctx: &'a Context,
     handle: &'a str,
     status: Option<ServerStatus>,
+    events: Option<EventSink>,
 }
 
 impl Flow<'_> {
@@ -177,6 +180,7 @@ impl Flow<'_> {
             }),
             secret_env: Vec::new(),
             timeout: self.ctx.job_timeout(),
+            events: self.events.clone(),
         }
     }
 

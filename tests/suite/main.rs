@@ -13,5 +13,6 @@ mod deploy;
 mod harness_selftest;
 mod observability;
 mod outages;
+mod progress;
 mod provider;
 mod provision;
