@@ -19,7 +19,13 @@ pub enum Command {
     /// Consume both job queues until SIGTERM/SIGINT.
     Worker(ConfigArgs),
     /// Load and validate the configuration, print it without secrets, exit.
-    CheckConfig(ConfigArgs),
+    CheckConfig {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Print the effective configuration as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Apply the database migrations and exit.
     Migrate(ConfigArgs),
     /// Register and inspect servers.
@@ -230,9 +236,19 @@ pub enum ServersAction {
         json: bool,
     },
     /// Remove a server.
-    Remove { handle: String },
+    Remove {
+        handle: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Forget the pinned host key after a legitimate change (reinstall, new key).
-    ResetHostKey { handle: String },
+    ResetHostKey {
+        handle: String,
+        /// Print the server as JSON afterwards.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `servers add` arguments.
@@ -240,6 +256,9 @@ pub enum ServersAction {
 pub struct AddServer {
     /// The `server_handle` jobs use, e.g. `vps-hel1-01`.
     pub handle: String,
+    /// Print the new server as JSON.
+    #[arg(long)]
+    pub json: bool,
     /// SSH address (IP or DNS name).
     #[arg(long)]
     pub address: String,

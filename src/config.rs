@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 /// Everything the daemon can be told, one section per concern.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub redis: RedisSettings,
@@ -27,10 +27,11 @@ pub struct Settings {
 }
 
 /// Where the queues live and who this worker is among its peers.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
     /// May carry a password, hence secret.
+    #[serde(serialize_with = "redacted")]
     pub url: Option<SecretString>,
     pub group: String,
     /// Unique per process; defaults to `<hostname>-<pid>`.
@@ -42,14 +43,15 @@ pub struct RedisSettings {
 }
 
 /// The status store. Optional until a job kind needs it.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresSettings {
+    #[serde(serialize_with = "redacted")]
     pub url: Option<SecretString>,
 }
 
 /// How much work one process takes on, and for how long.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
     pub concurrency: usize,
@@ -66,7 +68,7 @@ pub struct WorkerSettings {
 }
 
 /// Where the Ansible content is and how to reach target hosts.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AnsibleSettings {
     pub dir: PathBuf,
@@ -81,7 +83,7 @@ pub struct AnsibleSettings {
 }
 
 /// How every job checks that its server answers SSH before a playbook.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SshSettings {
     /// Tries of the SSH probe in all (the contract: 1 + 3 retries).
@@ -93,7 +95,7 @@ pub struct SshSettings {
 }
 
 /// Provisioning specifics.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProvisionSettings {
     /// After a reinstall: how long to wait for SSH to come back.
@@ -101,7 +103,7 @@ pub struct ProvisionSettings {
 }
 
 /// The Time4VPS API, used for `force_reinstall`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Time4vpsSettings {
     pub base_url: String,
@@ -116,7 +118,7 @@ pub struct Time4vpsSettings {
 }
 
 /// The metrics and health endpoints.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     /// `IP:port` to serve `/metrics`, `/healthz` and `/readyz` on; port 0
@@ -134,7 +136,7 @@ impl HttpSettings {
 }
 
 /// The ops heartbeat file (seed 002: `./tmp/<service>.heartbeat`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatSettings {
     /// Touched every `interval_secs` while Redis answers; empty disables it.
@@ -150,14 +152,14 @@ impl HeartbeatSettings {
 }
 
 /// Where `file:` secret references are read from.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretsSettings {
     pub dir: PathBuf,
 }
 
 /// Log output shape.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     /// `pretty` for people, `json` for log shippers.
@@ -167,11 +169,19 @@ pub struct LogSettings {
 }
 
 /// The two log renderings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Pretty,
     Json,
+}
+
+/// Secrets print as `***` (or null when unset), never as themselves.
+fn redacted<S: Serializer>(secret: &Option<SecretString>, out: S) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(_) => out.serialize_str("***"),
+        None => out.serialize_none(),
+    }
 }
 
 /// A configuration that cannot be used; the message names the key.

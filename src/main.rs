@@ -32,7 +32,12 @@ fn main() -> ExitCode {
             telemetry::init(&settings.log);
             run_worker(settings)
         }
-        Command::CheckConfig(args) => match Settings::load(args.path()) {
+        Command::CheckConfig { config, json } => match Settings::load(config.path()) {
+            Ok(settings) if json => {
+                let text = serde_json::to_string_pretty(&settings).expect("settings serialize");
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
             Ok(settings) => {
                 println!("configuration OK\n{settings:#?}");
                 ExitCode::SUCCESS

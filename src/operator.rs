@@ -49,12 +49,18 @@ pub async fn servers(settings: &Settings, action: ServersAction) -> Result<(), O
     store.migrate().await?;
     match action {
         ServersAction::Add(args) => {
+            let json = args.json;
             let server = new_server(args)?;
             store.add_server(&server).await.map_err(|e| match e {
                 StoreError::ServerExists(_) => OperatorError::Usage(e.to_string()),
                 e => e.into(),
             })?;
-            println!("server {} added (status new)", server.handle);
+            if json {
+                let added = store.server(&server.handle).await?;
+                println!("{}", to_json(&added));
+            } else {
+                println!("server {} added (status new)", server.handle);
+            }
         }
         ServersAction::List { json } => {
             let servers = store.servers().await?;
@@ -75,17 +81,25 @@ pub async fn servers(settings: &Settings, action: ServersAction) -> Result<(), O
                 print_server(&server);
             }
         }
-        ServersAction::Remove { handle } => {
+        ServersAction::Remove { handle, json } => {
             if !store.remove_server(&handle).await? {
                 return Err(not_found(&handle));
             }
-            println!("server {handle} removed");
+            if json {
+                println!("{}", serde_json::json!({"handle": handle, "removed": true}));
+            } else {
+                println!("server {handle} removed");
+            }
         }
-        ServersAction::ResetHostKey { handle } => {
+        ServersAction::ResetHostKey { handle, json } => {
             if !store.reset_server_host_key(&handle).await? {
                 return Err(not_found(&handle));
             }
-            println!("host key of {handle} forgotten; the next provision pins the key it sees");
+            if json {
+                println!("{}", to_json(&store.server(&handle).await?));
+            } else {
+                println!("host key of {handle} forgotten; the next provision pins the key it sees");
+            }
         }
     }
     Ok(())

@@ -74,3 +74,25 @@ fn the_printed_configuration_shows_no_connection_secret() {
     assert_eq!(out.status.code(), Some(0));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("hunter2"));
 }
+
+#[test]
+fn check_config_json_shows_every_section_and_hides_the_urls() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("infra.toml");
+    std::fs::write(&path, MINIMAL).unwrap();
+    let out = std::process::Command::new(worker_bin())
+        .args(["check-config", "--json"])
+        .arg(&path)
+        .env(
+            "INFRA__REDIS__URL",
+            "redis://:hunter2-password@127.0.0.1:6379",
+        )
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["redis"]["url"], "***");
+    assert_eq!(json["postgres"]["url"], "***");
+    assert_eq!(json["worker"]["concurrency"], 4);
+    assert_eq!(json["http"]["listen"], "127.0.0.1:9187");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("hunter2"));
+}
