@@ -10,7 +10,7 @@
 //! stream entry ──> job ──> workflow ──> result ──> ack
 //! queue::Reader    job::   workflow::   job::      queue::Queue::finish
 //!  (XREADGROUP)    parse   deploy /     JobResult  (SET EX, XADD, XACK
-//!                          provision                in one transaction)
+//!                          provision                in one Lua script)
 //! ```
 //!
 //! `worker` owns the loop: it takes as many entries as it has free slots,
