@@ -573,3 +573,35 @@ async fn two_workers_on_one_group_split_a_batch_and_run_each_job_once() {
         "{published:?}"
     );
 }
+
+#[tokio::test]
+async fn a_deploy_target_whose_host_key_changed_is_refused_with_host_key_mismatch() {
+    // Arrange: the first deploy to an address pins the key it sees.
+    let mut w = world("deploy_digest.yml", 1).await;
+    let first = unique_request_id("tofu");
+    let second = unique_request_id("mitm");
+    w.queue
+        .enqueue_deploy(&valid_deploy_payload(&first, w.host.address(), 8080))
+        .await;
+    let pinned = w
+        .worker
+        .wait_deploy_result(&w.queue, &first, RESULT_TIMEOUT)
+        .await;
+    assert_eq!(pinned["status"], "success", "{pinned:#}");
+
+    // Act: the same address now answers with another host key.
+    w.host.restart_with_new_host_key().await;
+    w.queue
+        .enqueue_deploy(&valid_deploy_payload(&second, w.host.address(), 8080))
+        .await;
+    let refused = w
+        .worker
+        .wait_deploy_result(&w.queue, &second, RESULT_TIMEOUT)
+        .await;
+
+    // Assert: refused before any playbook ran against the impostor.
+    assert_eq!(refused["status"], "failed");
+    assert_eq!(refused["error"]["code"], "host_key_mismatch", "{refused:#}");
+    assert!(refused.get("stats").is_none(), "{refused:#}");
+    assert!(digest_record(&w.host, &second).is_none());
+}
