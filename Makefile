@@ -3,7 +3,7 @@
 CARGO ?= cargo
 CONFIG ?= config/local.toml
 
-.PHONY: test lint run docker-check
+.PHONY: test lint run docker-check bench
 
 ## test: every test target; the integration suite needs Redis, Postgres,
 ## sshd and ansible-playbook (see README.md, "Tests").
@@ -18,6 +18,12 @@ lint:
 	cd ansible && for playbook in playbooks/*.yml; do \
 		ansible-playbook --syntax-check -i localhost, "$$playbook" || exit 1; \
 	done
+
+## bench: the benchmarks of README.md "Performance" against the release
+## build, local Redis, Postgres and sshd (about 10 minutes; not part of test).
+## BENCH_RUNS=N runs per figure; `make bench ITEMS="dispatch memory"` for some.
+bench:
+	$(CARGO) bench --bench bench -- $(ITEMS)
 
 ## run: a worker against local Redis 127.0.0.1:6379 and Postgres.
 run:

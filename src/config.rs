@@ -86,6 +86,9 @@ pub struct AnsibleSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SshSettings {
+    /// Probe SSH before every playbook. `false` skips the probe: an
+    /// unreachable host then fails in the playbook (`playbook_failed`).
+    pub preflight: bool,
     /// Tries of the SSH probe in all (the contract: 1 + 3 retries).
     pub attempts: u32,
     /// Pause before the first retry; doubles for each further one.
@@ -217,6 +220,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("ansible.ssh_user", "root"),
     ("secrets.dir", "/run/secrets"),
     ("log.format", "pretty"),
+    ("ssh.preflight", "true"),
     ("ssh.attempts", "4"),
     ("ssh.retry_base_ms", "2000"),
     ("ssh.retry_max_ms", "60000"),
@@ -387,6 +391,7 @@ mod tests {
         assert_eq!(s.ansible.ssh_port, 22);
         assert_eq!(s.ansible.ssh_user, "root");
         assert_eq!(s.secrets.dir, PathBuf::from("/run/secrets"));
+        assert!(s.ssh.preflight);
         assert!(
             s.consumer_name()
                 .ends_with(&format!("-{}", std::process::id()))
@@ -440,6 +445,12 @@ mod tests {
     fn a_bad_listen_address_is_named() {
         let err = load_toml(&format!("{REQUIRED}[http]\nlisten = \"localhost\"\n")).unwrap_err();
         assert!(err.to_string().contains("http.listen"), "{err}");
+    }
+
+    #[test]
+    fn the_ssh_preflight_can_be_turned_off() {
+        let s = load_toml(&format!("{REQUIRED}[ssh]\npreflight = false\n")).unwrap();
+        assert!(!s.ssh.preflight);
     }
 
     #[test]

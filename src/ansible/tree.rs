@@ -205,11 +205,14 @@ impl RunTree {
         if root_unreaped && alive(&self.root) {
             roots.push(self.root.pid);
         }
-        roots.extend(
-            procs
-                .keys()
-                .filter(|&&pid| pid != me && pid != self.root.pid && self.is_marked(pid)),
-        );
+        // A process of the run started no earlier than its playbook: only
+        // those are worth reading the command line and environment of
+        // (two /proc reads each, the bulk of a run's cost on a busy host).
+        let root_start = self.root.start;
+        roots.extend(procs.iter().filter_map(|(&pid, s)| {
+            (pid != me && pid != self.root.pid && s.start >= root_start && self.is_marked(pid))
+                .then_some(pid)
+        }));
         let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
         for (&pid, s) in &procs {
             children.entry(s.ppid).or_default().push(pid);

@@ -189,8 +189,10 @@ fn write_private(path: &Path, contents: &str) -> io::Result<()> {
         .create_new(true)
         .mode(0o600)
         .open(path)?;
-    file.write_all(contents.as_bytes())?;
-    file.sync_all()
+    // No fsync: the files live only as long as the run, and a child reads
+    // them through the page cache; forcing them (the key among them) to
+    // disk only blocked a runtime thread on I/O.
+    file.write_all(contents.as_bytes())
 }
 
 #[cfg(test)]

@@ -85,22 +85,31 @@ async fn run_locked(
         Ok(workspace) => workspace,
         Err(e) => return internal(report, &e),
     };
-    let policy = preflight::retry_policy(ctx);
-    if let Err(error) = preflight::reach(ctx, &workspace, &run.target, policy).await {
-        return Report {
-            error: Some(error),
-            ..report
-        };
-    }
-    if pinned.is_none() {
-        pin_first_key(ctx, &workspace, address, port).await;
+    let probe = ctx.settings.ssh.preflight;
+    if probe {
+        let policy = preflight::retry_policy(ctx);
+        if let Err(error) = preflight::reach(ctx, &workspace, &run.target, policy).await {
+            return Report {
+                error: Some(error),
+                ..report
+            };
+        }
+        if pinned.is_none() {
+            pin_first_key(ctx, &workspace, address, port).await;
+        }
     }
     let report = Report {
         preflight_ms: millis(started.elapsed()),
         ..report
     };
     match ctx.runner.run_in(&workspace, run, redactor).await {
-        Ok(outcome) => report.with_playbook(outcome, ctx.job_timeout()),
+        Ok(outcome) => {
+            // Without the probe, the playbook made the first contact.
+            if !probe && pinned.is_none() && outcome.succeeded() {
+                pin_first_key(ctx, &workspace, address, port).await;
+            }
+            report.with_playbook(outcome, ctx.job_timeout())
+        }
         Err(e) => internal(report, &e),
     }
 }

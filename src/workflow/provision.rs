@@ -116,26 +116,37 @@ impl Flow<'_> {
         )
         .await;
 
-        if let Err(error) = preflight::reach(self.ctx, &workspace, &run.target, policy).await {
-            let status = match error.code {
-                ErrorCode::SshUnreachable => ServerStatus::Unreachable,
-                _ => ServerStatus::Failed,
-            };
-            return self.fail(status, error).await;
-        }
-        if server.host_key.is_none() {
-            self.pin_host_key(&workspace).await;
+        // After a reinstall the probe is the wait for the new system to boot:
+        // it runs whatever `ssh.preflight` says.
+        let probe = self.ctx.settings.ssh.preflight || job.force_reinstall;
+        if probe {
+            if let Err(error) = preflight::reach(self.ctx, &workspace, &run.target, policy).await {
+                let status = match error.code {
+                    ErrorCode::SshUnreachable => ServerStatus::Unreachable,
+                    _ => ServerStatus::Failed,
+                };
+                return self.fail(status, error).await;
+            }
+            if server.host_key.is_none() {
+                self.pin_host_key(&workspace).await;
+            }
         }
 
         let redactor = Redactor::new(redact_values.iter());
         let preflight_ms = millis(started.elapsed());
         let timeout = self.ctx.job_timeout();
         let report = match self.ctx.runner.run_in(&workspace, run, &redactor).await {
-            Ok(outcome) => Report {
-                preflight_ms,
-                ..Report::default()
+            Ok(outcome) => {
+                // Without the probe, the playbook made the first contact.
+                if !probe && server.host_key.is_none() && outcome.succeeded() {
+                    self.pin_host_key(&workspace).await;
+                }
+                Report {
+                    preflight_ms,
+                    ..Report::default()
+                }
+                .with_playbook(outcome, timeout)
             }
-            .with_playbook(outcome, timeout),
             Err(e) => Report {
                 preflight_ms,
                 ..Report::failed(JobError::new(ErrorCode::Internal, e.to_string()))

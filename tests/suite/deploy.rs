@@ -605,3 +605,38 @@ async fn a_deploy_target_whose_host_key_changed_is_refused_with_host_key_mismatc
     assert!(refused.get("stats").is_none(), "{refused:#}");
     assert!(digest_record(&w.host, &second).is_none());
 }
+
+#[tokio::test]
+async fn with_ssh_preflight_off_a_deploy_to_a_host_where_nothing_listens_runs_its_playbook() {
+    // Arrange: nothing listens on port 1 of 127.0.0.1, so a probe would end
+    // in ssh_unreachable; the stub playbook never connects anywhere.
+    let redis = TestRedis::new().await;
+    let stub_dir = tempfile::tempdir().expect("stub dir");
+    let stub = stub_dir.path().join("ansible-playbook");
+    std::fs::write(
+        &stub,
+        "#!/bin/sh\necho 'PLAY RECAP ***'\n\
+         echo '127.0.0.1 : ok=1 changed=0 unreachable=0 failed=0 skipped=0 rescued=0 ignored=0'\n",
+    )
+    .expect("write stub");
+    std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod stub");
+    let worker = TestWorker::builder(&redis)
+        .set("ansible.playbook_bin", stub.to_string_lossy())
+        .set("ansible.ssh_port", 1)
+        .set("ssh.preflight", false)
+        .spawn()
+        .await;
+    let queue = redis.queue();
+    let id = unique_request_id("nopreflight");
+
+    // Act
+    queue
+        .enqueue_deploy(&valid_deploy_payload(&id, "127.0.0.1", 8080))
+        .await;
+    let result = worker.wait_deploy_result(&queue, &id, RESULT_TIMEOUT).await;
+
+    // Assert
+    assert_eq!(result["status"], "success", "{result:#}");
+    assert_eq!(result["stats"]["127.0.0.1"]["ok"], 1, "{result:#}");
+}

@@ -1,0 +1,571 @@
+//! The four measurements of issue 7. Each returns its figures; every figure
+//! holds one value per run, and ratios are taken within a run.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::rig::{Rig, Worker, closed_loop, millis, q, request_id};
+use crate::sshd::Sshd;
+use crate::stats::{Figure, Target, median, percentile};
+
+const RECAP: &str = "echo 'PLAY RECAP *********************************************************'\n\
+    echo 'localhost : ok=1 changed=0 unreachable=0 failed=0 skipped=0 rescued=0 ignored=0'\n";
+const MIB: f64 = 1024.0;
+
+/// The repository's `ansible/ansible.cfg`, as shipped.
+fn shipped_cfg() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("ansible/ansible.cfg")
+}
+
+/// An Ansible directory with the bench playbooks, with the shipped
+/// ansible.cfg or none (Ansible's defaults).
+pub fn ansible_dir(rig: &Rig, shipped: bool) -> PathBuf {
+    let dir = rig.path(if shipped {
+        "ansible-shipped"
+    } else {
+        "ansible-defaults"
+    });
+    std::fs::create_dir_all(&dir).expect("ansible dir");
+    let playbooks = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/ansible");
+    for entry in std::fs::read_dir(playbooks).expect("benches/ansible") {
+        let entry = entry.expect("dir entry");
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).expect("copy playbook");
+    }
+    if shipped {
+        std::fs::copy(shipped_cfg(), dir.join("ansible.cfg")).expect("copy ansible.cfg");
+    }
+    dir
+}
+
+/// Settings pointing a worker at `sshd` with its client key.
+fn ssh_target(sshd: &Sshd) -> Vec<(&'static str, String)> {
+    vec![
+        ("ansible.ssh_port", sshd.port.to_string()),
+        ("ansible.ssh_user", q(&sshd.user)),
+        ("ansible.ssh_key_ref", q("file:ssh/id_ed25519")),
+        ("ssh.retry_base_ms", "100".into()),
+        ("ssh.connect_timeout_secs", "10".into()),
+    ]
+}
+
+fn check_success(what: &str, results: &[(f64, Value)]) -> usize {
+    let failed: Vec<&Value> = results
+        .iter()
+        .map(|(_, r)| r)
+        .filter(|r| r["status"] != "success")
+        .collect();
+    if let Some(first) = failed.first() {
+        eprintln!(
+            "{what}: {} of {} jobs failed; first: {}",
+            failed.len(),
+            results.len(),
+            first["error"]
+        );
+    }
+    failed.len()
+}
+
+/// Item 1: 2,000 stub jobs at concurrency 32, 32 kept in flight.
+pub async fn dispatch(rig: &mut Rig, runs: usize) -> Vec<Figure> {
+    const JOBS: usize = 2000;
+    const IN_FLIGHT: usize = 32;
+    let stub = rig.script("stub-ok", &format!("#!/bin/sh\n{RECAP}"));
+    let dir = ansible_dir(rig, true);
+    let mut rate = Figure::new(
+        "1 dispatch",
+        "jobs/s (2,000 stub jobs, concurrency 32)",
+        "jobs/s",
+    )
+    .target(Target::AtLeast(1000.0));
+    let mut p50 = Figure::new("1 dispatch", "enqueue->result latency p50", "ms");
+    let mut p99 = Figure::new("1 dispatch", "enqueue->result latency p99", "ms");
+    let mut stub_alone = Figure::new(
+        "1 dispatch",
+        "stub alone (spawn to exit, idle machine) p50",
+        "ms",
+    );
+    let mut over50 = Figure::new("1 dispatch", "overhead p50 (latency - stub alone)", "ms");
+    let mut over99 = Figure::new("1 dispatch", "overhead p99 (latency - stub alone)", "ms")
+        .target(Target::Below(5.0));
+    let mut inside = Figure::new(
+        "1 dispatch",
+        "playbook_ms p50 as the worker saw it (under load)",
+        "ms",
+    );
+    let mut failures = Figure::new("1 dispatch", "failed jobs", "jobs");
+    let mut cpu_worker = Figure::new("1 dispatch", "CPU per job: worker process", "ms");
+    let mut cpu_stub = Figure::new("1 dispatch", "CPU per job: the stub child", "ms");
+    let mut cpu_pg = Figure::new("1 dispatch", "CPU per job: Postgres", "ms");
+    let mut cpu_redis = Figure::new("1 dispatch", "CPU per job: Redis", "ms");
+    let mut cpu_all = Figure::new(
+        "1 dispatch",
+        "CPU per job: whole machine (others' work too)",
+        "ms",
+    );
+    for run in 0..runs {
+        let mut alone = Vec::new();
+        for _ in 0..100 {
+            let t = Instant::now();
+            let out = tokio::process::Command::new(&stub)
+                .output()
+                .await
+                .expect("run stub");
+            assert!(out.status.success());
+            alone.push(millis(t.elapsed()));
+        }
+        let stub_p50 = median(&alone);
+        let mut worker = rig
+            .worker(&[
+                ("worker.concurrency", IN_FLIGHT.to_string()),
+                ("ansible.playbook_bin", q(&stub.to_string_lossy())),
+                ("ansible.dir", q(&dir.to_string_lossy())),
+                ("ansible.deploy_playbook", q("noop.yml")),
+                ("ssh.preflight", "false".into()),
+            ])
+            .await;
+        // One address per job: the one-job-per-server lock must not serialize.
+        let jobs = (0..JOBS)
+            .map(|i| {
+                (
+                    request_id(&format!("d{run}"), i),
+                    format!("10.77.{}.{}", i / 250, i % 250 + 1),
+                )
+            })
+            .collect();
+        let (pg, redis, machine) = (
+            crate::rig::cpu_ms_of("postgres"),
+            crate::rig::cpu_ms_of("redis-server"),
+            crate::rig::machine_busy_ms(),
+        );
+        let (wall, results) =
+            closed_loop(&mut worker, jobs, IN_FLIGHT, Duration::from_secs(120)).await;
+        let per_job = |ms: f64| ms / JOBS as f64;
+        cpu_all
+            .runs
+            .push(per_job(crate::rig::machine_busy_ms() - machine));
+        cpu_pg
+            .runs
+            .push(per_job(crate::rig::cpu_ms_of("postgres") - pg));
+        cpu_redis
+            .runs
+            .push(per_job(crate::rig::cpu_ms_of("redis-server") - redis));
+        let (own, reaped) = crate::rig::cpu_ms(worker.pid).unwrap_or_default();
+        cpu_worker.runs.push(per_job(own));
+        cpu_stub.runs.push(per_job(reaped));
+        worker.stop().await;
+        let latencies: Vec<f64> = results.iter().map(|(ms, _)| *ms).collect();
+        let playbook_ms: Vec<f64> = results
+            .iter()
+            .filter_map(|(_, r)| r["timings"]["playbook_ms"].as_f64())
+            .collect();
+        rate.runs.push(JOBS as f64 / wall.as_secs_f64());
+        p50.runs.push(percentile(&latencies, 50.0));
+        p99.runs.push(percentile(&latencies, 99.0));
+        stub_alone.runs.push(stub_p50);
+        over50.runs.push(percentile(&latencies, 50.0) - stub_p50);
+        over99.runs.push(percentile(&latencies, 99.0) - stub_p50);
+        inside.runs.push(median(&playbook_ms));
+        failures
+            .runs
+            .push(check_success("dispatch", &results) as f64);
+        eprintln!(
+            "  dispatch run {}: {:.0} jobs/s, p50 {:.1} ms, p99 {:.1} ms, stub {:.1} ms",
+            run + 1,
+            JOBS as f64 / wall.as_secs_f64(),
+            percentile(&latencies, 50.0),
+            percentile(&latencies, 99.0),
+            stub_p50
+        );
+    }
+    vec![
+        rate, p50, p99, stub_alone, over50, over99, inside, failures, cpu_worker, cpu_stub, cpu_pg,
+        cpu_redis, cpu_all,
+    ]
+}
+
+/// Item 2: 16 jobs of a 2 s playbook over 16 loopback servers, at
+/// concurrency 1 and 8, alternating within each run. Also samples the
+/// real `ansible-playbook` children's memory at concurrency 8.
+pub async fn concurrency(rig: &mut Rig, sshd: &Sshd, runs: usize) -> Vec<Figure> {
+    let dir = ansible_dir(rig, true);
+    let mut one = Figure::new(
+        "2 concurrency",
+        "16 x 2 s playbook, concurrency 1: wall",
+        "s",
+    );
+    let mut eight = Figure::new(
+        "2 concurrency",
+        "16 x 2 s playbook, concurrency 8: wall",
+        "s",
+    );
+    let mut ratio = Figure::new(
+        "2 concurrency",
+        "speed-up, concurrency 8 vs 1 (same run)",
+        "x",
+    )
+    .target(Target::AtLeast(2.9));
+    let mut children = Figure::new(
+        "3 memory",
+        "Ansible children at concurrency 8 (real playbooks): peak RSS, summed",
+        "MiB",
+    );
+    let mut per_job = Figure::new(
+        "3 memory",
+        "Ansible children at concurrency 8: peak RSS per job in flight",
+        "MiB",
+    );
+    let mut worker_peak = Figure::new(
+        "3 memory",
+        "worker RSS at concurrency 8 (real playbooks), peak",
+        "MiB",
+    );
+    for run in 0..runs {
+        let mut walls = [0.0; 2];
+        // Alternate which goes first, so a drift in load hits both.
+        let order: [usize; 2] = if run % 2 == 0 { [1, 8] } else { [8, 1] };
+        for concurrency in order {
+            let mut settings = ssh_target(sshd);
+            settings.extend([
+                ("worker.concurrency", concurrency.to_string()),
+                ("ansible.playbook_bin", q(&rig.ansible_playbook)),
+                ("ansible.dir", q(&dir.to_string_lossy())),
+                ("ansible.deploy_playbook", q("sleep2.yml")),
+            ]);
+            let mut worker = rig.worker(&settings).await;
+            Worker::secret(&worker.dir, "ssh/id_ed25519", &sshd.client_key());
+            let jobs = (0..16)
+                .map(|i| {
+                    (
+                        request_id(&format!("c{concurrency}"), i),
+                        format!("127.0.0.{}", i + 1),
+                    )
+                })
+                .collect();
+            let sampler = (concurrency == 8).then(|| sample_memory(worker.pid));
+            let (wall, results) =
+                closed_loop(&mut worker, jobs, 16, Duration::from_secs(600)).await;
+            if let Some((stop, handle)) = sampler {
+                stop.cancel();
+                let (worker_max, children_max, count_at_max) = handle.await.expect("sampler");
+                worker_peak.runs.push(worker_max as f64 / MIB);
+                children.runs.push(children_max as f64 / MIB);
+                per_job
+                    .runs
+                    .push(children_max as f64 / MIB / count_at_max.max(1) as f64);
+            }
+            worker.stop().await;
+            check_success("concurrency", &results);
+            let secs = wall.as_secs_f64();
+            eprintln!("  concurrency {concurrency}, run {}: {secs:.1} s", run + 1);
+            walls[usize::from(concurrency == 8)] = secs;
+        }
+        one.runs.push(walls[0]);
+        eight.runs.push(walls[1]);
+        ratio.runs.push(walls[0] / walls[1]);
+    }
+    vec![one, eight, ratio, worker_peak, children, per_job]
+}
+
+/// Samples the worker's RSS and its descendants' summed RSS every 100 ms
+/// until cancelled; returns the peaks (KiB) and the number of jobs in
+/// flight (direct children) at the children's peak.
+fn sample_memory(
+    pid: u32,
+) -> (
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<(u64, u64, usize)>,
+) {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let token = stop.clone();
+    let handle = tokio::spawn(async move {
+        let (mut worker_max, mut children_max, mut jobs_at_max) = (0, 0, 0);
+        while !token.is_cancelled() {
+            worker_max = worker_max.max(crate::rig::rss_kib(pid).unwrap_or(0));
+            let (_, total) = crate::rig::children_rss(pid);
+            if total > children_max {
+                children_max = total;
+                jobs_at_max = crate::rig::direct_children(pid);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (worker_max, children_max, jobs_at_max)
+    });
+    (stop, handle)
+}
+
+/// Item 3: worker RSS idle and with 50 stub jobs in flight.
+pub async fn memory(rig: &mut Rig, runs: usize) -> Vec<Figure> {
+    const JOBS: usize = 50;
+    let release = rig.path("release");
+    let stub = rig.script(
+        "stub-wait",
+        &format!(
+            "#!/bin/sh\nwhile [ ! -e '{}' ]; do sleep 0.1; done\n{RECAP}",
+            release.display()
+        ),
+    );
+    let dir = ansible_dir(rig, true);
+    let mut idle = Figure::new("3 memory", "worker RSS idle", "MiB").target(Target::Below(20.0));
+    let mut busy =
+        Figure::new("3 memory", "worker RSS, 50 jobs in flight", "MiB").target(Target::Below(30.0));
+    let mut hwm = Figure::new("3 memory", "worker peak RSS (VmHWM) after the 50", "MiB");
+    let mut stubs = Figure::new(
+        "3 memory",
+        "the 50 stub children (sh + sleep), summed",
+        "MiB",
+    );
+    for run in 0..runs {
+        let _ = std::fs::remove_file(&release);
+        let mut worker = rig
+            .worker(&[
+                ("worker.concurrency", "64".into()),
+                ("ansible.playbook_bin", q(&stub.to_string_lossy())),
+                ("ansible.dir", q(&dir.to_string_lossy())),
+                ("ansible.deploy_playbook", q("noop.yml")),
+                ("ssh.preflight", "false".into()),
+            ])
+            .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        idle.runs.push(worker.rss_kib() as f64 / MIB);
+        let mut results = worker.results().await;
+        for i in 0..JOBS {
+            worker
+                .enqueue(
+                    &request_id(&format!("m{run}"), i),
+                    &format!("10.78.0.{}", i + 1),
+                )
+                .await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while crate::rig::direct_children(worker.pid) < JOBS {
+            assert!(
+                Instant::now() < deadline,
+                "50 jobs never in flight:\n{}",
+                worker.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        busy.runs.push(worker.rss_kib() as f64 / MIB);
+        stubs
+            .runs
+            .push(crate::rig::children_rss(worker.pid).1 as f64 / MIB);
+        std::fs::write(&release, b"").expect("release");
+        let mut done = Vec::new();
+        while done.len() < JOBS {
+            match tokio::time::timeout(Duration::from_secs(120), results.recv()).await {
+                Ok(Some((_, result))) => done.push((0.0, result)),
+                _ => panic!("memory: results missing:\n{}", worker.log_tail()),
+            }
+        }
+        check_success("memory", &done);
+        hwm.runs
+            .push(crate::rig::hwm_kib(worker.pid).unwrap_or(0) as f64 / MIB);
+        eprintln!(
+            "  memory run {}: idle {:.1} MiB, 50 in flight {:.1} MiB",
+            run + 1,
+            idle.runs[run],
+            busy.runs[run]
+        );
+        worker.stop().await;
+    }
+    vec![idle, busy, hwm, stubs]
+}
+
+/// Item 4a: a no-op playbook through the worker (enqueue -> result) against
+/// bare `ansible-playbook` of the same playbook, interleaved; 4b: a 20-task
+/// playbook over SSH with the shipped ansible.cfg against Ansible's defaults.
+pub async fn ansible_cost(rig: &mut Rig, sshd: &Sshd, samples: usize, runs: usize) -> Vec<Figure> {
+    let shipped = ansible_dir(rig, true);
+    let defaults = ansible_dir(rig, false);
+    let base = |dir: &Path, playbook: &str, preflight: bool| {
+        let mut s = ssh_target(sshd);
+        s.extend([
+            ("worker.concurrency", "1".to_string()),
+            ("ansible.playbook_bin", q(&rig.ansible_playbook)),
+            ("ansible.dir", q(&dir.to_string_lossy())),
+            ("ansible.deploy_playbook", q(playbook)),
+            ("ssh.preflight", preflight.to_string()),
+        ]);
+        s
+    };
+    let noop_off = base(&shipped, "noop.yml", false);
+    let noop_on = base(&shipped, "noop.yml", true);
+    let tasks_shipped = base(&shipped, "tasks20.yml", true);
+    let tasks_defaults = base(&defaults, "tasks20.yml", true);
+    let mut w_off = rig.worker(&noop_off).await;
+    let mut w_on = rig.worker(&noop_on).await;
+    for w in [&w_off, &w_on] {
+        Worker::secret(&w.dir, "ssh/id_ed25519", &sshd.client_key());
+    }
+    let bare_inventory = bare_files(rig, sshd);
+
+    let mut bare = Figure::new("4 ansible", "no-op playbook, bare ansible-playbook", "ms");
+    let mut bare_defaults = Figure::new(
+        "4 ansible",
+        "no-op playbook, bare, Ansible defaults (no ansible.cfg)",
+        "ms",
+    );
+    let mut via = Figure::new(
+        "4 ansible",
+        "no-op playbook via the worker, enqueue->result (preflight off)",
+        "ms",
+    );
+    let mut added = Figure::new("4 ansible", "worker adds (via - bare, paired)", "ms")
+        .target(Target::Below(10.0));
+    let mut via_probe = Figure::new(
+        "4 ansible",
+        "no-op via the worker with the SSH preflight (default)",
+        "ms",
+    );
+    let mut probe = Figure::new(
+        "4 ansible",
+        "SSH preflight's cost (with - without, paired)",
+        "ms",
+    );
+    for i in 0..samples {
+        bare.runs
+            .push(bare_run(&rig.ansible_playbook, &shipped, &bare_inventory).await);
+        bare_defaults
+            .runs
+            .push(bare_run(&rig.ansible_playbook, &defaults, &bare_inventory).await);
+        let (_, r) = closed_loop(
+            &mut w_off,
+            vec![(request_id("noop", i), "127.0.0.1".into())],
+            1,
+            Duration::from_secs(120),
+        )
+        .await;
+        check_success("noop", &r);
+        via.runs.push(r[0].0);
+        added.runs.push(r[0].0 - bare.runs[i]);
+        let (_, r) = closed_loop(
+            &mut w_on,
+            vec![(request_id("noop-probe", i), "127.0.0.1".into())],
+            1,
+            Duration::from_secs(120),
+        )
+        .await;
+        check_success("noop with preflight", &r);
+        via_probe.runs.push(r[0].0);
+        probe.runs.push(r[0].0 - via.runs[i]);
+    }
+    w_off.stop().await;
+    w_on.stop().await;
+    eprintln!(
+        "  no-op: bare {:.0} ms, via worker {:.0} ms",
+        median(&bare.runs),
+        median(&via.runs)
+    );
+
+    let mut w_shipped = rig.worker(&tasks_shipped).await;
+    let mut w_defaults = rig.worker(&tasks_defaults).await;
+    for w in [&w_shipped, &w_defaults] {
+        Worker::secret(&w.dir, "ssh/id_ed25519", &sshd.client_key());
+    }
+    let mut t_shipped = Figure::new("4 ansible", "20 tasks over SSH, shipped ansible.cfg", "s");
+    let mut t_defaults = Figure::new("4 ansible", "20 tasks over SSH, Ansible defaults", "s");
+    let mut t_ratio = Figure::new(
+        "4 ansible",
+        "defaults / shipped (same run; >= 1: shipped not slower)",
+        "x",
+    )
+    .target(Target::AtLeast(1.0));
+    for i in 0..runs {
+        let (_, r) = closed_loop(
+            &mut w_shipped,
+            vec![(request_id("t20s", i), "127.0.0.1".into())],
+            1,
+            Duration::from_secs(300),
+        )
+        .await;
+        check_success("20 tasks, shipped", &r);
+        let shipped_s = r[0].0 / 1000.0;
+        let (_, r) = closed_loop(
+            &mut w_defaults,
+            vec![(request_id("t20d", i), "127.0.0.1".into())],
+            1,
+            Duration::from_secs(300),
+        )
+        .await;
+        check_success("20 tasks, defaults", &r);
+        let defaults_s = r[0].0 / 1000.0;
+        eprintln!(
+            "  20 tasks run {}: shipped {shipped_s:.1} s, defaults {defaults_s:.1} s",
+            i + 1
+        );
+        t_shipped.runs.push(shipped_s);
+        t_defaults.runs.push(defaults_s);
+        t_ratio.runs.push(defaults_s / shipped_s);
+    }
+    w_shipped.stop().await;
+    w_defaults.stop().await;
+    vec![
+        bare,
+        via,
+        added,
+        via_probe,
+        probe,
+        bare_defaults,
+        t_shipped,
+        t_defaults,
+        t_ratio,
+    ]
+}
+
+/// The inventory and extra vars a worker run would write, for the bare runs.
+fn bare_files(rig: &Rig, sshd: &Sshd) -> (PathBuf, PathBuf) {
+    let inventory = rig.path("bare-inventory.json");
+    let vars = rig.path("bare-vars.json");
+    let host = json!({
+        "ansible_host": "127.0.0.1",
+        "ansible_port": sshd.port,
+        "ansible_user": sshd.user,
+        "ansible_ssh_private_key_file": sshd.client_key_path(),
+        "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes -o BatchMode=yes",
+    });
+    std::fs::write(
+        &inventory,
+        json!({"all": {"hosts": {"127.0.0.1": host}}}).to_string(),
+    )
+    .expect("inventory");
+    std::fs::write(
+        &vars,
+        json!({"project_name": "bench", "repo_full_name": "acme/bench", "branch": "main"})
+            .to_string(),
+    )
+    .expect("vars");
+    (inventory, vars)
+}
+
+/// One bare `ansible-playbook -i inventory -e @vars noop.yml`, with the
+/// environment the worker would give it; wall time in ms.
+async fn bare_run(bin: &str, dir: &Path, (inventory, vars): &(PathBuf, PathBuf)) -> f64 {
+    let mut command = tokio::process::Command::new(bin);
+    command
+        .arg("-i")
+        .arg(inventory)
+        .arg("-e")
+        .arg(format!("@{}", vars.display()))
+        .arg(dir.join("noop.yml"))
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", std::env::var_os("HOME").unwrap_or_default())
+        .env("ANSIBLE_NOCOLOR", "1")
+        .env("ANSIBLE_RETRY_FILES_ENABLED", "0")
+        .env("PYTHONUNBUFFERED", "1");
+    if dir.join("ansible.cfg").is_file() {
+        command.env("ANSIBLE_CONFIG", dir.join("ansible.cfg"));
+    }
+    let started = Instant::now();
+    let out = command.output().await.expect("run ansible-playbook");
+    assert!(
+        out.status.success(),
+        "bare ansible-playbook failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    millis(started.elapsed())
+}

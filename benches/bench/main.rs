@@ -1,0 +1,106 @@
+//! `make bench`: the worker's dispatch overhead, concurrency, memory, and
+//! Ansible's cost per job (issue 7), measured against the real release
+//! binary, the local Redis and Postgres, and a local sshd.
+//!
+//! Prints a Markdown table (the README's Performance section) and writes
+//! every run's values to `<target>/bench/results.json`. Each figure is the
+//! median of several runs, with its min-max spread; ratios are taken within
+//! one run, never across runs.
+//!
+//! Usage: `cargo bench --bench bench [-- ITEM...]`, ITEM one of `dispatch`,
+//! `concurrency`, `memory`, `ansible` (default: all). `BENCH_RUNS` (3) sets
+//! the runs per figure, `BENCH_SAMPLES` (7) the no-op samples;
+//! `BENCH_KEEP=1` keeps the worker configs and logs; `BENCH_REDIS_URL`, `BENCH_DATABASE_URL` and `BENCH_ANSIBLE_PLAYBOOK`
+//! override the local defaults.
+//!
+//! Layout: `rig` (Redis, Postgres, worker processes, timing results),
+//! `sshd` (the stand-in servers), `items` (the four measurements),
+//! `stats` (medians, spread, targets, the table).
+
+mod items;
+mod rig;
+mod sshd;
+mod stats;
+
+use std::time::Instant;
+
+use serde_json::json;
+
+#[tokio::main]
+async fn main() {
+    // `cargo bench` passes `--bench`; anything else is an item name.
+    let wanted: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wants = |item: &str| wanted.is_empty() || wanted.iter().any(|w| w == item);
+    let runs = env_usize("BENCH_RUNS", 3);
+    let samples = env_usize("BENCH_SAMPLES", 7);
+    let started = Instant::now();
+    let mut rig = rig::Rig::new().await;
+    let mut figures = Vec::new();
+
+    if wants("dispatch") {
+        eprintln!("item 1: dispatch overhead");
+        figures.extend(items::dispatch(&mut rig, runs).await);
+    }
+    let needs_sshd = wants("concurrency") || wants("ansible");
+    let servers: Vec<String> = (1..=16).map(|i| format!("127.0.0.{i}")).collect();
+    let sshd = needs_sshd.then(|| sshd::Sshd::start(&servers));
+    if let Some(sshd) = &sshd
+        && wants("concurrency")
+    {
+        eprintln!("item 2: concurrency (and the Ansible children's memory)");
+        figures.extend(items::concurrency(&mut rig, sshd, runs).await);
+    }
+    if wants("memory") {
+        eprintln!("item 3: memory");
+        figures.extend(items::memory(&mut rig, runs).await);
+    }
+    if let Some(sshd) = &sshd
+        && wants("ansible")
+    {
+        eprintln!("item 4: Ansible's cost per job");
+        figures.extend(items::ansible_cost(&mut rig, sshd, samples, runs).await);
+    }
+    drop(sshd);
+    rig.cleanup().await;
+
+    // Items in issue order, whatever order they ran in.
+    figures.sort_by_key(|f| f.item);
+    let table = stats::table(&figures);
+    let elapsed = started.elapsed().as_secs_f64();
+    println!("\n{table}");
+    println!("({runs} runs per figure, {samples} no-op samples; {elapsed:.0} s in all)");
+    let out_dir = target_dir().join("bench");
+    std::fs::create_dir_all(&out_dir).expect("bench output dir");
+    let out = out_dir.join("results.json");
+    let report = json!({
+        "when": chrono::Utc::now().to_rfc3339(),
+        "runs": runs,
+        "samples": samples,
+        "elapsed_secs": elapsed,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "load_average": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
+        "figures": figures.iter().map(stats::Figure::json).collect::<Vec<_>>(),
+    });
+    std::fs::write(&out, serde_json::to_string_pretty(&report).expect("json"))
+        .expect("write results.json");
+    println!("results: {}", out.display());
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(default)
+}
+
+/// The Cargo target directory: this binary is `<target>/<profile>/deps/bench-*`.
+fn target_dir() -> std::path::PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf()))
+        .unwrap_or_else(|| "target".into())
+}

@@ -1,0 +1,501 @@
+//! The benchmark's world: the local Redis and Postgres (one database per
+//! `make bench`), real worker processes (the release binary) with a config
+//! written per start and a key prefix of their own, and the client side
+//! that enqueues jobs and times their results.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use redis::aio::MultiplexedConnection;
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use serde_json::{Value, json};
+use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// The worker binary `cargo bench` built with the release profile.
+pub const WORKER_BIN: &str = env!("CARGO_BIN_EXE_infra-service");
+/// The variable the payloads' `github_token_ref` names.
+const TOKEN_VAR: &str = "BENCH_GITHUB_TOKEN";
+
+/// Redis, Postgres and a scratch directory shared by every item.
+pub struct Rig {
+    pub redis_url: String,
+    admin_url: String,
+    db_name: String,
+    pub db_url: String,
+    pub dir: tempfile::TempDir,
+    pub ansible_playbook: String,
+    starts: u32,
+}
+
+impl Rig {
+    pub async fn new() -> Rig {
+        let redis_url = env_or("BENCH_REDIS_URL", "redis://127.0.0.1:6379");
+        let admin_url = env_or(
+            "BENCH_DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/test",
+        );
+        let db_name = format!("bench_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("postgres at {admin_url}: {e}"));
+        // The name is ours (`bench_` and hex).
+        admin
+            .execute(AssertSqlSafe(format!(r#"CREATE DATABASE "{db_name}""#)))
+            .await
+            .expect("CREATE DATABASE");
+        let _ = admin.close().await;
+        let (base, _) = admin_url.rsplit_once('/').expect("a database URL");
+        let db_url = format!("{base}/{db_name}");
+        let dir = tempfile::Builder::new()
+            .prefix("infra-bench-")
+            .tempdir()
+            .expect("bench temp dir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod bench dir");
+        Rig {
+            redis_url,
+            admin_url,
+            db_name,
+            db_url,
+            dir,
+            ansible_playbook: ansible_playbook(),
+            starts: 0,
+        }
+    }
+
+    /// Drops the run's database; keeps the scratch directory (configs,
+    /// worker logs) when `BENCH_KEEP` is set.
+    pub async fn cleanup(self) {
+        if std::env::var_os("BENCH_KEEP").is_some() {
+            eprintln!("kept {}", self.dir.keep().display());
+        }
+        if let Ok(mut admin) = PgConnection::connect(&self.admin_url).await {
+            let _ = admin
+                .execute(AssertSqlSafe(format!(
+                    r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#,
+                    self.db_name
+                )))
+                .await;
+        }
+    }
+
+    /// A file in the scratch directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes an executable script.
+    pub fn script(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, text).expect("write script");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod script");
+        path
+    }
+
+    /// Starts a worker with the bench defaults plus `settings` (TOML lines
+    /// `section.key = value`, later ones win), and waits until it reads.
+    pub async fn worker(&mut self, settings: &[(&str, String)]) -> Worker {
+        self.starts += 1;
+        let prefix = format!(
+            "bench:{}:{}:",
+            &uuid::Uuid::new_v4().simple().to_string()[..8],
+            self.starts
+        );
+        let dir = self.path(&format!("worker{}", self.starts));
+        std::fs::create_dir_all(dir.join("secrets")).expect("worker dir");
+        std::fs::set_permissions(dir.join("secrets"), std::fs::Permissions::from_mode(0o700))
+            .expect("chmod secrets");
+        let mut all: Vec<(&str, String)> = vec![
+            ("redis.url", q(&self.redis_url)),
+            ("redis.key_prefix", q(&prefix)),
+            ("postgres.url", q(&self.db_url)),
+            ("secrets.dir", q(&dir.join("secrets").to_string_lossy())),
+            ("http.listen", q("127.0.0.1:0")),
+            ("heartbeat.path", q("")),
+            ("log.format", q("json")),
+            ("worker.job_timeout_secs", "300".into()),
+        ];
+        all.extend(settings.iter().cloned());
+        let mut sections: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+        for (key, value) in &all {
+            let (section, name) = key.split_once('.').expect("section.key");
+            let lines = sections.entry(section).or_default();
+            lines.retain(|l| !l.starts_with(&format!("{name} =")));
+            lines.push(format!("{name} = {value}"));
+        }
+        let toml: String = sections
+            .iter()
+            .map(|(section, lines)| format!("[{section}]\n{}\n", lines.join("\n")))
+            .collect();
+        let config = dir.join("config.toml");
+        std::fs::write(&config, toml).expect("write config");
+        let log_path = dir.join("worker.log");
+        let log = std::fs::File::create(&log_path).expect("worker log");
+        let mut command = Command::new(WORKER_BIN);
+        command
+            .arg("worker")
+            .arg("--config")
+            .arg(&config)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .kill_on_drop(true);
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name.starts_with("INFRA__") || name.starts_with("ANSIBLE_") || name == "RUST_LOG" {
+                command.env_remove(name.as_ref());
+            }
+        }
+        command.env(TOKEN_VAR, "ghp_bench_token_not_a_secret");
+        let child = command.spawn().expect("spawn infra-service worker");
+        let pid = child.id().expect("worker pid");
+        let client = redis::Client::open(self.redis_url.as_str()).expect("redis url");
+        let worker = Worker {
+            child,
+            pid,
+            prefix,
+            log_path,
+            dir,
+            con: client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("redis"),
+            client,
+        };
+        worker
+            .wait_log("worker started", Duration::from_secs(60))
+            .await;
+        worker
+    }
+}
+
+/// A quoted TOML string.
+pub fn q(text: &str) -> String {
+    serde_json::to_string(text).expect("a string serializes")
+}
+
+/// A running `infra-service worker` and a client of its queues.
+pub struct Worker {
+    child: Child,
+    pub pid: u32,
+    prefix: String,
+    log_path: PathBuf,
+    pub dir: PathBuf,
+    client: redis::Client,
+    con: MultiplexedConnection,
+}
+
+impl Worker {
+    /// Writes a secret file under the worker's `secrets.dir`.
+    pub fn secret(dir: &Path, name: &str, text: &str) {
+        let path = dir.join("secrets").join(name);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("secret dir");
+        std::fs::write(&path, text).expect("write secret");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod secret");
+    }
+
+    async fn wait_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+            if log.contains(needle) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker never logged {needle:?}:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Adds one deploy job; returns when Redis has it.
+    pub async fn enqueue(&mut self, request_id: &str, server_ip: &str) {
+        let payload = json!({
+            "request_id": request_id,
+            "project_id": uuid::Uuid::new_v4().to_string(),
+            "repo_full_name": "acme/bench",
+            "server_ip": server_ip,
+            "port": 8080,
+            "github_token_ref": format!("env:{TOKEN_VAR}"),
+        })
+        .to_string();
+        let queue = format!("{}ansible:deploy:queue", self.prefix);
+        let _: String = self
+            .con
+            .xadd(queue, "*", &[("payload", payload)])
+            .await
+            .expect("XADD");
+    }
+
+    /// Every result published on `deploy:results` from now on, with the
+    /// moment it was read, from a connection of its own.
+    pub async fn results(&self) -> mpsc::UnboundedReceiver<(Instant, Value)> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut con = self
+            .client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis");
+        let stream = format!("{}deploy:results", self.prefix);
+        tokio::spawn(async move {
+            let mut last = "$".to_owned();
+            loop {
+                let options = StreamReadOptions::default().count(1000).block(200);
+                let reply: Option<StreamReadReply> =
+                    match con.xread_options(&[&stream], &[&last], &options).await {
+                        Ok(reply) => reply,
+                        Err(e) => {
+                            eprintln!("reading results: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                let now = Instant::now();
+                for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+                    last = entry.id.clone();
+                    let payload: String = entry.get("payload").unwrap_or_default();
+                    let result = serde_json::from_str(&payload).unwrap_or(Value::Null);
+                    if tx.send((now, result)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        rx
+    }
+
+    /// VmRSS of the worker process, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid).unwrap_or(0)
+    }
+
+    /// Sends SIGTERM and waits for the drain; SIGKILL after 30 s.
+    pub async fn stop(mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(self.pid as i32, libc::SIGTERM);
+        }
+        if tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+
+    /// The worker's log, for diagnosing a failed run.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+/// Enqueues `jobs` (request id, server) keeping at most `in_flight` of them
+/// unanswered, and returns each job's enqueue→result latency (ms) and its
+/// result, in completion order, plus the wall time of the whole batch.
+pub async fn closed_loop(
+    worker: &mut Worker,
+    jobs: Vec<(String, String)>,
+    in_flight: usize,
+    timeout: Duration,
+) -> (Duration, Vec<(f64, Value)>) {
+    let mut results = worker.results().await;
+    let total = jobs.len();
+    let mut pending = jobs.into_iter();
+    let mut sent: HashMap<String, Instant> = HashMap::new();
+    let mut done = Vec::with_capacity(total);
+    let started = Instant::now();
+    for (id, server) in pending.by_ref().take(in_flight) {
+        sent.insert(id.clone(), Instant::now());
+        worker.enqueue(&id, &server).await;
+    }
+    while done.len() < total {
+        let next = tokio::time::timeout(timeout, results.recv()).await;
+        let Ok(Some((at, result))) = next else {
+            panic!(
+                "{} of {total} results after {timeout:?}; worker log:\n{}",
+                done.len(),
+                worker.log_tail()
+            );
+        };
+        let id = result["request_id"].as_str().unwrap_or_default().to_owned();
+        let Some(enqueued) = sent.remove(&id) else {
+            continue;
+        };
+        done.push((millis(at - enqueued), result));
+        if let Some((id, server)) = pending.next() {
+            sent.insert(id.clone(), Instant::now());
+            worker.enqueue(&id, &server).await;
+        }
+    }
+    (started.elapsed(), done)
+}
+
+/// Fractional milliseconds.
+pub fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// A request id unique to this benchmark run.
+pub fn request_id(label: &str, i: usize) -> String {
+    format!(
+        "{label}-{i}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+/// The real `ansible-playbook`, past any pyenv shim, so the worker and the
+/// bare runs start the same program.
+fn ansible_playbook() -> String {
+    if let Ok(bin) = std::env::var("BENCH_ANSIBLE_PLAYBOOK") {
+        return bin;
+    }
+    let pyenv = std::process::Command::new("pyenv")
+        .args(["which", "ansible-playbook"])
+        .output();
+    if let Ok(out) = pyenv
+        && out.status.success()
+    {
+        return String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    }
+    "ansible-playbook".to_owned()
+}
+
+/// VmRSS of `pid`, KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// VmHWM (peak RSS) of `pid`, KiB.
+pub fn hwm_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Every process below `pid` (the playbooks and theirs): count and summed
+/// VmRSS, KiB.
+pub fn children_rss(pid: u32) -> (usize, u64) {
+    let below = descendants(pid);
+    let total = below.iter().filter_map(|pid| rss_kib(*pid)).sum();
+    (below.len(), total)
+}
+
+/// How many children `pid` has: one per playbook in flight.
+pub fn direct_children(pid: u32) -> usize {
+    parents().iter().filter(|(_, ppid)| *ppid == pid).count()
+}
+
+/// Every process below `root`, from /proc's parent links.
+fn descendants(root: u32) -> Vec<u32> {
+    let parent_of = parents();
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parent_of
+                .iter()
+                .filter(|(_, ppid)| *ppid == parent)
+                .map(|(pid, _)| *pid),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// CPU time of `pid` in ms: its own (user + system), and that of its
+/// reaped children.
+pub fn cpu_ms(pid: u32) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    // After ')': state is field 3, so utime (14) is index 11 here.
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let tick = 1000.0 / clock_ticks();
+    Some(((f[0] + f[1]) * tick, (f[2] + f[3]) * tick))
+}
+
+/// Summed CPU time (ms) of every process whose name is `comm`.
+pub fn cpu_ms_of(comm: &str) -> f64 {
+    parents()
+        .iter()
+        .filter(|(pid, _)| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+        .filter_map(|(pid, _)| cpu_ms(*pid))
+        .map(|(own, _)| own)
+        .sum()
+}
+
+/// Busy CPU time of the whole machine (every core), ms.
+pub fn machine_busy_ms() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal: busy is all but idle, iowait.
+    let busy: f64 =
+        f.iter().take(8).sum::<f64>() - f.get(3).unwrap_or(&0.0) - f.get(4).unwrap_or(&0.0);
+    busy * 1000.0 / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+/// (pid, parent pid) of every process.
+fn parents() -> Vec<(u32, u32)> {
+    let mut parent_of = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The fields after the last ')' (the name may hold spaces).
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()) {
+            parent_of.push((pid, ppid));
+        }
+    }
+    parent_of
+}
