@@ -20,7 +20,8 @@ lint:
 	done
 
 ## bench: the benchmarks of README.md "Performance" against the release
-## build, local Redis, Postgres and sshd (about 10 minutes; not part of test).
+## build, local Redis, Postgres and sshd (about 6 minutes on 2 cores; not part
+## of `test`).
 ## BENCH_RUNS=N runs per figure; `make bench ITEMS="dispatch memory"` for some.
 bench:
 	$(CARGO) bench --bench bench -- $(ITEMS)

@@ -16,7 +16,8 @@
 //! `worker` owns the loop: it takes as many entries as it has free slots,
 //! runs each in a task of its own, and publishes the result before the ack.
 //! A workflow resolves secrets (`secrets`), checks SSH (`workflow::preflight`,
-//! `ssh`), runs the playbook (`ansible`) and returns a `workflow::Report`.
+//! `ssh`; unless `ssh.preflight` is off), runs the playbook (`ansible`) and
+//! returns a `workflow::Report`.
 //!
 //! Beside that path, live progress: our callback plugin writes each task
 //! start and result to a file in the run's private directory; `ansible`

@@ -213,7 +213,7 @@ pub async fn concurrency(rig: &mut Rig, sshd: &Sshd, runs: usize) -> Vec<Figure>
     );
     let mut per_job = Figure::new(
         "3 memory",
-        "Ansible children at concurrency 8: peak RSS per job in flight",
+        "Ansible children at concurrency 8: peak RSS / 8 playbooks",
         "MiB",
     );
     let mut worker_peak = Figure::new(
@@ -251,9 +251,9 @@ pub async fn concurrency(rig: &mut Rig, sshd: &Sshd, runs: usize) -> Vec<Figure>
                 let (worker_max, children_max, count_at_max) = handle.await.expect("sampler");
                 worker_peak.runs.push(worker_max as f64 / MIB);
                 children.runs.push(children_max as f64 / MIB);
-                per_job
-                    .runs
-                    .push(children_max as f64 / MIB / count_at_max.max(1) as f64);
+                // 16 jobs for 8 slots: at the peak, 8 playbooks run.
+                per_job.runs.push(children_max as f64 / MIB / 8.0);
+                eprintln!("  {count_at_max} direct children of the worker at the peak");
             }
             worker.stop().await;
             check_success("concurrency", &results);
@@ -415,6 +415,11 @@ pub async fn ansible_cost(rig: &mut Rig, sshd: &Sshd, samples: usize, runs: usiz
     );
     let mut added = Figure::new("4 ansible", "worker adds (via - bare, paired)", "ms")
         .target(Target::Below(10.0));
+    let mut own = Figure::new(
+        "4 ansible",
+        "worker's own part of a no-op job (latency - the result's playbook_ms)",
+        "ms",
+    );
     let mut via_probe = Figure::new(
         "4 ansible",
         "no-op via the worker with the SSH preflight (default)",
@@ -440,6 +445,12 @@ pub async fn ansible_cost(rig: &mut Rig, sshd: &Sshd, samples: usize, runs: usiz
         .await;
         check_success("noop", &r);
         via.runs.push(r[0].0);
+        own.runs.push(
+            r[0].0
+                - r[0].1["timings"]["playbook_ms"]
+                    .as_f64()
+                    .unwrap_or(f64::NAN),
+        );
         added.runs.push(r[0].0 - bare.runs[i]);
         let (_, r) = closed_loop(
             &mut w_on,
@@ -506,6 +517,7 @@ pub async fn ansible_cost(rig: &mut Rig, sshd: &Sshd, samples: usize, runs: usiz
         bare,
         via,
         added,
+        own,
         via_probe,
         probe,
         bare_defaults,
