@@ -50,6 +50,16 @@ impl Resolver {
         Resolver { secrets_dir }
     }
 
+    /// The value behind a reference kept as plain text (settings, the
+    /// `servers` table), checked like one from a payload first.
+    pub async fn resolve_str(&self, reference: &str) -> Result<SecretString, ResolveError> {
+        let parsed = SecretRef::parse(reference).map_err(|_| ResolveError::Malformed {
+            reference: reference.to_owned(),
+            problem: "not a secret reference",
+        })?;
+        self.resolve(&parsed).await
+    }
+
     /// The value behind `reference`.
     pub async fn resolve(&self, reference: &SecretRef) -> Result<SecretString, ResolveError> {
         let raw = reference.as_str();

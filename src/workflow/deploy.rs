@@ -6,9 +6,9 @@ use std::time::Instant;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-use super::{Context, Report, millis, preflight};
+use super::{Context, Report, millis, preflight, secret_error};
 use crate::ansible::{EventSink, PlaybookRun, SshTarget, Workspace};
-use crate::job::{DeployJob, ErrorCode, JobError, SecretRef};
+use crate::job::{DeployJob, ErrorCode, JobError};
 use crate::secrets::{Redactor, ResolveError};
 
 /// Environment variable the playbook reads the GitHub token from.
@@ -167,7 +167,7 @@ async fn resolve_secrets(ctx: &Context, job: &DeployJob) -> Result<DeploySecrets
         None => None,
     };
     let ssh_key = match &ctx.settings.ansible.ssh_key_ref {
-        Some(reference) => Some(ctx.resolver.resolve(&config_ref(reference)?).await?),
+        Some(reference) => Some(ctx.resolver.resolve_str(reference).await?),
         None => None,
     };
     Ok(DeploySecrets {
@@ -177,28 +177,10 @@ async fn resolve_secrets(ctx: &Context, job: &DeployJob) -> Result<DeploySecrets
     })
 }
 
-/// A reference from the settings, checked like one from a payload.
-fn config_ref(reference: &str) -> Result<SecretRef, ResolveError> {
-    SecretRef::parse(reference).map_err(|_| ResolveError::Malformed {
-        reference: reference.to_owned(),
-        problem: "not a secret reference",
-    })
-}
-
-/// `secret_unresolved`, naming the reference and never a value.
-pub fn secret_error(e: &ResolveError) -> JobError {
-    JobError::new(ErrorCode::SecretUnresolved, e.to_string())
-        .with_detail("reference", e.reference())
-}
-
 /// The deploy-only result fields: `project_id`, `server_ip`, `port`, `url`.
 fn result_fields(job: &DeployJob) -> serde_json::Map<String, Value> {
     let host = job.server_ip.as_str();
-    let url_host = if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_owned()
-    };
+    let url_host = job.server_ip.url_host();
     let Value::Object(fields) = json!({
         "project_id": job.project_id.to_string(),
         "server_ip": host,

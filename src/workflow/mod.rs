@@ -127,6 +127,12 @@ fn playbook_error(outcome: &PlaybookOutcome, timeout: Duration) -> Option<JobErr
     Some(error)
 }
 
+/// `secret_unresolved`, naming the reference and never a value.
+pub fn secret_error(e: &crate::secrets::ResolveError) -> JobError {
+    JobError::new(ErrorCode::SecretUnresolved, e.to_string())
+        .with_detail("reference", e.reference())
+}
+
 /// Whole milliseconds, saturating.
 pub fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)

@@ -7,15 +7,13 @@ use std::time::{Duration, Instant};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
-use super::{Context, Report, millis, preflight};
+use super::{Context, Report, millis, preflight, secret_error};
 use crate::ansible::{EventSink, PlaybookRun, SshTarget, Workspace};
-use crate::job::{ErrorCode, JobError, ProvisionJob, SecretRef};
+use crate::job::{ErrorCode, JobError, ProvisionJob};
 use crate::provider::time4vps::{self, PollPolicy};
 use crate::secrets::Redactor;
 use crate::ssh::{self, RetryPolicy};
 use crate::store::{Server, ServerStatus};
-
-use super::deploy::secret_error;
 
 /// Runs one provision job to its report; the playbook's task progress goes
 /// to `events`.
@@ -196,16 +194,9 @@ impl Flow<'_> {
     }
 
     async fn resolve(&self, reference: &str) -> Result<SecretString, JobError> {
-        let reference = SecretRef::parse(reference).map_err(|problem| {
-            JobError::new(
-                ErrorCode::SecretUnresolved,
-                format!("secret reference `{reference}` is malformed: {problem}"),
-            )
-            .with_detail("reference", reference)
-        })?;
         self.ctx
             .resolver
-            .resolve(&reference)
+            .resolve_str(reference)
             .await
             .map_err(|e| secret_error(&e))
     }
