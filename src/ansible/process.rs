@@ -220,7 +220,6 @@ impl Runner {
         tree.signal(libc::SIGKILL);
         tree.reap().await;
         reap_adopted(pgid).await;
-        tree::reap_adopted_orphans();
         guard.armed = false;
         output.drain().await;
         // The plugin's last lines were written before the playbook exited.

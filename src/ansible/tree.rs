@@ -4,18 +4,26 @@
 //! ControlPersist masters daemonize, so the playbook's process group is not
 //! the run. A [`RunTree`] finds the run in `/proc`: the playbook's
 //! descendants, plus every process that names the run's private directory
-//! (in its environment or command line) and their descendants. It signals
-//! them by pid checked against the start time, and reaps those re-parented
-//! to this process ([`become_subreaper`]); never with `waitpid(-1)`, which
-//! would steal statuses tokio waits for.
+//! (in its environment or command line) or stayed in its group, and their
+//! descendants. It signals them by pid checked against the start time, and
+//! reaps those re-parented to this process ([`become_subreaper`]); never with
+//! `waitpid(-1)`, which would steal statuses tokio waits for.
+//!
+//! Finding them walks child lists (`/proc/<pid>/task/<tid>/children`), not
+//! the whole of `/proc`: as a subreaper, every process a run leaves behind
+//! is a descendant of the playbook or of this process. Reading every
+//! process's `stat` after each run cost more CPU than the rest of the job
+//! (issue 7's dispatch benchmark); the whole scan remains only for a worker
+//! that could not become a subreaper.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long `ssh -O exit` may take before it is killed.
@@ -30,6 +38,12 @@ pub(crate) const POLL: Duration = Duration::from_millis(50);
 /// Cleanups of abandoned runs still going on in their own threads.
 static PENDING_CLEANUPS: AtomicUsize = AtomicUsize::new(0);
 
+/// Set once this process is a child subreaper: orphans come to us.
+static SUBREAPER: AtomicBool = AtomicBool::new(false);
+
+/// The pids of playbooks running now: tokio's children, never a leftover.
+static ROOTS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+
 /// Makes this process a child subreaper (`PR_SET_CHILD_SUBREAPER`).
 ///
 /// Processes that leave a playbook run (Ansible's forks in their own
@@ -41,6 +55,7 @@ pub fn become_subreaper() -> io::Result<()> {
     // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) only sets a flag on this process.
     let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     if rc == 0 {
+        SUBREAPER.store(true, Ordering::SeqCst);
         Ok(())
     } else {
         Err(io::Error::last_os_error())
@@ -110,6 +125,7 @@ impl Proc {
 struct Stat {
     state: u8,
     ppid: i32,
+    pgrp: i32,
     session: i32,
     start: u64,
 }
@@ -129,6 +145,7 @@ fn parse_stat(text: &[u8]) -> Option<Stat> {
     Some(Stat {
         state: *fields.first()?.as_bytes().first()?,
         ppid: fields.get(1)?.parse().ok()?,
+        pgrp: fields.get(2)?.parse().ok()?,
         session: fields.get(3)?.parse().ok()?,
         start: fields.get(19)?.parse().ok()?,
     })
@@ -143,7 +160,8 @@ pub fn reap_adopted_orphans() {
     let me = std::process::id() as i32;
     // SAFETY: getsid(0) only reads this process's session id.
     let my_session = unsafe { libc::getsid(0) };
-    for (pid, stat) in snapshot() {
+    for pid in adopted_children(me) {
+        let Some(stat) = stat(pid) else { continue };
         if stat.ppid == me && stat.state == b'Z' && stat.session != my_session {
             // SAFETY: a non-blocking wait for one specific pid; no memory is shared.
             unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
@@ -151,14 +169,49 @@ pub fn reap_adopted_orphans() {
     }
 }
 
-/// Every process in `/proc` now.
-fn snapshot() -> HashMap<i32, Stat> {
+/// The children of `pid`: the union of its threads' child lists (a child
+/// belongs to the thread that forked it, an orphan to the thread that
+/// adopted it).
+fn children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for task in tasks.filter_map(Result::ok) {
+        let Ok(list) = std::fs::read(task.path().join("children")) else {
+            continue;
+        };
+        found.extend(
+            list.split(u8::is_ascii_whitespace)
+                .filter_map(|word| std::str::from_utf8(word).ok()?.parse::<i32>().ok()),
+        );
+    }
+    found
+}
+
+/// Our children that are not running playbooks: processes adopted from
+/// runs, and tokio's other children (SSH probes). Every process in `/proc`
+/// when we are no subreaper, since orphans then go elsewhere.
+fn adopted_children(me: i32) -> Vec<i32> {
+    if !SUBREAPER.load(Ordering::SeqCst) {
+        return all_pids();
+    }
+    let roots = ROOTS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    children(me)
+        .into_iter()
+        .filter(|pid| !roots.contains(pid))
+        .collect()
+}
+
+/// Every pid in `/proc` now.
+fn all_pids() -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return HashMap::new();
+        return Vec::new();
     };
     entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| Some((pid, stat(pid)?)))
         .collect()
 }
 
@@ -179,6 +232,10 @@ pub(crate) struct RunTree {
 impl RunTree {
     /// The run of playbook `root`, whose private directory is `run_dir`.
     pub(crate) fn new(root: Proc, run_dir: &Path) -> RunTree {
+        ROOTS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(root.pid);
         let mut marker = run_dir.as_os_str().as_bytes().to_vec();
         marker.push(b'/');
         RunTree {
@@ -190,46 +247,46 @@ impl RunTree {
 
     /// Adds the run's processes alive now: descendants of the root (only
     /// while `root_unreaped`, since a reaped pid may be reused), of the ones
-    /// already known, and of those carrying the marker. Call it before
-    /// signalling: a killed parent's children are re-parented away.
+    /// already known, and of the leftovers: processes that started no
+    /// earlier than the playbook and carry the marker or stayed in its
+    /// group. Call it before signalling: a killed parent's children are
+    /// re-parented away.
     pub(crate) fn collect(&mut self, root_unreaped: bool) {
-        let procs = snapshot();
         let me = std::process::id() as i32;
-        let alive = |p: &Proc| procs.get(&p.pid).is_some_and(|s| s.start == p.start);
         let mut roots: Vec<i32> = self
             .known
             .iter()
-            .filter(|p| alive(p))
+            .filter(|p| p.is_running())
             .map(|p| p.pid)
             .collect();
-        if root_unreaped && alive(&self.root) {
+        if root_unreaped && self.root_unreaped() {
             roots.push(self.root.pid);
         }
-        // A process of the run started no earlier than its playbook: only
-        // those are worth reading the command line and environment of
-        // (two /proc reads each, the bulk of a run's cost on a busy host).
-        let root_start = self.root.start;
-        roots.extend(procs.iter().filter_map(|(&pid, s)| {
-            (pid != me && pid != self.root.pid && s.start >= root_start && self.is_marked(pid))
-                .then_some(pid)
-        }));
-        let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-        for (&pid, s) in &procs {
-            children.entry(s.ppid).or_default().push(pid);
-        }
+        roots.extend(
+            adopted_children(me)
+                .into_iter()
+                .filter(|&pid| pid != me && pid != self.root.pid && self.is_leftover(pid)),
+        );
         let mut seen = HashSet::new();
         while let Some(pid) = roots.pop() {
             if pid == me || !seen.insert(pid) {
                 continue;
             }
             if pid != self.root.pid {
-                self.known.insert(Proc {
-                    pid,
-                    start: procs[&pid].start,
-                });
+                let Some(proc) = Proc::of(pid) else { continue };
+                self.known.insert(proc);
             }
-            roots.extend(children.get(&pid).into_iter().flatten());
+            roots.extend(children(pid));
         }
+    }
+
+    /// A process the run left: started with or after the playbook, and in
+    /// its group or marked. The start time is read first (one small file):
+    /// only those are worth reading the command line and environment of.
+    fn is_leftover(&self, pid: i32) -> bool {
+        stat(pid).is_some_and(|s| {
+            s.start >= self.root.start && (s.pgrp == self.root.pid || self.is_marked(pid))
+        })
     }
 
     /// True while the playbook's pid is still its own (running or a zombie
@@ -285,6 +342,15 @@ impl RunTree {
         while !reap_step(&mut pending) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+}
+
+impl Drop for RunTree {
+    fn drop(&mut self) {
+        ROOTS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&self.root.pid);
     }
 }
 
@@ -403,6 +469,7 @@ mod tests {
             Stat {
                 state: b'S',
                 ppid: 17,
+                pgrp: 4242,
                 session: 4242,
                 start: 987654
             }
