@@ -25,6 +25,35 @@ impl Store {
 }
 
 impl ServerLock {
+    /// Known host key lines for a deploy target that is not a registered
+    /// server, read on the lock's own connection: under the lock (a pin
+    /// made by a job on the same server is seen), and on a connection that
+    /// has just answered.
+    pub async fn host_key_for(
+        &mut self,
+        address: &str,
+        port: u16,
+    ) -> Result<Option<String>, StoreError> {
+        let conn = self
+            .conn
+            .as_mut()
+            .expect("the connection is only taken by release or drop");
+        // A registered server's pin wins over a deploy-time pin of its address.
+        let key = sqlx::query_scalar(
+            "SELECT host_key FROM (
+                 SELECT host_key, 0 AS rank FROM servers
+                 WHERE public_ip = $1 AND ssh_port = $2 AND host_key IS NOT NULL
+                 UNION ALL
+                 SELECT host_key, 1 AS rank FROM host_keys WHERE address = $1 AND ssh_port = $2
+             ) pins ORDER BY rank LIMIT 1",
+        )
+        .bind(address)
+        .bind(i32::from(port))
+        .fetch_optional(&mut **conn)
+        .await?;
+        Ok(key)
+    }
+
     /// Unlocks and returns the connection to the pool.
     pub async fn release(mut self) {
         if let Some(mut conn) = self.conn.take() {

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use secrecy::SecretString;
-use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgPool};
 
 /// A Postgres operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -51,25 +51,46 @@ pub struct Store {
     locks: PgPool,
 }
 
+/// A pooled connection idle this long is pinged before use.
+const PING_AFTER_IDLE: Duration = Duration::from_millis(500);
+
+/// Both pools' settings. sqlx pings every connection it hands out by
+/// default: a round trip before each query, a third of a job's Postgres
+/// traffic. A connection in steady use has just proven itself, so only one
+/// idle for a while is pinged (and replaced if the ping fails); every
+/// caller retries a failed query after at least that long, so a stale
+/// connection costs one failed try, not a job.
+fn pool_options() -> PgPoolOptions {
+    PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(5))
+        .after_connect(|_, _| Box::pin(count_connection()))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for < PING_AFTER_IDLE {
+                    return Ok(true);
+                }
+                conn.ping().await?;
+                Ok(true)
+            })
+        })
+}
+
 impl Store {
     /// A lazily connecting pool: a database that is down at start or blinks
     /// later costs a failed query, never the process.
     pub fn connect_lazy(url: Option<&SecretString>, job_slots: usize) -> Result<Store, StoreError> {
         let url = url.ok_or(StoreError::NoUrl)?;
-        let pool = PgPoolOptions::new()
+        let pool = pool_options()
             .max_connections(8)
-            .acquire_timeout(Duration::from_secs(5))
-            .after_connect(|_, _| Box::pin(count_connection()))
             .connect_lazy(url.expose_secret())?;
-        let locks = PgPoolOptions::new()
+        let locks = pool_options()
             .max_connections(
                 u32::try_from(job_slots)
                     .unwrap_or(u32::MAX)
                     .saturating_add(1),
             )
             .min_connections(0)
-            .acquire_timeout(Duration::from_secs(5))
-            .after_connect(|_, _| Box::pin(count_connection()))
             .connect_lazy(url.expose_secret())?;
         Ok(Store { pool, locks })
     }
@@ -84,29 +105,6 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
-    }
-
-    /// Known host key lines for a deploy target that is not a registered
-    /// server.
-    pub async fn host_key_for(
-        &self,
-        address: &str,
-        port: u16,
-    ) -> Result<Option<String>, StoreError> {
-        // A registered server's pin wins over a deploy-time pin of its address.
-        let key = sqlx::query_scalar(
-            "SELECT host_key FROM (
-                 SELECT host_key, 0 AS rank FROM servers
-                 WHERE public_ip = $1 AND ssh_port = $2 AND host_key IS NOT NULL
-                 UNION ALL
-                 SELECT host_key, 1 AS rank FROM host_keys WHERE address = $1 AND ssh_port = $2
-             ) pins ORDER BY rank LIMIT 1",
-        )
-        .bind(address)
-        .bind(i32::from(port))
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(key)
     }
 
     /// Pins the key of an unregistered deploy target; an existing pin wins.

@@ -10,6 +10,7 @@ use super::{Context, Report, millis, preflight, secret_error};
 use crate::ansible::{EventSink, PlaybookRun, SshTarget, Workspace};
 use crate::job::{DeployJob, ErrorCode, JobError};
 use crate::secrets::{Redactor, ResolveError};
+use crate::store::ServerLock;
 
 /// Environment variable the playbook reads the GitHub token from.
 pub const GITHUB_TOKEN_ENV: &str = "GITHUB_TOKEN";
@@ -35,9 +36,8 @@ pub async fn run(ctx: &Context, job: &DeployJob, events: Option<EventSink>) -> R
             };
         }
     };
-    let redactor = Redactor::new(secrets.values());
-    let lock = ctx.lock_server(job.server_ip.as_str()).await;
-    let report = run_locked(ctx, job, &secrets, &redactor, report, started, events).await;
+    let mut lock = ctx.lock_server(job.server_ip.as_str()).await;
+    let report = run_locked(ctx, &mut lock, job, &secrets, report, started, events).await;
     lock.release().await;
     report
 }
@@ -45,16 +45,17 @@ pub async fn run(ctx: &Context, job: &DeployJob, events: Option<EventSink>) -> R
 /// The part of a deploy that touches the server, under its lock.
 async fn run_locked(
     ctx: &Context,
+    lock: &mut ServerLock,
     job: &DeployJob,
     secrets: &DeploySecrets,
-    redactor: &Redactor,
     report: Report,
     started: Instant,
     events: Option<EventSink>,
 ) -> Report {
     let address = job.server_ip.as_str();
     let port = ctx.settings.ansible.ssh_port;
-    let pinned = match ctx.store.host_key_for(address, port).await {
+    let redactor = Redactor::new(secrets.values());
+    let pinned = match lock.host_key_for(address, port).await {
         Ok(pinned) => pinned,
         Err(e) => {
             return Report {
@@ -102,7 +103,7 @@ async fn run_locked(
         preflight_ms: millis(started.elapsed()),
         ..report
     };
-    match ctx.runner.run_in(&workspace, run, redactor).await {
+    match ctx.runner.run_in(&workspace, run, &redactor).await {
         Ok(outcome) => {
             // Without the probe, the playbook made the first contact.
             if !probe && pinned.is_none() && outcome.succeeded() {
