@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -75,8 +75,13 @@ impl Redactor {
         let matcher = if needles.is_empty() {
             Matcher::Nothing
         } else {
+            // A contiguous NFA, not the DFA the builder picks for few
+            // needles: one redactor is built per job and searches a few KiB,
+            // and building the DFA cost more than all its searches (and
+            // megabytes over the lines of an SSH key).
             match AhoCorasick::builder()
                 .match_kind(MatchKind::LeftmostLongest)
+                .kind(Some(AhoCorasickKind::ContiguousNFA))
                 .build(&needles)
             {
                 Ok(automaton) => Matcher::Needles(automaton),
