@@ -4,7 +4,7 @@
 //! `XREADGROUP ... COUNT n` on two streams can hand out up to `2n` entries,
 //! and an entry handed out but not started is a job stuck in limbo. So the
 //! reader claims with non-blocking per-stream reads whose counts add up to
-//! exactly the free slots, and waits for new work with a plain `XREAD BLOCK`
+//! exactly the free slots (one Lua script, [`scripts::TAKE`]), and waits for new work with a plain `XREAD BLOCK`
 //! from each stream's newest id, which claims nothing and so can be
 //! abandoned at any time (shutdown) without stranding an entry.
 //!
@@ -15,10 +15,10 @@
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply, StreamReadReply};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply};
 use tokio_util::sync::CancellationToken;
 
-use super::{Delivery, Names, QueueError};
+use super::{Delivery, Names, QueueError, scripts};
 use crate::job::JobKind;
 
 /// Reads entries for one consumer on a dedicated connection.
@@ -135,17 +135,10 @@ impl Reader {
             }
         }
 
-        // Newest ids first: anything added after them wakes the wait below,
-        // anything before them is seen by the claims.
-        let newest = self.newest_ids().await?;
-        for kind in order {
-            let room = max - batch.deliveries.len();
-            if room == 0 {
-                break;
-            }
-            let taken = self.claim(kind, room).await?;
-            batch.deliveries.extend(taken);
-        }
+        // With the newest ids as of the take: anything added after them
+        // wakes the wait below, anything before them was taken.
+        let room = max - batch.deliveries.len();
+        let newest = self.take(order, room, &mut batch).await?;
         if batch.deliveries.is_empty() && batch.vanished.is_empty() {
             let until_reclaim = self.last_reclaim.map_or(Duration::ZERO, |at| {
                 self.reclaim_every().saturating_sub(at.elapsed())
@@ -237,56 +230,39 @@ impl Reader {
             .collect())
     }
 
-    async fn newest_ids(&mut self) -> Result<[String; 2], QueueError> {
-        let mut pipe = redis::pipe();
-        for kind in [JobKind::Deploy, JobKind::Provision] {
-            pipe.cmd("XREVRANGE")
-                .arg(self.names.queue(kind))
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1);
-        }
-        let (deploy, provision): (StreamRangeReply, StreamRangeReply) =
-            pipe.query_async(&mut self.conn).await?;
-        let newest = |reply: StreamRangeReply| {
-            reply
-                .ids
-                .into_iter()
-                .next()
-                .map_or_else(|| "0-0".to_owned(), |entry| entry.id)
-        };
-        Ok([newest(deploy), newest(provision)])
-    }
-
-    async fn claim(&mut self, kind: JobKind, count: usize) -> Result<Vec<Delivery>, QueueError> {
-        let stream = self.names.queue(kind);
-        let read = redis::cmd("XREADGROUP")
-            .arg("GROUP")
+    /// New entries for `room` slots, served in `order`, and the newest id
+    /// of each queue (deploy, provision); one script, one round trip.
+    async fn take(
+        &mut self,
+        order: [JobKind; 2],
+        room: usize,
+        batch: &mut Batch,
+    ) -> Result<[String; 2], QueueError> {
+        let streams = order.map(|kind| self.names.queue(kind));
+        let replies: Vec<(String, String, StreamRangeReply)> = scripts::TAKE
+            .key(&streams[0])
+            .key(&streams[1])
             .arg(&self.group)
             .arg(&self.consumer)
-            .arg("COUNT")
-            .arg(count)
-            .arg("STREAMS")
-            .arg(&stream)
-            .arg(">")
-            .query_async::<Option<StreamReadReply>>(&mut self.conn)
-            .await;
-        let reply = match read {
-            Ok(reply) => reply,
-            // Redis restarted without persistence: the group is gone.
-            Err(e) if e.code() == Some("NOGROUP") => {
+            .arg(room)
+            .invoke_async(&mut self.conn)
+            .await?;
+        let mut newest = ["0-0".to_owned(), "0-0".to_owned()];
+        for ((kind, stream), (id, state, taken)) in order.into_iter().zip(streams).zip(replies) {
+            newest[usize::from(kind == JobKind::Provision)] = id;
+            if state == "nogroup" {
+                // Redis restarted without persistence: the group is gone.
                 self.recreate_group(&stream).await?;
-                return Ok(Vec::new());
+                continue;
             }
-            Err(e) => return Err(e.into()),
-        };
-        Ok(reply
-            .into_iter()
-            .flat_map(|reply| reply.keys)
-            .flat_map(|key| key.ids)
-            .map(|entry| delivery(kind, &stream, entry, 1))
-            .collect())
+            batch.deliveries.extend(
+                taken
+                    .ids
+                    .into_iter()
+                    .map(|entry| delivery(kind, &stream, entry, 1)),
+            );
+        }
+        Ok(newest)
     }
 
     async fn recreate_group(&mut self, stream: &str) -> Result<(), QueueError> {

@@ -77,3 +77,42 @@ return 1
 ",
     )
 });
+
+/// Takes up to ARGV[3] new entries from the two queues, the first before
+/// the second, and reads each queue's newest id, in one round trip (three
+/// before, for every freed slot). Counts add up to at most ARGV[3], so no
+/// entry is handed out that the worker has no slot for.
+///
+/// KEYS[1], KEYS[2] the queues in the order to serve them; ARGV[1] group,
+/// ARGV[2] consumer, ARGV[3] free slots.
+///
+/// Returns, per queue: {newest id or '0-0', 'ok' or 'nogroup', entries}
+/// with entries as `XRANGE` gives them.
+pub static TAKE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local room = tonumber(ARGV[3])
+local out = {}
+for i = 1, 2 do
+  local newest = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)
+  local state, taken = 'ok', {}
+  if room > 0 then
+    local ok, reply = pcall(redis.call, 'XREADGROUP', 'GROUP', ARGV[1], ARGV[2],
+      'COUNT', room, 'STREAMS', KEYS[i], '>')
+    if not ok then
+      local message = type(reply) == 'table' and reply.err or tostring(reply)
+      if string.find(message, 'NOGROUP', 1, true) ~= 1 then
+        return redis.error_reply(message)
+      end
+      state = 'nogroup'
+    elseif reply then
+      taken = reply[1][2]
+    end
+  end
+  room = room - #taken
+  out[i] = {newest[1] and newest[1][1] or '0-0', state, taken}
+end
+return out
+",
+    )
+});
