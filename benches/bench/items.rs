@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::rig::{Rig, Worker, closed_loop, millis, q, request_id};
+use crate::rig::{Rig, Worker, closed_loop, millis, open_loop, q, request_id};
 use crate::sshd::Sshd;
 use crate::stats::{Figure, Target, median, percentile};
 
@@ -100,55 +100,60 @@ fn check_success(what: &str, results: &[(f64, Value)]) -> usize {
     failed.len()
 }
 
-/// Item 1: 2,000 stub jobs at concurrency 32, 32 kept in flight.
+/// Item 1, on one worker at concurrency 32 per run: throughput with 32
+/// jobs kept in flight, then the overhead per job, one job at a time and at
+/// half that throughput.
+///
+/// With 32 jobs always in flight the worker is saturated, and each job's
+/// latency is the time to get through the 31 ahead of it (Little's law:
+/// 32 / throughput), not overhead; so overhead is measured where jobs do
+/// not queue: latency minus the stub's own spawn-to-exit time.
 pub async fn dispatch(rig: &mut Rig, runs: usize) -> Vec<Figure> {
     const JOBS: usize = 2000;
     const IN_FLIGHT: usize = 32;
+    const ONE_BY_ONE: usize = 500;
+    const HALF_LOAD: usize = 1000;
     let stub = recap_stub(rig);
     let dir = ansible_dir(rig, true);
-    let mut rate = Figure::new(
-        "1 dispatch",
-        "jobs/s (2,000 stub jobs, concurrency 32)",
-        "jobs/s",
+    let item = "1 dispatch";
+    let mut rate = Figure::new(item, "jobs/s (2,000 stub jobs, 32 in flight)", "jobs/s")
+        .target(Target::AtLeast(1000.0));
+    let mut p50 = Figure::new(
+        item,
+        "latency p50, 32 in flight (queueing: 32 / jobs/s)",
+        "ms",
+    );
+    let mut p99 = Figure::new(item, "latency p99, 32 in flight", "ms");
+    let mut stub_alone = Figure::new(item, "stub alone (spawn to exit, idle machine) p50", "ms");
+    let mut seq50 = Figure::new(
+        item,
+        "overhead p50, one job at a time (latency - stub)",
+        "ms",
+    );
+    let mut seq99 = Figure::new(
+        item,
+        "overhead p99, one job at a time (latency - stub)",
+        "ms",
     )
-    .target(Target::AtLeast(1000.0));
-    let mut p50 = Figure::new("1 dispatch", "enqueue->result latency p50", "ms");
-    let mut p99 = Figure::new("1 dispatch", "enqueue->result latency p99", "ms");
-    let mut stub_alone = Figure::new(
-        "1 dispatch",
-        "stub alone (spawn to exit, idle machine) p50",
+    .target(Target::Below(5.0));
+    let mut half50 = Figure::new(
+        item,
+        "overhead p50 at half the throughput (open loop)",
         "ms",
     );
-    let mut over50 = Figure::new("1 dispatch", "overhead p50 (latency - stub alone)", "ms");
-    let mut over99 = Figure::new("1 dispatch", "overhead p99 (latency - stub alone)", "ms")
-        .target(Target::Below(5.0));
-    let mut inside = Figure::new(
-        "1 dispatch",
-        "playbook_ms p50 as the worker saw it (under load)",
+    let mut half99 = Figure::new(
+        item,
+        "overhead p99 at half the throughput (open loop)",
         "ms",
     );
-    let mut failures = Figure::new("1 dispatch", "failed jobs", "jobs");
-    let mut cpu_worker = Figure::new("1 dispatch", "CPU per job: worker process", "ms");
-    let mut cpu_stub = Figure::new("1 dispatch", "CPU per job: the stub child", "ms");
-    let mut cpu_pg = Figure::new("1 dispatch", "CPU per job: Postgres", "ms");
-    let mut cpu_redis = Figure::new("1 dispatch", "CPU per job: Redis", "ms");
-    let mut cpu_all = Figure::new(
-        "1 dispatch",
-        "CPU per job: whole machine (others' work too)",
-        "ms",
-    );
+    let mut failures = Figure::new(item, "failed jobs", "jobs");
+    let mut cpu_worker = Figure::new(item, "CPU per job: worker process", "ms");
+    let mut cpu_stub = Figure::new(item, "CPU per job: the stub child", "ms");
+    let mut cpu_pg = Figure::new(item, "CPU per job: Postgres", "ms");
+    let mut cpu_redis = Figure::new(item, "CPU per job: Redis", "ms");
+    let mut cpu_all = Figure::new(item, "CPU per job: whole machine (others' work too)", "ms");
     for run in 0..runs {
-        let mut alone = Vec::new();
-        for _ in 0..100 {
-            let t = Instant::now();
-            let out = tokio::process::Command::new(&stub)
-                .output()
-                .await
-                .expect("run stub");
-            assert!(out.status.success());
-            alone.push(millis(t.elapsed()));
-        }
-        let stub_p50 = median(&alone);
+        let stub_p50 = stub_spawn_to_exit(&stub).await;
         let mut worker = rig
             .worker(&[
                 ("worker.concurrency", IN_FLIGHT.to_string()),
@@ -158,22 +163,21 @@ pub async fn dispatch(rig: &mut Rig, runs: usize) -> Vec<Figure> {
                 ("ssh.preflight", "false".into()),
             ])
             .await;
-        // One address per job: the one-job-per-server lock must not serialize.
-        let jobs = (0..JOBS)
-            .map(|i| {
-                (
-                    request_id(&format!("d{run}"), i),
-                    format!("10.77.{}.{}", i / 250, i % 250 + 1),
-                )
-            })
-            .collect();
+        let jobs = |label: &str, count: usize| stub_jobs(&format!("{label}{run}"), count);
+
         let (pg, redis, machine) = (
             crate::rig::cpu_ms_of("postgres"),
             crate::rig::cpu_ms_of("redis-server"),
             crate::rig::machine_busy_ms(),
         );
-        let (wall, results) =
-            closed_loop(&mut worker, jobs, IN_FLIGHT, Duration::from_secs(120)).await;
+        let before = crate::rig::cpu_ms(worker.pid).unwrap_or_default();
+        let (wall, results) = closed_loop(
+            &mut worker,
+            jobs("d", JOBS),
+            IN_FLIGHT,
+            Duration::from_secs(120),
+        )
+        .await;
         let per_job = |ms: f64| ms / JOBS as f64;
         cpu_all
             .runs
@@ -185,37 +189,82 @@ pub async fn dispatch(rig: &mut Rig, runs: usize) -> Vec<Figure> {
             .runs
             .push(per_job(crate::rig::cpu_ms_of("redis-server") - redis));
         let (own, reaped) = crate::rig::cpu_ms(worker.pid).unwrap_or_default();
-        cpu_worker.runs.push(per_job(own));
-        cpu_stub.runs.push(per_job(reaped));
-        worker.stop().await;
+        cpu_worker.runs.push(per_job(own - before.0));
+        cpu_stub.runs.push(per_job(reaped - before.1));
+        let jobs_per_sec = JOBS as f64 / wall.as_secs_f64();
         let latencies: Vec<f64> = results.iter().map(|(ms, _)| *ms).collect();
-        let playbook_ms: Vec<f64> = results
-            .iter()
-            .filter_map(|(_, r)| r["timings"]["playbook_ms"].as_f64())
-            .collect();
-        rate.runs.push(JOBS as f64 / wall.as_secs_f64());
+        rate.runs.push(jobs_per_sec);
         p50.runs.push(percentile(&latencies, 50.0));
         p99.runs.push(percentile(&latencies, 99.0));
         stub_alone.runs.push(stub_p50);
-        over50.runs.push(percentile(&latencies, 50.0) - stub_p50);
-        over99.runs.push(percentile(&latencies, 99.0) - stub_p50);
-        inside.runs.push(median(&playbook_ms));
-        failures
-            .runs
-            .push(check_success("dispatch", &results) as f64);
+        let mut failed = check_success("dispatch", &results);
+
+        let (_, results) = closed_loop(
+            &mut worker,
+            jobs("s", ONE_BY_ONE),
+            1,
+            Duration::from_secs(60),
+        )
+        .await;
+        failed += check_success("dispatch one by one", &results);
+        let overhead: Vec<f64> = results.iter().map(|(ms, _)| ms - stub_p50).collect();
+        seq50.runs.push(percentile(&overhead, 50.0));
+        seq99.runs.push(percentile(&overhead, 99.0));
+
+        let gap = Duration::from_secs_f64(2.0 / jobs_per_sec);
+        let results = open_loop(
+            &mut worker,
+            jobs("h", HALF_LOAD),
+            gap,
+            Duration::from_secs(60),
+        )
+        .await;
+        failed += check_success("dispatch at half load", &results);
+        let overhead: Vec<f64> = results.iter().map(|(ms, _)| ms - stub_p50).collect();
+        half50.runs.push(percentile(&overhead, 50.0));
+        half99.runs.push(percentile(&overhead, 99.0));
+        failures.runs.push(failed as f64);
+        worker.stop().await;
         eprintln!(
-            "  dispatch run {}: {:.0} jobs/s, p50 {:.1} ms, p99 {:.1} ms, stub {:.1} ms",
+            "  dispatch run {}: {jobs_per_sec:.0} jobs/s; overhead one at a time p50 {:.2} ms, p99 {:.2} ms; at half load p99 {:.2} ms; stub {stub_p50:.2} ms",
             run + 1,
-            JOBS as f64 / wall.as_secs_f64(),
-            percentile(&latencies, 50.0),
-            percentile(&latencies, 99.0),
-            stub_p50
+            seq50.runs[run],
+            seq99.runs[run],
+            half99.runs[run],
         );
     }
     vec![
-        rate, p50, p99, stub_alone, over50, over99, inside, failures, cpu_worker, cpu_stub, cpu_pg,
-        cpu_redis, cpu_all,
+        rate, p50, p99, stub_alone, seq50, seq99, half50, half99, failures, cpu_worker, cpu_stub,
+        cpu_pg, cpu_redis, cpu_all,
     ]
+}
+
+/// Jobs for the stub, one address each: the one-job-per-server lock must
+/// not serialize them.
+fn stub_jobs(label: &str, count: usize) -> Vec<(String, String)> {
+    (0..count)
+        .map(|i| {
+            (
+                request_id(label, i),
+                format!("10.77.{}.{}", i / 250, i % 250 + 1),
+            )
+        })
+        .collect()
+}
+
+/// The stub's own spawn-to-exit time on an idle machine, median of 100.
+async fn stub_spawn_to_exit(stub: &Path) -> f64 {
+    let mut alone = Vec::new();
+    for _ in 0..100 {
+        let t = Instant::now();
+        let out = tokio::process::Command::new(stub)
+            .output()
+            .await
+            .expect("run stub");
+        assert!(out.status.success());
+        alone.push(millis(t.elapsed()));
+    }
+    median(&alone)
 }
 
 /// Item 2: 16 jobs of a 2 s playbook over 16 loopback servers, at

@@ -354,6 +354,49 @@ pub async fn closed_loop(
     (started.elapsed(), done)
 }
 
+/// Enqueues `jobs` one every `gap` whatever comes back (an open loop: the
+/// load does not slow down when the worker does), then waits for every
+/// result; returns each job's enqueue→result latency (ms) and its result.
+pub async fn open_loop(
+    worker: &mut Worker,
+    jobs: Vec<(String, String)>,
+    gap: Duration,
+    timeout: Duration,
+) -> Vec<(f64, Value)> {
+    let mut results = worker.results().await;
+    let total = jobs.len();
+    let mut sent: HashMap<String, Instant> = HashMap::new();
+    let mut done = Vec::with_capacity(total);
+    let mut answer = |at: Instant, result: Value, sent: &mut HashMap<String, Instant>| {
+        let id = result["request_id"].as_str().unwrap_or_default();
+        if let Some(enqueued) = sent.remove(id) {
+            done.push((millis(at - enqueued), result));
+        }
+    };
+    let mut tick = tokio::time::interval(gap);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for (id, server) in jobs {
+        tick.tick().await;
+        sent.insert(id.clone(), Instant::now());
+        worker.enqueue(&id, &server).await;
+        while let Ok((at, result)) = results.try_recv() {
+            answer(at, result, &mut sent);
+        }
+    }
+    while !sent.is_empty() {
+        let next = tokio::time::timeout(timeout, results.recv()).await;
+        let Ok(Some((at, result))) = next else {
+            panic!(
+                "{} of {total} results after {timeout:?}; worker log:\n{}",
+                total - sent.len(),
+                worker.log_tail()
+            );
+        };
+        answer(at, result, &mut sent);
+    }
+    done
+}
+
 /// Fractional milliseconds.
 pub fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
