@@ -2,8 +2,8 @@
 //! lock held by a connection of its own for as long as the job runs. A
 //! worker that dies loses its session and with it the lock.
 
-use sqlx::Postgres;
 use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, Postgres};
 
 use super::{Store, StoreError};
 
@@ -15,43 +15,48 @@ pub struct ServerLock {
 impl Store {
     /// Waits until no other job holds `server`, then holds it.
     pub async fn lock_server(&self, server: &str) -> Result<ServerLock, StoreError> {
-        let mut conn = self.locks.acquire().await?;
+        let mut lock = self.lock_connection().await?;
         sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
             .bind(lock_name(server))
-            .execute(&mut *conn)
+            .execute(lock.conn())
             .await?;
-        Ok(ServerLock { conn: Some(conn) })
+        Ok(lock)
+    }
+
+    /// [`Store::lock_server`] for a deploy target, with the host key pinned
+    /// for it (a registered server's, else a deploy-time one), read under
+    /// the lock; one round trip (`infra_lock_deploy_target`).
+    pub async fn lock_deploy_target(
+        &self,
+        address: &str,
+        port: u16,
+    ) -> Result<(ServerLock, Option<String>), StoreError> {
+        let mut lock = self.lock_connection().await?;
+        let pinned = sqlx::query_scalar("SELECT infra_lock_deploy_target($1, $2, $3)")
+            .bind(lock_name(address))
+            .bind(address)
+            .bind(i32::from(port))
+            .fetch_one(lock.conn())
+            .await?;
+        Ok((lock, pinned))
+    }
+
+    /// A connection for a lock, guarded before the lock is asked for: if
+    /// the wait is abandoned (the job cancelled) or fails, the guard's drop
+    /// closes the session. Back in the pool, the session would take the
+    /// lock once granted and keep it, shutting the server out for good.
+    async fn lock_connection(&self) -> Result<ServerLock, StoreError> {
+        Ok(ServerLock {
+            conn: Some(self.locks.acquire().await?),
+        })
     }
 }
 
 impl ServerLock {
-    /// Known host key lines for a deploy target that is not a registered
-    /// server, read on the lock's own connection: under the lock (a pin
-    /// made by a job on the same server is seen), and on a connection that
-    /// has just answered.
-    pub async fn host_key_for(
-        &mut self,
-        address: &str,
-        port: u16,
-    ) -> Result<Option<String>, StoreError> {
-        let conn = self
-            .conn
+    fn conn(&mut self) -> &mut PgConnection {
+        self.conn
             .as_mut()
-            .expect("the connection is only taken by release or drop");
-        // A registered server's pin wins over a deploy-time pin of its address.
-        let key = sqlx::query_scalar(
-            "SELECT host_key FROM (
-                 SELECT host_key, 0 AS rank FROM servers
-                 WHERE public_ip = $1 AND ssh_port = $2 AND host_key IS NOT NULL
-                 UNION ALL
-                 SELECT host_key, 1 AS rank FROM host_keys WHERE address = $1 AND ssh_port = $2
-             ) pins ORDER BY rank LIMIT 1",
-        )
-        .bind(address)
-        .bind(i32::from(port))
-        .fetch_optional(&mut **conn)
-        .await?;
-        Ok(key)
+            .expect("the connection is only taken by release or drop")
     }
 
     /// Unlocks and returns the connection to the pool.

@@ -10,7 +10,6 @@ use super::{Context, Report, millis, preflight, secret_error};
 use crate::ansible::{EventSink, PlaybookRun, SshTarget, Workspace};
 use crate::job::{DeployJob, ErrorCode, JobError};
 use crate::secrets::{Redactor, ResolveError};
-use crate::store::ServerLock;
 
 /// Environment variable the playbook reads the GitHub token from.
 pub const GITHUB_TOKEN_ENV: &str = "GITHUB_TOKEN";
@@ -36,8 +35,9 @@ pub async fn run(ctx: &Context, job: &DeployJob, events: Option<EventSink>) -> R
             };
         }
     };
-    let mut lock = ctx.lock_server(job.server_ip.as_str()).await;
-    let report = run_locked(ctx, &mut lock, job, &secrets, report, started, events).await;
+    let port = ctx.settings.ansible.ssh_port;
+    let (lock, pinned) = ctx.lock_deploy_target(job.server_ip.as_str(), port).await;
+    let report = run_locked(ctx, pinned, job, &secrets, report, started, events).await;
     lock.release().await;
     report
 }
@@ -45,7 +45,7 @@ pub async fn run(ctx: &Context, job: &DeployJob, events: Option<EventSink>) -> R
 /// The part of a deploy that touches the server, under its lock.
 async fn run_locked(
     ctx: &Context,
-    lock: &mut ServerLock,
+    pinned: Option<String>,
     job: &DeployJob,
     secrets: &DeploySecrets,
     report: Report,
@@ -55,18 +55,6 @@ async fn run_locked(
     let address = job.server_ip.as_str();
     let port = ctx.settings.ansible.ssh_port;
     let redactor = Redactor::new(secrets.values());
-    let pinned = match lock.host_key_for(address, port).await {
-        Ok(pinned) => pinned,
-        Err(e) => {
-            return Report {
-                extra: report.extra,
-                ..Report::failed(JobError::new(
-                    ErrorCode::Internal,
-                    format!("reading the pinned host key failed: {e}"),
-                ))
-            };
-        }
-    };
     let run = PlaybookRun {
         playbook: ctx.settings.ansible.deploy_playbook.clone(),
         target: SshTarget {

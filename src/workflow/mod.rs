@@ -13,7 +13,7 @@ use crate::ansible::{PlaybookOutcome, Runner};
 use crate::config::Settings;
 use crate::job::{ErrorCode, FailedTask, HostStats, JobError};
 use crate::secrets::Resolver;
-use crate::store::{ServerLock, Store};
+use crate::store::{ServerLock, Store, StoreError};
 
 use std::collections::BTreeMap;
 
@@ -44,22 +44,41 @@ impl Context {
     /// holds it until the lock is released or dropped. A Postgres outage
     /// means waiting longer, not failing.
     pub async fn lock_server(&self, server: &str) -> ServerLock {
-        let mut delay = Duration::from_millis(500);
-        loop {
-            match self.store.lock_server(server).await {
-                Ok(lock) => return lock,
-                Err(e) => {
-                    tracing::warn!(error.message = %e, server, "cannot take the server lock; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-            }
-        }
+        retry_lock(server, || self.store.lock_server(server)).await
+    }
+
+    /// [`Context::lock_server`] for a deploy target, with the host key
+    /// pinned for it (see [`Store::lock_deploy_target`]).
+    pub async fn lock_deploy_target(
+        &self,
+        address: &str,
+        port: u16,
+    ) -> (ServerLock, Option<String>) {
+        retry_lock(address, || self.store.lock_deploy_target(address, port)).await
     }
 
     /// How long one playbook may run.
     pub fn job_timeout(&self) -> Duration {
         Duration::from_secs(self.settings.worker.job_timeout_secs)
+    }
+}
+
+/// Retries taking a server's lock until Postgres answers: a delay, never a
+/// lost job.
+async fn retry_lock<T, F>(server: &str, mut lock: impl FnMut() -> F) -> T
+where
+    F: Future<Output = Result<T, StoreError>>,
+{
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match lock().await {
+            Ok(locked) => return locked,
+            Err(e) => {
+                tracing::warn!(error.message = %e, server, "cannot take the server lock; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
     }
 }
 

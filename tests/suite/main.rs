@@ -16,3 +16,4 @@ mod outages;
 mod progress;
 mod provider;
 mod provision;
+mod server_lock;
