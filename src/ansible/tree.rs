@@ -14,16 +14,16 @@
 //! is a descendant of the playbook or of this process. Reading every
 //! process's `stat` after each run cost more CPU than the rest of the job
 //! (issue 7's dispatch benchmark); the whole scan remains only for a worker
-//! that could not become a subreaper.
+//! that could not become a subreaper, or a kernel without child lists.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How long `ssh -O exit` may take before it is killed.
@@ -160,7 +160,7 @@ pub fn reap_adopted_orphans() {
     let me = std::process::id() as i32;
     // SAFETY: getsid(0) only reads this process's session id.
     let my_session = unsafe { libc::getsid(0) };
-    for pid in adopted_children(me) {
+    for pid in Family::now().adopted(me) {
         let Some(stat) = stat(pid) else { continue };
         if stat.ppid == me && stat.state == b'Z' && stat.session != my_session {
             // SAFETY: a non-blocking wait for one specific pid; no memory is shared.
@@ -169,40 +169,73 @@ pub fn reap_adopted_orphans() {
     }
 }
 
-/// The children of `pid`: the union of its threads' child lists (a child
-/// belongs to the thread that forked it, an orphan to the thread that
-/// adopted it).
-fn children(pid: i32) -> Vec<i32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    let mut found = Vec::new();
-    for task in tasks.filter_map(Result::ok) {
-        let Ok(list) = std::fs::read(task.path().join("children")) else {
-            continue;
-        };
-        found.extend(
-            list.split(u8::is_ascii_whitespace)
-                .filter_map(|word| std::str::from_utf8(word).ok()?.parse::<i32>().ok()),
-        );
-    }
-    found
+/// Who is whose child, as of one look.
+enum Family {
+    /// The kernel's child lists (`/proc/<pid>/task/<tid>/children`).
+    Lists,
+    /// Without those (a kernel built without `CONFIG_PROC_CHILDREN`): every
+    /// process's parent, from one scan of all of `/proc`.
+    Scanned(HashMap<i32, Vec<i32>>),
 }
 
-/// Our children that are not running playbooks: processes adopted from
-/// runs, and tokio's other children (SSH probes). Every process in `/proc`
-/// when we are no subreaper, since orphans then go elsewhere.
-fn adopted_children(me: i32) -> Vec<i32> {
-    if !SUBREAPER.load(Ordering::SeqCst) {
-        return all_pids();
+impl Family {
+    fn now() -> Family {
+        static LISTS: OnceLock<bool> = OnceLock::new();
+        let lists = *LISTS.get_or_init(|| {
+            let me = std::process::id();
+            Path::new(&format!("/proc/{me}/task/{me}/children")).exists()
+        });
+        if lists { Family::Lists } else { Family::scan() }
     }
-    let roots = ROOTS
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    children(me)
-        .into_iter()
-        .filter(|pid| !roots.contains(pid))
-        .collect()
+
+    fn scan() -> Family {
+        let mut parents: HashMap<i32, Vec<i32>> = HashMap::new();
+        for pid in all_pids() {
+            if let Some(stat) = stat(pid) {
+                parents.entry(stat.ppid).or_default().push(pid);
+            }
+        }
+        Family::Scanned(parents)
+    }
+
+    /// The children of `pid`: the union of its threads' child lists (a
+    /// child belongs to the thread that forked it, an orphan to the thread
+    /// that adopted it).
+    fn children(&self, pid: i32) -> Vec<i32> {
+        if let Family::Scanned(parents) = self {
+            return parents.get(&pid).cloned().unwrap_or_default();
+        }
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        for task in tasks.filter_map(Result::ok) {
+            let Ok(list) = std::fs::read(task.path().join("children")) else {
+                continue;
+            };
+            found.extend(
+                list.split(u8::is_ascii_whitespace)
+                    .filter_map(|word| std::str::from_utf8(word).ok()?.parse::<i32>().ok()),
+            );
+        }
+        found
+    }
+
+    /// Our children that are not running playbooks: processes adopted from
+    /// runs, and tokio's other children (SSH probes). Every process in
+    /// `/proc` when we are no subreaper, since orphans then go elsewhere.
+    fn adopted(&self, me: i32) -> Vec<i32> {
+        if !SUBREAPER.load(Ordering::SeqCst) {
+            return all_pids();
+        }
+        let roots = ROOTS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.children(me)
+            .into_iter()
+            .filter(|pid| !roots.contains(pid))
+            .collect()
+    }
 }
 
 /// Every pid in `/proc` now.
@@ -262,8 +295,10 @@ impl RunTree {
         if root_unreaped && self.root_unreaped() {
             roots.push(self.root.pid);
         }
+        let family = Family::now();
         roots.extend(
-            adopted_children(me)
+            family
+                .adopted(me)
                 .into_iter()
                 .filter(|&pid| pid != me && pid != self.root.pid && self.is_leftover(pid)),
         );
@@ -276,7 +311,7 @@ impl RunTree {
                 let Some(proc) = Proc::of(pid) else { continue };
                 self.known.insert(proc);
             }
-            roots.extend(children(pid));
+            roots.extend(family.children(pid));
         }
     }
 
@@ -504,6 +539,38 @@ mod tests {
         for thread in contacted {
             assert!(thread.join().unwrap(), "a socket was not contacted");
         }
+    }
+
+    /// The kernel's child lists and the fallback scan of all of `/proc`
+    /// (kernels without child lists) find the same children, including
+    /// those of a child.
+    #[test]
+    fn child_lists_and_the_full_scan_agree() {
+        let me = std::process::id() as i32;
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & wait"])
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Family::Lists.children(pid).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let grandchildren = Family::Lists.children(pid);
+        let mine = Family::Lists.children(me);
+        let scanned = Family::scan();
+        // The sleep first: sh reaps it and exits, and no orphan is left to
+        // be adopted by this process (a subreaper in other tests).
+        for grandchild in &grandchildren {
+            // SAFETY: kill(2) of the sleep this test started.
+            unsafe { libc::kill(*grandchild, libc::SIGKILL) };
+        }
+        child.wait().unwrap();
+
+        assert!(mine.contains(&pid), "the child is in our list");
+        assert_eq!(grandchildren.len(), 1, "sh has one child, its sleep");
+        assert_eq!(scanned.children(pid), grandchildren);
+        assert!(scanned.children(me).contains(&pid));
     }
 
     #[test]
