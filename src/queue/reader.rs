@@ -4,9 +4,10 @@
 //! `XREADGROUP ... COUNT n` on two streams can hand out up to `2n` entries,
 //! and an entry handed out but not started is a job stuck in limbo. So the
 //! reader claims with non-blocking per-stream reads whose counts add up to
-//! exactly the free slots (one Lua script, [`scripts::TAKE`]), and waits for new work with a plain `XREAD BLOCK`
-//! from each stream's newest id, which claims nothing and so can be
-//! abandoned at any time (shutdown) without stranding an entry.
+//! exactly the free slots (one Lua script, [`scripts::TAKE`]), and waits
+//! for new work with a plain `XREAD BLOCK` from each stream's newest id,
+//! which claims nothing and so can be abandoned at any time (shutdown)
+//! without stranding an entry.
 //!
 //! Entries whose worker died are taken over the same way: every so often
 //! `XAUTOCLAIM` claims entries idle longer than the lease, again no more

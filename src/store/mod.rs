@@ -54,12 +54,13 @@ pub struct Store {
 /// A pooled connection idle this long is pinged before use.
 const PING_AFTER_IDLE: Duration = Duration::from_millis(500);
 
-/// Both pools' settings. sqlx pings every connection it hands out by
-/// default: a round trip before each query, a third of a job's Postgres
-/// traffic. A connection in steady use has just proven itself, so only one
-/// idle for a while is pinged (and replaced if the ping fails); every
-/// caller retries a failed query after at least that long, so a stale
-/// connection costs one failed try, not a job.
+/// Both pools' settings. By default sqlx pings every connection before it
+/// hands it out: a round trip before each of a job's statements. A
+/// connection in steady use has just answered; one idle for a while is
+/// still pinged, and replaced if the ping fails. What is left is a
+/// connection broken less than that long after its last answer: its next
+/// statement fails, and the job path retries (ledger, lock) or records the
+/// failure, as for any Postgres error.
 fn pool_options() -> PgPoolOptions {
     PgPoolOptions::new()
         .acquire_timeout(Duration::from_secs(5))
