@@ -493,13 +493,22 @@ pub async fn ansible_cost(rig: &mut Rig, sshd: &Sshd, samples: usize, runs: usiz
         "no-op playbook via the worker, enqueue->result (preflight off)",
         "ms",
     );
-    let mut added = Figure::new("4 ansible", "worker adds (via - bare, paired)", "ms")
-        .target(Target::Below(10.0));
-    let mut own = Figure::new(
+    // What the worker adds is the time of a job outside its playbook:
+    // measured to the millisecond inside each job. The paired difference
+    // of two ~0.5 s Python starts checks that the playbook itself runs no
+    // slower under the worker, but its noise (tens of ms) is larger than
+    // the 10 ms target, so the target is on the precise figure.
+    let mut added = Figure::new(
         "4 ansible",
-        "worker's own part of a no-op job (latency - the result's playbook_ms)",
+        "via - bare, paired (noise: two Python starts)",
         "ms",
     );
+    let mut own = Figure::new(
+        "4 ansible",
+        "worker adds: enqueue->result minus the playbook's own time",
+        "ms",
+    )
+    .target(Target::Below(10.0));
     let mut via_probe = Figure::new(
         "4 ansible",
         "no-op via the worker with the SSH preflight (default)",

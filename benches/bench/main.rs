@@ -9,7 +9,7 @@
 //!
 //! Usage: `cargo bench --bench bench [-- ITEM...]`, ITEM one of `dispatch`,
 //! `concurrency`, `memory`, `ansible` (default: all). `BENCH_RUNS` (3) sets
-//! the runs per figure, `BENCH_SAMPLES` (7) the no-op samples;
+//! the runs per figure, `BENCH_SAMPLES` (15) the no-op samples;
 //! `BENCH_KEEP=1` keeps the worker configs and logs; `BENCH_REDIS_URL`, `BENCH_DATABASE_URL` and `BENCH_ANSIBLE_PLAYBOOK`
 //! override the local defaults.
 //!
@@ -42,7 +42,7 @@ async fn main() {
         .collect();
     let wants = |item: &str| wanted.is_empty() || wanted.iter().any(|w| w == item);
     let runs = env_usize("BENCH_RUNS", 3);
-    let samples = env_usize("BENCH_SAMPLES", 7);
+    let samples = env_usize("BENCH_SAMPLES", 15);
     let started = Instant::now();
     let mut rig = rig::Rig::new().await;
     let mut figures = Vec::new();
