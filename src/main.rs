@@ -23,6 +23,9 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    if !matches!(cli.command, Command::Worker(_)) {
+        stop_quietly_on_a_closed_pipe();
+    }
     match cli.command {
         Command::Worker(args) => {
             let settings = match Settings::load(args.path()) {
@@ -119,6 +122,18 @@ fn run_worker(settings: Settings) -> ExitCode {
             tracing::error!(error.message = %e, error.cause_chain = ?e, "worker failed");
             ExitCode::from(EXIT_RUNTIME)
         }
+    }
+}
+
+/// The operator commands print to pipes (`dead list | head`). Rust ignores
+/// SIGPIPE, so `println!` into a closed pipe panics; with the default
+/// action, the command ends quietly as other Unix tools do. Sockets are
+/// not affected (Rust writes to them with `MSG_NOSIGNAL`). Not for the
+/// worker, whose children's pipes may close at any time.
+fn stop_quietly_on_a_closed_pipe() {
+    // SAFETY: restores a signal's default action before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

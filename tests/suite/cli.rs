@@ -96,3 +96,42 @@ fn check_config_json_shows_every_section_and_hides_the_urls() {
     assert_eq!(json["http"]["listen"], "127.0.0.1:9187");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("hunter2"));
 }
+
+/// `infra-service dead list | head -1` and the like: a reader that stops
+/// early ends the command quietly, as with other Unix tools, not with a
+/// panic on stderr.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) writes two descriptors into `fds`.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just created and are owned here alone.
+    let (read_end, write_end) = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    // The reader is gone before the first line is written.
+    drop(read_end);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("infra.toml");
+    std::fs::write(&config, MINIMAL).unwrap();
+    let out = std::process::Command::new(worker_bin())
+        .arg("check-config")
+        .arg(&config)
+        .stdout(std::process::Stdio::from(write_end))
+        .output()
+        .unwrap();
+
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        out.status
+    );
+}
