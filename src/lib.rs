@@ -9,8 +9,8 @@
 //! ```text
 //! stream entry ──> job ──> workflow ──> result ──> ack
 //! queue::Reader    job::   workflow::   job::      queue::Queue::finish
-//!  (XREADGROUP)    parse   deploy /     JobResult  (SET EX, XADD, XACK
-//!                          provision                in one Lua script)
+//!  (XREADGROUP in  parse   deploy /     JobResult  (SET EX, XADD, XACK
+//!   Lua: TAKE)             provision                in one Lua script)
 //! ```
 //!
 //! `worker` owns the loop: it takes as many entries as it has free slots,
@@ -60,7 +60,8 @@
 //!   run it, and a running entry's lease is renewed for as long as it runs.
 //! - A request id runs at most once to a final result (the jobs ledger);
 //!   repeats are answered with the stored result.
-//! - At most one job per server address runs at a time, across workers.
+//! - At most one job per server address runs at a time, across workers;
+//!   a lock's session closes with its job, even one cancelled mid-wait.
 //! - No process of a playbook run outlives it: its group, its descendants
 //!   in other sessions and its ControlMasters are stopped and reaped.
 //! - Only `secrets` turns a reference into a value; values live in
