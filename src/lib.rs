@@ -24,7 +24,8 @@
 //! reads it while the playbook runs, redacts and numbers the events and
 //! hands them to the `EventSink` the worker passed down through the
 //! workflow; `worker` appends them to `job:events:<request_id>` (through
-//! `queue`) and ends the stream with `job_finished` after the result.
+//! `queue`) and ends the stream with `job_finished`, published with the
+//! result in one script.
 //!
 //! ## Code map
 //!

@@ -19,7 +19,7 @@ use crate::job::{
     DeployJob, ErrorCode, InvalidPayload, JobError, JobKind, JobResult, ProvisionJob, RequestId,
     Timings,
 };
-use crate::queue::{DeadLetter, Delivery, Finished, Queue};
+use crate::queue::{DeadLetter, Delivery, Finished, Publication, Queue};
 use crate::store::{Claim, JobStatus};
 use crate::workflow::{self, Context, Report, millis};
 use leases::Leases;
@@ -274,10 +274,12 @@ impl Worker {
             report,
         );
         crate::metrics::job_finished(&result);
-        self.record_finish(&result).await;
+        // The ledger write and the last progress events go out side by
+        // side; the result then goes with the event that ends the stream.
+        let ((), finished) = tokio::join!(self.record_finish(&result), progress.close(&result));
         let success = result.error.is_none();
-        self.publish(delivery, Some(&result), None).await;
-        progress.finish(&self.queue, &result).await;
+        self.publish(delivery, Some(&result), Some(&finished), None)
+            .await;
         Handled::Published {
             request_id: result.request_id,
             success,
@@ -366,8 +368,12 @@ impl Worker {
     /// Answers a repeated request with the stored result, without running.
     async fn republish(&self, delivery: &Delivery, job: &Job, result: &str) -> Handled {
         tracing::info!("request already answered; publishing its result again");
-        self.publish_json(delivery, Some((job.request_id(), result)), None)
-            .await;
+        let publication = Publication {
+            request_id: job.request_id(),
+            json: result,
+            finished_event: None,
+        };
+        self.publish_json(delivery, Some(publication), None).await;
         let success = serde_json::from_str::<serde_json::Value>(result)
             .is_ok_and(|r| r["status"] == "success");
         Handled::Published {
@@ -390,7 +396,7 @@ impl Worker {
             request_id: why.request_id.as_ref().map(|id| id.as_str()),
         };
         let Some(request_id) = &why.request_id else {
-            self.publish(delivery, None, Some(dead)).await;
+            self.publish(delivery, None, None, Some(dead)).await;
             return Handled::DeadLettered;
         };
         let report = Report::failed(JobError::new(code, why.reason.clone()));
@@ -405,7 +411,8 @@ impl Worker {
         if code != ErrorCode::InvalidPayload {
             self.record_finish(&result).await;
         }
-        self.publish(delivery, Some(&result), Some(dead)).await;
+        self.publish(delivery, Some(&result), None, Some(dead))
+            .await;
         Handled::Published {
             request_id: request_id.as_str().to_owned(),
             success: false,
@@ -457,13 +464,16 @@ impl Worker {
         &self,
         delivery: &Delivery,
         result: Option<&JobResult>,
+        finished_event: Option<&str>,
         dead: Option<DeadLetter<'_>>,
     ) {
         let json = result.map(|r| serde_json::to_string(r).expect("a result always serializes"));
-        let result = result
-            .zip(json.as_deref())
-            .map(|(r, json)| (r.request_id.as_str(), json));
-        self.publish_json(delivery, result, dead).await;
+        let publication = result.zip(json.as_deref()).map(|(r, json)| Publication {
+            request_id: &r.request_id,
+            json,
+            finished_event,
+        });
+        self.publish_json(delivery, publication, dead).await;
     }
 
     /// Publishes and acks, retrying until Redis takes it: a job's result is
@@ -471,7 +481,7 @@ impl Worker {
     async fn publish_json(
         &self,
         delivery: &Delivery,
-        result: Option<(&str, &str)>,
+        result: Option<Publication<'_>>,
         dead: Option<DeadLetter<'_>>,
     ) {
         let mut delay = RETRY_DELAY;

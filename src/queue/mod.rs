@@ -33,6 +33,15 @@ pub const EVENTS_STREAM_MAXLEN: usize = 10_000;
 /// after the job's end (and even when its worker died mid-job).
 pub const EVENTS_TTL_SECS: u64 = 3600;
 
+/// A job's result as published: its request id and JSON, and the
+/// `job_finished` event that ends its progress stream, when it has one.
+#[derive(Debug, Clone, Copy)]
+pub struct Publication<'a> {
+    pub request_id: &'a str,
+    pub json: &'a str,
+    pub finished_event: Option<&'a str>,
+}
+
 /// A Redis operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -168,16 +177,17 @@ impl Queue {
         .await
     }
 
-    /// Publishes a final result (key with TTL, then the result stream),
-    /// optionally copies the entry to the dead-letter stream, and acks, in
-    /// that order and atomically, if this consumer still owns the entry.
+    /// Publishes a final result (key with TTL, then the result stream) and
+    /// the event that ends its progress stream, optionally copies the
+    /// entry to the dead-letter stream, and acks, in that order and
+    /// atomically, if this consumer still owns the entry.
     pub async fn finish(
         &self,
         delivery: &Delivery,
-        result: Option<(&str, &str)>,
+        result: Option<Publication<'_>>,
         dead: Option<DeadLetter<'_>>,
     ) -> Result<Finished, QueueError> {
-        let request_id = result.map_or("", |(id, _)| id);
+        let request_id = result.map_or("", |r| r.request_id);
         let has_dead_letter = dead.is_some();
         let mut invocation = scripts::FINISH.prepare_invoke();
         invocation
@@ -185,12 +195,16 @@ impl Queue {
             .key(self.names.result_key(delivery.kind, request_id))
             .key(self.names.result_stream(delivery.kind))
             .key(self.names.dead_letters())
+            .key(self.names.events(request_id))
             .arg(&self.group)
             .arg(&self.consumer)
             .arg(&delivery.entry_id)
-            .arg(result.map_or("", |(_, json)| json))
+            .arg(result.map_or("", |r| r.json))
             .arg(RESULT_TTL_SECS)
-            .arg(RESULT_STREAM_MAXLEN);
+            .arg(RESULT_STREAM_MAXLEN)
+            .arg(result.and_then(|r| r.finished_event).unwrap_or(""))
+            .arg(EVENTS_TTL_SECS)
+            .arg(EVENTS_STREAM_MAXLEN);
         if let Some(dead) = dead {
             for (field, value) in self.dead_letter_fields(delivery, &dead) {
                 invocation.arg(field).arg(value);

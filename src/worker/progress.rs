@@ -1,6 +1,6 @@
 //! A job's progress on its way to `job:events:<request_id>`: the events its
 //! run hands out are appended while it runs, and `job_finished` ends the
-//! stream once the result is published. Best effort by design: a slow or
+//! stream, published with the result. Best effort by design: a slow or
 //! failing Redis costs events (dropped and logged), never the job, its
 //! result, or more than a few seconds of its slot.
 
@@ -22,7 +22,6 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The forwarding of one job's events.
 pub(super) struct Progress {
-    request_id: String,
     counts: EventCounts,
     forwarder: JoinHandle<()>,
 }
@@ -34,18 +33,15 @@ impl Progress {
         let counts = stream.counts();
         let forwarder =
             tokio::spawn(forward(queue.clone(), request_id.to_owned(), stream).in_current_span());
-        let progress = Progress {
-            request_id: request_id.to_owned(),
-            counts,
-            forwarder,
-        };
+        let progress = Progress { counts, forwarder };
         (sink, progress)
     }
 
-    /// After the result is published (the sink is gone with the workflow):
-    /// lets the buffered events go out, within a bound, then appends
-    /// `job_finished`, which also sets the stream to expire in an hour.
-    pub(super) async fn finish(mut self, queue: &Queue, result: &JobResult) {
+    /// Once the workflow is done (its sink is gone with it): lets the
+    /// buffered events go out, within a bound, and gives the `job_finished`
+    /// event, which goes out with the result (`Queue::finish`) and sets the
+    /// stream to expire in an hour.
+    pub(super) async fn close(mut self, result: &JobResult) -> String {
         if tokio::time::timeout(DRAIN_TIMEOUT, &mut self.forwarder)
             .await
             .is_err()
@@ -57,12 +53,12 @@ impl Progress {
         if dropped > 0 {
             tracing::warn!(dropped, "progress events were dropped (Redis behind)");
         }
-        let finished = JobEvent::finished(
+        JobEvent::finished(
             self.counts.next_seq(),
             result.status,
             result.error.as_ref().map(|e| e.code.as_str()),
-        );
-        append(queue, &self.request_id, &finished).await;
+        )
+        .to_json()
     }
 }
 

@@ -63,35 +63,30 @@ const LEAKY_PLAYBOOK: &str = r#"---
       ansible.builtin.command: "true"
 "#;
 
-/// The parsed payloads of a job's events stream, once it ends with
-/// `job_finished` (appended just after the result).
+/// The parsed payloads of a job's events stream, read once its result is
+/// out: `job_finished` is published with the result, in the same script,
+/// so it must already end the stream.
 async fn finished_events(queue: &Queue, request_id: &str) -> (Vec<String>, Vec<Value>) {
     let stream = format!("job:events:{request_id}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let entries = queue.stream_entries(&stream).await;
-        let raw: Vec<String> = entries
-            .iter()
-            .map(|(id, fields): &(String, HashMap<String, String>)| {
-                fields
-                    .get("payload")
-                    .unwrap_or_else(|| panic!("event {id} has no payload"))
-                    .clone()
-            })
-            .collect();
-        let events: Vec<Value> = raw
-            .iter()
-            .map(|p| serde_json::from_str(p).expect("event payload is JSON"))
-            .collect();
-        if events.last().is_some_and(|e| e["event"] == "job_finished") {
-            return (raw, events);
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no job_finished in {stream}: {events:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let entries = queue.stream_entries(&stream).await;
+    let raw: Vec<String> = entries
+        .iter()
+        .map(|(id, fields): &(String, HashMap<String, String>)| {
+            fields
+                .get("payload")
+                .unwrap_or_else(|| panic!("event {id} has no payload"))
+                .clone()
+        })
+        .collect();
+    let events: Vec<Value> = raw
+        .iter()
+        .map(|p| serde_json::from_str(p).expect("event payload is JSON"))
+        .collect();
+    assert!(
+        events.last().is_some_and(|e| e["event"] == "job_finished"),
+        "the result is out but {stream} does not end with job_finished: {events:#?}"
+    );
+    (raw, events)
 }
 
 /// Runs the binary with `args` and the worker's config as the last argument.
