@@ -303,6 +303,30 @@ impl Worker {
         {
             let _ = self.child.kill().await;
         }
+        self.forget().await;
+    }
+
+    /// Removes every key under the worker's prefix: queues and result
+    /// streams do not expire, and a `make bench` leaves hundreds of MiB.
+    async fn forget(&mut self) {
+        let mut keys: Vec<String> = Vec::new();
+        match self.con.scan_match(format!("{}*", self.prefix)).await {
+            Ok(mut iter) => {
+                while let Some(Ok(key)) = iter.next_item().await {
+                    keys.push(key);
+                }
+            }
+            Err(e) => {
+                eprintln!("listing the bench's Redis keys: {e}");
+                return;
+            }
+        }
+        for batch in keys.chunks(1000) {
+            if let Err(e) = self.con.unlink::<_, ()>(batch).await {
+                eprintln!("removing the bench's Redis keys: {e}");
+                return;
+            }
+        }
     }
 
     /// The worker's log, for diagnosing a failed run.
