@@ -519,12 +519,19 @@ pub async fn ansible_cost(rig: &mut Rig, sshd: &Sshd, samples: usize, runs: usiz
         "SSH preflight's cost (with - without, paired)",
         "ms",
     );
+    // CPU of the playbook process itself (its reaped children included),
+    // bare and under the worker: unlike wall time, not blurred by the
+    // scheduler, so it shows whether the worker slows the playbook down.
+    let (mut bare_cpu, mut via_cpu) = (0.0, 0.0);
     for i in 0..samples {
+        let before = crate::rig::reaped_cpu_ms();
         bare.runs
             .push(bare_run(&rig.ansible_playbook, &shipped, &bare_inventory).await);
+        bare_cpu += crate::rig::reaped_cpu_ms() - before;
         bare_defaults
             .runs
             .push(bare_run(&rig.ansible_playbook, &defaults, &bare_inventory).await);
+        let before = crate::rig::cpu_ms(w_off.pid).unwrap_or_default().1;
         let (_, r) = closed_loop(
             &mut w_off,
             vec![(request_id("noop", i), "127.0.0.1".into())],
@@ -532,6 +539,7 @@ pub async fn ansible_cost(rig: &mut Rig, sshd: &Sshd, samples: usize, runs: usiz
             Duration::from_secs(120),
         )
         .await;
+        via_cpu += crate::rig::cpu_ms(w_off.pid).unwrap_or_default().1 - before;
         check_success("noop", &r);
         via.runs.push(r[0].0);
         own.runs.push(
@@ -554,10 +562,21 @@ pub async fn ansible_cost(rig: &mut Rig, sshd: &Sshd, samples: usize, runs: usiz
     }
     w_off.stop().await;
     w_on.stop().await;
+    let per_sample = |ms: f64| ms / samples as f64;
+    let mut cpu_bare = Figure::new("4 ansible", "no-op playbook's CPU, bare (mean)", "ms");
+    cpu_bare.runs.push(per_sample(bare_cpu));
+    let mut cpu_via = Figure::new(
+        "4 ansible",
+        "no-op playbook's CPU under the worker (mean)",
+        "ms",
+    );
+    cpu_via.runs.push(per_sample(via_cpu));
     eprintln!(
-        "  no-op: bare {:.0} ms, via worker {:.0} ms",
+        "  no-op: bare {:.0} ms, via worker {:.0} ms; playbook CPU bare {:.0} ms, under the worker {:.0} ms",
         median(&bare.runs),
-        median(&via.runs)
+        median(&via.runs),
+        per_sample(bare_cpu),
+        per_sample(via_cpu),
     );
 
     let mut w_shipped = rig.worker(&tasks_shipped).await;
@@ -607,6 +626,8 @@ pub async fn ansible_cost(rig: &mut Rig, sshd: &Sshd, samples: usize, runs: usiz
         via,
         added,
         own,
+        cpu_bare,
+        cpu_via,
         via_probe,
         probe,
         bare_defaults,

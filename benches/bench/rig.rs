@@ -524,6 +524,18 @@ pub fn cpu_ms(pid: u32) -> Option<(f64, f64)> {
     Some(((f[0] + f[1]) * tick, (f[2] + f[3]) * tick))
 }
 
+/// CPU time (ms) of this process's children that it has reaped.
+pub fn reaped_cpu_ms() -> f64 {
+    // SAFETY: getrusage(2) writes only into `usage`.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage
+    };
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
+    ms(usage.ru_utime) + ms(usage.ru_stime)
+}
+
 /// Summed CPU time (ms) of every process whose name is `comm`.
 pub fn cpu_ms_of(comm: &str) -> f64 {
     parents()
