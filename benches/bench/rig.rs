@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
-use redis::streams::{StreamReadOptions, StreamReadReply};
+use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
 use serde_json::{Value, json};
 use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
 use tokio::process::{Child, Command};
@@ -259,8 +259,17 @@ impl Worker {
             .await
             .expect("redis");
         let stream = format!("{}deploy:results", self.prefix);
+        // From the newest id now, not `$`: an `XREAD ... $` that times out
+        // and is sent again misses what was added in between.
+        let newest: StreamRangeReply = con
+            .xrevrange_count(&stream, "+", "-", 1)
+            .await
+            .expect("XREVRANGE");
+        let mut last = newest
+            .ids
+            .first()
+            .map_or_else(|| "0-0".to_owned(), |entry| entry.id.clone());
         tokio::spawn(async move {
-            let mut last = "$".to_owned();
             loop {
                 let options = StreamReadOptions::default().count(1000).block(200);
                 let reply: Option<StreamReadReply> =
