@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::http::{self, Health, HttpError};
 use crate::queue::Queue;
+use crate::retry;
 use crate::store::{Store, StoreError};
 use crate::worker::{Worker, WorkerError};
 use crate::workflow::Context;
@@ -37,16 +38,20 @@ pub async fn run_until_stopped(
     // their own, daemonized ssh ControlMasters) re-parent to us, not to PID 1
     // (which in a container may never reap), so each run can kill and reap
     // all it started.
-    if let Err(e) = crate::ansible::become_subreaper() {
-        tracing::warn!(error.message = %e, "cannot become a child subreaper; orphans of playbook runs may be left as zombies");
-    }
-    // A process adopted that way may exit long after its run ended.
-    tokio::spawn(async {
-        loop {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            crate::ansible::reap_adopted_orphans();
+    match crate::ansible::become_subreaper() {
+        // A process adopted that way may exit long after its run ended.
+        Ok(()) => {
+            tokio::spawn(async {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    crate::ansible::reap_adopted_orphans();
+                }
+            });
         }
-    });
+        Err(e) => {
+            tracing::warn!(error.message = %e, "cannot become a child subreaper; orphans of playbook runs may be left as zombies");
+        }
+    }
     let settings = Arc::new(settings);
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
@@ -106,22 +111,10 @@ pub async fn run_until_stopped(
 async fn until_ok<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
     what: &str,
     shutdown: &CancellationToken,
-    mut attempt: impl FnMut() -> F,
+    attempt: impl FnMut() -> F,
 ) -> Option<T> {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match attempt().await {
-            Ok(value) => return Some(value),
-            Err(e) => tracing::warn!(
-                error.message = %e,
-                retry_in_ms = delay.as_millis() as u64,
-                "{what} failed; retrying"
-            ),
-        }
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = shutdown.cancelled() => return None,
-        }
-        delay = (delay * 2).min(Duration::from_secs(10));
+    tokio::select! {
+        value = retry::until_ok(what, Duration::from_millis(200), attempt) => Some(value),
+        () = shutdown.cancelled() => None,
     }
 }

@@ -39,6 +39,7 @@
 //! - `metrics`: every metric, in one registry; call sites record with
 //!   one-line calls.
 //! - `shutdown`, `telemetry`: SIGTERM/SIGINT; tracing output.
+//! - `retry`: the backoff every "wait out the outage" loop uses.
 //! - `worker`: the read → run → publish → ack loop; `worker::leases` keeps
 //!   running entries' leases fresh.
 //! - `queue`: Redis Streams (names, groups, reads and takeovers, leases,
@@ -91,6 +92,7 @@ pub mod metrics;
 pub mod operator;
 pub mod provider;
 pub mod queue;
+pub mod retry;
 pub mod secrets;
 pub mod shutdown;
 pub mod ssh;

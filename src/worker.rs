@@ -20,6 +20,7 @@ use crate::job::{
     Timings,
 };
 use crate::queue::{DeadLetter, Delivery, Finished, Publication, Queue};
+use crate::retry::{self, Backoff};
 use crate::store::{Claim, JobStatus};
 use crate::workflow::{self, Context, Report, millis};
 use leases::Leases;
@@ -51,9 +52,8 @@ pub struct Worker {
     ctx: Context,
 }
 
-/// Backoff after a failed read, publish or ledger write.
+/// First wait after a failed read, publish or ledger write.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
-const RETRY_DELAY_MAX: Duration = Duration::from_secs(10);
 /// Background tries of a ledger write that failed (about 10 minutes).
 const LEDGER_RETRIES: u32 = 64;
 /// How often a duplicate request checks whether the first one finished.
@@ -83,7 +83,7 @@ impl Worker {
             abort.clone(),
         ));
         let mut reader = self.queue.reader(self.lease()).await?;
-        let mut delay = RETRY_DELAY;
+        let mut backoff = Backoff::new(RETRY_DELAY);
         tracing::info!(
             consumer = self.queue.consumer(),
             concurrency = self.ctx.settings.worker.concurrency,
@@ -92,7 +92,7 @@ impl Worker {
         while let Some(mut permits) = free_slots(&slots, &shutdown).await {
             match reader.next(permits.len(), &shutdown).await {
                 Ok(batch) => {
-                    delay = RETRY_DELAY;
+                    backoff.reset();
                     for vanished in batch.vanished {
                         if let Err(e) = self.queue.dead_letter_vanished(&vanished).await {
                             tracing::warn!(error.message = %e, "recording a vanished entry failed");
@@ -117,8 +117,10 @@ impl Worker {
                 }
                 Err(e) => {
                     tracing::warn!(error.message = %e, "reading the queues failed; reconnecting");
-                    pause(delay, &shutdown).await;
-                    delay = (delay * 2).min(RETRY_DELAY_MAX);
+                    tokio::select! {
+                        () = backoff.wait() => {}
+                        () = shutdown.cancelled() => {}
+                    }
                     if let Err(e) = reader.reconnect().await {
                         tracing::warn!(error.message = %e, "reconnecting the reader failed");
                     }
@@ -289,28 +291,16 @@ impl Worker {
     /// Asks the ledger, waiting out a Postgres outage: a delay, never a
     /// lost or doubled job.
     async fn claim(&self, delivery: &Delivery, job: &Job) -> Claim {
-        let mut delay = RETRY_DELAY;
-        loop {
-            let claimed = self
-                .ctx
-                .store
-                .claim_job(
-                    delivery.kind.as_str(),
-                    job.request_id(),
-                    self.queue.consumer(),
-                    &delivery.entry_id,
-                    job.target(),
-                )
-                .await;
-            match claimed {
-                Ok(claim) => return claim,
-                Err(e) => {
-                    tracing::warn!(error.message = %e, "the jobs ledger is unavailable; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(RETRY_DELAY_MAX);
-                }
-            }
-        }
+        retry::until_ok("claiming the job in the ledger", RETRY_DELAY, || {
+            self.ctx.store.claim_job(
+                delivery.kind.as_str(),
+                job.request_id(),
+                self.queue.consumer(),
+                &delivery.entry_id,
+                job.target(),
+            )
+        })
+        .await
     }
 
     /// Another entry with the same request id is running: wait for its
@@ -443,10 +433,9 @@ impl Worker {
         crate::metrics::status_write_failed(crate::metrics::StatusWrite::JobLedger);
         tracing::error!(error.message = %e, request_id = %request_id, "recording the job result failed; retrying in the background");
         tokio::spawn(async move {
-            let mut delay = RETRY_DELAY;
+            let mut backoff = Backoff::new(RETRY_DELAY);
             for _ in 0..LEDGER_RETRIES {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(RETRY_DELAY_MAX);
+                backoff.wait().await;
                 if store
                     .job_finished(kind, &request_id, status, code, &json)
                     .await
@@ -484,20 +473,12 @@ impl Worker {
         result: Option<Publication<'_>>,
         dead: Option<DeadLetter<'_>>,
     ) {
-        let mut delay = RETRY_DELAY;
-        loop {
-            match self.queue.finish(delivery, result, dead.clone()).await {
-                Ok(Finished::Done | Finished::AlreadyFinished) => return,
-                Ok(Finished::NotOwner) => {
-                    tracing::warn!(entry_id = %delivery.entry_id, "another worker took this entry over; its result is theirs to publish");
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error.message = %e, entry_id = %delivery.entry_id, "publishing the result failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(RETRY_DELAY_MAX);
-                }
-            }
+        let finished = retry::until_ok("publishing the result", RETRY_DELAY, || {
+            self.queue.finish(delivery, result, dead.clone())
+        })
+        .await;
+        if finished == Finished::NotOwner {
+            tracing::warn!(entry_id = %delivery.entry_id, "another worker took this entry over; its result is theirs to publish");
         }
     }
 }
@@ -605,11 +586,4 @@ async fn free_slots(
         permits.push(permit);
     }
     Some(permits)
-}
-
-async fn pause(delay: Duration, shutdown: &CancellationToken) {
-    tokio::select! {
-        () = tokio::time::sleep(delay) => {}
-        () = shutdown.cancelled() => {}
-    }
 }

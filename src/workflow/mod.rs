@@ -12,8 +12,9 @@ use std::time::Duration;
 use crate::ansible::{PlaybookOutcome, Runner};
 use crate::config::Settings;
 use crate::job::{ErrorCode, FailedTask, HostStats, JobError};
+use crate::retry;
 use crate::secrets::Resolver;
-use crate::store::{ServerLock, Store, StoreError};
+use crate::store::{ServerLock, Store};
 
 use std::collections::BTreeMap;
 
@@ -44,7 +45,8 @@ impl Context {
     /// holds it until the lock is released or dropped. A Postgres outage
     /// means waiting longer, not failing.
     pub async fn lock_server(&self, server: &str) -> ServerLock {
-        retry_lock(server, || self.store.lock_server(server)).await
+        let what = format!("taking the lock of {server}");
+        retry::until_ok(&what, LOCK_RETRY_DELAY, || self.store.lock_server(server)).await
     }
 
     /// [`Context::lock_server`] for a deploy target, with the host key
@@ -54,7 +56,11 @@ impl Context {
         address: &str,
         port: u16,
     ) -> (ServerLock, Option<String>) {
-        retry_lock(address, || self.store.lock_deploy_target(address, port)).await
+        let what = format!("taking the lock of {address}");
+        retry::until_ok(&what, LOCK_RETRY_DELAY, || {
+            self.store.lock_deploy_target(address, port)
+        })
+        .await
     }
 
     /// How long one playbook may run.
@@ -63,24 +69,8 @@ impl Context {
     }
 }
 
-/// Retries taking a server's lock until Postgres answers: a delay, never a
-/// lost job.
-async fn retry_lock<T, F>(server: &str, mut lock: impl FnMut() -> F) -> T
-where
-    F: Future<Output = Result<T, StoreError>>,
-{
-    let mut delay = Duration::from_millis(500);
-    loop {
-        match lock().await {
-            Ok(locked) => return locked,
-            Err(e) => {
-                tracing::warn!(error.message = %e, server, "cannot take the server lock; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
-}
+/// First wait after a failed try to take a server's lock.
+const LOCK_RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// What a workflow did: the parts of the result that depend on the job.
 #[derive(Debug, Clone, Default)]
