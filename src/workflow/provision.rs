@@ -41,25 +41,34 @@ struct Flow<'a> {
 impl Flow<'_> {
     async fn run(&mut self, job: &ProvisionJob) -> Report {
         let started = Instant::now();
-        let server = match self.ctx.store.server(self.handle).await {
-            Ok(Some(server)) => server,
-            Ok(None) => {
-                return Report::failed(JobError::new(
-                    ErrorCode::ServerNotFound,
-                    format!("no server with handle `{}` in servers", self.handle),
-                ));
-            }
-            Err(e) => {
-                return Report::failed(JobError::new(
-                    ErrorCode::Internal,
-                    format!("looking up the server failed: {e}"),
-                ));
-            }
+        let server = match self.find_server().await {
+            Ok(server) => server,
+            Err(report) => return report,
         };
         let lock = self.ctx.lock_server(&server.public_ip).await;
-        let report = self.run_locked(job, server, started).await;
+        // Read again under the lock: the job that held it may have pinned
+        // the host key meanwhile, and that pin must be the one checked.
+        let report = match self.find_server().await {
+            Ok(server) => self.run_locked(job, server, started).await,
+            Err(report) => report,
+        };
         lock.release().await;
         report
+    }
+
+    /// The job's server row, or the failed report that says why not.
+    async fn find_server(&self) -> Result<Server, Report> {
+        match self.ctx.store.server(self.handle).await {
+            Ok(Some(server)) => Ok(server),
+            Ok(None) => Err(Report::failed(JobError::new(
+                ErrorCode::ServerNotFound,
+                format!("no server with handle `{}` in servers", self.handle),
+            ))),
+            Err(e) => Err(Report::failed(JobError::new(
+                ErrorCode::Internal,
+                format!("looking up the server failed: {e}"),
+            ))),
+        }
     }
 
     /// The part of a provisioning that touches the server, under its lock.
