@@ -253,19 +253,9 @@ impl Queue {
             reason: "entry was deleted or trimmed from the stream before it was processed",
             request_id: None,
         };
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(self.names.dead_letters())
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(RESULT_STREAM_MAXLEN)
-            .arg("*");
-        for (field, value) in self.dead_letter_fields(delivery, &dead) {
-            cmd.arg(field).arg(value);
-        }
-        let mut conn = self.conn.clone();
-        cmd.query_async::<()>(&mut conn).await?;
-        crate::metrics::dead_lettered();
-        Ok(())
+        // FINISH writes the dead letter (the entry is neither pending nor in
+        // the stream any more, so nothing else happens).
+        self.finish(delivery, None, Some(dead)).await.map(drop)
     }
 
     /// Appends one progress event to `job:events:<request_id>` and pushes
