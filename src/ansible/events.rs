@@ -167,8 +167,7 @@ impl EventTail {
         while let Some(at) = bytes.iter().position(|&b| b == b'\n') {
             if !self.skipping {
                 self.partial.extend_from_slice(&bytes[..at]);
-                let line = std::mem::take(&mut self.partial);
-                self.line(&line);
+                self.line(&self.partial);
             }
             self.skipping = false;
             self.partial.clear();

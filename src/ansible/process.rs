@@ -620,17 +620,9 @@ impl Drop for RunGuard {
 
 /// Sends `signal` to every process of the group; false if none was left.
 fn signal_group(pgid: i32, signal: libc::c_int) -> bool {
-    // SAFETY: kill(2) has no memory-safety preconditions. A negative pid
-    // addresses the group whose leader we spawned; that id is not reused
-    // while any member (or the unreaped leader) exists.
-    let sent = unsafe { libc::kill(-pgid, signal) } == 0;
-    if !sent {
-        let error = std::io::Error::last_os_error();
-        if error.raw_os_error() != Some(libc::ESRCH) {
-            tracing::warn!(pgid, signal, error.message = %error, "signalling the process group failed");
-        }
-    }
-    sent
+    // A negative pid addresses the group whose leader we spawned; that id
+    // is not reused while any member (or the unreaped leader) exists.
+    tree::send_signal(-pgid, signal)
 }
 
 /// Reaps members of the group that became our children: orphans are

@@ -42,6 +42,9 @@ static PENDING_CLEANUPS: AtomicUsize = AtomicUsize::new(0);
 static SUBREAPER: AtomicBool = AtomicBool::new(false);
 
 /// The pids of playbooks running now: tokio's children, never a leftover.
+/// Other filters would reject them too, but only after reading their
+/// `stat`, command line and environment, for every concurrent run at the
+/// end of each run.
 static ROOTS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
 
 /// Makes this process a child subreaper (`PR_SET_CHILD_SUBREAPER`).
@@ -160,7 +163,7 @@ pub fn reap_adopted_orphans() {
     let me = std::process::id() as i32;
     // SAFETY: getsid(0) only reads this process's session id.
     let my_session = unsafe { libc::getsid(0) };
-    for pid in Family::now().adopted(me) {
+    for pid in Family::now().children(me) {
         let Some(stat) = stat(pid) else { continue };
         if stat.ppid == me && stat.state == b'Z' && stat.session != my_session {
             // SAFETY: a non-blocking wait for one specific pid; no memory is shared.
@@ -343,15 +346,10 @@ impl RunTree {
     /// Sends `signal` to every known process still running.
     pub(crate) fn signal(&self, signal: libc::c_int) {
         for proc in self.known.iter().filter(|p| p.is_running()) {
-            // SAFETY: kill(2) has no memory-safety preconditions. The start
-            // time was checked just above; a pid freed and reused in between
-            // is the one race left, and needs the whole pid space to wrap.
-            if unsafe { libc::kill(proc.pid, signal) } != 0 {
-                let error = io::Error::last_os_error();
-                if error.raw_os_error() != Some(libc::ESRCH) {
-                    tracing::warn!(pid = proc.pid, signal, error.message = %error, "signalling a process of the run failed");
-                }
-            }
+            // The start time was checked just above; a pid freed and reused
+            // in between is the one race left, and needs the whole pid
+            // space to wrap.
+            send_signal(proc.pid, signal);
         }
     }
 
@@ -387,6 +385,21 @@ impl Drop for RunTree {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .remove(&self.root.pid);
     }
+}
+
+/// `kill(target, signal)`: a pid, or a process group as `-pgid`; false if
+/// nothing was there. Errors other than "no such process" are logged.
+pub(crate) fn send_signal(target: i32, signal: libc::c_int) -> bool {
+    // SAFETY: kill(2) has no memory-safety preconditions; callers check
+    // that `target` still names their process or group.
+    let sent = unsafe { libc::kill(target, signal) } == 0;
+    if !sent {
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::ESRCH) {
+            tracing::warn!(target, signal, error.message = %error, "sending a signal to a process of the run failed");
+        }
+    }
+    sent
 }
 
 /// One pass of `waitpid(pid, WNOHANG)` over `pending`, dropping those reaped
