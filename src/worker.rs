@@ -330,7 +330,7 @@ impl Worker {
                     continue;
                 }
             }
-            let Ok(None) = self.queue.pending_idle(&delivery.stream, other).await else {
+            let Ok(false) = self.queue.is_pending(&delivery.stream, other).await else {
                 continue;
             };
             // The other entry was acked: its result is in Redis even if the

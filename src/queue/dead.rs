@@ -7,49 +7,9 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use secrecy::ExposeSecret;
 
-use super::{Names, QueueError};
+use super::{Names, QueueError, scripts};
 use crate::config::RedisSettings;
 use crate::job::JobKind;
-
-/// The newest `ARGV[1]` entries of the dead-letter stream, each as
-/// `{id, fields, payload_size}` with the payload cut to its first `ARGV[2]`
-/// bytes (`payload_size` -1 when there is none), after the stream's length.
-/// Trimming here keeps a page of 10 MB letters off the wire.
-const LIST_SCRIPT: &str = r"
-local cap = tonumber(ARGV[2])
-local out = {}
-for _, entry in ipairs(redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[1])) do
-  local fields, size = entry[2], -1
-  for i = 1, #fields, 2 do
-    if fields[i] == 'payload' then
-      size = string.len(fields[i + 1])
-      fields[i + 1] = string.sub(fields[i + 1], 1, cap)
-    end
-  end
-  out[#out + 1] = {entry[1], fields, size}
-end
-return {redis.call('XLEN', KEYS[1]), out}
-";
-
-/// Moves dead letter `ARGV[1]` of `KEYS[1]` back onto its `stream`, which
-/// must be `KEYS[2]` or `KEYS[3]` (the job queues): XADD of its exact
-/// payload, then XDEL. A script rather than MULTI because the check must
-/// read: two operators replaying one id at once get one replay and one
-/// `unknown`, and a crash leaves the letter either moved or untouched.
-const REPLAY_SCRIPT: &str = r"
-local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
-if #found == 0 then return {'unknown'} end
-local fields, stream, payload = found[1][2], nil, nil
-for i = 1, #fields, 2 do
-  if fields[i] == 'stream' then stream = fields[i + 1] end
-  if fields[i] == 'payload' then payload = fields[i + 1] end
-end
-if payload == nil then return {'no_payload'} end
-if stream ~= KEYS[2] and stream ~= KEYS[3] then return {'not_a_queue', stream or ''} end
-local id = redis.call('XADD', stream, '*', 'payload', payload)
-redis.call('XDEL', KEYS[1], ARGV[1])
-return {'replayed', stream, id}
-";
 
 /// One entry of `infra:dead`, as `Queue::finish` wrote it. A field the
 /// entry lacks (or, for `request_id`, left empty) is `None`.
@@ -158,7 +118,7 @@ impl DeadLetters {
     ) -> Result<DeadLetterPage, QueueError> {
         type Raw = (u64, Vec<(String, Vec<Vec<u8>>, i64)>);
         let mut conn = self.conn.clone();
-        let (total, raw): Raw = redis::Script::new(LIST_SCRIPT)
+        let (total, raw): Raw = scripts::DEAD_LIST
             .key(self.names.dead_letters())
             .arg(count)
             .arg(payload_cap)
@@ -178,7 +138,7 @@ impl DeadLetters {
             return Err(ReplayError::BadId(id.to_owned()));
         }
         let mut conn = self.conn.clone();
-        let reply: Vec<String> = redis::Script::new(REPLAY_SCRIPT)
+        let reply: Vec<String> = scripts::DEAD_REPLAY
             .key(self.names.dead_letters())
             .key(self.names.queue(JobKind::Deploy))
             .key(self.names.queue(JobKind::Provision))

@@ -321,13 +321,8 @@ impl Queue {
         Ok(())
     }
 
-    /// Whether an entry is still pending, and if so for how long it has
-    /// been idle.
-    pub async fn pending_idle(
-        &self,
-        stream: &str,
-        entry_id: &str,
-    ) -> Result<Option<Duration>, QueueError> {
+    /// Whether an entry is still pending (delivered and not acked).
+    pub async fn is_pending(&self, stream: &str, entry_id: &str) -> Result<bool, QueueError> {
         let mut conn = self.conn.clone();
         let reply: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
             .arg(stream)
@@ -337,10 +332,7 @@ impl Queue {
             .arg(1)
             .query_async(&mut conn)
             .await?;
-        Ok(reply
-            .into_iter()
-            .next()
-            .map(|(_, _, idle_ms, _)| Duration::from_millis(idle_ms)))
+        Ok(!reply.is_empty())
     }
 
     /// A published result, if its key still exists.

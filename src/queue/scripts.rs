@@ -1,6 +1,8 @@
-//! Lua scripts for the steps that must check ownership and act in one
-//! atomic step: a worker that lost an entry to another must neither renew
-//! its lease nor publish its result.
+//! Every Lua script the queue code runs: steps that must check ownership
+//! and act in one atomic step (a worker that lost an entry to another must
+//! neither renew its lease nor publish its result), reads that must not
+//! claim more than the free slots, and the operator's dead-letter paging
+//! and replay.
 
 use std::sync::LazyLock;
 
@@ -122,6 +124,54 @@ for i = 1, 2 do
   out[i] = {newest[1] and newest[1][1] or '0-0', state, taken}
 end
 return out
+",
+    )
+});
+
+/// The newest `ARGV[1]` entries of the dead-letter stream, each as
+/// `{id, fields, payload_size}` with the payload cut to its first `ARGV[2]`
+/// bytes (`payload_size` -1 when there is none), after the stream's length.
+/// Trimming here keeps a page of 10 MB letters off the wire.
+pub static DEAD_LIST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local cap = tonumber(ARGV[2])
+local out = {}
+for _, entry in ipairs(redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[1])) do
+  local fields, size = entry[2], -1
+  for i = 1, #fields, 2 do
+    if fields[i] == 'payload' then
+      size = string.len(fields[i + 1])
+      fields[i + 1] = string.sub(fields[i + 1], 1, cap)
+    end
+  end
+  out[#out + 1] = {entry[1], fields, size}
+end
+return {redis.call('XLEN', KEYS[1]), out}
+",
+    )
+});
+
+/// Moves dead letter `ARGV[1]` of `KEYS[1]` back onto its `stream`, which
+/// must be `KEYS[2]` or `KEYS[3]` (the job queues): XADD of its exact
+/// payload, then XDEL. A script rather than MULTI because the check must
+/// read: two operators replaying one id at once get one replay and one
+/// `unknown`, and a crash leaves the letter either moved or untouched.
+pub static DEAD_REPLAY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+if #found == 0 then return {'unknown'} end
+local fields, stream, payload = found[1][2], nil, nil
+for i = 1, #fields, 2 do
+  if fields[i] == 'stream' then stream = fields[i + 1] end
+  if fields[i] == 'payload' then payload = fields[i + 1] end
+end
+if payload == nil then return {'no_payload'} end
+if stream ~= KEYS[2] and stream ~= KEYS[3] then return {'not_a_queue', stream or ''} end
+local id = redis.call('XADD', stream, '*', 'payload', payload)
+redis.call('XDEL', KEYS[1], ARGV[1])
+return {'replayed', stream, id}
 ",
     )
 });
