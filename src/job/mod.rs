@@ -11,7 +11,7 @@ mod provision;
 mod result;
 
 pub use deploy::DeployJob;
-pub use event::{HANDLER_TASK_START, JOB_FINISHED, JobEvent, TASK_EVENTS, TASK_START};
+pub use event::{JobEvent, TASK_EVENTS};
 pub use fields::{
     GitRef, InvalidPayload, Module, ProjectName, RepoName, RequestId, SecretRef, ServerAddress,
     ServerHandle,

@@ -280,10 +280,7 @@ fn summary(kind: JobKind, request_id: &str, result: &Value) -> String {
 }
 
 fn print_json(value: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("JSON values serialize")
-    );
+    println!("{}", super::to_json(value));
 }
 
 /// A task event as one line: `TASK [name]` for a start, else
