@@ -6,9 +6,15 @@ use std::process::Output;
 use crate::helpers::worker_bin;
 
 fn check_config(file: Option<&str>, env: &[(&str, &str)]) -> Output {
+    check_config_with(&[], file, env)
+}
+
+/// `check-config <flags>`, with `file` as the config and only `env` of the
+/// `INFRA__*` variables.
+fn check_config_with(flags: &[&str], file: Option<&str>, env: &[(&str, &str)]) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let mut command = std::process::Command::new(worker_bin());
-    command.arg("check-config");
+    command.arg("check-config").args(flags);
     if let Some(text) = file {
         let path = dir.path().join("infra.toml");
         std::fs::write(&path, text).unwrap();
@@ -77,18 +83,14 @@ fn the_printed_configuration_shows_no_connection_secret() {
 
 #[test]
 fn check_config_json_shows_every_section_and_hides_the_urls() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("infra.toml");
-    std::fs::write(&path, MINIMAL).unwrap();
-    let out = std::process::Command::new(worker_bin())
-        .args(["check-config", "--json"])
-        .arg(&path)
-        .env(
+    let out = check_config_with(
+        &["--json"],
+        Some(MINIMAL),
+        &[(
             "INFRA__REDIS__URL",
             "redis://:hunter2-password@127.0.0.1:6379",
-        )
-        .output()
-        .unwrap();
+        )],
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["redis"]["url"], "***");
     assert_eq!(json["postgres"]["url"], "***");

@@ -86,15 +86,8 @@ impl Fleet {
     }
 
     /// Entries of the deploy queue delivered and not yet acked.
-    async fn pending(&self) -> usize {
-        let mut conn = self.redis.connection();
-        let (count, ..): (usize, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
-            .arg(self.queue.key("ansible:deploy:queue"))
-            .arg("infra-service")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        count
+    async fn pending(&self) -> u64 {
+        self.queue.pending_count("ansible:deploy:queue").await
     }
 
     async fn results_for(&self, request_id: &str) -> Vec<Value> {
@@ -105,12 +98,6 @@ impl Fleet {
             .filter(|r| r["request_id"] == request_id)
             .collect()
     }
-}
-
-fn kill_9(worker: &TestWorker) {
-    // SAFETY: signalling a child process we started; no memory involved.
-    let killed = unsafe { libc::kill(worker.pid() as i32, libc::SIGKILL) };
-    assert_eq!(killed, 0, "kill -9 {}", worker.pid());
 }
 
 #[tokio::test]
@@ -124,7 +111,7 @@ async fn a_job_of_a_killed_worker_is_finished_by_another_after_its_lease() {
     let b = f.worker("worker-b").spawn().await;
 
     // Act: A dies mid-job; B takes the entry over after the lease.
-    kill_9(&a);
+    a.sigkill();
     f.wait_starts(&id, 2).await;
     release_sleepers(&f.host);
     let result = b.wait_deploy_result(&f.queue, &id, RESULT_TIMEOUT).await;

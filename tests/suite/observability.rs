@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
-use tokio::process::{Child, Command};
 
 use crate::helpers::*;
 
@@ -83,11 +82,7 @@ async fn metrics_count_one_success_and_one_failure_with_their_kind_status_and_er
     let host = TestHost::start().await;
     let redis = TestRedis::new().await;
     let queue = redis.queue();
-    let worker = TestWorker::builder(&redis)
-        .target(&host)
-        .set("http.listen", "127.0.0.1:0")
-        .spawn()
-        .await;
+    let worker = TestWorker::builder(&redis).target(&host).spawn().await;
     let base = http_base(&worker).await;
     let good = unique_request_id("metrics-ok");
     let bad = unique_request_id("metrics-down");
@@ -164,70 +159,6 @@ async fn metrics_count_one_success_and_one_failure_with_their_kind_status_and_er
     assert_eq!(get_status(&format!("{base}/healthz")).await.0, 200);
 }
 
-/// A `redis-server` of the test's own, on a fixed port so it can be stopped
-/// and started again where the worker expects it. Killed on drop.
-struct OwnRedis {
-    port: u16,
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-}
-
-impl OwnRedis {
-    async fn start() -> OwnRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let mut redis = OwnRedis {
-            port,
-            child: None,
-            dir: tempfile::tempdir().expect("redis dir"),
-        };
-        redis.restart().await;
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the server (again) on the same port and waits for PONG.
-    async fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn redis-server");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let pong = async {
-                let client = redis::Client::open(self.url()).ok()?;
-                let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-                redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .ok()
-            };
-            if pong.await.is_some() {
-                return;
-            }
-            assert!(Instant::now() < deadline, "own redis-server did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await.expect("kill redis-server");
-        }
-    }
-}
-
 /// Polls `/readyz` until it answers `want`; returns the last body.
 async fn wait_readyz(worker: &TestWorker, base: &str, want: u16, within: Duration) -> String {
     let deadline = Instant::now() + within;
@@ -248,11 +179,10 @@ async fn wait_readyz(worker: &TestWorker, base: &str, want: u16, within: Duratio
 #[tokio::test]
 async fn readyz_fails_while_the_workers_redis_is_stopped_and_recovers_after() {
     // Arrange: the worker's Redis is ours to stop.
-    let mut own = OwnRedis::start().await;
+    let mut own = OwnRedis::new().await;
     let redis = TestRedis::new().await;
     let worker = TestWorker::builder(&redis)
         .set("redis.url", own.url())
-        .set("http.listen", "127.0.0.1:0")
         .spawn()
         .await;
     let base = http_base(&worker).await;
@@ -273,7 +203,7 @@ async fn readyz_fails_while_the_workers_redis_is_stopped_and_recovers_after() {
     assert_eq!(get_status(&format!("{base}/healthz")).await.0, 200);
 
     // Act: start it again where it was.
-    own.restart().await;
+    own.start().await;
 
     // Assert: ready again.
     wait_readyz(&worker, &base, 200, Duration::from_secs(60)).await;

@@ -119,6 +119,11 @@ impl TestWorker {
         self.signal(libc::SIGINT);
     }
 
+    /// Sends SIGKILL: the worker dies without a word.
+    pub fn sigkill(&self) {
+        self.signal(libc::SIGKILL);
+    }
+
     fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe {
