@@ -9,19 +9,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::queue::Queue;
 
-/// How long one Redis ping may take before this round counts as unhealthy.
-const PING_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// Touches `path` every `every` while `queue` answers, until `stop` fires.
 /// Logs only changes (healthy, not), never every round.
 pub async fn run(path: PathBuf, every: Duration, queue: Queue, stop: CancellationToken) {
     let mut healthy = None;
     loop {
-        let now = match tokio::time::timeout(PING_TIMEOUT, queue.ping()).await {
-            Ok(Ok(())) => touch(&path).map_err(|e| format!("cannot touch the file: {e}")),
-            Ok(Err(e)) => Err(format!("Redis: {e}")),
-            Err(_) => Err("Redis does not answer".to_owned()),
-        };
+        // The same bounded ping as /readyz.
+        let now = crate::http::within(queue.ping())
+            .await
+            .map_err(|e| format!("Redis: {e}"))
+            .and_then(|()| touch(&path).map_err(|e| format!("cannot touch the file: {e}")));
         match (&now, healthy) {
             (Ok(()), Some(true)) | (Err(_), Some(false)) => {}
             (Ok(()), _) => tracing::info!(path = %path.display(), "heartbeat touched"),

@@ -65,11 +65,12 @@ impl Health {
     }
 }
 
-async fn within<E: std::fmt::Display>(
-    check: impl Future<Output = Result<(), E>>,
-) -> Result<(), String> {
+/// A dependency's answer within [`PROBE_TIMEOUT`], its error as text.
+pub(crate) async fn within<T, E: std::fmt::Display>(
+    check: impl Future<Output = Result<T, E>>,
+) -> Result<T, String> {
     match tokio::time::timeout(PROBE_TIMEOUT, check).await {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {} ms", PROBE_TIMEOUT.as_millis())),
     }
@@ -133,14 +134,12 @@ async fn readyz(State(health): State<Health>) -> Response {
 
 async fn metrics(State(health): State<Health>) -> Response {
     let backlog = match health.queue.get() {
-        Some(queue) => match tokio::time::timeout(PROBE_TIMEOUT, queue.backlog()).await {
-            Ok(Ok(backlog)) => Some(backlog),
-            Ok(Err(e)) => {
-                tracing::debug!(error.message = %e, "reading the queues' backlog failed");
-                None
-            }
-            Err(_) => None,
-        },
+        Some(queue) => within(queue.backlog())
+            .await
+            .inspect_err(
+                |e| tracing::debug!(error.message = %e, "reading the queues' backlog failed"),
+            )
+            .ok(),
         None => None,
     };
     crate::metrics::set_backlog(backlog.as_deref());
