@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::host::TestHost;
 use crate::rig::{Rig, Worker, closed_loop, millis, open_loop, q, request_id};
-use crate::sshd::Sshd;
 use crate::stats::{Figure, Target, median, percentile};
 
 const RECAP: &str = "echo 'PLAY RECAP *********************************************************'\n\
@@ -71,10 +71,10 @@ pub fn ansible_dir(rig: &Rig, shipped: bool) -> PathBuf {
 }
 
 /// Settings pointing a worker at `sshd` with its client key.
-fn ssh_target(sshd: &Sshd) -> Vec<(&'static str, String)> {
+fn ssh_target(sshd: &TestHost) -> Vec<(&'static str, String)> {
     vec![
-        ("ansible.ssh_port", sshd.port.to_string()),
-        ("ansible.ssh_user", q(&sshd.user)),
+        ("ansible.ssh_port", sshd.port().to_string()),
+        ("ansible.ssh_user", q(sshd.user())),
         ("ansible.ssh_key_ref", q("file:ssh/id_ed25519")),
         ("ssh.retry_base_ms", "100".into()),
         ("ssh.connect_timeout_secs", "10".into()),
@@ -268,7 +268,7 @@ async fn stub_spawn_to_exit(stub: &Path) -> f64 {
 /// Item 2: 16 jobs of a 2 s playbook over 16 loopback servers, at
 /// concurrency 1 and 8, alternating within each run. Also samples the
 /// real `ansible-playbook` children's memory at concurrency 8.
-pub async fn concurrency(rig: &mut Rig, sshd: &Sshd, runs: usize) -> Vec<Figure> {
+pub async fn concurrency(rig: &mut Rig, sshd: &TestHost, runs: usize) -> Vec<Figure> {
     let dir = ansible_dir(rig, true);
     let mut one = Figure::new(
         "2 concurrency",
@@ -314,7 +314,11 @@ pub async fn concurrency(rig: &mut Rig, sshd: &Sshd, runs: usize) -> Vec<Figure>
                 ("ansible.deploy_playbook", q("sleep2.yml")),
             ]);
             let mut worker = rig.worker(&settings).await;
-            Worker::secret(&worker.dir, "ssh/id_ed25519", &sshd.client_key());
+            Worker::secret(
+                &worker.dir,
+                "ssh/id_ed25519",
+                &sshd.client_private_key_pem(),
+            );
             let jobs = (0..16)
                 .map(|i| {
                     (
@@ -457,7 +461,12 @@ pub async fn memory(rig: &mut Rig, runs: usize) -> Vec<Figure> {
 /// Item 4a: a no-op playbook through the worker (enqueue -> result) against
 /// bare `ansible-playbook` of the same playbook, interleaved; 4b: a 20-task
 /// playbook over SSH with the shipped ansible.cfg against Ansible's defaults.
-pub async fn ansible_cost(rig: &mut Rig, sshd: &Sshd, samples: usize, runs: usize) -> Vec<Figure> {
+pub async fn ansible_cost(
+    rig: &mut Rig,
+    sshd: &TestHost,
+    samples: usize,
+    runs: usize,
+) -> Vec<Figure> {
     let shipped = ansible_dir(rig, true);
     let defaults = ansible_dir(rig, false);
     let base = |dir: &Path, playbook: &str, preflight: bool| {
@@ -478,7 +487,7 @@ pub async fn ansible_cost(rig: &mut Rig, sshd: &Sshd, samples: usize, runs: usiz
     let mut w_off = rig.worker(&noop_off).await;
     let mut w_on = rig.worker(&noop_on).await;
     for w in [&w_off, &w_on] {
-        Worker::secret(&w.dir, "ssh/id_ed25519", &sshd.client_key());
+        Worker::secret(&w.dir, "ssh/id_ed25519", &sshd.client_private_key_pem());
     }
     let bare_inventory = bare_files(rig, sshd);
 
@@ -582,7 +591,7 @@ pub async fn ansible_cost(rig: &mut Rig, sshd: &Sshd, samples: usize, runs: usiz
     let mut w_shipped = rig.worker(&tasks_shipped).await;
     let mut w_defaults = rig.worker(&tasks_defaults).await;
     for w in [&w_shipped, &w_defaults] {
-        Worker::secret(&w.dir, "ssh/id_ed25519", &sshd.client_key());
+        Worker::secret(&w.dir, "ssh/id_ed25519", &sshd.client_private_key_pem());
     }
     let mut t_shipped = Figure::new("4 ansible", "20 tasks over SSH, shipped ansible.cfg", "s");
     let mut t_defaults = Figure::new("4 ansible", "20 tasks over SSH, Ansible defaults", "s");
@@ -638,13 +647,13 @@ pub async fn ansible_cost(rig: &mut Rig, sshd: &Sshd, samples: usize, runs: usiz
 }
 
 /// The inventory and extra vars a worker run would write, for the bare runs.
-fn bare_files(rig: &Rig, sshd: &Sshd) -> (PathBuf, PathBuf) {
+fn bare_files(rig: &Rig, sshd: &TestHost) -> (PathBuf, PathBuf) {
     let inventory = rig.path("bare-inventory.json");
     let vars = rig.path("bare-vars.json");
     let host = json!({
         "ansible_host": "127.0.0.1",
-        "ansible_port": sshd.port,
-        "ansible_user": sshd.user,
+        "ansible_port": sshd.port(),
+        "ansible_user": sshd.user(),
         "ansible_ssh_private_key_file": sshd.client_key_path(),
         "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes -o BatchMode=yes",
     });

@@ -14,13 +14,21 @@
 //! override the local defaults.
 //!
 //! Layout: `rig` (Redis, Postgres, worker processes, timing results),
-//! `sshd` (the stand-in servers), `items` (the four measurements),
-//! `stats` (medians, spread, targets, the table).
+//! `host` (the stand-in servers: the test suite's sshd host), `items` (the
+//! four measurements), `stats` (medians, spread, targets, the table).
 
 mod items;
 mod rig;
-mod sshd;
 mod stats;
+
+// The stand-in servers: the test suite's sshd host, shared rather than
+// copied (a bench cannot import the suite's crate).
+#[allow(dead_code)]
+#[path = "../../tests/suite/helpers/host.rs"]
+mod host;
+#[allow(dead_code)]
+#[path = "../../tests/suite/helpers/procs.rs"]
+mod procs;
 
 use std::time::Instant;
 
@@ -53,7 +61,12 @@ async fn main() {
     }
     let needs_sshd = wants("concurrency") || wants("ansible");
     let servers: Vec<String> = (1..=16).map(|i| format!("127.0.0.{i}")).collect();
-    let sshd = needs_sshd.then(|| sshd::Sshd::start(&servers));
+    let servers: Vec<&str> = servers.iter().map(String::as_str).collect();
+    let sshd = if needs_sshd {
+        Some(host::TestHost::start_on_all(&servers).await)
+    } else {
+        None
+    };
     if let Some(sshd) = &sshd
         && wants("concurrency")
     {

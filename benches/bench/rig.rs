@@ -488,33 +488,14 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
 /// Every process below `pid` (the playbooks and theirs): count and summed
 /// VmRSS, KiB.
 pub fn children_rss(pid: u32) -> (usize, u64) {
-    let below = descendants(pid);
-    let total = below.iter().filter_map(|pid| rss_kib(*pid)).sum();
+    let below = crate::procs::descendants(pid as i32);
+    let total = below.iter().filter_map(|&pid| rss_kib(pid as u32)).sum();
     (below.len(), total)
 }
 
 /// How many children `pid` has: one per playbook in flight.
 pub fn direct_children(pid: u32) -> usize {
     parents().iter().filter(|(_, ppid)| *ppid == pid).count()
-}
-
-/// Every process below `root`, from /proc's parent links.
-fn descendants(root: u32) -> Vec<u32> {
-    let parent_of = parents();
-    let mut found = vec![root];
-    let mut i = 0;
-    while i < found.len() {
-        let parent = found[i];
-        found.extend(
-            parent_of
-                .iter()
-                .filter(|(_, ppid)| *ppid == parent)
-                .map(|(pid, _)| *pid),
-        );
-        i += 1;
-    }
-    found.remove(0);
-    found
 }
 
 /// CPU time of `pid` in ms: its own (user + system), and that of its
