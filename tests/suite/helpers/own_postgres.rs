@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use sqlx::Connection;
 
 use super::ports::free_stable_port;
-use super::procs::wait_exit;
+use super::procs::{await_ready, stop_server};
 
 /// How long initdb, a start or a stop may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -71,14 +71,8 @@ impl OwnPostgres {
     /// Fast shutdown (SIGINT: sessions are cut, no checkpoint wait), and
     /// waits for the postmaster to exit.
     pub async fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        signal(&child, libc::SIGINT);
-        if wait_exit(&mut child, PATIENCE).await.is_none() {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("postgres ignored a fast shutdown for {PATIENCE:?}");
+        if let Some(child) = self.child.take() {
+            stop_server(child, libc::SIGINT, PATIENCE, "postgres").await;
         }
     }
 
@@ -161,23 +155,20 @@ impl OwnPostgres {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log);
-        let mut child = command
+        let child = command
             .spawn()
             .map_err(|e| format!("spawning postgres: {e}"))?;
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if sqlx::PgConnection::connect(&self.url()).await.is_ok() {
-                self.child = Some(child);
-                return Ok(());
-            }
-            let exited = child.try_wait().ok().flatten();
-            if exited.is_some() || Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("exited ({exited:?}); log:\n{}", self.log()));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let url = self.url();
+        let child = await_ready(
+            child,
+            || async { sqlx::PgConnection::connect(&url).await.is_ok() },
+            Duration::from_millis(100),
+            PATIENCE,
+            || self.log(),
+        )
+        .await?;
+        self.child = Some(child);
+        Ok(())
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::ports::free_stable_port;
-use super::procs::wait_exit;
+use super::procs::{await_ready, stop_server};
 
 /// How long a start or a stop may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -55,17 +55,8 @@ impl OwnRedis {
 
     /// Stops the server (SIGTERM; nothing is saved) and waits for its exit.
     pub async fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGTERM);
-        }
-        if wait_exit(&mut child, PATIENCE).await.is_none() {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("redis-server ignored SIGTERM for {PATIENCE:?}");
+        if let Some(child) = self.child.take() {
+            stop_server(child, libc::SIGTERM, PATIENCE, "redis-server").await;
         }
     }
 
@@ -104,7 +95,7 @@ impl OwnRedis {
             .append(true)
             .open(self.log_path())
             .expect("redis log file");
-        let mut child = Command::new("redis-server")
+        let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port"])
             .arg(self.port.to_string())
             .args(["--save", "", "--appendonly", "no", "--dir"])
@@ -115,20 +106,17 @@ impl OwnRedis {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("spawning redis-server: {e}"))?;
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if pong(self.port).await {
-                self.child = Some(child);
-                return Ok(());
-            }
-            let exited = child.try_wait().ok().flatten();
-            if exited.is_some() || Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("exited ({exited:?}); log:\n{}", self.log()));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let port = self.port;
+        let child = await_ready(
+            child,
+            || pong(port),
+            Duration::from_millis(50),
+            PATIENCE,
+            || self.log(),
+        )
+        .await?;
+        self.child = Some(child);
+        Ok(())
     }
 }
 

@@ -100,3 +100,47 @@ pub(crate) async fn wait_exit(
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Sends `signal` to a server of the test's own and waits `patience` for it
+/// to exit; kills it and panics (naming `what`) if it does not.
+pub(crate) async fn stop_server(
+    mut child: std::process::Child,
+    signal: i32,
+    patience: std::time::Duration,
+    what: &str,
+) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, signal);
+    }
+    if wait_exit(&mut child, patience).await.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{what} ignored signal {signal} for {patience:?}");
+    }
+}
+
+/// Waits until a just-spawned server answers `ready`, polling every `poll`
+/// for at most `patience`. If it exits or never answers, it is reaped and
+/// the error carries `log()`.
+pub(crate) async fn await_ready<F: Future<Output = bool>>(
+    mut child: std::process::Child,
+    mut ready: impl FnMut() -> F,
+    poll: std::time::Duration,
+    patience: std::time::Duration,
+    log: impl Fn() -> String,
+) -> Result<std::process::Child, String> {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        if ready().await {
+            return Ok(child);
+        }
+        let exited = child.try_wait().ok().flatten();
+        if exited.is_some() || std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("exited ({exited:?}); log:\n{}", log()));
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
