@@ -6,7 +6,6 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamReadOptions, StreamReadReply};
-use secrecy::ExposeSecret;
 
 use super::{Names, QueueError};
 use crate::config::RedisSettings;
@@ -32,18 +31,9 @@ pub struct EventEntry {
 impl Caller {
     /// Connects to the configured Redis.
     pub async fn connect(settings: &RedisSettings) -> Result<Caller, QueueError> {
-        let url = settings.url.as_ref().ok_or(QueueError::NoUrl)?;
-        let client = redis::Client::open(url.expose_secret())?;
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(MAX_BLOCK + Duration::from_secs(10)));
-        let conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        Ok(Caller {
-            conn,
-            names: Names::new(settings.key_prefix.clone()),
-        })
+        let response_timeout = MAX_BLOCK + Duration::from_secs(10);
+        let (conn, names) = super::connect_plain(settings, response_timeout).await?;
+        Ok(Caller { conn, names })
     }
 
     /// The names in use (prefix applied).

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use secrecy::ExposeSecret;
 
 use super::{Names, QueueError, scripts};
 use crate::config::RedisSettings;
@@ -89,19 +88,9 @@ pub struct DeadLetters {
 impl DeadLetters {
     /// Connects to `redis.url`; names get `redis.key_prefix`.
     pub async fn connect(settings: &RedisSettings) -> Result<DeadLetters, QueueError> {
-        let url = settings.url.as_ref().ok_or(QueueError::NoUrl)?;
-        let client = redis::Client::open(url.expose_secret())?;
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            // A replay moves up to a 10 MB payload; the default 500 ms is short.
-            .set_response_timeout(Some(Duration::from_secs(30)));
-        let conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        Ok(DeadLetters {
-            conn,
-            names: Names::new(settings.key_prefix.clone()),
-        })
+        // A replay moves up to a 10 MB payload; the default 500 ms is short.
+        let (conn, names) = super::connect_plain(settings, Duration::from_secs(30)).await?;
+        Ok(DeadLetters { conn, names })
     }
 
     /// The names in use (prefix applied).

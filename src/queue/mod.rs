@@ -17,7 +17,7 @@ pub use reader::{Batch, Reader};
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
 use secrecy::ExposeSecret;
 
 use crate::config::RedisSettings;
@@ -32,6 +32,23 @@ pub const EVENTS_STREAM_MAXLEN: usize = 10_000;
 /// A progress stream expires this long after its last entry, so an hour
 /// after the job's end (and even when its worker died mid-job).
 pub const EVENTS_TTL_SECS: u64 = 3600;
+
+/// A connection for a one-shot command (no consumer group) and the names
+/// under `redis.key_prefix`; replies may take up to `response_timeout`.
+async fn connect_plain(
+    settings: &RedisSettings,
+    response_timeout: Duration,
+) -> Result<(MultiplexedConnection, Names), QueueError> {
+    let url = settings.url.as_ref().ok_or(QueueError::NoUrl)?;
+    let client = redis::Client::open(url.expose_secret())?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(response_timeout));
+    let conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    Ok((conn, Names::new(settings.key_prefix.clone())))
+}
 
 /// A job's result as published: its request id and JSON, and the
 /// `job_finished` event that ends its progress stream, when it has one.
