@@ -21,7 +21,7 @@ use crate::job::{
 };
 use crate::queue::{DeadLetter, Delivery, Finished, Publication, Queue};
 use crate::retry::{self, Backoff};
-use crate::store::{Claim, JobStatus};
+use crate::store::Claim;
 use crate::workflow::{self, Context, Report, millis};
 use leases::Leases;
 use progress::Progress;
@@ -414,11 +414,7 @@ impl Worker {
     /// retried in the background for a while (a repeated request id is
     /// answered from the Redis result key meanwhile).
     async fn record_finish(&self, result: &JobResult) {
-        let status = if result.error.is_none() {
-            JobStatus::Success
-        } else {
-            JobStatus::Failed
-        };
+        let status = result.status;
         let json = serde_json::to_value(result).expect("a result always serializes");
         let kind = result.job.as_str();
         let request_id = result.request_id.clone();

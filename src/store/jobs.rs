@@ -1,17 +1,6 @@
 //! The `jobs` ledger: one row per request id and kind.
 
-use serde::Serialize;
-
 use super::{Store, StoreError};
-
-/// Where a job stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JobStatus {
-    Running,
-    Success,
-    Failed,
-}
 
 /// One row of `jobs`.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -107,12 +96,13 @@ impl Store {
         Ok(moved.rows_affected() == 1)
     }
 
-    /// Records the final result.
+    /// Records the final result; `status` is the result's own (`success`
+    /// or `failed`).
     pub async fn job_finished(
         &self,
         kind: &str,
         request_id: &str,
-        status: JobStatus,
+        status: &str,
         error_code: Option<&str>,
         result: &serde_json::Value,
     ) -> Result<(), StoreError> {
@@ -124,11 +114,7 @@ impl Store {
         )
         .bind(kind)
         .bind(request_id)
-        .bind(match status {
-            JobStatus::Running => "running",
-            JobStatus::Success => "success",
-            JobStatus::Failed => "failed",
-        })
+        .bind(status)
         .bind(error_code)
         .bind(result)
         .execute(&self.pool)

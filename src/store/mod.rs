@@ -6,7 +6,7 @@ mod jobs;
 mod lock;
 mod servers;
 
-pub use jobs::{Claim, JobRecord, JobStatus};
+pub use jobs::{Claim, JobRecord};
 pub use lock::ServerLock;
 pub use servers::{NewServer, Server, ServerStatus};
 
