@@ -11,20 +11,6 @@ use crate::helpers::*;
 
 const RESULT_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// One worker against one sshd, under one Redis prefix. Fields drop in
-/// order: the worker first, Redis cleanup last.
-struct World {
-    worker: TestWorker,
-    host: TestHost,
-    /// Held for its cleanup on drop.
-    _redis: TestRedis,
-    queue: Queue,
-}
-
-async fn world(playbook: &str, concurrency: usize) -> World {
-    world_on(TestHost::start().await, playbook, concurrency).await
-}
-
 /// Eight loopback addresses on one sshd: eight servers to the worker, so
 /// the one-job-per-server rule does not serialize jobs spread over them.
 const SERVERS: [&str; 8] = [
@@ -37,23 +23,6 @@ const SERVERS: [&str; 8] = [
     "127.0.0.7",
     "127.0.0.8",
 ];
-
-async fn world_on(host: TestHost, playbook: &str, concurrency: usize) -> World {
-    let redis = TestRedis::new().await;
-    let worker = TestWorker::builder(&redis)
-        .target(&host)
-        .deploy_playbook(playbook)
-        .concurrency(concurrency)
-        .spawn()
-        .await;
-    let queue = redis.queue();
-    World {
-        worker,
-        host,
-        _redis: redis,
-        queue,
-    }
-}
 
 /// The fields every result carries (CONTRACT.md section 3), with their types.
 fn assert_contract_fields(result: &Value, request_id: &str) {

@@ -21,6 +21,7 @@ mod ports;
 mod procs;
 mod redis;
 mod worker;
+mod world;
 
 pub use ansible_run::{
     PlaybookRun, StubState, ansible_dir, give_to_login_user, install_stubs, login_user_dir,
@@ -41,3 +42,4 @@ pub use worker::{
     GITHUB_TOKEN_VAR, PROJECT_ENV_VAR, SSH_KEY_REF, TestWorker, TestWorkerBuilder,
     ansible_playbook_bin, tail, worker_bin,
 };
+pub use world::{World, world, world_on};

@@ -13,32 +13,6 @@ use crate::helpers::*;
 
 const RESULT_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// One worker against one sshd, under one Redis prefix. Fields drop in
-/// order: the worker first, Redis cleanup last.
-struct World {
-    worker: TestWorker,
-    host: TestHost,
-    redis: TestRedis,
-    queue: Queue,
-}
-
-async fn world(playbook: &str) -> World {
-    let host = TestHost::start().await;
-    let redis = TestRedis::new().await;
-    let worker = TestWorker::builder(&redis)
-        .target(&host)
-        .deploy_playbook(playbook)
-        .spawn()
-        .await;
-    let queue = redis.queue();
-    World {
-        worker,
-        host,
-        redis,
-        queue,
-    }
-}
-
 /// A playbook that puts both secrets where a careless plugin would copy
 /// them: a task name and a failure message (ignored, so the job succeeds).
 const LEAKY_PLAYBOOK: &str = r#"---
@@ -147,7 +121,7 @@ async fn a_jobs_events_hold_its_tasks_in_order_end_with_job_finished_and_no_secr
     let dir = tempfile::tempdir().unwrap();
     let playbook = dir.path().join("progress.yml");
     std::fs::write(&playbook, LEAKY_PLAYBOOK).unwrap();
-    let w = world(&playbook.to_string_lossy()).await;
+    let w = world(&playbook.to_string_lossy(), 4).await;
     let request_id = unique_request_id("progress");
     let payload = valid_deploy_payload(&request_id, w.host.address(), 8080);
 
@@ -257,7 +231,7 @@ async fn a_jobs_events_hold_its_tasks_in_order_end_with_job_finished_and_no_secr
 #[tokio::test]
 async fn enqueue_wait_prints_the_task_progress_and_exits_0_for_a_passing_playbook() {
     // Arrange
-    let w = world("deploy_digest.yml").await;
+    let w = world("deploy_digest.yml", 4).await;
     let request_id = unique_request_id("wait-ok");
 
     // Act
@@ -299,7 +273,7 @@ async fn enqueue_wait_prints_the_task_progress_and_exits_0_for_a_passing_playboo
 #[tokio::test]
 async fn enqueue_wait_exits_1_for_a_failing_playbook_naming_the_failed_task() {
     // Arrange
-    let w = world("deploy_fail.yml").await;
+    let w = world("deploy_fail.yml", 4).await;
     let request_id = unique_request_id("wait-fail");
 
     // Act
