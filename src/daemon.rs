@@ -114,7 +114,8 @@ async fn until_ok<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
     attempt: impl FnMut() -> F,
 ) -> Option<T> {
     tokio::select! {
-        value = retry::until_ok(what, Duration::from_millis(200), attempt) => Some(value),
+        biased;
         () = shutdown.cancelled() => None,
+        value = retry::until_ok(what, Duration::from_millis(200), attempt) => Some(value),
     }
 }

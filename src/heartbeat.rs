@@ -28,8 +28,9 @@ pub async fn run(path: PathBuf, every: Duration, queue: Queue, stop: Cancellatio
         }
         healthy = Some(now.is_ok());
         tokio::select! {
-            () = tokio::time::sleep(every) => {}
+            biased;
             () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
         }
     }
 }

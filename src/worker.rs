@@ -118,8 +118,9 @@ impl Worker {
                 Err(e) => {
                     tracing::warn!(error.message = %e, "reading the queues failed; reconnecting");
                     tokio::select! {
-                        () = backoff.wait() => {}
+                        biased;
                         () = shutdown.cancelled() => {}
+                        () = backoff.wait() => {}
                     }
                     if let Err(e) = reader.reconnect().await {
                         tracing::warn!(error.message = %e, "reconnecting the reader failed");
@@ -573,9 +574,11 @@ async fn free_slots(
     slots: &Arc<Semaphore>,
     shutdown: &CancellationToken,
 ) -> Option<Vec<OwnedSemaphorePermit>> {
+    // Biased, the stop first: a free slot must not win against it.
     let first = tokio::select! {
-        permit = slots.clone().acquire_owned() => permit.ok()?,
+        biased;
         () = shutdown.cancelled() => return None,
+        permit = slots.clone().acquire_owned() => permit.ok()?,
     };
     let mut permits = vec![first];
     while let Ok(permit) = slots.clone().try_acquire_owned() {

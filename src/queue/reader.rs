@@ -12,6 +12,13 @@
 //! Entries whose worker died are taken over the same way: every so often
 //! `XAUTOCLAIM` claims entries idle longer than the lease, again no more
 //! than there are free slots.
+//!
+//! A wait abandoned for the stop leaves its `XREAD BLOCK` outstanding on the
+//! connection, and Redis answers a blocked client's next command only after
+//! the block ends, typically because a new entry arrived: a `TAKE` sent
+//! behind it would claim exactly the entry a stopping worker must leave. So
+//! an abandoned wait closes its connection, and a stopped reader sends
+//! nothing.
 
 use std::time::{Duration, Instant};
 
@@ -25,7 +32,8 @@ use crate::job::JobKind;
 /// Reads entries for one consumer on a dedicated connection.
 pub struct Reader {
     client: redis::Client,
-    conn: MultiplexedConnection,
+    /// `None` after a wait was abandoned: opened again on next use.
+    conn: Option<MultiplexedConnection>,
     names: Names,
     group: String,
     consumer: String,
@@ -61,7 +69,7 @@ impl Reader {
         let conn = Self::open(&client, block_ms).await?;
         Ok(Reader {
             client,
-            conn,
+            conn: Some(conn),
             names,
             group,
             consumer,
@@ -102,18 +110,31 @@ impl Reader {
 
     /// Replaces a connection that failed.
     pub async fn reconnect(&mut self) -> Result<(), QueueError> {
-        self.conn = Self::open(&self.client, self.block_ms).await?;
+        self.conn = Some(Self::open(&self.client, self.block_ms).await?);
         crate::metrics::redis_reconnected();
         Ok(())
     }
 
+    /// The connection, opened again if an abandoned wait closed it.
+    async fn conn(&mut self) -> Result<&mut MultiplexedConnection, QueueError> {
+        let conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => Self::open(&self.client, self.block_ms).await?,
+        };
+        Ok(self.conn.insert(conn))
+    }
+
     /// Up to `max` entries to run; empty after waiting (at most `block_ms`)
-    /// with nothing new, or as soon as `cancel` fires.
+    /// with nothing new, or as soon as `cancel` fires. Once `cancel` has
+    /// fired it claims nothing and sends nothing.
     pub async fn next(
         &mut self,
         max: usize,
         cancel: &CancellationToken,
     ) -> Result<Batch, QueueError> {
+        if cancel.is_cancelled() {
+            return Ok(Batch::default());
+        }
         let order = if self.provision_first {
             [JobKind::Provision, JobKind::Deploy]
         } else {
@@ -148,8 +169,13 @@ impl Reader {
                 .min(until_reclaim)
                 .max(Duration::from_millis(1));
             tokio::select! {
+                biased;
+                () = cancel.cancelled() => {
+                    // Its XREAD BLOCK is still outstanding: nothing may
+                    // be sent behind it.
+                    self.conn = None;
+                }
                 waited = self.wait_for_new(&newest, block) => waited?,
-                () = cancel.cancelled() => {}
             }
         }
         Ok(batch)
@@ -173,7 +199,7 @@ impl Reader {
             .arg(&self.cursors[slot])
             .arg("COUNT")
             .arg(count)
-            .query_async::<StreamAutoClaimReply>(&mut self.conn)
+            .query_async::<StreamAutoClaimReply>(self.conn().await?)
             .await;
         let reply = match reply {
             Ok(reply) => reply,
@@ -220,7 +246,7 @@ impl Reader {
                 .arg(1);
         }
         let replies: Vec<Vec<(String, String, u64, u64)>> =
-            pipe.query_async(&mut self.conn).await?;
+            pipe.query_async(self.conn().await?).await?;
         Ok(replies
             .into_iter()
             .map(|reply| {
@@ -246,7 +272,7 @@ impl Reader {
             .arg(&self.group)
             .arg(&self.consumer)
             .arg(room)
-            .invoke_async(&mut self.conn)
+            .invoke_async(self.conn().await?)
             .await?;
         let mut newest = ["0-0".to_owned(), "0-0".to_owned()];
         for ((kind, stream), (id, state, taken)) in order.into_iter().zip(streams).zip(replies) {
@@ -274,7 +300,7 @@ impl Reader {
             .arg(&self.group)
             .arg("0")
             .arg("MKSTREAM")
-            .query_async(&mut self.conn)
+            .query_async(self.conn().await?)
             .await;
         match created {
             Err(e) if e.code() != Some("BUSYGROUP") => Err(e.into()),
@@ -297,7 +323,7 @@ impl Reader {
             .arg(self.names.queue(JobKind::Provision))
             .arg(&newest[0])
             .arg(&newest[1])
-            .query_async(&mut self.conn)
+            .query_async(self.conn().await?)
             .await?;
         Ok(())
     }

@@ -41,8 +41,9 @@ impl Leases {
         let every = lease / 3;
         loop {
             tokio::select! {
-                () = tokio::time::sleep(every) => {}
+                biased;
                 () = stop.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
             }
             for (stream, ids) in self.by_stream() {
                 match queue.renew(&stream, &ids).await {
