@@ -30,6 +30,15 @@ pub async fn run(ctx: &Context, job: &ProvisionJob, events: Option<EventSink>) -
     flow.finish(report)
 }
 
+/// What a provisioning needs before it touches the server.
+struct Prepared {
+    run: PlaybookRun,
+    workspace: Workspace,
+    /// The OpenSSH public line of `key`, for `authorized_keys`.
+    public_key: String,
+    key: SecretString,
+}
+
 /// One provisioning in progress; remembers the last status it wrote.
 struct Flow<'a> {
     ctx: &'a Context,
@@ -78,95 +87,143 @@ impl Flow<'_> {
         mut server: Server,
         started: Instant,
     ) -> Report {
-        let key = match self.resolve(&server.ssh_key_ref).await {
-            Ok(key) => key,
-            Err(error) => return self.fail(ServerStatus::Failed, error).await,
-        };
         if job.force_reinstall {
             // A new OS has a new host key: the old pin is obsolete.
             server.host_key = None;
         }
-        let mut run = self.playbook_run(job, &server, key.clone());
-        let workspace = match self.ctx.runner.workspace(&run) {
-            Ok(workspace) => workspace,
-            Err(e) => return Report::failed(JobError::new(ErrorCode::Internal, e.to_string())),
+        let Prepared {
+            run,
+            workspace,
+            public_key,
+            key,
+        } = match self.prepare(job, &server).await {
+            Ok(prepared) => prepared,
+            Err(report) => return report,
         };
-        let public_key = match self.public_key(&workspace, &server).await {
-            Ok(public_key) => public_key,
-            Err(error) => return self.fail(ServerStatus::Failed, error).await,
-        };
-        run.extra_vars["deploy_authorized_key"] = json!(public_key);
-        if let Err(e) = workspace.rewrite_extra_vars(&run.extra_vars) {
-            return Report::failed(JobError::new(ErrorCode::Internal, e.to_string()));
-        }
         let mut redact_values = vec![key];
         let mut policy = preflight::retry_policy(self.ctx);
-
         if job.force_reinstall {
-            self.set_status(ServerStatus::Reinstalling, None).await;
-            match self.reinstall(&server, &public_key).await {
+            match self.reinstall_os(&server, &public_key).await {
                 Ok(password) => redact_values.extend(password),
-                Err(error) => return self.fail(ServerStatus::Failed, error).await,
+                Err(report) => return report,
             }
-            // We caused the host key change; forget the pin and give the
-            // fresh system time to boot.
-            self.forget_host_key().await;
             policy = self.after_reinstall(policy);
         }
-        self.set_status(
-            if job.is_recovery {
-                ServerStatus::Recovering
-            } else {
-                ServerStatus::Provisioning
-            },
-            None,
-        )
-        .await;
+        let working = if job.is_recovery {
+            ServerStatus::Recovering
+        } else {
+            ServerStatus::Provisioning
+        };
+        self.set_status(working, None).await;
 
         // After a reinstall the probe is the wait for the new system to boot:
         // it runs whatever `ssh.preflight` says.
         let probe = self.ctx.settings.ssh.preflight || job.force_reinstall;
         if probe {
-            if let Err(error) = preflight::reach(self.ctx, &workspace, &run.target, policy).await {
-                let status = match error.code {
-                    ErrorCode::SshUnreachable => ServerStatus::Unreachable,
-                    _ => ServerStatus::Failed,
-                };
-                return self.fail(status, error).await;
-            }
-            if server.host_key.is_none() {
-                self.pin_host_key(&workspace).await;
+            if let Err(report) = self.reach(&workspace, &run, &server, policy).await {
+                return report;
             }
         }
-
         let redactor = Redactor::new(redact_values.iter());
         let preflight_ms = millis(started.elapsed());
-        let timeout = self.ctx.job_timeout();
-        let report = match self.ctx.runner.run_in(&workspace, run, &redactor).await {
-            Ok(outcome) => {
-                // Without the probe, the playbook made the first contact.
-                if !probe && server.host_key.is_none() && outcome.succeeded() {
-                    self.pin_host_key(&workspace).await;
-                }
-                Report {
-                    preflight_ms,
-                    ..Report::default()
-                }
-                .with_playbook(outcome, timeout)
-            }
-            Err(e) => Report {
-                preflight_ms,
-                ..Report::failed(JobError::new(ErrorCode::Internal, e.to_string()))
-            },
+        let report = self.play(&workspace, run, &server, probe, &redactor).await;
+        let report = Report {
+            preflight_ms,
+            ..report
         };
-        match &report.error {
-            None => self.set_status(ServerStatus::Ready, None).await,
-            Some(error) => {
-                self.set_status(ServerStatus::Failed, Some(&error.message))
-                    .await
-            }
-        }
+        let error = report.error.as_ref().map(|error| error.message.as_str());
+        let status = match error {
+            None => ServerStatus::Ready,
+            Some(_) => ServerStatus::Failed,
+        };
+        self.set_status(status, error).await;
         report
+    }
+
+    /// The reinstall step: status `reinstalling`, the provider's rebuild,
+    /// and the old host key forgotten (we caused its change).
+    async fn reinstall_os(
+        &mut self,
+        server: &Server,
+        public_key: &str,
+    ) -> Result<Option<SecretString>, Report> {
+        self.set_status(ServerStatus::Reinstalling, None).await;
+        match self.reinstall(server, public_key).await {
+            Ok(password) => {
+                self.forget_host_key().await;
+                Ok(password)
+            }
+            Err(error) => Err(self.fail(ServerStatus::Failed, error).await),
+        }
+    }
+
+    /// The deploy key, the run's private directory with its extra vars, and
+    /// the public half of the key that the server is to trust.
+    async fn prepare(&mut self, job: &ProvisionJob, server: &Server) -> Result<Prepared, Report> {
+        let key = match self.resolve(&server.ssh_key_ref).await {
+            Ok(key) => key,
+            Err(error) => return Err(self.fail(ServerStatus::Failed, error).await),
+        };
+        let mut run = self.playbook_run(job, server, key.clone());
+        let workspace = self.ctx.runner.workspace(&run).map_err(internal)?;
+        let public_key = match self.public_key(&workspace, server).await {
+            Ok(public_key) => public_key,
+            Err(error) => return Err(self.fail(ServerStatus::Failed, error).await),
+        };
+        run.extra_vars["deploy_authorized_key"] = json!(public_key);
+        workspace
+            .rewrite_extra_vars(&run.extra_vars)
+            .map_err(internal)?;
+        Ok(Prepared {
+            run,
+            workspace,
+            public_key,
+            key,
+        })
+    }
+
+    /// The SSH probe, with the retries of `policy`; pins the host key of a
+    /// first contact. An unreachable server is marked `unreachable`.
+    async fn reach(
+        &mut self,
+        workspace: &Workspace,
+        run: &PlaybookRun,
+        server: &Server,
+        policy: RetryPolicy,
+    ) -> Result<(), Report> {
+        if let Err(error) = preflight::reach(self.ctx, workspace, &run.target, policy).await {
+            let status = match error.code {
+                ErrorCode::SshUnreachable => ServerStatus::Unreachable,
+                _ => ServerStatus::Failed,
+            };
+            return Err(self.fail(status, error).await);
+        }
+        if server.host_key.is_none() {
+            self.pin_host_key(workspace).await;
+        }
+        Ok(())
+    }
+
+    /// The playbook itself. Without the probe, the playbook made the first
+    /// contact: a success pins the host key it met.
+    async fn play(
+        &self,
+        workspace: &Workspace,
+        run: PlaybookRun,
+        server: &Server,
+        probed: bool,
+        redactor: &Redactor,
+    ) -> Report {
+        let timeout = self.ctx.job_timeout();
+        match self.ctx.runner.run_in(workspace, run, redactor).await {
+            Ok(outcome) => {
+                if !probed && server.host_key.is_none() && outcome.succeeded() {
+                    self.pin_host_key(workspace).await;
+                }
+                Report::default().with_playbook(outcome, timeout)
+            }
+            Err(e) => internal(e),
+        }
     }
 
     fn playbook_run(&self, job: &ProvisionJob, server: &Server, key: SecretString) -> PlaybookRun {
@@ -270,7 +327,8 @@ impl Flow<'_> {
         Ok(Some(password).filter(|p| !p.expose_secret().is_empty()))
     }
 
-    /// After a reinstall the server boots for a while: keep the backoff but
+    /// After a reinstall the server boots for a while (the probe is the
+    /// wait for it): keep the backoff but
     /// try long enough to cover `provision.reinstall_ssh_wait_secs`.
     fn after_reinstall(&self, policy: RetryPolicy) -> RetryPolicy {
         let wait = Duration::from_secs(self.ctx.settings.provision.reinstall_ssh_wait_secs);
@@ -348,4 +406,9 @@ impl Flow<'_> {
         );
         report
     }
+}
+
+/// A failure of ours, not the server's: the run could not be set up.
+fn internal(e: impl std::fmt::Display) -> Report {
+    Report::failed(JobError::new(ErrorCode::Internal, e.to_string()))
 }
