@@ -100,19 +100,12 @@ impl Worker {
                     }
                     for delivery in batch.deliveries {
                         let permit = permits.pop().expect("never more entries than slots");
-                        let token = leases.hold(&delivery, &abort);
-                        let worker = self.clone();
-                        let leases = leases.clone();
-                        let abort = abort.clone();
-                        jobs.spawn(async move {
-                            let _in_flight = crate::metrics::job_started();
-                            let handled = worker.handle_guarded(delivery.clone(), token).await;
-                            if handled == Handled::Abandoned && abort.is_cancelled() {
-                                worker.hand_back(&delivery).await;
-                            }
-                            leases.release(&delivery);
-                            drop(permit);
-                        });
+                        jobs.spawn(self.clone().run_one(
+                            delivery,
+                            permit,
+                            leases.clone(),
+                            abort.clone(),
+                        ));
                     }
                 }
                 Err(e) => {
@@ -135,6 +128,25 @@ impl Worker {
             tracing::warn!(error.message = %e, "removing this consumer from the groups failed");
         }
         Ok(())
+    }
+
+    /// One entry in its slot, under its lease: handled to its end, or, if
+    /// the drain's grace ran out, handed back to the group.
+    async fn run_one(
+        self,
+        delivery: Delivery,
+        permit: OwnedSemaphorePermit,
+        leases: Leases,
+        abort: CancellationToken,
+    ) {
+        let token = leases.hold(&delivery, &abort);
+        let _in_flight = crate::metrics::job_started();
+        let handled = self.handle_guarded(delivery.clone(), token).await;
+        if handled == Handled::Abandoned && abort.is_cancelled() {
+            self.hand_back(&delivery).await;
+        }
+        leases.release(&delivery);
+        drop(permit);
     }
 
     async fn drain(&self, jobs: &TaskTracker, abort: &CancellationToken) {
