@@ -60,13 +60,13 @@ pub async fn run_until_stopped(
         trigger.cancel();
     });
 
-    let store = Store::connect_lazy(settings.postgres.url.as_ref(), settings.worker.concurrency)?;
+    let store = Store::connect_lazy(&settings.postgres.url, settings.worker.concurrency);
     // HTTP and heartbeat outlive the drain; this guard stops them on every
     // way out of this function.
     let services = CancellationToken::new();
     let _stop_services = services.clone().drop_guard();
     let health = Health::new(store.clone());
-    let listener = http::bind(settings.http.listen_addr()).await?;
+    let listener = http::bind(settings.http.listen).await?;
     let server = tokio::spawn(http::serve(listener, health.clone(), services.clone()));
     if until_ok("applying the Postgres migrations", &shutdown, || {
         store.migrate()
