@@ -45,7 +45,8 @@ const BODY_EXCERPT_LIMIT: usize = 300;
 const INVALID_TASK_MESSAGE: &str = "Invalid task ID";
 
 /// An API root the client can join paths onto: an absolute `http(s)` URL
-/// without credentials, its path ending in `/`. Parsed once, at load.
+/// without credentials, its path ending in `/`. Parsed once, when the
+/// settings load (`time4vps.base_url`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct BaseUrl(Url);
 
@@ -55,8 +56,10 @@ type UrlParseError = <Url as std::str::FromStr>::Err;
 /// Why a text is not a usable API root.
 #[derive(Debug, thiserror::Error)]
 pub enum BaseUrlError {
+    /// Not a URL at all, or a relative one.
     #[error("{0}")]
     Parse(UrlParseError),
+    /// Another scheme than the API speaks.
     #[error("must be an http or https URL")]
     Scheme,
     /// A URL ends up in error messages; credentials come from secret
