@@ -1,19 +1,21 @@
 //! The settings tree: defaults, then a TOML file, then `INFRA__SECTION__KEY`
-//! environment variables. Loaded and validated once at start; every later
-//! module receives typed, already-checked values.
+//! environment variables. Loaded and checked once at start into typed
+//! values (a socket address, opened connection settings, a parsed API URL),
+//! so no later module unwraps or re-checks one.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
+use sqlx::postgres::PgConnectOptions;
+
+use crate::provider::time4vps::{self, BaseUrl};
 
 /// Everything the daemon can be told, one section per concern.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Settings {
     pub redis: RedisSettings,
-    #[serde(default)]
     pub postgres: PostgresSettings,
     pub worker: WorkerSettings,
     pub ansible: AnsibleSettings,
@@ -27,12 +29,9 @@ pub struct Settings {
 }
 
 /// Where the queues live and who this worker is among its peers.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize)]
 pub struct RedisSettings {
-    /// May carry a password, hence secret.
-    #[serde(serialize_with = "redacted")]
-    pub url: Option<SecretString>,
+    pub url: RedisUrl,
     pub group: String,
     /// Unique per process; defaults to `<hostname>-<pid>`.
     pub consumer: Option<String>,
@@ -42,13 +41,66 @@ pub struct RedisSettings {
     pub block_ms: u64,
 }
 
-/// The status store. Optional until a job kind needs it.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct PostgresSettings {
-    #[serde(serialize_with = "redacted")]
-    pub url: Option<SecretString>,
+/// `redis.url`, checked: the client for it (opening one does no I/O). It may
+/// carry a password, so it prints as `***`.
+#[derive(Clone)]
+pub struct RedisUrl(redis::Client);
+
+impl RedisUrl {
+    /// Checks that `url` is a Redis URL the client accepts.
+    pub fn parse(url: &str) -> Result<RedisUrl, redis::RedisError> {
+        redis::Client::open(url).map(RedisUrl)
+    }
+
+    /// The client every connection to Redis is made from.
+    pub fn client(&self) -> &redis::Client {
+        &self.0
+    }
 }
+
+/// The status store.
+#[derive(Debug, Clone, Serialize)]
+pub struct PostgresSettings {
+    pub url: PostgresUrl,
+}
+
+/// `postgres.url`, parsed into connection options (a password missing from
+/// it is taken from `PGPASSWORD` or `PGPASSFILE` then). It may carry a
+/// password, so it prints as `***`.
+#[derive(Clone)]
+pub struct PostgresUrl(PgConnectOptions);
+
+impl PostgresUrl {
+    /// Checks that `url` is a Postgres URL sqlx accepts.
+    pub fn parse(url: &str) -> Result<PostgresUrl, sqlx::Error> {
+        url.parse().map(PostgresUrl)
+    }
+
+    /// What a pool connects with.
+    pub fn options(&self) -> &PgConnectOptions {
+        &self.0
+    }
+}
+
+/// A connection URL prints as `***` in `Debug` and `check-config --json`:
+/// the same mask the `Redactor` puts over secrets in text.
+macro_rules! masked {
+    ($name:ident) => {
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(concat!(stringify!($name), "(***)"))
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, out: S) -> Result<S::Ok, S::Error> {
+                out.serialize_str("***")
+            }
+        }
+    };
+}
+masked!(RedisUrl);
+masked!(PostgresUrl);
 
 /// How much work one process takes on, and for how long.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -106,10 +158,9 @@ pub struct ProvisionSettings {
 }
 
 /// The Time4VPS API, used for `force_reinstall`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Time4vpsSettings {
-    pub base_url: String,
+    pub base_url: BaseUrl,
     /// Secret references of the API credentials.
     pub username_ref: Option<String>,
     pub password_ref: Option<String>,
@@ -121,24 +172,15 @@ pub struct Time4vpsSettings {
 }
 
 /// The metrics and health endpoints.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize)]
 pub struct HttpSettings {
-    /// `IP:port` to serve `/metrics`, `/healthz` and `/readyz` on; port 0
-    /// picks a free one (logged as `listen` on "http listening").
-    pub listen: String,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; port 0 picks
+    /// a free one (logged as `listen` on "http listening").
+    pub listen: SocketAddr,
 }
 
-impl HttpSettings {
-    /// The listen address; `validate` has checked that it parses.
-    pub fn listen_addr(&self) -> SocketAddr {
-        self.listen
-            .parse()
-            .expect("http.listen was validated at load")
-    }
-}
-
-/// The ops heartbeat file (seed 002: `./tmp/<service>.heartbeat`).
+/// The ops heartbeat file, by the ops docs' convention
+/// `./tmp/<service>.heartbeat`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatSettings {
@@ -177,14 +219,6 @@ pub struct LogSettings {
 pub enum LogFormat {
     Pretty,
     Json,
-}
-
-/// Secrets print as `***` (or null when unset), never as themselves.
-fn redacted<S: Serializer>(secret: &Option<SecretString>, out: S) -> Result<S::Ok, S::Error> {
-    match secret {
-        Some(_) => out.serialize_str("***"),
-        None => out.serialize_none(),
-    }
 }
 
 /// A configuration that cannot be used; the message names the key.
@@ -226,7 +260,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("ssh.retry_max_ms", "60000"),
     ("ssh.connect_timeout_secs", "10"),
     ("provision.reinstall_ssh_wait_secs", "900"),
-    ("time4vps.base_url", "https://billing.time4vps.com/api/"),
+    ("time4vps.base_url", time4vps::DEFAULT_BASE_URL),
     ("time4vps.os", "ubuntu-22.04-x86_64"),
     ("time4vps.request_timeout_secs", "30"),
     ("time4vps.poll_interval_secs", "10"),
@@ -267,86 +301,8 @@ impl Settings {
             },
             None => ConfigError::Invalid(source),
         })?;
-        let settings: Settings = raw.try_deserialize().map_err(ConfigError::Invalid)?;
-        settings.validate()?;
-        Ok(settings)
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key, problem: &str| {
-            Err(ConfigError::Key {
-                key,
-                problem: problem.to_owned(),
-            })
-        };
-        let Some(redis_url) = &self.redis.url else {
-            return bad("redis.url", "is required (e.g. redis://127.0.0.1:6379)");
-        };
-        // A malformed URL is a configuration error, not an outage to wait out.
-        if let Err(e) = redis::Client::open(redis_url.expose_secret()) {
-            return bad("redis.url", &format!("is not a usable Redis URL: {e}"));
-        }
-        if self.redis.group.is_empty() {
-            return bad("redis.group", "must not be empty");
-        }
-        if self.redis.consumer.as_deref() == Some("") {
-            return bad("redis.consumer", "must not be empty");
-        }
-        if self.redis.block_ms == 0 {
-            return bad("redis.block_ms", "must be at least 1");
-        }
-        if !(1..=1024).contains(&self.worker.concurrency) {
-            return bad("worker.concurrency", "must be between 1 and 1024");
-        }
-        if self.worker.job_timeout_secs == 0 {
-            return bad("worker.job_timeout_secs", "must be at least 1");
-        }
-        if self.worker.lease_secs < 2 {
-            return bad("worker.lease_secs", "must be at least 2");
-        }
-        if self.worker.max_deliveries == 0 {
-            return bad("worker.max_deliveries", "must be at least 1");
-        }
-        if self.ansible.playbook_bin.is_empty() {
-            return bad("ansible.playbook_bin", "must not be empty");
-        }
-        if self.ansible.ssh_port == 0 {
-            return bad("ansible.ssh_port", "must be between 1 and 65535");
-        }
-        if self.ssh.attempts == 0 {
-            return bad("ssh.attempts", "must be at least 1");
-        }
-        let Some(postgres_url) = &self.postgres.url else {
-            return bad(
-                "postgres.url",
-                "is required (e.g. postgres://infra@127.0.0.1/infra)",
-            );
-        };
-        if let Err(e) = postgres_url
-            .expose_secret()
-            .parse::<sqlx::postgres::PgConnectOptions>()
-        {
-            return bad(
-                "postgres.url",
-                &format!("is not a usable Postgres URL: {e}"),
-            );
-        }
-        if self.time4vps.poll_interval_secs == 0 {
-            return bad("time4vps.poll_interval_secs", "must be at least 1");
-        }
-        if self.ansible.ssh_user.is_empty() {
-            return bad("ansible.ssh_user", "must not be empty");
-        }
-        if self.http.listen.parse::<SocketAddr>().is_err() {
-            return bad(
-                "http.listen",
-                "must be an IP address and port (e.g. 127.0.0.1:9187)",
-            );
-        }
-        if self.heartbeat.interval_secs == 0 {
-            return bad("heartbeat.interval_secs", "must be at least 1");
-        }
-        Ok(())
+        let raw: RawSettings = raw.try_deserialize().map_err(ConfigError::Invalid)?;
+        raw.check()
     }
 
     /// This process's consumer name in the groups.
@@ -360,10 +316,228 @@ impl Settings {
     }
 }
 
+/// The tree as the sources give it: the sections whose values still need
+/// parsing hold them as text (or absent) until [`RawSettings::check`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    redis: RawRedis,
+    #[serde(default)]
+    postgres: RawPostgres,
+    worker: WorkerSettings,
+    ansible: AnsibleSettings,
+    secrets: SecretsSettings,
+    log: LogSettings,
+    ssh: SshSettings,
+    provision: ProvisionSettings,
+    time4vps: RawTime4vps,
+    http: RawHttp,
+    heartbeat: HeartbeatSettings,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedis {
+    url: Option<SecretString>,
+    group: String,
+    consumer: Option<String>,
+    key_prefix: String,
+    block_ms: u64,
+}
+
+/// Optional in the sources so that its absence is named by our own message.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostgres {
+    url: Option<SecretString>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTime4vps {
+    base_url: String,
+    username_ref: Option<String>,
+    password_ref: Option<String>,
+    os: String,
+    request_timeout_secs: u64,
+    poll_interval_secs: u64,
+    reinstall_deadline_secs: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: String,
+}
+
+/// `Err` naming `key` unless `ok`.
+fn ensure(ok: bool, key: &'static str, problem: &str) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Key {
+            key,
+            problem: problem.to_owned(),
+        })
+    }
+}
+
+/// A parse failure of `key`, with the parser's reason.
+fn unusable(key: &'static str, what: &str, e: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Key {
+        key,
+        problem: format!("is not a usable {what}: {e}"),
+    }
+}
+
+/// A required key the sources did not give.
+fn required(key: &'static str, example: &str) -> ConfigError {
+    ConfigError::Key {
+        key,
+        problem: format!("is required (e.g. {example})"),
+    }
+}
+
+impl RawSettings {
+    /// Every rule, in the order the first broken one is reported.
+    fn check(self) -> Result<Settings, ConfigError> {
+        let redis = self.redis.check()?;
+        self.worker.check()?;
+        self.ansible.check()?;
+        ensure(self.ssh.attempts > 0, "ssh.attempts", "must be at least 1")?;
+        let postgres = self.postgres.check()?;
+        let time4vps = self.time4vps.check()?;
+        let http = self.http.check()?;
+        ensure(
+            self.heartbeat.interval_secs > 0,
+            "heartbeat.interval_secs",
+            "must be at least 1",
+        )?;
+        Ok(Settings {
+            redis,
+            postgres,
+            worker: self.worker,
+            ansible: self.ansible,
+            secrets: self.secrets,
+            log: self.log,
+            ssh: self.ssh,
+            provision: self.provision,
+            time4vps,
+            http,
+            heartbeat: self.heartbeat,
+        })
+    }
+}
+
+impl RawRedis {
+    fn check(self) -> Result<RedisSettings, ConfigError> {
+        let url = self
+            .url
+            .ok_or_else(|| required("redis.url", "redis://127.0.0.1:6379"))?;
+        // A malformed URL is a configuration error, not an outage to wait out.
+        let url = RedisUrl::parse(url.expose_secret())
+            .map_err(|e| unusable("redis.url", "Redis URL", e))?;
+        ensure(!self.group.is_empty(), "redis.group", "must not be empty")?;
+        let consumer = self.consumer.as_deref();
+        ensure(consumer != Some(""), "redis.consumer", "must not be empty")?;
+        ensure(self.block_ms > 0, "redis.block_ms", "must be at least 1")?;
+        Ok(RedisSettings {
+            url,
+            group: self.group,
+            consumer: self.consumer,
+            key_prefix: self.key_prefix,
+            block_ms: self.block_ms,
+        })
+    }
+}
+
+impl WorkerSettings {
+    fn check(&self) -> Result<(), ConfigError> {
+        ensure(
+            (1..=1024).contains(&self.concurrency),
+            "worker.concurrency",
+            "must be between 1 and 1024",
+        )?;
+        ensure(
+            self.job_timeout_secs > 0,
+            "worker.job_timeout_secs",
+            "must be at least 1",
+        )?;
+        ensure(
+            self.lease_secs >= 2,
+            "worker.lease_secs",
+            "must be at least 2",
+        )?;
+        ensure(
+            self.max_deliveries > 0,
+            "worker.max_deliveries",
+            "must be at least 1",
+        )
+    }
+}
+
 impl AnsibleSettings {
-    /// A playbook path from the settings, resolved against `ansible.dir`.
-    pub fn playbook_path(&self, relative: &Path) -> PathBuf {
-        self.dir.join(relative)
+    fn check(&self) -> Result<(), ConfigError> {
+        ensure(
+            !self.playbook_bin.is_empty(),
+            "ansible.playbook_bin",
+            "must not be empty",
+        )?;
+        ensure(
+            self.ssh_port != 0,
+            "ansible.ssh_port",
+            "must be between 1 and 65535",
+        )?;
+        ensure(
+            !self.ssh_user.is_empty(),
+            "ansible.ssh_user",
+            "must not be empty",
+        )
+    }
+}
+
+impl RawPostgres {
+    fn check(self) -> Result<PostgresSettings, ConfigError> {
+        let url = self
+            .url
+            .ok_or_else(|| required("postgres.url", "postgres://infra@127.0.0.1/infra"))?;
+        let url = PostgresUrl::parse(url.expose_secret())
+            .map_err(|e| unusable("postgres.url", "Postgres URL", e))?;
+        Ok(PostgresSettings { url })
+    }
+}
+
+impl RawTime4vps {
+    fn check(self) -> Result<Time4vpsSettings, ConfigError> {
+        let poll_interval = self.poll_interval_secs > 0;
+        ensure(
+            poll_interval,
+            "time4vps.poll_interval_secs",
+            "must be at least 1",
+        )?;
+        // Checked here, not at the first reinstall: a typo is the
+        // operator's to fix at start, not a job's `provider_error`.
+        let base_url = BaseUrl::parse(&self.base_url)
+            .map_err(|e| unusable("time4vps.base_url", "API URL", e))?;
+        Ok(Time4vpsSettings {
+            base_url,
+            username_ref: self.username_ref,
+            password_ref: self.password_ref,
+            os: self.os,
+            request_timeout_secs: self.request_timeout_secs,
+            poll_interval_secs: self.poll_interval_secs,
+            reinstall_deadline_secs: self.reinstall_deadline_secs,
+        })
+    }
+}
+
+impl RawHttp {
+    fn check(self) -> Result<HttpSettings, ConfigError> {
+        let listen = self.listen.parse().map_err(|_| ConfigError::Key {
+            key: "http.listen",
+            problem: "must be an IP address and port (e.g. 127.0.0.1:9187)".to_owned(),
+        })?;
+        Ok(HttpSettings { listen })
     }
 }
 
@@ -427,7 +601,7 @@ mod tests {
     #[test]
     fn metrics_listen_on_loopback_and_the_heartbeat_follows_the_ops_convention_by_default() {
         let s = load_toml(REQUIRED).unwrap();
-        assert_eq!(s.http.listen_addr(), "127.0.0.1:9187".parse().unwrap());
+        assert_eq!(s.http.listen, "127.0.0.1:9187".parse().unwrap());
         assert_eq!(
             s.heartbeat.file(),
             Some(Path::new("tmp/infra_service.heartbeat"))
@@ -445,6 +619,81 @@ mod tests {
     fn a_bad_listen_address_is_named() {
         let err = load_toml(&format!("{REQUIRED}[http]\nlisten = \"localhost\"\n")).unwrap_err();
         assert!(err.to_string().contains("http.listen"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_time4vps_base_url_is_a_configuration_error_naming_the_key() {
+        for bad in [
+            "not a url",
+            "billing.time4vps.com/api/",
+            "ftp://billing.time4vps.com/api/",
+        ] {
+            let err =
+                load_toml(&format!("{REQUIRED}[time4vps]\nbase_url = \"{bad}\"\n")).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with("configuration key `time4vps.base_url`: "),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_time4vps_base_url_with_credentials_is_refused() {
+        let toml = format!("{REQUIRED}[time4vps]\nbase_url = \"https://u:pw@h/api/\"\n");
+        let err = load_toml(&toml).unwrap_err();
+        assert!(err.to_string().contains("time4vps.base_url"), "{err}");
+        assert!(err.to_string().contains("credentials"), "{err}");
+    }
+
+    #[test]
+    fn the_time4vps_base_url_defaults_to_the_production_api_and_gains_a_trailing_slash() {
+        let s = load_toml(REQUIRED).unwrap();
+        assert_eq!(
+            s.time4vps.base_url.as_str(),
+            "https://billing.time4vps.com/api/"
+        );
+        let s = load_toml(&format!(
+            "{REQUIRED}[time4vps]\nbase_url = \"http://127.0.0.1:8080/api\"\n"
+        ))
+        .unwrap();
+        assert_eq!(s.time4vps.base_url.as_str(), "http://127.0.0.1:8080/api/");
+    }
+
+    #[test]
+    fn an_unparsable_redis_url_is_named() {
+        let err = load_toml("[redis]\nurl = \"http://127.0.0.1:6379\"\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("configuration key `redis.url`: is not a usable Redis URL"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unparsable_postgres_url_is_named() {
+        let err =
+            load_toml("[redis]\nurl = \"redis://x\"\n[postgres]\nurl = \"postgres://x:port/db\"\n")
+                .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("configuration key `postgres.url`: is not a usable Postgres URL"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_connection_urls_print_masked() {
+        let toml = "[redis]\nurl = \"redis://:hunter2@127.0.0.1:6379\"\n\
+                    [postgres]\nurl = \"postgres://infra:hunter2@127.0.0.1/infra\"\n";
+        let s = load_toml(toml).unwrap();
+        let debug = format!("{s:?}");
+        let json = serde_json::to_value(&s).unwrap();
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("url: RedisUrl(***)"), "{debug}");
+        assert_eq!(json["redis"]["url"], "***");
+        assert_eq!(json["postgres"]["url"], "***");
+        assert_eq!(json["http"]["listen"], "127.0.0.1:9187");
     }
 
     #[test]

@@ -60,25 +60,15 @@ pub async fn run_until_stopped(
         trigger.cancel();
     });
 
-    let store = Store::connect_lazy(settings.postgres.url.as_ref(), settings.worker.concurrency)?;
+    let store = Store::connect_lazy(&settings.postgres.url, settings.worker.concurrency);
     // HTTP and heartbeat outlive the drain; this guard stops them on every
     // way out of this function.
     let services = CancellationToken::new();
     let _stop_services = services.clone().drop_guard();
     let health = Health::new(store.clone());
-    let listener = http::bind(settings.http.listen_addr()).await?;
+    let listener = http::bind(settings.http.listen).await?;
     let server = tokio::spawn(http::serve(listener, health.clone(), services.clone()));
-    if until_ok("applying the Postgres migrations", &shutdown, || {
-        store.migrate()
-    })
-    .await
-    .is_none()
-    {
-        return Ok(());
-    }
-    let consumer = settings.consumer_name();
-    let connect = || Queue::connect(&settings.redis, consumer.clone());
-    let Some(queue) = until_ok("connecting to Redis", &shutdown, connect).await else {
+    let Some(queue) = connect(&settings, &store, &shutdown).await else {
         return Ok(());
     };
     health.set_queue(queue.clone());
@@ -92,6 +82,34 @@ pub async fn run_until_stopped(
     }
     let worker = Worker::new(queue, Context::new(settings.clone(), store));
     worker.run(shutdown).await?;
+    stop_after_the_drain(&settings, services, server).await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// Applies the migrations, then connects to Redis, each retried until it
+/// works; `None` if told to stop first.
+async fn connect(
+    settings: &Settings,
+    store: &Store,
+    shutdown: &CancellationToken,
+) -> Option<Queue> {
+    until_ok("applying the Postgres migrations", shutdown, || {
+        store.migrate()
+    })
+    .await?;
+    let consumer = settings.consumer_name();
+    let connect = || Queue::connect(&settings.redis, consumer.clone());
+    until_ok("connecting to Redis", shutdown, connect).await
+}
+
+/// Once the worker has drained: lets the last playbook runs finish dying,
+/// then stops HTTP and the heartbeat.
+async fn stop_after_the_drain(
+    settings: &Settings,
+    services: CancellationToken,
+    server: tokio::task::JoinHandle<()>,
+) {
     // Runs stopped at the end of the drain finish dying on threads of their
     // own; let them, so nothing outlives the worker.
     let kill_grace = Duration::from_secs(settings.worker.kill_grace_secs);
@@ -101,8 +119,6 @@ pub async fn run_until_stopped(
     services.cancel();
     // Open keep-alive connections may hold the server a moment; not longer.
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
-    tracing::info!("worker stopped");
-    Ok(())
 }
 
 /// Dependencies may come up after us (compose, restarts): `attempt` is

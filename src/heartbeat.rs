@@ -1,4 +1,5 @@
-//! The ops heartbeat file (seed 002): touched every `heartbeat.interval_secs`
+//! The ops heartbeat file (the ops docs' convention
+//! `./tmp/<service>.heartbeat`): touched every `heartbeat.interval_secs`
 //! while Redis answers, so a supervisor that watches its mtime sees a worker
 //! that is alive and connected, and a stale file otherwise.
 

@@ -35,18 +35,7 @@ fn main() -> ExitCode {
             telemetry::init(&settings.log);
             run_worker(settings)
         }
-        Command::CheckConfig { config, json } => match Settings::load(config.path()) {
-            Ok(settings) if json => {
-                let text = serde_json::to_string_pretty(&settings).expect("settings serialize");
-                println!("{text}");
-                ExitCode::SUCCESS
-            }
-            Ok(settings) => {
-                println!("configuration OK\n{settings:#?}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => config_failure(&e),
-        },
+        Command::CheckConfig { config, json } => check_config(config.path(), json),
         Command::Migrate(args) => run_once(args.path(), |settings| async move {
             operator::migrate(&settings).await.map(|()| 0)
         }),
@@ -72,6 +61,22 @@ fn main() -> ExitCode {
             })
         }
     }
+}
+
+/// `check-config`: loads and checks the settings, prints them (the
+/// connection URLs masked), exit 0; or names the bad key, exit 1.
+fn check_config(config: Option<&std::path::Path>, json: bool) -> ExitCode {
+    let settings = match Settings::load(config) {
+        Ok(settings) => settings,
+        Err(e) => return config_failure(&e),
+    };
+    if json {
+        let text = serde_json::to_string_pretty(&settings).expect("settings serialize");
+        println!("{text}");
+    } else {
+        println!("configuration OK\n{settings:#?}");
+    }
+    ExitCode::SUCCESS
 }
 
 /// Runs a one-shot operator command with its own small runtime; `Ok` holds

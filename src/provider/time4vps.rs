@@ -27,10 +27,12 @@ use std::time::Duration;
 
 use reqwest::{RequestBuilder, Url};
 use secrecy::{ExposeSecret, SecretString};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Serialize, Serializer};
 use serde_json::Value;
 use tokio::time::Instant;
+
+use crate::secrets::Redactor;
 
 /// The production API root.
 pub const DEFAULT_BASE_URL: &str = "https://billing.time4vps.com/api/";
@@ -41,6 +43,73 @@ const BODY_EXCERPT_LIMIT: usize = 300;
 /// The error message the API gives for a task id it does not know
 /// (`Server.php` `taskResult` turns it into `InvalidTaskException`).
 const INVALID_TASK_MESSAGE: &str = "Invalid task ID";
+
+/// An API root the client can join paths onto: an absolute `http(s)` URL
+/// without credentials, its path ending in `/`. Parsed once, when the
+/// settings load (`time4vps.base_url`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct BaseUrl(Url);
+
+/// `url::ParseError`, which reqwest does not re-export.
+type UrlParseError = <Url as std::str::FromStr>::Err;
+
+/// Why a text is not a usable API root.
+#[derive(Debug, thiserror::Error)]
+pub enum BaseUrlError {
+    /// Not a URL at all, or a relative one.
+    #[error("{0}")]
+    Parse(UrlParseError),
+    /// Another scheme than the API speaks.
+    #[error("must be an http or https URL")]
+    Scheme,
+    /// A URL ends up in error messages; credentials come from secret
+    /// references only.
+    #[error("must not carry credentials (they come from time4vps.username_ref and password_ref)")]
+    Credentials,
+}
+
+impl BaseUrl {
+    /// Checks `text` and adds the trailing `/` the API paths are joined onto.
+    pub fn parse(text: &str) -> Result<BaseUrl, BaseUrlError> {
+        let mut url = Url::parse(text).map_err(BaseUrlError::Parse)?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(BaseUrlError::Scheme);
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(BaseUrlError::Credentials);
+        }
+        if !url.path().ends_with('/') {
+            // Without the slash, `join("server/..")` would drop the last segment (`api`).
+            let path = format!("{}/", url.path());
+            url.set_path(&path);
+        }
+        Ok(BaseUrl(url))
+    }
+
+    /// The root as text.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// `path` (relative, no leading `/`) under the root.
+    fn join(&self, path: &str) -> Result<Url, ProviderError> {
+        self.0
+            .join(path)
+            .map_err(|e| ProviderError::Setup(format!("bad API path {path}: {e}")))
+    }
+}
+
+impl fmt::Debug for BaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl Serialize for BaseUrl {
+    fn serialize<S: Serializer>(&self, out: S) -> Result<S::Ok, S::Error> {
+        out.serialize_str(self.as_str())
+    }
+}
 
 /// A provider task, as returned by the asynchronous calls (reinstall, reboot...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -114,8 +183,9 @@ impl Default for PollPolicy {
 /// `provider_error` for the job; [`ProviderError::is_transient`] tells a
 /// poller whether asking again can help.
 ///
-/// No variant holds the credentials, and answer excerpts are scrubbed of the
-/// password, so `Display` and `Debug` are safe to log and publish.
+/// No variant holds the credentials, and the provider's messages and answer
+/// excerpts pass the client's [`Redactor`] (built over the credentials), so
+/// `Display` and `Debug` are safe to log and publish.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
     /// The API answered `{"error": [...]}`; the provider's own messages.
@@ -144,7 +214,8 @@ pub enum ProviderError {
     /// reinstall cannot be confirmed.
     #[error("Time4VPS task {task_id} failed: {message}")]
     TaskFailed { task_id: TaskId, message: String },
-    /// The client could not be built (bad base URL, TLS backend).
+    /// The client could not be built (TLS backend), or an API path did not
+    /// join onto the base URL.
     #[error("Time4VPS client setup: {0}")]
     Setup(String),
 }
@@ -178,9 +249,11 @@ impl ProviderError {
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
-    base_url: Url,
+    base_url: BaseUrl,
     username: SecretString,
     password: SecretString,
+    /// Hides both credentials in every text an error keeps from an answer.
+    redactor: Redactor,
     request_timeout: Duration,
 }
 
@@ -216,39 +289,23 @@ impl Client {
     /// A client for `base_url` (normally [`DEFAULT_BASE_URL`]); every request
     /// gives up after `request_timeout`.
     pub fn new(
-        base_url: Url,
+        base_url: BaseUrl,
         username: SecretString,
         password: SecretString,
         request_timeout: Duration,
     ) -> Result<Client, ProviderError> {
-        if !base_url.username().is_empty() || base_url.password().is_some() {
-            // A URL ends up in error messages; credentials come from secret
-            // references only.
-            return Err(ProviderError::Setup(
-                "the base URL must not carry credentials".to_owned(),
-            ));
-        }
-        if base_url.cannot_be_a_base() {
-            return Err(ProviderError::Setup(format!(
-                "{base_url} cannot be a base URL"
-            )));
-        }
-        let mut base_url = base_url;
-        if !base_url.path().ends_with('/') {
-            // Without the slash, `join("server/..")` would drop the last segment (`api`).
-            let path = format!("{}/", base_url.path());
-            base_url.set_path(&path);
-        }
         let http = reqwest::Client::builder()
             .timeout(request_timeout)
             .user_agent(concat!("infra-service/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ProviderError::Setup(error_chain(&e)))?;
+        let redactor = Redactor::new([&username, &password]);
         Ok(Client {
             http,
             base_url,
             username,
             password,
+            redactor,
             request_timeout,
         })
     }
@@ -269,7 +326,12 @@ impl Client {
             ssh_key: ssh_public_key,
         };
         let answer: Value = self.send(self.http.post(url).json(&body)).await?;
-        let task_id = parse_task_id(&answer)?;
+        let task_id = parse_task_id(&answer).ok_or_else(|| {
+            ProviderError::Malformed(format!(
+                "no task_id in the reinstall answer: {}",
+                self.excerpt(answer.to_string().as_bytes())
+            ))
+        })?;
         tracing::info!(%task_id, "reinstall started");
         Ok(task_id)
     }
@@ -358,9 +420,7 @@ impl Client {
     }
 
     fn url(&self, path: &str) -> Result<Url, ProviderError> {
-        self.base_url
-            .join(path)
-            .map_err(|e| ProviderError::Setup(format!("bad API path {path}: {e}")))
+        self.base_url.join(path)
     }
 
     /// Sends one authenticated request and reads a JSON answer, looking for
@@ -383,10 +443,7 @@ impl Client {
         if let Some(messages) = parse_error_answer(&body) {
             return Err(ProviderError::Api {
                 status: status.as_u16(),
-                messages: messages
-                    .iter()
-                    .map(|m| scrub(m, self.password.expose_secret()))
-                    .collect(),
+                messages: messages.iter().map(|m| self.redactor.redact(m)).collect(),
             });
         }
         if !status.is_success() {
@@ -408,7 +465,7 @@ impl Client {
     }
 
     fn excerpt(&self, body: &[u8]) -> String {
-        excerpt(body, self.password.expose_secret())
+        excerpt(body, &self.redactor)
     }
 }
 
@@ -425,19 +482,13 @@ fn task_state(answer: &TaskAnswer) -> TaskState {
 
 /// `{"task_id": N}`; the PHP library casts with `(int)`, so a numeric string
 /// is accepted too.
-fn parse_task_id(answer: &Value) -> Result<TaskId, ProviderError> {
-    let raw = answer.get("task_id");
-    let id = match raw {
+fn parse_task_id(answer: &Value) -> Option<TaskId> {
+    let id = match answer.get("task_id") {
         Some(Value::Number(n)) => n.as_u64(),
         Some(Value::String(s)) => s.trim().parse().ok(),
         _ => None,
     };
-    id.map(TaskId).ok_or_else(|| {
-        ProviderError::Malformed(format!(
-            "no task_id in the reinstall answer: {}",
-            excerpt(answer.to_string().as_bytes(), "")
-        ))
-    })
+    id.map(TaskId)
 }
 
 /// The messages of an `{"error": [...]}` answer, or `None` for any other
@@ -457,27 +508,16 @@ fn parse_error_answer(body: &[u8]) -> Option<Vec<String>> {
 }
 
 /// At most [`BODY_EXCERPT_LIMIT`] bytes of `body`, cut on a character
-/// boundary, with `secret` replaced in case a proxy echoes the request.
-fn excerpt(body: &[u8], secret: &str) -> String {
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    let mut end = text.len().min(BODY_EXCERPT_LIMIT);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut cut = scrub(&text[..end], secret);
+/// boundary, redacted in case a proxy echoes the request. Redacted before
+/// the cut, so a credential straddling it cannot leave a fragment behind.
+fn excerpt(body: &[u8], redactor: &Redactor) -> String {
+    let text = redactor.redact(String::from_utf8_lossy(body).trim());
+    let end = text.floor_char_boundary(BODY_EXCERPT_LIMIT);
+    let mut cut = text[..end].to_owned();
     if end < text.len() {
         cut.push('…');
     }
     cut
-}
-
-fn scrub(text: &str, secret: &str) -> String {
-    if secret.is_empty() {
-        text.to_owned()
-    } else {
-        text.replace(secret, "[REDACTED]")
-    }
 }
 
 /// An error and its causes on one line; reqwest's own `Display` stops at
@@ -552,17 +592,14 @@ mod tests {
     #[test]
     fn a_task_id_may_be_a_number_or_a_numeric_string() {
         assert_eq!(
-            parse_task_id(&serde_json::json!({"task_id": 42})).unwrap(),
-            TaskId(42)
+            parse_task_id(&serde_json::json!({"task_id": 42})),
+            Some(TaskId(42))
         );
         assert_eq!(
-            parse_task_id(&serde_json::json!({"task_id": "42"})).unwrap(),
-            TaskId(42)
+            parse_task_id(&serde_json::json!({"task_id": "42"})),
+            Some(TaskId(42))
         );
-        assert!(matches!(
-            parse_task_id(&serde_json::json!({"id": 42})),
-            Err(ProviderError::Malformed(_))
-        ));
+        assert_eq!(parse_task_id(&serde_json::json!({"id": 42})), None);
     }
 
     #[test]
@@ -583,16 +620,40 @@ mod tests {
 
     #[test]
     fn an_excerpt_is_capped_on_a_character_boundary() {
-        let body = "é".repeat(BODY_EXCERPT_LIMIT);
-        let cut = excerpt(body.as_bytes(), "");
-        assert!(cut.len() <= BODY_EXCERPT_LIMIT + '…'.len_utf8());
-        assert!(cut.ends_with('…'));
+        let body = format!("a{}", "é".repeat(BODY_EXCERPT_LIMIT));
+        let cut = excerpt(body.as_bytes(), &Redactor::default());
+        assert_eq!(
+            cut,
+            format!("a{}…", "é".repeat((BODY_EXCERPT_LIMIT - 1) / 2))
+        );
     }
 
     #[test]
-    fn an_excerpt_never_shows_the_password() {
-        let cut = excerpt(b"echo: Authorization for hunter2-pass", "hunter2-pass");
-        assert!(!cut.contains("hunter2-pass"));
+    fn a_short_excerpt_is_kept_whole() {
+        let cut = excerpt(b"  <html>Bad Gateway</html>\n", &Redactor::default());
+        assert_eq!(cut, "<html>Bad Gateway</html>");
+    }
+
+    fn redactor(values: &[&str]) -> Redactor {
+        let secrets: Vec<SecretString> = values.iter().map(|v| SecretString::from(*v)).collect();
+        Redactor::new(&secrets)
+    }
+
+    #[test]
+    fn an_excerpt_hides_the_credentials_with_the_crates_mask() {
+        let cut = excerpt(
+            b"echo: Authorization for api-user / hunter2-pass",
+            &redactor(&["api-user", "hunter2-pass"]),
+        );
+        assert_eq!(cut, "echo: Authorization for *** / ***");
+    }
+
+    #[test]
+    fn a_password_straddling_the_cut_leaves_no_fragment() {
+        let body = format!("{}hunter2-pass", "x".repeat(BODY_EXCERPT_LIMIT - 4));
+        let cut = excerpt(body.as_bytes(), &redactor(&["hunter2-pass"]));
+        assert!(!cut.contains("hunt"), "{cut}");
+        assert_eq!(cut, format!("{}***", "x".repeat(BODY_EXCERPT_LIMIT - 4)));
     }
 
     #[test]
@@ -624,28 +685,53 @@ mod tests {
 
     #[test]
     fn a_base_url_with_credentials_is_refused() {
-        let url = Url::parse("https://user:pw@billing.time4vps.com/api/").unwrap();
-        let result = Client::new(
-            url,
-            SecretString::from("user"),
-            SecretString::from("pw"),
-            Duration::from_secs(5),
-        );
-        assert!(matches!(result, Err(ProviderError::Setup(_))));
+        let result = BaseUrl::parse("https://user:pw@billing.time4vps.com/api/");
+        assert!(matches!(result, Err(BaseUrlError::Credentials)));
+    }
+
+    #[test]
+    fn a_base_url_must_be_absolute_http() {
+        assert!(matches!(
+            BaseUrl::parse("not a url"),
+            Err(BaseUrlError::Parse(_))
+        ));
+        assert!(matches!(
+            BaseUrl::parse("billing.time4vps.com/api/"),
+            Err(BaseUrlError::Parse(_))
+        ));
+        assert!(matches!(
+            BaseUrl::parse("mailto:ops@example.com"),
+            Err(BaseUrlError::Scheme)
+        ));
     }
 
     #[test]
     fn a_base_url_without_a_trailing_slash_keeps_its_last_segment() {
-        let client = Client::new(
-            Url::parse("https://billing.time4vps.com/api").unwrap(),
-            SecretString::from("user"),
-            SecretString::from("pw"),
-            Duration::from_secs(5),
-        )
-        .unwrap();
+        let base = BaseUrl::parse("https://billing.time4vps.com/api").unwrap();
+        assert_eq!(base.as_str(), "https://billing.time4vps.com/api/");
         assert_eq!(
-            client.url("server/1/task/2").unwrap().as_str(),
+            base.join("server/1/task/2").unwrap().as_str(),
             "https://billing.time4vps.com/api/server/1/task/2"
+        );
+    }
+
+    #[test]
+    fn a_base_url_with_a_trailing_slash_is_kept_as_given() {
+        let base = BaseUrl::parse(DEFAULT_BASE_URL).unwrap();
+        assert_eq!(base.as_str(), DEFAULT_BASE_URL);
+        assert_eq!(
+            base.join("server/7/oses").unwrap().as_str(),
+            "https://billing.time4vps.com/api/server/7/oses"
+        );
+    }
+
+    #[test]
+    fn a_base_url_prints_as_its_text() {
+        let base = BaseUrl::parse("http://127.0.0.1:8080/api/").unwrap();
+        assert_eq!(format!("{base:?}"), "\"http://127.0.0.1:8080/api/\"");
+        assert_eq!(
+            serde_json::to_string(&base).unwrap(),
+            "\"http://127.0.0.1:8080/api/\""
         );
     }
 }

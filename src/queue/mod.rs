@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
-use secrecy::ExposeSecret;
 
 use crate::config::RedisSettings;
 use crate::job::JobKind;
@@ -39,12 +38,12 @@ async fn connect_plain(
     settings: &RedisSettings,
     response_timeout: Duration,
 ) -> Result<(MultiplexedConnection, Names), QueueError> {
-    let url = settings.url.as_ref().ok_or(QueueError::NoUrl)?;
-    let client = redis::Client::open(url.expose_secret())?;
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(5)))
         .set_response_timeout(Some(response_timeout));
-    let conn = client
+    let conn = settings
+        .url
+        .client()
         .get_multiplexed_async_connection_with_config(&config)
         .await?;
     Ok((conn, Names::new(settings.key_prefix.clone())))
@@ -64,8 +63,6 @@ pub struct Publication<'a> {
 pub enum QueueError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    #[error("redis.url is not set")]
-    NoUrl,
 }
 
 /// One stream entry handed to this consumer.
@@ -130,8 +127,7 @@ pub struct Queue {
 impl Queue {
     /// Connects and makes sure both consumer groups exist.
     pub async fn connect(settings: &RedisSettings, consumer: String) -> Result<Queue, QueueError> {
-        let url = settings.url.as_ref().ok_or(QueueError::NoUrl)?;
-        let client = redis::Client::open(url.expose_secret())?;
+        let client = settings.url.client().clone();
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(10)));

@@ -12,16 +12,14 @@ pub use servers::{NewServer, Server, ServerStatus};
 
 use std::time::Duration;
 
-use secrecy::ExposeSecret;
-use secrecy::SecretString;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgPool};
+
+use crate::config::PostgresUrl;
 
 /// A Postgres operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("postgres.url is not set")]
-    NoUrl,
     #[error("postgres: {0}")]
     Db(sqlx::Error),
     #[error("applying migrations: {0}")]
@@ -80,11 +78,10 @@ fn pool_options() -> PgPoolOptions {
 impl Store {
     /// A lazily connecting pool: a database that is down at start or blinks
     /// later costs a failed query, never the process.
-    pub fn connect_lazy(url: Option<&SecretString>, job_slots: usize) -> Result<Store, StoreError> {
-        let url = url.ok_or(StoreError::NoUrl)?;
+    pub fn connect_lazy(url: &PostgresUrl, job_slots: usize) -> Store {
         let pool = pool_options()
             .max_connections(8)
-            .connect_lazy(url.expose_secret())?;
+            .connect_lazy_with(url.options().clone());
         let locks = pool_options()
             .max_connections(
                 u32::try_from(job_slots)
@@ -92,8 +89,8 @@ impl Store {
                     .saturating_add(1),
             )
             .min_connections(0)
-            .connect_lazy(url.expose_secret())?;
-        Ok(Store { pool, locks })
+            .connect_lazy_with(url.options().clone());
+        Store { pool, locks }
     }
 
     /// Applies pending migrations.

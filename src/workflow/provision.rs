@@ -303,12 +303,8 @@ impl Flow<'_> {
         };
         let username = self.resolve(user_ref).await?;
         let password = self.resolve(password_ref).await?;
-        let base_url = settings
-            .base_url
-            .parse()
-            .map_err(|e| provider_error(format!("time4vps.base_url: {e}")))?;
         let client = time4vps::Client::new(
-            base_url,
+            settings.base_url.clone(),
             username,
             password.clone(),
             Duration::from_secs(settings.request_timeout_secs),

@@ -69,6 +69,14 @@ fn a_missing_required_key_exits_1_naming_it() {
 }
 
 #[test]
+fn a_bad_time4vps_base_url_exits_1_naming_the_key() {
+    let out = check_config(Some(MINIMAL), &[("INFRA__TIME4VPS__BASE_URL", "not a url")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("time4vps.base_url"), "{stderr}");
+}
+
+#[test]
 fn the_printed_configuration_shows_no_connection_secret() {
     let out = check_config(
         Some(MINIMAL),

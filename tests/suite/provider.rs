@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-use infra_service::provider::time4vps::{Client, PollPolicy, ProviderError, TaskId, TaskState};
-use reqwest::Url;
+use infra_service::provider::time4vps::{
+    BaseUrl, Client, PollPolicy, ProviderError, TaskId, TaskState,
+};
 use secrecy::SecretString;
 use serde_json::json;
 
@@ -25,7 +26,7 @@ fn client_for(fake: &FakeTime4vps) -> Client {
 
 fn client_with(fake: &FakeTime4vps, password: &str, request_timeout: Duration) -> Client {
     Client::new(
-        Url::parse(&fake.base_url()).unwrap(),
+        BaseUrl::parse(&fake.base_url()).unwrap(),
         SecretString::from(fake.config().username.clone()),
         SecretString::from(password.to_owned()),
         request_timeout,
@@ -281,7 +282,7 @@ async fn no_error_or_debug_text_contains_the_password() {
         client.task(SERVER_ID, TaskId(1)).await.unwrap_err(),
     ];
     let unreachable = Client::new(
-        Url::parse("http://127.0.0.1:1/api/").unwrap(),
+        BaseUrl::parse("http://127.0.0.1:1/api/").unwrap(),
         SecretString::from(fake.config().username.clone()),
         SecretString::from(password.clone()),
         Duration::from_secs(2),

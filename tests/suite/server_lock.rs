@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use infra_service::config::PostgresUrl;
 use infra_service::store::Store;
-use secrecy::SecretString;
 
 use crate::helpers::*;
 
@@ -14,8 +14,8 @@ const KEY: &str = "203.0.113.7 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTh
 
 /// A store of its own (its own pools) on the test's database, migrated.
 async fn store(db: &TestDb) -> Store {
-    let url = SecretString::from(db.url().to_owned());
-    let store = Store::connect_lazy(Some(&url), 4).expect("store");
+    let url = PostgresUrl::parse(db.url()).expect("postgres url");
+    let store = Store::connect_lazy(&url, 4);
     store.migrate().await.expect("migrate");
     store
 }
