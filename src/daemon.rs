@@ -38,13 +38,13 @@ pub async fn run_until_stopped(
     // their own, daemonized ssh ControlMasters) re-parent to us, not to PID 1
     // (which in a container may never reap), so each run can kill and reap
     // all it started.
-    match crate::ansible::become_subreaper() {
+    match crate::ansible::reaper::become_subreaper() {
         // A process adopted that way may exit long after its run ended.
         Ok(()) => {
             tokio::spawn(async {
                 loop {
                     tokio::time::sleep(Duration::from_secs(5)).await;
-                    crate::ansible::reap_adopted_orphans();
+                    crate::ansible::reaper::reap_adopted_orphans();
                 }
             });
         }
