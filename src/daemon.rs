@@ -37,21 +37,23 @@ pub async fn run_until_stopped(
     // Processes that leave a playbook run (Ansible's forks in sessions of
     // their own, daemonized ssh ControlMasters) re-parent to us, not to PID 1
     // (which in a container may never reap), so each run can kill and reap
-    // all it started.
-    match crate::ansible::become_subreaper() {
-        // A process adopted that way may exit long after its run ended.
-        Ok(()) => {
-            tokio::spawn(async {
-                loop {
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                    crate::ansible::reap_adopted_orphans();
-                }
-            });
-        }
-        Err(e) => {
-            tracing::warn!(error.message = %e, "cannot become a child subreaper; orphans of playbook runs may be left as zombies");
-        }
+    // all it started; the reaper also reaps those that exit later. It stops
+    // after the drain, when no run is left to leave any.
+    let runs_over = CancellationToken::new();
+    let reaper = crate::ansible::reaper::start(runs_over.clone());
+    let result = run_worker(settings, stop).await;
+    runs_over.cancel();
+    if let Err(e) = reaper.await {
+        tracing::warn!(error.message = %e, "the orphan reaper failed");
     }
+    result
+}
+
+/// [`run_until_stopped`] but for the reaping of orphans.
+async fn run_worker(
+    settings: Settings,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
     let settings = Arc::new(settings);
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();

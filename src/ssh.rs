@@ -13,14 +13,20 @@ use tokio::process::Command;
 /// directory.
 #[derive(Debug, Clone)]
 pub struct ProbeTarget {
+    /// Host name or IP address.
     pub address: String,
+    /// SSH port.
     pub port: u16,
+    /// Remote user.
     pub user: String,
+    /// The private key to offer, and only it; `None`: ssh's defaults.
     pub key_file: Option<PathBuf>,
+    /// The run's own `known_hosts`, never the user's.
     pub known_hosts_file: PathBuf,
     /// `true`: the known_hosts file holds the pinned key and nothing else
     /// is accepted; `false`: accept and record a first key.
     pub strict_host_key: bool,
+    /// ssh's `ConnectTimeout` (whole seconds, at least one).
     pub connect_timeout: Duration,
 }
 
@@ -141,6 +147,8 @@ pub async fn probe(target: &ProbeTarget) -> Result<(), ProbeFailure> {
     }
 }
 
+/// The `-o` options of a probe: batch mode, the run's known_hosts only, key
+/// authentication only.
 fn ssh_options(target: &ProbeTarget) -> Vec<String> {
     let mut options = vec![
         "BatchMode=yes".to_owned(),
@@ -196,7 +204,9 @@ pub async fn public_key_of(key_file: &std::path::Path) -> Result<String, String>
 pub struct RetryPolicy {
     /// Tries in all, the first included.
     pub attempts: u32,
+    /// The pause before the first retry; doubles for each further one.
     pub base_delay: Duration,
+    /// The longest pause between two tries.
     pub max_delay: Duration,
 }
 
@@ -221,7 +231,9 @@ impl RetryPolicy {
 /// One try and what came of it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Attempt {
+    /// When the try started.
     pub at: DateTime<Utc>,
+    /// `ok`, or the failure's [`ProbeFailure::kind`].
     pub outcome: String,
 }
 

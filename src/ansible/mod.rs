@@ -4,14 +4,21 @@
 //! followed live through our callback plugin; at the end of
 //! every run, every process it started (wherever it went) ended and reaped.
 
+mod env;
 mod events;
+mod masters;
 mod output;
-mod process;
+pub(crate) mod reaper;
 mod recap;
+mod run;
+mod runner;
+mod stop;
+mod supervise;
 mod tree;
 mod workspace;
 
 pub use events::{EventCounts, EventSink, EventStream, channel as event_channel};
-pub use process::{PlaybookOutcome, PlaybookRun, RunError, Runner, SshTarget};
-pub use tree::{become_subreaper, finish_cleanups, reap_adopted_orphans};
+pub use run::{PlaybookOutcome, PlaybookRun, RunError, SshTarget};
+pub use runner::Runner;
+pub use stop::finish_cleanups;
 pub use workspace::Workspace;

@@ -103,7 +103,7 @@ impl OutputTail {
         self.raw.push_str(text);
         let window = self.limit + self.margin;
         if self.raw.len() > 2 * window {
-            let cut = ceil_char_boundary(&self.raw, self.raw.len() - window);
+            let cut = self.raw.ceil_char_boundary(self.raw.len() - window);
             self.raw.drain(..cut);
             self.dropped = true;
         }
@@ -112,26 +112,18 @@ impl OutputTail {
     /// The redacted tail, at most `limit` bytes, cut on a char boundary.
     pub(crate) fn finish(self, redactor: &Redactor) -> String {
         let start = if self.dropped {
-            ceil_char_boundary(&self.raw, self.margin.min(self.raw.len()))
+            self.raw.ceil_char_boundary(self.margin.min(self.raw.len()))
         } else {
             0
         };
         let mut redacted = redactor.redact_from(&self.raw, start);
         if redacted.len() > self.limit {
             // Cutting redacted text can only shorten a `***`, never expose a secret.
-            let cut = ceil_char_boundary(&redacted, redacted.len() - self.limit);
+            let cut = redacted.ceil_char_boundary(redacted.len() - self.limit);
             redacted.drain(..cut);
         }
         redacted
     }
-}
-
-/// The first char boundary at or after `index`.
-fn ceil_char_boundary(text: &str, mut index: usize) -> usize {
-    while !text.is_char_boundary(index) {
-        index += 1;
-    }
-    index
 }
 
 #[cfg(test)]

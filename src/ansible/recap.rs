@@ -65,22 +65,7 @@ impl RecapScanner {
             }
             return;
         }
-        if line.starts_with("PLAY RECAP ") {
-            self.end_task();
-            self.in_recap = true;
-            self.stats.get_or_insert_with(BTreeMap::new);
-            return;
-        }
-        if line.starts_with("PLAY [") {
-            self.end_task();
-            self.in_recap = false;
-            self.task = None;
-            return;
-        }
-        if let Some(name) = task_header(line) {
-            self.end_task();
-            self.in_recap = false;
-            self.task = Some(name.to_owned());
+        if self.starts_section(line) {
             return;
         }
         if self.in_recap {
@@ -91,6 +76,36 @@ impl RecapScanner {
             }
             return;
         }
+        self.task_line(line);
+    }
+
+    /// True if `line` starts a play, a task or the recap, which ends the
+    /// current task.
+    fn starts_section(&mut self, line: &str) -> bool {
+        if line.starts_with("PLAY RECAP ") {
+            self.end_task();
+            self.in_recap = true;
+            self.stats.get_or_insert_with(BTreeMap::new);
+            return true;
+        }
+        if line.starts_with("PLAY [") {
+            self.end_task();
+            self.in_recap = false;
+            self.task = None;
+            return true;
+        }
+        if let Some(name) = task_header(line) {
+            self.end_task();
+            self.in_recap = false;
+            self.task = Some(name.to_owned());
+            return true;
+        }
+        false
+    }
+
+    /// A line of the current task: a host's result, maybe a failure, or the
+    /// `...ignoring` that takes the last one back.
+    fn task_line(&mut self, line: &str) {
         if line.trim_end() == "...ignoring" {
             if let Some(host) = &self.last_result_host {
                 self.pending.retain(|f| &f.host != host);
@@ -182,11 +197,7 @@ fn cap_bytes(mut text: String, max: usize) -> String {
     if text.len() <= max {
         return text;
     }
-    let mut end = max - '…'.len_utf8();
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text.truncate(end);
+    text.truncate(text.floor_char_boundary(max - '…'.len_utf8()));
     text.push('…');
     text
 }

@@ -1,4 +1,5 @@
-//! Every process of one playbook run, wherever it went, and its end.
+//! Every process of one playbook run, wherever it went: found, signalled,
+//! reaped.
 //!
 //! ansible-core 2.19 starts each fork in a session of its own and ssh
 //! ControlPersist masters daemonize, so the playbook's process group is not
@@ -6,28 +7,25 @@
 //! descendants, plus every process that names the run's private directory
 //! (in its environment or command line) or stayed in its group, and their
 //! descendants. It signals them by pid checked against the start time, and
-//! reaps those re-parented to this process ([`become_subreaper`]); never with
-//! `waitpid(-1)`, which would steal statuses tokio waits for.
+//! reaps those re-parented to this process (a subreaper, see `reaper`);
+//! never with `waitpid(-1)`, which would steal statuses tokio waits for.
 //!
 //! Finding them walks child lists (`/proc/<pid>/task/<tid>/children`), not
 //! the whole of `/proc`: as a subreaper, every process a run leaves behind
 //! is a descendant of the playbook or of this process. Reading every
 //! process's `stat` after each run cost more CPU than the rest of the job
-//! (issue 7's dispatch benchmark); the whole scan remains only for a worker
-//! that could not become a subreaper, or a kernel without child lists.
+//! (in the dispatch benchmark, `make bench`); the whole scan remains only
+//! for a worker that could not become a subreaper, or a kernel without child
+//! lists.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
-use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// How long `ssh -O exit` may take before it is killed.
-const SSH_EXIT_TIMEOUT: Duration = Duration::from_secs(2);
+use super::reaper;
 
 /// How long killed processes get to turn into zombies we can reap.
 const REAP_TIMEOUT: Duration = Duration::from_secs(1);
@@ -35,65 +33,11 @@ const REAP_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a waiting loop looks again.
 pub(crate) const POLL: Duration = Duration::from_millis(50);
 
-/// Cleanups of abandoned runs still going on in their own threads.
-static PENDING_CLEANUPS: AtomicUsize = AtomicUsize::new(0);
-
-/// Set once this process is a child subreaper: orphans come to us.
-static SUBREAPER: AtomicBool = AtomicBool::new(false);
-
 /// The pids of playbooks running now: tokio's children, never a leftover.
 /// Other filters would reject them too, but only after reading their
 /// `stat`, command line and environment, for every concurrent run at the
 /// end of each run.
 static ROOTS: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
-
-/// Makes this process a child subreaper (`PR_SET_CHILD_SUBREAPER`).
-///
-/// Processes that leave a playbook run (Ansible's forks in their own
-/// sessions, daemonized ssh ControlMasters) are re-parented when their parent
-/// dies: without this to PID 1, which in a container may never reap them, so
-/// they stay as zombies; with it to the worker, where a [`RunTree`] reaps
-/// them. Call once at worker start; it holds for the process's lifetime.
-pub fn become_subreaper() -> io::Result<()> {
-    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) only sets a flag on this process.
-    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    if rc == 0 {
-        SUBREAPER.store(true, Ordering::SeqCst);
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Waits until the cleanups of abandoned (cancelled) runs have ended, for at
-/// most `within`; false if some still go on. A daemon calls this after its
-/// drain, before exiting, so their SIGKILL after the grace still happens.
-pub async fn finish_cleanups(within: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    while PENDING_CLEANUPS.load(Ordering::SeqCst) > 0 {
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    true
-}
-
-/// Runs `cleanup` on a thread of its own, counted by [`finish_cleanups`]:
-/// a dropped future cannot await its grace period.
-pub(crate) fn spawn_cleanup(cleanup: impl FnOnce() + Send + 'static) {
-    PENDING_CLEANUPS.fetch_add(1, Ordering::SeqCst);
-    let spawned = std::thread::Builder::new()
-        .name("run-cleanup".into())
-        .spawn(move || {
-            cleanup();
-            PENDING_CLEANUPS.fetch_sub(1, Ordering::SeqCst);
-        });
-    if let Err(error) = spawned {
-        PENDING_CLEANUPS.fetch_sub(1, Ordering::SeqCst);
-        tracing::error!(error.message = %error, "cannot start the cleanup of an abandoned run");
-    }
-}
 
 /// One process: a pid alone may be reused, a pid and a start time may not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -125,15 +69,16 @@ impl Proc {
 
 /// What `/proc/<pid>/stat` says that we use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stat {
-    state: u8,
-    ppid: i32,
-    pgrp: i32,
-    session: i32,
-    start: u64,
+pub(super) struct Stat {
+    pub(super) state: u8,
+    pub(super) ppid: i32,
+    pub(super) pgrp: i32,
+    pub(super) session: i32,
+    pub(super) start: u64,
 }
 
-fn stat(pid: i32) -> Option<Stat> {
+/// The `/proc` record of whatever process has `pid` now.
+pub(super) fn stat(pid: i32) -> Option<Stat> {
     let text = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
     parse_stat(&text)
 }
@@ -154,26 +99,8 @@ fn parse_stat(text: &[u8]) -> Option<Stat> {
     })
 }
 
-/// Reaps zombies that were adopted by this (subreaper) process: children of
-/// ours in a session other than ours. Tokio's own children (playbooks,
-/// probes) share our session and are left to tokio; a process that ran
-/// `setsid` (an Ansible fork, a daemonized ControlMaster) cannot be one of
-/// them. Catches what exits on its own after a run's tree was collected.
-pub fn reap_adopted_orphans() {
-    let me = std::process::id() as i32;
-    // SAFETY: getsid(0) only reads this process's session id.
-    let my_session = unsafe { libc::getsid(0) };
-    for pid in Family::now().children(me) {
-        let Some(stat) = stat(pid) else { continue };
-        if stat.ppid == me && stat.state == b'Z' && stat.session != my_session {
-            // SAFETY: a non-blocking wait for one specific pid; no memory is shared.
-            unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
-        }
-    }
-}
-
 /// Who is whose child, as of one look.
-enum Family {
+pub(super) enum Family {
     /// The kernel's child lists (`/proc/<pid>/task/<tid>/children`).
     Lists,
     /// Without those (a kernel built without `CONFIG_PROC_CHILDREN`): every
@@ -182,7 +109,8 @@ enum Family {
 }
 
 impl Family {
-    fn now() -> Family {
+    /// The kernel's child lists where it has them, else one scan of `/proc`.
+    pub(super) fn now() -> Family {
         static LISTS: OnceLock<bool> = OnceLock::new();
         let lists = *LISTS.get_or_init(|| {
             let me = std::process::id();
@@ -204,7 +132,7 @@ impl Family {
     /// The children of `pid`: the union of its threads' child lists (a
     /// child belongs to the thread that forked it, an orphan to the thread
     /// that adopted it).
-    fn children(&self, pid: i32) -> Vec<i32> {
+    pub(super) fn children(&self, pid: i32) -> Vec<i32> {
         if let Family::Scanned(parents) = self {
             return parents.get(&pid).cloned().unwrap_or_default();
         }
@@ -228,7 +156,7 @@ impl Family {
     /// runs, and tokio's other children (SSH probes). Every process in
     /// `/proc` when we are no subreaper, since orphans then go elsewhere.
     fn adopted(&self, me: i32) -> Vec<i32> {
-        if !SUBREAPER.load(Ordering::SeqCst) {
+        if !reaper::is_subreaper() {
             return all_pids();
         }
         let roots = ROOTS
@@ -426,83 +354,6 @@ fn reap_step(pending: &mut HashSet<Proc>) -> bool {
     pending.is_empty()
 }
 
-/// Asks the ControlMaster behind each socket in `dir` to exit, so none
-/// outlives its run: `ssh -O exit -o ControlPath=<socket> x`.
-pub(crate) async fn close_control_masters(dir: &Path) {
-    let mut running = Vec::new();
-    for socket in sockets(dir) {
-        let mut command = tokio::process::Command::from(ssh_exit(&socket));
-        match command.kill_on_drop(true).spawn() {
-            Ok(child) => running.push((socket, child)),
-            Err(error) => {
-                tracing::warn!(error.message = %error, "cannot run ssh -O exit");
-                return;
-            }
-        }
-    }
-    let deadline = tokio::time::Instant::now() + SSH_EXIT_TIMEOUT;
-    for (socket, mut child) in running {
-        match tokio::time::timeout_at(deadline, child.wait()).await {
-            Ok(status) => tracing::debug!(socket = %socket.display(), ?status, "ssh -O exit"),
-            Err(_) => {
-                tracing::warn!(socket = %socket.display(), "ssh -O exit hung; killed");
-                let _ = child.kill().await;
-            }
-        }
-    }
-}
-
-/// [`close_control_masters`] for a `Drop`: blocks, at most
-/// [`SSH_EXIT_TIMEOUT`] in all.
-pub(crate) fn close_control_masters_blocking(dir: &Path) {
-    let mut running = Vec::new();
-    for socket in sockets(dir) {
-        match ssh_exit(&socket).spawn() {
-            Ok(child) => running.push(child),
-            Err(error) => {
-                tracing::warn!(error.message = %error, "cannot run ssh -O exit");
-                break;
-            }
-        }
-    }
-    let deadline = Instant::now() + SSH_EXIT_TIMEOUT;
-    for mut child in running {
-        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if matches!(child.try_wait(), Ok(None)) {
-            let _ = child.kill();
-        }
-        let _ = child.wait();
-    }
-}
-
-/// The Unix sockets in `dir` (ssh's ControlPath sockets).
-fn sockets(dir: &Path) -> Vec<std::path::PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter(|entry| entry.file_type().is_ok_and(|t| t.is_socket()))
-        .map(|entry| entry.path())
-        .collect()
-}
-
-fn ssh_exit(socket: &Path) -> std::process::Command {
-    let mut control_path = std::ffi::OsString::from("ControlPath=");
-    control_path.push(socket);
-    let mut command = std::process::Command::new("ssh");
-    command
-        .args(["-F", "/dev/null", "-o", "BatchMode=yes", "-O", "exit", "-o"])
-        .arg(control_path)
-        .arg("x")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    command
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -528,30 +379,6 @@ mod tests {
     fn a_truncated_stat_is_not_parsed() {
         assert_eq!(parse_stat(b"12 (sh) S 1 12"), None);
         assert_eq!(parse_stat(b"garbage"), None);
-    }
-
-    /// Stands in for ControlMasters that never answer: `ssh -O exit` must
-    /// reach each socket and be given up on after its timeout.
-    #[tokio::test]
-    async fn every_control_socket_is_asked_to_exit_within_the_timeout() {
-        let dir = tempfile::tempdir_in("/tmp").unwrap();
-        let listeners: Vec<_> = ["a", "b"]
-            .iter()
-            .map(|name| std::os::unix::net::UnixListener::bind(dir.path().join(name)).unwrap())
-            .collect();
-        std::fs::write(dir.path().join("not-a-socket"), "").unwrap();
-        let contacted: Vec<_> = listeners
-            .into_iter()
-            .map(|listener| std::thread::spawn(move || listener.accept().is_ok()))
-            .collect();
-
-        let started = Instant::now();
-        close_control_masters(dir.path()).await;
-
-        assert!(started.elapsed() < SSH_EXIT_TIMEOUT + Duration::from_secs(1));
-        for thread in contacted {
-            assert!(thread.join().unwrap(), "a socket was not contacted");
-        }
     }
 
     /// The kernel's child lists and the fallback scan of all of `/proc`

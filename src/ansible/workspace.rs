@@ -16,7 +16,7 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 use tempfile::TempDir;
 
-use super::process::SshTarget;
+use super::run::SshTarget;
 
 /// Unix socket paths are limited to 108 bytes and ssh appends a 40-char hash
 /// plus a temporary suffix under `cp/`, so a longer `$TMPDIR` is not used.

@@ -1,110 +1,27 @@
-//! Spawning and supervising one `ansible-playbook` child.
-//!
-//! Owns the child's command line (nothing secret in it), its environment
-//! (cleared, then an allowlist, then the job's secrets), its end (on timeout
-//! or when the run's future is dropped: SIGTERM to its process group and to
-//! every process of its [`RunTree`], SIGKILL after the grace; after any end:
-//! its ControlMasters told to exit, leftovers killed and reaped), and the
-//! reading of its output into a [`PlaybookOutcome`], and the following of its
-//! progress events (see `events`) while it runs.
+//! The public face of a playbook run: [`Runner`] prepares the run's private
+//! directory, starts `ansible-playbook` (its command line holds nothing
+//! secret; its environment comes from `env`; its own process group) and
+//! sees it through: supervised (`supervise`), stopped and reaped (`stop`),
+//! its output turned into a [`PlaybookOutcome`].
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
-use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
+use super::env::{self, EventsPlugin, RunPaths};
 use super::events::{self, EventSink, EventTail};
-use super::output::{LineReader, OutputTail, TAIL_BYTES};
-use super::recap::RecapScanner;
-use super::tree::{self, Proc, RunTree};
+use super::run::{PlaybookOutcome, PlaybookRun, RunError};
+use super::stop::RunGuard;
+use super::supervise::{Output, supervise};
+use super::tree::Proc;
 use super::workspace::Workspace;
 
 use crate::config::AnsibleSettings;
-use crate::job::{FailedTask, HostStats};
 use crate::secrets::Redactor;
-
-/// How to reach the one host of the run.
-#[derive(Debug, Clone)]
-pub struct SshTarget {
-    /// Inventory host name; keys `stats`.
-    pub name: String,
-    pub address: String,
-    pub port: u16,
-    pub user: String,
-    /// Private key text, written 0600 inside the run's private directory only.
-    pub private_key: Option<SecretString>,
-    /// Pinned `known_hosts` lines. When set, they are the only keys accepted
-    /// (`StrictHostKeyChecking=yes`); when `None`, the first key seen is
-    /// accepted (`accept-new`) into a file that lives only for this run.
-    pub known_hosts: Option<String>,
-}
-
-/// Everything one playbook run needs.
-#[derive(Debug)]
-pub struct PlaybookRun {
-    /// Relative to `ansible.dir` (or absolute).
-    pub playbook: PathBuf,
-    pub target: SshTarget,
-    /// A JSON object; written to a file and passed as `-e @file`.
-    pub extra_vars: serde_json::Value,
-    /// Secrets handed to the child as environment variables only.
-    pub secret_env: Vec<(String, SecretString)>,
-    pub timeout: Duration,
-    /// Where task progress goes while the playbook runs; `None`: not followed.
-    pub events: Option<EventSink>,
-}
-
-/// What a finished (or killed) run left behind.
-#[derive(Debug, Clone)]
-pub struct PlaybookOutcome {
-    /// `None` when killed by a signal.
-    pub exit_code: Option<i32>,
-    pub timed_out: bool,
-    /// Last 64 KiB of stdout+stderr, redacted.
-    pub output_tail: String,
-    /// `None` if no PLAY RECAP was printed.
-    pub stats: Option<BTreeMap<String, HostStats>>,
-    pub failed_task: Option<FailedTask>,
-    pub duration: Duration,
-}
-
-impl PlaybookOutcome {
-    /// True when the playbook ran to the end with no failed or unreachable host
-    /// (`ansible-playbook` exited 0 and was not stopped at its timeout).
-    pub fn succeeded(&self) -> bool {
-        self.exit_code == Some(0) && !self.timed_out
-    }
-}
-
-/// Failures to run the playbook at all (not failures inside it).
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("preparing the run directory: {0}")]
-    Workspace(#[source] std::io::Error),
-    #[error("starting {bin}: {source}")]
-    Spawn {
-        bin: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("waiting for ansible-playbook: {0}")]
-    Wait(#[source] std::io::Error),
-}
-
-/// Worker variables the child inherits by name (besides every `ANSIBLE_*`).
-const INHERITED_VARS: [&str; 7] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME"];
-
-/// After the child exits, how long its pipes may stay open before we stop
-/// reading (a process that left the group could hold them forever).
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How often the events file is read while the playbook runs.
-const EVENTS_POLL: Duration = Duration::from_millis(200);
 
 /// Runs playbooks with the configured binary and content directory.
 #[derive(Debug, Clone)]
@@ -174,118 +91,52 @@ impl Runner {
     ) -> Result<PlaybookOutcome, RunError> {
         let started = Instant::now();
         let ansible_dir = std::path::absolute(&self.settings.dir).map_err(RunError::Workspace)?;
-        let progress = self.follow_events(&run, &ansible_dir, workspace, redactor);
-
-        let mut child = self
-            .command(&run, &ansible_dir, workspace, progress.as_ref())
-            .spawn()
-            .map_err(|source| RunError::Spawn {
-                bin: self.settings.playbook_bin.clone(),
-                source,
-            })?;
+        let progress = follow_events(run.events.clone(), &ansible_dir, workspace, redactor);
+        let plugin = progress.as_ref().map(|(plugin, _)| plugin);
+        let mut child = self.spawn(&run, &ansible_dir, workspace, plugin)?;
         let pgid = child_pgid(&child)?;
         let root = Proc::of(pgid)
             .ok_or_else(|| RunError::Wait(std::io::Error::other("the playbook is not in /proc")))?;
         // Declared after `child` so it is dropped first: the group is killed
         // while its leader's pid is still ours (not yet reaped).
-        let mut guard = RunGuard {
-            pgid,
-            tree: Some(RunTree::new(root, workspace.path())),
-            control_path_dir: workspace.control_path_dir(),
-            kill_grace: self.kill_grace,
-            armed: true,
-        };
+        let mut guard = RunGuard::new(pgid, root, workspace, self.kill_grace);
         observe(workspace.path(), pgid);
         tracing::info!(pid = pgid, "playbook started");
 
-        let mut output = Output::new(&mut child, redactor.longest_needle());
-        output.events = progress.map(|(_, tail)| tail);
-        let tree = guard.tree.as_mut().expect("taken only on drop");
+        let events = progress.map(|(_, tail)| tail);
+        let mut output = Output::new(&mut child, redactor.longest_needle(), events);
         let (status, timed_out) = supervise(
             &mut child,
             &mut output,
             pgid,
-            tree,
+            guard.tree(),
             run.timeout,
             self.kill_grace,
         )
         .await?;
-        // The playbook is gone. Its ControlMasters are asked to exit before
-        // their sockets' directory goes; whatever else it left (in its group
-        // or in sessions of their own) is killed and reaped.
-        tree::close_control_masters(&workspace.control_path_dir()).await;
-        let tree = guard.tree.as_mut().expect("taken only on drop");
-        tree.collect(false);
-        signal_group(pgid, libc::SIGKILL);
-        tree.signal(libc::SIGKILL);
-        tree.reap().await;
-        reap_adopted(pgid).await;
-        guard.armed = false;
+        guard.finish().await;
         output.drain().await;
         // The plugin's last lines were written before the playbook exited.
         output.poll_events();
+        Ok(outcome_of(output, status, timed_out, started, redactor))
+    }
 
-        let (stats, failed_task) = output.scanner.finish(redactor);
-        let outcome = PlaybookOutcome {
-            exit_code: status.code(),
-            timed_out,
-            output_tail: output.tail.finish(redactor),
-            stats,
-            failed_task,
-            duration: started.elapsed(),
+    /// Starts `<bin> -i inventory.json -e @vars.json <playbook>` in the
+    /// Ansible dir, in a process group of its own.
+    fn spawn(
+        &self,
+        run: &PlaybookRun,
+        ansible_dir: &Path,
+        workspace: &Workspace,
+        plugin: Option<&EventsPlugin>,
+    ) -> Result<Child, RunError> {
+        let ansible_cfg = Some(ansible_dir.join("ansible.cfg")).filter(|cfg| cfg.is_file());
+        let control_path_dir = workspace.control_path_dir();
+        let paths = RunPaths {
+            ansible_cfg: ansible_cfg.as_deref(),
+            control_path_dir: &control_path_dir,
+            events: plugin,
         };
-        tracing::info!(
-            exit_code = outcome.exit_code,
-            timed_out,
-            succeeded = outcome.succeeded(),
-            duration_ms = outcome.duration.as_millis() as u64,
-            failed_host = outcome.failed_task.as_ref().map(|f| f.host.as_str()),
-            "playbook finished"
-        );
-        Ok(outcome)
-    }
-
-    /// When the run wants its progress and the plugin is installed: the
-    /// plugin's directory and a tail of the run's new events file.
-    fn follow_events(
-        &self,
-        run: &PlaybookRun,
-        ansible_dir: &Path,
-        workspace: &Workspace,
-        redactor: &Redactor,
-    ) -> Option<(EventsPlugin, EventTail)> {
-        let sink = run.events.clone()?;
-        let plugin_dir = ansible_dir.join(events::PLUGIN_DIR);
-        if !plugin_dir
-            .join(format!("{}.py", events::PLUGIN_NAME))
-            .is_file()
-        {
-            tracing::debug!(dir = %plugin_dir.display(), "no events plugin; progress not followed");
-            return None;
-        }
-        let followed = workspace.create_events_file().and_then(|file| {
-            let tail = EventTail::open(&file, sink, redactor.clone())?;
-            Ok((EventsPlugin { plugin_dir, file }, tail))
-        });
-        match followed {
-            Ok(followed) => Some(followed),
-            Err(e) => {
-                // Progress is a convenience: the job runs without it.
-                tracing::warn!(error.message = %e, "cannot create the events file; progress not followed");
-                None
-            }
-        }
-    }
-
-    /// `<bin> -i inventory.json -e @vars.json <playbook>` in the Ansible dir,
-    /// with a cleared environment.
-    fn command(
-        &self,
-        run: &PlaybookRun,
-        ansible_dir: &Path,
-        workspace: &Workspace,
-        progress: Option<&(EventsPlugin, EventTail)>,
-    ) -> Command {
         let mut vars_arg = OsString::from("@");
         vars_arg.push(workspace.vars_path());
         let mut command = Command::new(&self.settings.playbook_bin);
@@ -297,26 +148,21 @@ impl Runner {
             .arg(ansible_dir.join(&run.playbook))
             .current_dir(ansible_dir)
             .env_clear()
-            .envs(child_env(
-                self.worker_env(),
-                Some(ansible_dir.join("ansible.cfg")).filter(|cfg| cfg.is_file()),
-                &workspace.control_path_dir(),
-                progress.map(|(plugin, _)| plugin),
-            ))
+            .envs(env::child_env(self.worker_env(), paths, &run.secret_env))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // Its own group, so the playbook and every fork are signalled together.
             .process_group(0)
             .kill_on_drop(true);
-        // Secret values reach the child here and nowhere else.
-        for (name, value) in &run.secret_env {
-            command.env(name, value.expose_secret());
-        }
         tracing::debug!(secret_env = run.secret_env.len(), "command prepared");
-        command
+        command.spawn().map_err(|source| RunError::Spawn {
+            bin: self.settings.playbook_bin.clone(),
+            source,
+        })
     }
 
+    /// The worker's environment, or the one a test put in its place.
     fn worker_env(&self) -> Vec<(OsString, OsString)> {
         match &self.worker_env {
             Some(env) => env.clone(),
@@ -325,95 +171,38 @@ impl Runner {
     }
 }
 
-/// Where the `infra_events` plugin is and the file it writes to.
-#[derive(Debug)]
-struct EventsPlugin {
-    plugin_dir: PathBuf,
-    file: PathBuf,
-}
-
-/// The child's environment, secrets aside: the allowlisted worker variables,
-/// every `ANSIBLE_*` of the worker (operators tune Ansible that way), our
-/// defaults where the operator set none, and, when progress is followed, the
-/// events plugin added to (not replacing) the operator's callbacks.
-fn child_env(
-    worker_env: Vec<(OsString, OsString)>,
-    ansible_cfg: Option<PathBuf>,
-    control_path_dir: &Path,
-    events: Option<&EventsPlugin>,
-) -> BTreeMap<OsString, OsString> {
-    let mut env: BTreeMap<OsString, OsString> = worker_env
-        .into_iter()
-        .filter(|(name, _)| {
-            name.to_str()
-                .is_some_and(|name| INHERITED_VARS.contains(&name) || name.starts_with("ANSIBLE_"))
-        })
-        .collect();
-    if let Some(cfg) = ansible_cfg {
-        env.entry("ANSIBLE_CONFIG".into()).or_insert(cfg.into());
-    }
-    // Colour codes would break the recap parsing; retry files would litter.
-    env.entry("ANSIBLE_NOCOLOR".into()).or_insert("1".into());
-    env.entry("ANSIBLE_RETRY_FILES_ENABLED".into())
-        .or_insert("0".into());
-    // Output arrives as it happens, not in 4 KiB blocks at exit.
-    env.insert("PYTHONUNBUFFERED".into(), "1".into());
-    env.insert(
-        "ANSIBLE_SSH_CONTROL_PATH_DIR".into(),
-        control_path_dir.into(),
-    );
-    if let Some(events) = events {
-        // A notification callback: the stdout callback, whose output the
-        // recap scanner reads, stays whatever it was.
-        append_list(
-            &mut env,
-            "ANSIBLE_CALLBACKS_ENABLED",
-            ",",
-            events::PLUGIN_NAME.as_ref(),
-        );
-        prepend_list(
-            &mut env,
-            "ANSIBLE_CALLBACK_PLUGINS",
-            ":",
-            events.plugin_dir.as_os_str(),
-        );
-        env.insert(events::EVENTS_FILE_VAR.into(), events.file.clone().into());
-    }
-    env
-}
-
-/// `name=item`, or `name=<old><sep>item` when the operator set it.
-fn append_list(
-    env: &mut BTreeMap<OsString, OsString>,
-    name: &str,
-    sep: &str,
-    item: &std::ffi::OsStr,
-) {
-    let value = env.entry(name.into()).or_default();
-    if !value.is_empty() {
-        value.push(sep);
-    }
-    value.push(item);
-}
-
-/// `name=item`, or `name=item<sep><old>` when the operator set it.
-fn prepend_list(
-    env: &mut BTreeMap<OsString, OsString>,
-    name: &str,
-    sep: &str,
-    item: &std::ffi::OsStr,
-) {
-    let mut value = OsString::from(item);
-    if let Some(old) = env
-        .get(std::ffi::OsStr::new(name))
-        .filter(|old| !old.is_empty())
+/// When the run wants its progress and the plugin is installed: the
+/// plugin's directory and a tail of the run's new events file.
+fn follow_events(
+    sink: Option<EventSink>,
+    ansible_dir: &Path,
+    workspace: &Workspace,
+    redactor: &Redactor,
+) -> Option<(EventsPlugin, EventTail)> {
+    let sink = sink?;
+    let plugin_dir = ansible_dir.join(events::PLUGIN_DIR);
+    if !plugin_dir
+        .join(format!("{}.py", events::PLUGIN_NAME))
+        .is_file()
     {
-        value.push(sep);
-        value.push(old);
+        tracing::debug!(dir = %plugin_dir.display(), "no events plugin; progress not followed");
+        return None;
     }
-    env.insert(name.into(), value);
+    let followed = workspace.create_events_file().and_then(|file| {
+        let tail = EventTail::open(&file, sink, redactor.clone())?;
+        Ok((EventsPlugin { plugin_dir, file }, tail))
+    });
+    match followed {
+        Ok(followed) => Some(followed),
+        Err(e) => {
+            // Progress is a convenience: the job runs without it.
+            tracing::warn!(error.message = %e, "cannot create the events file; progress not followed");
+            None
+        }
+    }
 }
 
+/// The playbook's pid, which is also its process group's id.
 fn child_pgid(child: &Child) -> Result<i32, RunError> {
     let pid = child.id().ok_or_else(|| {
         RunError::Wait(std::io::Error::other(
@@ -423,234 +212,51 @@ fn child_pgid(child: &Child) -> Result<i32, RunError> {
     i32::try_from(pid).map_err(|_| RunError::Wait(std::io::Error::other("pid out of range")))
 }
 
-/// Waits for the child while reading its output. At `timeout`: collects the
-/// run's processes, sends them and the group SIGTERM, and waits until all are
-/// gone or `kill_grace` passed; then collects again and sends SIGKILL.
-/// Returns the exit status and whether the timeout struck.
-async fn supervise(
-    child: &mut Child,
-    output: &mut Output,
-    pgid: i32,
-    tree: &mut RunTree,
-    timeout: Duration,
-    kill_grace: Duration,
-) -> Result<(ExitStatus, bool), RunError> {
-    let mut phase = Phase::Running;
-    let mut status = None;
-    let mut events_tick = tokio::time::interval(EVENTS_POLL);
-    events_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let alarm = tokio::time::sleep(timeout);
-    tokio::pin!(alarm);
-    loop {
-        if let Some(status) = status {
-            match phase {
-                Phase::Running => return Ok((status, false)),
-                Phase::Terminating if !tree.all_gone() => {}
-                Phase::Terminating | Phase::Killed => return Ok((status, true)),
-            }
-        }
-        tokio::select! {
-            chunk = output.stdout.next_line(), if !output.stdout_done => output.take(chunk, Stream::Stdout),
-            chunk = output.stderr.next_line(), if !output.stderr_done => output.take(chunk, Stream::Stderr),
-            exited = child.wait(), if status.is_none() => status = Some(exited.map_err(RunError::Wait)?),
-            _ = events_tick.tick(), if output.events.is_some() => output.poll_events(),
-            // The playbook exited within its grace: look again whether its
-            // other processes did too.
-            () = tokio::time::sleep(tree::POLL), if status.is_some() => {}
-            () = &mut alarm, if phase != Phase::Killed => {
-                // Before any signal: a killed parent's children move away.
-                tree.collect(status.is_none());
-                phase = match phase {
-                    Phase::Running => {
-                        tracing::warn!(pgid, grace_ms = kill_grace.as_millis() as u64,
-                            "playbook timed out; sending SIGTERM to its process group and every process of the run");
-                        signal_group(pgid, libc::SIGTERM);
-                        tree.signal(libc::SIGTERM);
-                        alarm.as_mut().reset(Instant::now() + kill_grace);
-                        Phase::Terminating
-                    }
-                    Phase::Terminating | Phase::Killed => {
-                        tracing::warn!(pgid, "playbook outlived its grace; sending SIGKILL");
-                        if status.is_none() {
-                            // Only while the leader is unreaped is the id surely still ours.
-                            signal_group(pgid, libc::SIGKILL);
-                        }
-                        tree.signal(libc::SIGKILL);
-                        Phase::Killed
-                    }
-                };
-            }
-        }
-    }
-}
-
-/// Where a timed-out run stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Running,
-    Terminating,
-    Killed,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Stream {
-    Stdout,
-    Stderr,
-}
-
-/// Both pipes and what their lines feed (the tail and the recap scanner),
-/// and the events file when progress is followed.
-struct Output {
-    stdout: LineReader<ChildStdout>,
-    stderr: LineReader<ChildStderr>,
-    stdout_done: bool,
-    stderr_done: bool,
-    tail: OutputTail,
-    scanner: RecapScanner,
-    events: Option<EventTail>,
-}
-
-impl Output {
-    /// `margin`: the longest secret needle, kept beyond the tail until redaction.
-    fn new(child: &mut Child, margin: usize) -> Output {
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        Output {
-            stdout: LineReader::new(stdout),
-            stderr: LineReader::new(stderr),
-            stdout_done: false,
-            stderr_done: false,
-            tail: OutputTail::new(TAIL_BYTES, margin),
-            scanner: RecapScanner::new(),
-            events: None,
-        }
-    }
-
-    /// Hands on the progress events written since the last look.
-    fn poll_events(&mut self) {
-        if let Some(events) = &mut self.events {
-            events.poll();
-        }
-    }
-
-    fn take(&mut self, chunk: Option<Vec<u8>>, stream: Stream) {
-        let Some(chunk) = chunk else {
-            match stream {
-                Stream::Stdout => self.stdout_done = true,
-                Stream::Stderr => self.stderr_done = true,
-            }
-            return;
-        };
-        let text = String::from_utf8_lossy(&chunk);
-        self.tail.push(&text);
-        self.scanner
-            .push_line(text.trim_end_matches('\n').trim_end_matches('\r'));
-    }
-
-    /// Reads what is left in the pipes, for at most [`DRAIN_TIMEOUT`].
-    async fn drain(&mut self) {
-        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-            while !(self.stdout_done && self.stderr_done) {
-                tokio::select! {
-                    chunk = self.stdout.next_line(), if !self.stdout_done => self.take(chunk, Stream::Stdout),
-                    chunk = self.stderr.next_line(), if !self.stderr_done => self.take(chunk, Stream::Stderr),
-                }
-            }
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!("playbook output still open after exit; a process left its group");
-        }
-    }
-}
-
-/// Ends the run unless disarmed: the drop of the `run` future (cancellation)
-/// must not leave any of its processes running.
-///
-/// Here, at once: the run's processes are collected, they and the group get
-/// SIGTERM, and the ControlMasters are told to exit (blocking, at most a few
-/// seconds, while their sockets still exist). Tokio's `kill_on_drop` then
-/// SIGKILLs the playbook itself. A thread of its own waits up to the grace,
-/// SIGKILLs what is left and reaps it ([`tree::finish_cleanups`] waits for
-/// it).
-struct RunGuard {
-    pgid: i32,
-    /// Taken by the drop.
-    tree: Option<RunTree>,
-    control_path_dir: PathBuf,
-    kill_grace: Duration,
-    armed: bool,
-}
-
-impl Drop for RunGuard {
-    fn drop(&mut self) {
-        let Some(mut tree) = self.tree.take().filter(|_| self.armed) else {
-            return;
-        };
-        let (pgid, kill_grace) = (self.pgid, self.kill_grace);
-        tracing::warn!(pgid, "run abandoned; terminating its processes");
-        // The future may have been dropped after tokio reaped the playbook.
-        let unreaped = tree.root_unreaped();
-        tree.collect(unreaped);
-        if unreaped {
-            signal_group(pgid, libc::SIGTERM);
-        }
-        tree.signal(libc::SIGTERM);
-        tree::close_control_masters_blocking(&self.control_path_dir);
-        tree::spawn_cleanup(move || {
-            let deadline = std::time::Instant::now() + kill_grace;
-            while !tree.all_gone() && std::time::Instant::now() < deadline {
-                std::thread::sleep(tree::POLL);
-            }
-            // The playbook is SIGKILLed and reaped by tokio meanwhile, so its
-            // group id is no longer ours to signal: pids only from here.
-            tree.collect(false);
-            if !tree.all_gone() {
-                tracing::warn!(
-                    pgid,
-                    "processes of an abandoned run outlived the grace; sending SIGKILL"
-                );
-                tree.signal(libc::SIGKILL);
-            }
-            tree.reap_blocking();
-            tree::reap_adopted_orphans();
-        });
-    }
-}
-
-/// Sends `signal` to every process of the group; false if none was left.
-fn signal_group(pgid: i32, signal: libc::c_int) -> bool {
-    // A negative pid addresses the group whose leader we spawned; that id
-    // is not reused while any member (or the unreaped leader) exists.
-    tree::send_signal(-pgid, signal)
-}
-
-/// Reaps members of the group that became our children: orphans are
-/// re-parented to us when this process is a child subreaper (or PID 1).
-/// Otherwise there are none and this returns at once.
-async fn reap_adopted(pgid: i32) {
-    for _ in 0..100 {
-        let mut status = 0;
-        // SAFETY: waitpid(2) writes only to `status`. It only reaps processes
-        // of this run's group, whose leader tokio has already reaped, so no
-        // `Child` handle is robbed of its status.
-        let reaped = unsafe { libc::waitpid(-pgid, &mut status, libc::WNOHANG) };
-        match reaped {
-            0 => tokio::time::sleep(Duration::from_millis(10)).await,
-            pid if pid > 0 => continue,
-            _ => return,
-        }
-    }
+/// What the run came to, its texts redacted; logged.
+fn outcome_of(
+    output: Output,
+    status: ExitStatus,
+    timed_out: bool,
+    started: Instant,
+    redactor: &Redactor,
+) -> PlaybookOutcome {
+    let (stats, failed_task) = output.scanner.finish(redactor);
+    let outcome = PlaybookOutcome {
+        exit_code: status.code(),
+        timed_out,
+        output_tail: output.tail.finish(redactor),
+        stats,
+        failed_task,
+        duration: started.elapsed(),
+    };
+    tracing::info!(
+        exit_code = outcome.exit_code,
+        timed_out,
+        succeeded = outcome.succeeded(),
+        duration_ms = outcome.duration.as_millis() as u64,
+        failed_host = outcome.failed_task.as_ref().map(|f| f.host.as_str()),
+        "playbook finished"
+    );
+    outcome
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
     use std::sync::{Mutex, Once};
+
+    use secrecy::SecretString;
 
     use serde_json::json;
     use tempfile::TempDir;
+
+    use super::super::env::INHERITED_VARS;
+    use super::super::output::TAIL_BYTES;
+    use super::super::run::SshTarget;
+    use super::super::stop::{finish_cleanups, reap_adopted};
+    use super::super::{events, reaper};
 
     const TOKEN: &str = "ghp_TestTokenValue0123456789";
 
@@ -659,7 +265,7 @@ mod tests {
     /// member for `kill(-pgid, 0)`.
     fn become_subreaper() {
         static ONCE: Once = Once::new();
-        ONCE.call_once(|| tree::become_subreaper().expect("prctl(PR_SET_CHILD_SUBREAPER)"));
+        ONCE.call_once(|| reaper::become_subreaper().expect("prctl(PR_SET_CHILD_SUBREAPER)"));
     }
 
     /// An Ansible dir holding `bin/fake-playbook` (the given shell body) and
@@ -780,54 +386,6 @@ mod tests {
             "ANSIBLE_SSH_CONTROL_PATH_DIR={}",
             cp.display()
         )));
-    }
-
-    #[test]
-    fn followed_progress_adds_the_events_plugin_to_the_operators_callbacks() {
-        let plugin = EventsPlugin {
-            plugin_dir: "/srv/ansible/plugins/callback".into(),
-            file: "/tmp/ia-x/events.jsonl".into(),
-        };
-        let get = |env: &BTreeMap<OsString, OsString>, name: &str| {
-            env.get(std::ffi::OsStr::new(name))
-                .map(|v| v.to_string_lossy().into_owned())
-        };
-        let plain = child_env(Vec::new(), None, Path::new("/cp"), Some(&plugin));
-        assert_eq!(
-            get(&plain, "ANSIBLE_CALLBACKS_ENABLED").as_deref(),
-            Some("infra_events")
-        );
-        assert_eq!(
-            get(&plain, "ANSIBLE_CALLBACK_PLUGINS").as_deref(),
-            Some("/srv/ansible/plugins/callback")
-        );
-        assert_eq!(
-            get(&plain, "INFRA_EVENTS_FILE").as_deref(),
-            Some("/tmp/ia-x/events.jsonl")
-        );
-        assert_eq!(
-            get(&plain, "ANSIBLE_STDOUT_CALLBACK"),
-            None,
-            "stdout callback untouched"
-        );
-
-        let operator = vec![
-            ("ANSIBLE_CALLBACKS_ENABLED".into(), "timer".into()),
-            ("ANSIBLE_CALLBACK_PLUGINS".into(), "/opt/cb".into()),
-        ];
-        let merged = child_env(operator, None, Path::new("/cp"), Some(&plugin));
-        assert_eq!(
-            get(&merged, "ANSIBLE_CALLBACKS_ENABLED").as_deref(),
-            Some("timer,infra_events")
-        );
-        assert_eq!(
-            get(&merged, "ANSIBLE_CALLBACK_PLUGINS").as_deref(),
-            Some("/srv/ansible/plugins/callback:/opt/cb")
-        );
-
-        let off = child_env(Vec::new(), None, Path::new("/cp"), None);
-        assert_eq!(get(&off, "ANSIBLE_CALLBACKS_ENABLED"), None);
-        assert_eq!(get(&off, "INFRA_EVENTS_FILE"), None);
     }
 
     #[tokio::test]
@@ -1138,24 +696,8 @@ mod tests {
         assert!(cancelled.is_err(), "the run should still have been going");
         assert_escaped(&seen, pgid.into_inner().unwrap().unwrap());
         // SIGTERM is ignored: SIGKILL comes after the 300 ms grace.
-        assert!(tree::finish_cleanups(Duration::from_secs(5)).await);
+        assert!(finish_cleanups(Duration::from_secs(5)).await);
         assert_all_gone(&seen, Duration::from_secs(2)).await;
-    }
-
-    #[test]
-    fn success_means_exit_zero_within_the_timeout() {
-        let outcome = |exit_code, timed_out| PlaybookOutcome {
-            exit_code,
-            timed_out,
-            output_tail: String::new(),
-            stats: None,
-            failed_task: None,
-            duration: Duration::ZERO,
-        };
-        assert!(outcome(Some(0), false).succeeded());
-        assert!(!outcome(Some(0), true).succeeded());
-        assert!(!outcome(Some(2), false).succeeded());
-        assert!(!outcome(None, false).succeeded());
     }
 
     /// One real `ansible-playbook` run (about a second of CPU): inventory,
