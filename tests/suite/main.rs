@@ -10,6 +10,7 @@ mod cli;
 mod dead;
 mod delivery;
 mod deploy;
+mod handle_step;
 mod harness_selftest;
 mod observability;
 mod outages;
