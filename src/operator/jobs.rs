@@ -257,7 +257,7 @@ fn print_result(kind: JobKind, request_id: &str, stored: &Stored, as_json: bool)
                     .unwrap_or_else(|_| json!({"status": "failed", "raw": text}));
                 print_json(&raw);
             } else {
-                println!("{kind} {request_id}: unreadable result ({problem}): {text}");
+                println!("{kind} {request_id}: unreadable result ({problem}); --json shows it");
             }
             return EXIT_FAILED;
         }
