@@ -148,7 +148,7 @@ pub fn job_finished(result: &JobResult) {
     let kind = result.job.as_str();
     let code = result.error.as_ref().map_or(NO_ERROR, |e| e.code.as_str());
     m.jobs_finished
-        .with_label_values(&[kind, result.status, code])
+        .with_label_values(&[kind, result.status.as_str(), code])
         .inc();
     m.job_duration
         .with_label_values(&[kind])

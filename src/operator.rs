@@ -48,20 +48,7 @@ pub async fn servers(settings: &Settings, action: ServersAction) -> Result<(), O
     let store = Store::connect_lazy(&settings.postgres.url, 0);
     store.migrate().await?;
     match action {
-        ServersAction::Add(args) => {
-            let json = args.json;
-            let server = new_server(args)?;
-            store.add_server(&server).await.map_err(|e| match e {
-                StoreError::ServerExists(_) => OperatorError::Usage(e.to_string()),
-                e => e.into(),
-            })?;
-            if json {
-                let added = store.server(&server.handle).await?;
-                println!("{}", to_json(&added));
-            } else {
-                println!("server {} added (status new)", server.handle);
-            }
-        }
+        ServersAction::Add(args) => add_server(&store, args).await?,
         ServersAction::List { json } => {
             let servers = store.servers().await?;
             if json {
@@ -101,6 +88,23 @@ pub async fn servers(settings: &Settings, action: ServersAction) -> Result<(), O
                 println!("host key of {handle} forgotten; the next provision pins the key it sees");
             }
         }
+    }
+    Ok(())
+}
+
+/// `servers add`: checks the flags, registers the server (status `new`).
+async fn add_server(store: &Store, args: AddServer) -> Result<(), OperatorError> {
+    let json = args.json;
+    let server = new_server(args)?;
+    store.add_server(&server).await.map_err(|e| match e {
+        StoreError::ServerExists(_) => OperatorError::Usage(e.to_string()),
+        e => e.into(),
+    })?;
+    if json {
+        let added = store.server(&server.handle).await?;
+        println!("{}", to_json(&added));
+    } else {
+        println!("server {} added (status new)", server.handle);
     }
     Ok(())
 }

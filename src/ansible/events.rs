@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::job::{JobEvent, TASK_EVENTS};
+use crate::job::{EventKind, JobEvent};
 use crate::secrets::Redactor;
 
 /// The variable naming the events file in the child's environment.
@@ -194,20 +194,16 @@ impl EventTail {
 /// one of ours.
 fn parse_line(line: &[u8], redactor: &Redactor) -> Option<JobEvent> {
     let line: PluginLine = serde_json::from_slice(line).ok()?;
-    if !TASK_EVENTS.contains(&line.event.as_str()) {
-        return None;
-    }
+    let event = EventKind::task_event(&line.event)?;
     let redact = |text: Option<String>| text.map(|t| redactor.redact(&t));
     Some(JobEvent {
-        seq: 0,
-        event: line.event,
         play: redact(line.play),
         task: redact(line.task),
         host: redact(line.host),
         changed: line.changed,
         message: redact(line.message),
         ignored: line.ignored,
-        ..JobEvent::default()
+        ..JobEvent::new(event)
     })
 }
 
@@ -306,10 +302,7 @@ mod tests {
     fn a_full_buffer_drops_and_counts_instead_of_waiting() {
         let (sink, mut stream) = channel(2);
         for _ in 0..5 {
-            sink.send(JobEvent {
-                event: "runner_on_ok".into(),
-                ..JobEvent::default()
-            });
+            sink.send(JobEvent::new(EventKind::RunnerOnOk));
         }
         let kept = drain(&mut stream);
         assert_eq!(kept.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);

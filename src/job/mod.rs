@@ -1,9 +1,10 @@
 //! The contract's job, result and progress event types (CONTRACT.md
 //! sections 1 and 3). Pure: no I/O. A stream entry's payload becomes a
 //! `DeployJob` or `ProvisionJob` only through `parse`, so later code can rely
-//! on every rule holding.
+//! on every rule holding; `Job` is either, as a queue entry becomes one.
 
 mod deploy;
+mod entry;
 mod event;
 mod fields;
 mod payload;
@@ -11,13 +12,16 @@ mod provision;
 mod result;
 
 pub use deploy::DeployJob;
-pub use event::{JobEvent, TASK_EVENTS};
+pub use entry::{Job, readable_request_id};
+pub use event::{EventKind, JobEvent};
 pub use fields::{
     GitRef, InvalidPayload, Module, ProjectName, RepoName, RequestId, SecretRef, ServerAddress,
     ServerHandle,
 };
 pub use provision::ProvisionJob;
-pub use result::{ErrorCode, FailedTask, HostStats, JobError, JobKind, JobResult, Timings};
+pub use result::{
+    ErrorCode, FailedTask, HostStats, JobError, JobKind, JobResult, JobStatus, Timings,
+};
 
 /// Payloads larger than this are refused before JSON parsing.
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;

@@ -1,19 +1,20 @@
 //! The one final result every job gets (CONTRACT.md section 3).
 //!
 //! Owns the result's JSON shape: field names, `null` versus absent, and the
-//! timestamp format (RFC 3339, UTC, exactly milliseconds, `Z`). Building a
-//! result's values is the worker's business; serializing it is ours.
+//! timestamp format (RFC 3339, UTC, exactly milliseconds, `Z`), both ways:
+//! a stored result (Redis key, jobs ledger) parses back into a `JobResult`.
+//! Building a result's values is the worker's business.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::fields::InvalidPayload;
 
 /// Which queue a job came from; decides result key and stream names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobKind {
     Deploy,
@@ -21,6 +22,9 @@ pub enum JobKind {
 }
 
 impl JobKind {
+    /// Both kinds, deploy first.
+    pub const ALL: [JobKind; 2] = [JobKind::Deploy, JobKind::Provision];
+
     /// The contract name: `deploy` or `provision`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -37,7 +41,7 @@ impl fmt::Display for JobKind {
 }
 
 /// The contract's error codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     InvalidPayload,
@@ -96,11 +100,44 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+/// A job's outcome: `success` exactly when the result has no `error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Success,
+    Failed,
+}
+
+impl JobStatus {
+    /// The status that goes with `error`: `Success` exactly when it is `None`.
+    pub fn of(error: Option<&JobError>) -> JobStatus {
+        match error {
+            None => JobStatus::Success,
+            Some(_) => JobStatus::Failed,
+        }
+    }
+
+    /// The contract name: `success` or `failed` (also a metrics label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Success => "success",
+            JobStatus::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `{"code", "message", "details"}`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobError {
     pub code: ErrorCode,
     pub message: String,
+    #[serde(default)]
     pub details: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -141,8 +178,10 @@ impl From<&InvalidPayload> for JobError {
 /// One host's line of the PLAY RECAP.
 ///
 /// Carries `rescued` and `ignored` beyond the contract example's five
-/// counters: ansible's recap prints them, and extra fields are allowed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// counters: ansible's recap prints them, and extra fields are allowed. A
+/// counter missing from a stored result reads as 0.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct HostStats {
     pub ok: u32,
     pub changed: u32,
@@ -154,7 +193,7 @@ pub struct HostStats {
 }
 
 /// The first failed task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailedTask {
     pub host: String,
     pub task: String,
@@ -162,7 +201,8 @@ pub struct FailedTask {
 }
 
 /// Where the job's time went.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Timings {
     pub queue_wait_ms: u64,
     pub preflight_ms: u64,
@@ -174,40 +214,48 @@ pub struct Timings {
 ///
 /// `extra` must not reuse a fixed field's name: flattening would write the
 /// key twice.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+///
+/// Reading is lenient where the contract lets results grow: every field a
+/// reader does not know lands in `extra` and is written back unchanged, and
+/// the fields past the job's identity, status and times may be absent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobResult {
     pub request_id: String,
     pub job: JobKind,
-    pub status: &'static str,
+    pub status: JobStatus,
+    #[serde(default)]
     pub error: Option<JobError>,
     #[serde(serialize_with = "rfc3339_millis")]
     pub started_at: DateTime<Utc>,
     #[serde(serialize_with = "rfc3339_millis")]
     pub finished_at: DateTime<Utc>,
+    #[serde(default)]
     pub duration_ms: u64,
+    #[serde(default)]
     pub attempt: u32,
+    #[serde(default)]
     pub worker: String,
+    #[serde(default)]
     pub output_tail: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<BTreeMap<String, HostStats>>,
+    #[serde(default)]
     pub failed_task: Option<FailedTask>,
+    #[serde(default)]
     pub timings: Timings,
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl JobResult {
-    /// `status` of a job that did what it was asked.
-    pub const SUCCESS: &'static str = "success";
-    /// `status` of every other job.
-    pub const FAILED: &'static str = "failed";
+    /// A stored result (a Redis key, the jobs ledger), parsed.
+    pub fn from_json(text: &str) -> Result<JobResult, serde_json::Error> {
+        serde_json::from_str(text)
+    }
 
-    /// The `status` that goes with `error`: `success` exactly when it is `None`.
-    pub fn status_for(error: Option<&JobError>) -> &'static str {
-        match error {
-            None => JobResult::SUCCESS,
-            Some(_) => JobResult::FAILED,
-        }
+    /// The JSON that is published, stored and parsed back by `from_json`.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a result always serializes")
     }
 }
 
@@ -267,7 +315,7 @@ mod tests {
         JobResult {
             request_id: "dep-0c1d".into(),
             job: JobKind::Deploy,
-            status: JobResult::status_for(None),
+            status: JobStatus::Success,
             error: None,
             started_at: at(10, 0, 0, 123),
             finished_at: at(10, 1, 12, 456),
@@ -320,7 +368,7 @@ mod tests {
                 .with_detail("reason", "timed_out")
                 .with_detail("attempts", 3),
         );
-        result.status = JobResult::status_for(result.error.as_ref());
+        result.status = JobStatus::of(result.error.as_ref());
         result.failed_task = Some(FailedTask {
             host: "h".into(),
             task: "t".into(),
@@ -392,9 +440,12 @@ mod tests {
     }
 
     #[test]
-    fn every_job_kind_as_str_matches_its_json_name() {
-        for kind in [JobKind::Deploy, JobKind::Provision] {
+    fn every_job_kind_and_status_as_str_matches_its_json_name() {
+        for kind in JobKind::ALL {
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+        for status in [JobStatus::Success, JobStatus::Failed] {
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
         }
     }
 
@@ -409,8 +460,113 @@ mod tests {
 
     #[test]
     fn status_is_success_exactly_without_an_error() {
-        assert_eq!(JobResult::status_for(None), "success");
+        assert_eq!(JobStatus::of(None), JobStatus::Success);
         let error = JobError::new(ErrorCode::Internal, "x");
-        assert_eq!(JobResult::status_for(Some(&error)), "failed");
+        assert_eq!(JobStatus::of(Some(&error)), JobStatus::Failed);
+    }
+
+    /// Parses `text` as a result, writes it back, and returns both forms.
+    fn round_trip(text: &str) -> (JobResult, Value) {
+        let result = JobResult::from_json(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        let written: Value = serde_json::from_str(&result.to_json()).unwrap();
+        (result, written)
+    }
+
+    #[test]
+    fn the_contract_example_parses_and_is_written_back_with_the_two_extra_counters() {
+        let (result, written) = round_trip(EXAMPLE);
+        assert_eq!(result, example_result());
+        let mut expected: Value = serde_json::from_str(EXAMPLE).unwrap();
+        let host = &mut expected["stats"]["203.0.113.10"];
+        host["rescued"] = json!(0);
+        host["ignored"] = json!(0);
+        assert_eq!(written, expected);
+    }
+
+    /// Results the worker publishes, one per shape the contract describes.
+    fn published_shapes() -> Vec<JobResult> {
+        let mut failed = example_result();
+        failed.error = Some(
+            JobError::new(ErrorCode::PlaybookFailed, "task `x` failed").with_detail("exit_code", 2),
+        );
+        failed.status = JobStatus::of(failed.error.as_ref());
+        failed.failed_task = Some(FailedTask {
+            host: "203.0.113.10".into(),
+            task: "x".into(),
+            message: "boom".into(),
+        });
+        failed.extra.extend(
+            json!({
+                "action": "deploy",
+                "revision": "a".repeat(40),
+                "previous_revision": null,
+                "rollback": {"performed": true, "revision": "b".repeat(40), "status": "success"},
+            })
+            .as_object()
+            .unwrap()
+            .clone(),
+        );
+        let mut ci = example_result();
+        ci.extra.insert(
+            "ci".into(),
+            json!({"status": "skipped", "secrets": [], "key_fingerprint": null, "error": null}),
+        );
+        let mut provision = example_result();
+        provision.job = JobKind::Provision;
+        provision.stats = None;
+        provision.extra = json!({"server_handle": "vps-1", "server_status": "ready"})
+            .as_object()
+            .unwrap()
+            .clone();
+        let mut refused = provision.clone();
+        refused.error = Some(JobError::new(ErrorCode::InvalidPayload, "no"));
+        refused.status = JobStatus::Failed;
+        refused.extra.clear();
+        vec![example_result(), failed, ci, provision, refused]
+    }
+
+    #[test]
+    fn every_published_shape_parses_back_to_itself_and_to_the_same_json() {
+        for published in published_shapes() {
+            let text = published.to_json();
+            let (parsed, written) = round_trip(&text);
+            assert_eq!(parsed, published);
+            assert_eq!(written, serde_json::from_str::<Value>(&text).unwrap());
+        }
+    }
+
+    #[test]
+    fn unknown_fields_of_a_stored_result_are_kept_and_written_back() {
+        let mut stored: Value = serde_json::from_str(EXAMPLE).unwrap();
+        stored["added_by_a_later_version"] = json!({"nested": [1, 2]});
+        stored["stats"]["203.0.113.10"]["rescued"] = json!(0);
+        stored["stats"]["203.0.113.10"]["ignored"] = json!(0);
+        let (result, written) = round_trip(&stored.to_string());
+        assert_eq!(
+            result.extra["added_by_a_later_version"],
+            json!({"nested": [1, 2]})
+        );
+        assert_eq!(written, stored);
+    }
+
+    #[test]
+    fn a_stored_result_without_the_optional_parts_still_parses() {
+        let minimal = r#"{"request_id": "p-1", "job": "provision", "status": "failed",
+            "error": {"code": "worker_lost", "message": "gone"},
+            "started_at": "2026-11-23T10:00:00.123Z", "finished_at": "2026-11-23T10:00:01.000Z"}"#;
+        let (result, _) = round_trip(minimal);
+        assert_eq!(result.status, JobStatus::Failed);
+        assert_eq!(result.error.unwrap().code, ErrorCode::WorkerLost);
+        assert_eq!((result.stats, result.failed_task), (None, None));
+    }
+
+    #[test]
+    fn a_result_with_a_status_or_code_outside_the_contract_is_refused() {
+        let mut bad: Value = serde_json::from_str(EXAMPLE).unwrap();
+        bad["status"] = json!("running");
+        assert!(JobResult::from_json(&bad.to_string()).is_err());
+        bad["status"] = json!("failed");
+        bad["error"] = json!({"code": "oops", "message": "m", "details": {}});
+        assert!(JobResult::from_json(&bad.to_string()).is_err());
     }
 }

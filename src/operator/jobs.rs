@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::OperatorError;
 use crate::cli::{EnqueueDeploy, EnqueueJob, EnqueueProvision, StatusArgs};
 use crate::config::Settings;
-use crate::job::{DeployJob, JobEvent, JobKind, ProvisionJob};
+use crate::job::{DeployJob, EventKind, JobEvent, JobKind, JobResult, JobStatus, ProvisionJob};
 use crate::queue::Caller;
 
 /// The job succeeded (or, without `--wait`, was enqueued).
@@ -71,24 +71,24 @@ pub async fn enqueue(settings: &Settings, job: EnqueueJob) -> Result<u8, Operato
     let deadline = Instant::now() + Duration::from_secs(common.timeout);
     let followed = follow(&caller, kind, &request_id, deadline, &mut view).await;
     view.done();
-    let result = followed?;
-    Ok(print_result(kind, &request_id, &result, common.json))
+    let stored = followed?;
+    Ok(print_result(kind, &request_id, &stored, common.json))
 }
 
 /// `status <request_id>`.
 pub async fn status(settings: &Settings, args: StatusArgs) -> Result<u8, OperatorError> {
-    let kinds = match args.kind.as_deref() {
-        Some("provision") => vec![JobKind::Provision],
-        Some(_) => vec![JobKind::Deploy],
-        None => vec![JobKind::Deploy, JobKind::Provision],
+    let kinds: &[JobKind] = match args.kind.as_deref() {
+        Some("provision") => &[JobKind::Provision],
+        Some(_) => &[JobKind::Deploy],
+        None => &JobKind::ALL,
     };
     let caller = Caller::connect(&settings.redis).await?;
-    for kind in kinds {
+    for &kind in kinds {
         if let Some(text) = caller.result(kind, &args.request_id).await? {
             return Ok(print_result(
                 kind,
                 &args.request_id,
-                &parse_result(&text),
+                &Stored::parse(text),
                 args.json,
             ));
         }
@@ -165,7 +165,7 @@ async fn follow(
     request_id: &str,
     deadline: Instant,
     view: &mut View,
-) -> Result<Value, OperatorError> {
+) -> Result<Stored, OperatorError> {
     let mut after = "0-0".to_owned();
     let mut result: Option<(String, Instant)> = None;
     loop {
@@ -192,7 +192,9 @@ async fn follow(
             return wait_result(caller, kind, request_id).await;
         }
         match &result {
-            Some((text, seen)) if seen.elapsed() >= RESULT_GRACE => return Ok(parse_result(text)),
+            Some((text, seen)) if seen.elapsed() >= RESULT_GRACE => {
+                return Ok(Stored::parse(text.clone()));
+            }
             Some(_) => {}
             None => {
                 result = caller
@@ -210,11 +212,11 @@ async fn wait_result(
     caller: &Caller,
     kind: JobKind,
     request_id: &str,
-) -> Result<Value, OperatorError> {
+) -> Result<Stored, OperatorError> {
     let give_up = Instant::now() + FINISH_GRACE;
     loop {
         if let Some(text) = caller.result(kind, request_id).await? {
-            return Ok(parse_result(&text));
+            return Ok(Stored::parse(text));
         }
         if Instant::now() >= give_up {
             return Err(OperatorError::Timeout(format!(
@@ -225,54 +227,78 @@ async fn wait_result(
     }
 }
 
-fn parse_result(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|_| json!({"status": "failed", "raw": text}))
+/// A result key's value: a result, or text this version cannot read as one
+/// (shown as it is, and taken for a failure).
+enum Stored {
+    Result(Box<JobResult>),
+    Unreadable { text: String, problem: String },
+}
+
+impl Stored {
+    fn parse(text: String) -> Stored {
+        match JobResult::from_json(&text) {
+            Ok(result) => Stored::Result(Box::new(result)),
+            Err(e) => Stored::Unreadable {
+                text,
+                problem: e.to_string(),
+            },
+        }
+    }
 }
 
 /// Prints a result (as published with `--json`, else a summary) and returns
 /// the exit code its status means.
-fn print_result(kind: JobKind, request_id: &str, result: &Value, as_json: bool) -> u8 {
-    let success = result["status"] == "success";
+fn print_result(kind: JobKind, request_id: &str, stored: &Stored, as_json: bool) -> u8 {
+    let result = match stored {
+        Stored::Result(result) => result,
+        Stored::Unreadable { text, problem } => {
+            if as_json {
+                let raw = serde_json::from_str(text)
+                    .unwrap_or_else(|_| json!({"status": "failed", "raw": text}));
+                print_json(&raw);
+            } else {
+                println!("{kind} {request_id}: unreadable result ({problem}); --json shows it");
+            }
+            return EXIT_FAILED;
+        }
+    };
     if as_json {
-        print_json(result);
+        println!("{}", super::to_json(result));
     } else {
         print!("{}", summary(kind, request_id, result));
         let _ = std::io::stdout().flush();
     }
-    if success { EXIT_SUCCESS } else { EXIT_FAILED }
+    match result.status {
+        JobStatus::Success => EXIT_SUCCESS,
+        JobStatus::Failed => EXIT_FAILED,
+    }
 }
 
 /// A few lines a person reads: status, error, per-host recap, where to look.
-fn summary(kind: JobKind, request_id: &str, result: &Value) -> String {
-    let status = result["status"].as_str().unwrap_or("unknown");
-    let mut out = format!("{kind} {request_id}: {status}");
-    if let Some(ms) = result["duration_ms"].as_u64() {
-        out.push_str(&format!(" in {:.1} s", ms as f64 / 1000.0));
-    }
-    if let Some(worker) = result["worker"].as_str() {
+fn summary(kind: JobKind, request_id: &str, result: &JobResult) -> String {
+    let mut out = format!(
+        "{kind} {request_id}: {} in {:.1} s",
+        result.status,
+        result.duration_ms as f64 / 1000.0
+    );
+    if !result.worker.is_empty() {
         out.push_str(&format!(
-            " (worker {worker}, attempt {})",
-            result["attempt"]
+            " (worker {}, attempt {})",
+            result.worker, result.attempt
         ));
     }
     out.push('\n');
-    if let Some(error) = result["error"].as_object() {
+    if let Some(error) = &result.error {
+        out.push_str(&format!("  error: {}: {}\n", error.code, error.message));
+    }
+    for (host, s) in result.stats.iter().flatten() {
         out.push_str(&format!(
-            "  error: {}: {}\n",
-            error.get("code").and_then(Value::as_str).unwrap_or("-"),
-            error.get("message").and_then(Value::as_str).unwrap_or("-")
+            "  {host}: ok={} changed={} failed={} unreachable={} skipped={}\n",
+            s.ok, s.changed, s.failed, s.unreachable, s.skipped
         ));
     }
-    if let Some(stats) = result["stats"].as_object() {
-        for (host, s) in stats {
-            out.push_str(&format!(
-                "  {host}: ok={} changed={} failed={} unreachable={} skipped={}\n",
-                s["ok"], s["changed"], s["failed"], s["unreachable"], s["skipped"]
-            ));
-        }
-    }
     for key in ["url", "server_status"] {
-        if let Some(value) = result[key].as_str() {
+        if let Some(value) = result.extra.get(key).and_then(Value::as_str) {
             out.push_str(&format!("  {key}: {value}\n"));
         }
     }
@@ -290,14 +316,14 @@ fn event_line(event: &JobEvent) -> String {
     if event.is_task_start() {
         return format!("TASK [{task}]");
     }
-    let outcome = match event.event.as_str() {
-        "runner_on_ok" if event.changed == Some(true) => "changed",
-        "runner_on_ok" => "ok",
-        "runner_on_failed" if event.ignored => "failed (ignored)",
-        "runner_on_failed" => "failed",
-        "runner_on_skipped" => "skipped",
-        "runner_on_unreachable" => "unreachable",
-        other => other,
+    let outcome = match event.event {
+        EventKind::RunnerOnOk if event.changed == Some(true) => "changed",
+        EventKind::RunnerOnOk => "ok",
+        EventKind::RunnerOnFailed if event.ignored => "failed (ignored)",
+        EventKind::RunnerOnFailed => "failed",
+        EventKind::RunnerOnSkipped => "skipped",
+        EventKind::RunnerOnUnreachable => "unreachable",
+        other => other.as_str(),
     };
     let mut line = format!(
         "[{}] {task}: {outcome}",
@@ -372,43 +398,42 @@ mod tests {
     use super::*;
     use crate::cli::EnqueueCommon;
 
-    fn event(name: &str) -> JobEvent {
+    fn event(kind: EventKind) -> JobEvent {
         JobEvent {
             seq: 1,
-            event: name.into(),
             play: Some("Deploy".into()),
             task: Some("Pull images".into()),
             host: Some("10.0.0.1".into()),
             changed: Some(false),
-            ..JobEvent::default()
+            ..JobEvent::new(kind)
         }
     }
 
     #[test]
     fn each_event_reads_as_one_line() {
         assert_eq!(
-            event_line(&event("playbook_on_task_start")),
+            event_line(&event(EventKind::PlaybookOnTaskStart)),
             "TASK [Pull images]"
         );
         assert_eq!(
-            event_line(&event("runner_on_ok")),
+            event_line(&event(EventKind::RunnerOnOk)),
             "[10.0.0.1] Pull images: ok"
         );
         let changed = JobEvent {
             changed: Some(true),
-            ..event("runner_on_ok")
+            ..event(EventKind::RunnerOnOk)
         };
         assert_eq!(event_line(&changed), "[10.0.0.1] Pull images: changed");
         let failed = JobEvent {
             message: Some("no space left\nmore".into()),
-            ..event("runner_on_failed")
+            ..event(EventKind::RunnerOnFailed)
         };
         assert_eq!(
             event_line(&failed),
             "[10.0.0.1] Pull images: failed: no space left"
         );
         assert_eq!(
-            event_line(&event("runner_on_skipped")),
+            event_line(&event(EventKind::RunnerOnSkipped)),
             "[10.0.0.1] Pull images: skipped"
         );
     }
@@ -456,10 +481,14 @@ mod tests {
     #[test]
     fn a_summary_names_the_error_and_each_host() {
         let result = json!({
-            "status": "failed", "duration_ms": 1500, "worker": "w-1", "attempt": 1,
+            "request_id": "dep-1", "job": "deploy", "status": "failed",
+            "started_at": "2026-11-23T10:00:00.000Z", "finished_at": "2026-11-23T10:00:01.500Z",
+            "duration_ms": 1500, "worker": "w-1", "attempt": 1,
             "error": {"code": "playbook_failed", "message": "task `x` failed"},
             "stats": {"h1": {"ok": 2, "changed": 1, "failed": 1, "unreachable": 0, "skipped": 0}},
+            "url": "http://h1:8080",
         });
+        let result = JobResult::from_json(&result.to_string()).unwrap();
         let text = summary(JobKind::Deploy, "dep-1", &result);
         assert!(
             text.starts_with("deploy dep-1: failed in 1.5 s (worker w-1, attempt 1)\n"),
@@ -470,5 +499,16 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("h1: ok=2 changed=1 failed=1"), "{text}");
+        assert!(text.contains("url: http://h1:8080"), "{text}");
+    }
+
+    #[test]
+    fn a_result_key_this_version_cannot_read_exits_1() {
+        let stored = Stored::parse("not json".to_owned());
+        assert!(matches!(stored, Stored::Unreadable { .. }));
+        assert_eq!(
+            print_result(JobKind::Deploy, "dep-1", &stored, false),
+            EXIT_FAILED
+        );
     }
 }

@@ -54,14 +54,13 @@ impl Caller {
         Ok(id)
     }
 
-    /// A published result, if its key still exists.
+    /// A published result's JSON, if its key still exists.
     pub async fn result(
         &self,
         kind: JobKind,
         request_id: &str,
     ) -> Result<Option<String>, QueueError> {
-        let mut conn = self.conn.clone();
-        Ok(conn.get(self.names.result_key(kind, request_id)).await?)
+        super::read_result(self.conn.clone(), &self.names, kind, request_id).await
     }
 
     /// Whether the job's progress stream exists (it ran or runs).

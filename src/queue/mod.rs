@@ -49,6 +49,18 @@ async fn connect_plain(
     Ok((conn, Names::new(settings.key_prefix.clone())))
 }
 
+/// Reads a published result's key: the one reader of results, behind
+/// both the worker's `Queue::result` and the callers' `Caller::result`.
+/// Gives the JSON as stored; `JobResult::from_json` parses it.
+async fn read_result(
+    mut conn: impl redis::aio::ConnectionLike + Send + Sync,
+    names: &Names,
+    kind: JobKind,
+    request_id: &str,
+) -> Result<Option<String>, QueueError> {
+    Ok(conn.get(names.result_key(kind, request_id)).await?)
+}
+
 /// A job's result as published: its request id and JSON, and the
 /// `job_finished` event that ends its progress stream, when it has one.
 #[derive(Debug, Clone, Copy)]
@@ -158,7 +170,7 @@ impl Queue {
     /// existing group (BUSYGROUP) is fine.
     pub async fn ensure_groups(&self) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
-        for kind in [JobKind::Deploy, JobKind::Provision] {
+        for kind in JobKind::ALL {
             let created: redis::RedisResult<()> = redis::cmd("XGROUP")
                 .arg("CREATE")
                 .arg(self.names.queue(kind))
@@ -348,21 +360,20 @@ impl Queue {
         Ok(!reply.is_empty())
     }
 
-    /// A published result, if its key still exists.
+    /// A published result's JSON, if its key still exists.
     pub async fn result(
         &self,
         kind: JobKind,
         request_id: &str,
     ) -> Result<Option<String>, QueueError> {
-        let mut conn = self.conn.clone();
-        Ok(conn.get(self.names.result_key(kind, request_id)).await?)
+        read_result(self.conn.clone(), &self.names, kind, request_id).await
     }
 
     /// Leaves the groups tidy on a clean stop: this consumer is removed
     /// only when it has nothing pending, so no entry loses its owner.
     pub async fn retire_consumer(&self) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
-        for kind in [JobKind::Deploy, JobKind::Provision] {
+        for kind in JobKind::ALL {
             let stream = self.names.queue(kind);
             let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
                 .arg(&stream)
@@ -391,7 +402,7 @@ impl Queue {
     pub async fn backlog(&self) -> Result<Vec<Backlog>, QueueError> {
         let mut conn = self.conn.clone();
         let mut backlog = Vec::new();
-        for kind in [JobKind::Deploy, JobKind::Provision] {
+        for kind in JobKind::ALL {
             let stream = self.names.queue(kind);
             let groups: redis::RedisResult<redis::streams::StreamInfoGroupsReply> =
                 redis::cmd("XINFO")

@@ -27,7 +27,7 @@ impl Names {
 
     /// The job kind a (prefixed) queue name belongs to.
     pub fn kind_of_queue(&self, stream: &str) -> Option<JobKind> {
-        [JobKind::Deploy, JobKind::Provision]
+        JobKind::ALL
             .into_iter()
             .find(|kind| self.queue(*kind) == stream)
     }

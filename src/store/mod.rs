@@ -6,7 +6,7 @@ mod jobs;
 mod lock;
 mod servers;
 
-pub use jobs::{Claim, JobRecord};
+pub use jobs::{Claim, JobRecord, JobState};
 pub use lock::ServerLock;
 pub use servers::{NewServer, Server, ServerStatus};
 
@@ -26,6 +26,14 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("server `{0}` already exists")]
     ServerExists(String),
+    /// A row holds what this version cannot read (a name outside the
+    /// contract, a result that does not parse): kept as an error, never
+    /// guessed at, so a stored result is republished exactly or not at all.
+    #[error("jobs ledger column `{column}`: {problem}")]
+    Column {
+        column: &'static str,
+        problem: String,
+    },
 }
 
 /// Every database error passes through here, so this is where they are

@@ -56,7 +56,7 @@ impl Progress {
         JobEvent::finished(
             self.counts.next_seq(),
             result.status,
-            result.error.as_ref().map(|e| e.code.as_str()),
+            result.error.as_ref().map(|e| e.code),
         )
         .to_json()
     }

@@ -11,6 +11,7 @@ mod dead;
 mod delivery;
 mod deploy;
 mod drain;
+mod handle_step;
 mod harness_selftest;
 mod observability;
 mod outages;
