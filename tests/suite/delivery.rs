@@ -11,6 +11,9 @@ use crate::helpers::*;
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// What a worker logs when it takes an entry whose request already runs.
+const RUNNING_ELSEWHERE: &str = "the same request is running elsewhere; waiting for its result";
+
 /// Workers that share one Redis prefix, one database and one sshd.
 struct Fleet {
     redis: TestRedis,
@@ -54,6 +57,15 @@ impl Fleet {
         eventually(START_TIMEOUT, started)
             .await
             .unwrap_or_else(|| panic!("{request_id} did not start {runs} time(s)"));
+    }
+
+    /// Waits until no entry of the deploy queue is pending: every job
+    /// taken was answered and acked.
+    async fn wait_all_acked(&self) {
+        let acked = move || async move { (self.pending().await == 0).then_some(()) };
+        eventually(RESULT_TIMEOUT, acked)
+            .await
+            .unwrap_or_else(|| panic!("an entry stays pending"));
     }
 
     /// Creates the group and delivers the deploy queue to `consumer`, a
@@ -121,14 +133,15 @@ async fn a_job_of_a_killed_worker_is_finished_by_another_after_its_lease() {
     f.wait_starts(&id, 2).await;
     release_sleepers(&f.host);
     let result = b.wait_deploy_result(&f.queue, &id).await;
+    // B acks only after publishing: once nothing is pending, every result
+    // there will be is out (A died without a word).
+    f.wait_all_acked().await;
 
     // Assert
     assert_eq!(result["status"], "success", "{result:#}");
     assert_eq!(result["worker"], "worker-b");
     assert_eq!(result["attempt"], 2);
-    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(f.results_for(&id).await.len(), 1, "exactly one result");
-    assert_eq!(f.pending().await, 0);
 }
 
 #[tokio::test]
@@ -185,7 +198,7 @@ async fn the_same_request_id_twice_runs_once_and_gets_the_same_result() {
     f.enqueue(&id, "127.0.0.1").await;
     f.wait_starts(&id, 1).await;
     f.enqueue(&id, "127.0.0.1").await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    w.wait_log(RUNNING_ELSEWHERE, 1, START_TIMEOUT).await;
     release_sleepers(&f.host);
     let first = w.wait_deploy_result(&f.queue, &id).await;
     f.wait_results(&id, 2)
@@ -221,20 +234,23 @@ async fn two_jobs_for_one_server_on_two_workers_never_overlap() {
     let _b = f.worker("lock-b").spawn().await;
     let (first, second) = (unique_request_id("same-1"), unique_request_id("same-2"));
 
-    // Act: both queued for one server; one starts and holds it.
+    // Act: both queued for one server; one starts and holds it, the other
+    // is taken and waits for the server's lock in Postgres (or, wrongly,
+    // starts too).
     f.enqueue(&first, "127.0.0.1").await;
     f.enqueue(&second, "127.0.0.1").await;
-    let (host, ids) = (&f.host, [first.as_str(), second.as_str()]);
-    let one_started = move || async move {
-        ids.iter()
-            .any(|id| !sleep_starts(host, id).is_empty())
-            .then_some(())
+    let (host, db, ids) = (&f.host, &f.db, [first.as_str(), second.as_str()]);
+    let one_runs_one_waits = move || async move {
+        let running = ids
+            .iter()
+            .filter(|id| !sleep_starts(host, id).is_empty())
+            .count();
+        let waiting = db.advisory_lock_waiters().await > 0;
+        (running == 2 || running == 1 && waiting).then_some(())
     };
-    eventually(START_TIMEOUT, one_started)
+    eventually(START_TIMEOUT, one_runs_one_waits)
         .await
-        .expect("neither job started");
-    // Time for the other worker to (wrongly) start the second job.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+        .expect("no job ran while the other waited for the server");
     release_sleepers(&f.host);
     for id in [&first, &second] {
         let result = a.wait_deploy_result(&f.queue, id).await;
@@ -367,7 +383,8 @@ async fn sigterm_lets_a_running_job_finish_within_the_grace_period_and_exits_0()
     f.wait_starts(&id, 1).await;
 
     w.sigterm();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    w.wait_log("stopped reading; draining", 1, START_TIMEOUT)
+        .await;
     w.assert_running().await;
     release_sleepers(&f.host);
     let status = w.wait_exit(RESULT_TIMEOUT).await;

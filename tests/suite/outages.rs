@@ -44,7 +44,9 @@ async fn jobs_running_while_their_redis_restarts_empty_each_get_exactly_one_resu
     );
 
     // Act: Redis goes away and comes back with nothing (no persistence):
-    // no streams, no group, no pending entries.
+    // no streams, no group, no pending entries. The outage's length is part
+    // of the scenario, not a wait for the worker: what the worker does
+    // meanwhile (reads, renewals, progress events) is not the point here.
     own.stop().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     own.start().await;
@@ -54,8 +56,9 @@ async fn jobs_running_while_their_redis_restarts_empty_each_get_exactly_one_resu
     w.queue
         .enqueue_deploy(&valid_deploy_payload(&after, SERVERS[0], 8080))
         .await;
-    // Keep the jobs running across more than one lease, so renewals and
-    // reads meet the empty Redis before any job ends.
+    // Part of the scenario, not a wait for an event: the jobs keep running
+    // across more than one lease, so that renewals and reads meet the
+    // empty Redis before any job ends.
     tokio::time::sleep(Duration::from_secs(LEASE_SECS + 2)).await;
     w.worker.assert_running().await;
     release_sleepers(&w.host);
