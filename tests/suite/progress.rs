@@ -62,13 +62,8 @@ async fn finished_events(queue: &Queue, request_id: &str) -> (Vec<String>, Vec<V
 
 /// Runs the binary with `args` and the worker's config as the last argument.
 async fn cli(worker: &TestWorker, args: &[&str]) -> Output {
-    let mut command = tokio::process::Command::new(worker_bin());
+    let mut command = tokio::process::Command::from(infra_service());
     command.args(args).arg(worker.config_path());
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("INFRA__") {
-            command.env_remove(name);
-        }
-    }
     tokio::time::timeout(RESULT_TIMEOUT, command.output())
         .await
         .expect("the CLI finished in time")

@@ -85,7 +85,7 @@ async fn registered(options: Options) -> Registered {
 
 /// `infra-service servers ...` against the test's database, as an operator.
 async fn servers_cli(db: &TestDb, args: &[String]) -> String {
-    let out = tokio::process::Command::new(worker_bin())
+    let out = tokio::process::Command::from(infra_service())
         .arg("servers")
         .args(args)
         .env("INFRA__REDIS__URL", "redis://127.0.0.1:1")

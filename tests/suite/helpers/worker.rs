@@ -324,7 +324,7 @@ impl TestWorkerBuilder {
 
         let log_path = dir.path().join("worker.log");
         let log = std::fs::File::create(&log_path).expect("worker log");
-        let mut command = Command::new(worker_bin());
+        let mut command = Command::from(infra_service());
         command
             .arg("worker")
             .arg("--config")
@@ -332,15 +332,8 @@ impl TestWorkerBuilder {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
-            .kill_on_drop(true);
-        // The test's own environment must not reconfigure the worker.
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            if name.starts_with("INFRA__") || name == "ANSIBLE_CONFIG" || name == "RUST_LOG" {
-                command.env_remove(name.as_ref());
-            }
-        }
-        command.envs(&self.env);
+            .kill_on_drop(true)
+            .envs(&self.env);
         let child = command.spawn().expect("spawn infra-service worker");
         let pid = child.id().expect("worker pid");
         TestWorker {
@@ -381,11 +374,21 @@ fn render_toml(settings: &BTreeMap<String, Value>) -> String {
     out
 }
 
-/// The worker binary: this build's `infra-service`, or `TEST_WORKER_BIN`
-/// (e.g. a release build, or a stand-in while checking the suite itself).
-pub fn worker_bin() -> String {
-    std::env::var("TEST_WORKER_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_infra-service").to_owned())
+/// The binary under test (this build's `infra-service`, or
+/// `TEST_WORKER_BIN`: a release build, or a stand-in while checking the
+/// suite itself), without the test's own `INFRA__*`, `ANSIBLE_CONFIG` or
+/// `RUST_LOG`: only what the test sets configures it.
+pub fn infra_service() -> std::process::Command {
+    let bin = std::env::var("TEST_WORKER_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_infra-service").to_owned());
+    let mut command = std::process::Command::new(bin);
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("INFRA__") || name == "ANSIBLE_CONFIG" || name == "RUST_LOG" {
+            command.env_remove(name.as_ref());
+        }
+    }
+    command
 }
 
 /// The `ansible-playbook` the worker runs. `TEST_ANSIBLE_PLAYBOOK` wins;
