@@ -3,7 +3,7 @@
 
 use std::process::Output;
 
-use crate::helpers::worker_bin;
+use crate::helpers::infra_service;
 
 fn check_config(file: Option<&str>, env: &[(&str, &str)]) -> Output {
     check_config_with(&[], file, env)
@@ -13,18 +13,13 @@ fn check_config(file: Option<&str>, env: &[(&str, &str)]) -> Output {
 /// `INFRA__*` variables.
 fn check_config_with(flags: &[&str], file: Option<&str>, env: &[(&str, &str)]) -> Output {
     let dir = tempfile::tempdir().unwrap();
-    let mut command = std::process::Command::new(worker_bin());
+    let mut command = infra_service();
     command.arg("check-config").args(flags);
     if let Some(text) = file {
         let path = dir.path().join("infra.toml");
         std::fs::write(&path, text).unwrap();
         // The ops convention: the config path as the last argument.
         command.arg(&path);
-    }
-    for (name, _) in std::env::vars() {
-        if name.starts_with("INFRA__") {
-            command.env_remove(name);
-        }
     }
     command.envs(env.iter().copied());
     command.output().unwrap()
@@ -128,7 +123,7 @@ fn output_into_a_closed_pipe_ends_quietly() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("infra.toml");
     std::fs::write(&config, MINIMAL).unwrap();
-    let out = std::process::Command::new(worker_bin())
+    let out = infra_service()
         .arg("check-config")
         .arg(&config)
         .stdout(std::process::Stdio::from(write_end))

@@ -16,13 +16,8 @@ const DEAD_TIMEOUT: Duration = Duration::from_secs(60);
 /// config file as the last argument, or with only the `INFRA__*` variables
 /// naming Redis and the prefix.
 async fn dead_cli(redis: &TestRedis, config: Option<&Path>, args: &[&str]) -> Output {
-    let mut command = tokio::process::Command::new(worker_bin());
+    let mut command = tokio::process::Command::from(infra_service());
     command.arg("dead").args(args);
-    for (name, _) in std::env::vars() {
-        if name.starts_with("INFRA__") {
-            command.env_remove(name);
-        }
-    }
     match config {
         Some(path) => {
             command.arg(path);

@@ -3,14 +3,16 @@
 //! up, a repeated request runs once, one job per server at a time, hung
 //! playbooks are killed at their timeout, and SIGTERM drains.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::helpers::*;
 
-const RESULT_TIMEOUT: Duration = Duration::from_secs(120);
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a worker logs when it takes an entry whose request already runs.
+const RUNNING_ELSEWHERE: &str = "the same request is running elsewhere; waiting for its result";
 
 /// Workers that share one Redis prefix, one database and one sshd.
 struct Fleet {
@@ -49,14 +51,21 @@ impl Fleet {
     }
 
     async fn wait_starts(&self, request_id: &str, runs: usize) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        while sleep_starts(&self.host, request_id).len() < runs {
-            assert!(
-                Instant::now() < deadline,
-                "{request_id} did not start {runs} time(s)"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let started = move || async move {
+            (sleep_starts(&self.host, request_id).len() >= runs).then_some(())
+        };
+        eventually(START_TIMEOUT, started)
+            .await
+            .unwrap_or_else(|| panic!("{request_id} did not start {runs} time(s)"));
+    }
+
+    /// Waits until no entry of the deploy queue is pending: every job
+    /// taken was answered and acked.
+    async fn wait_all_acked(&self) {
+        let acked = move || async move { (self.pending().await == 0).then_some(()) };
+        eventually(RESULT_TIMEOUT, acked)
+            .await
+            .unwrap_or_else(|| panic!("an entry stays pending"));
     }
 
     /// Creates the group and delivers the deploy queue to `consumer`, a
@@ -98,6 +107,15 @@ impl Fleet {
             .filter(|r| r["request_id"] == request_id)
             .collect()
     }
+
+    /// Waits until `deploy:results` holds `count` results for `request_id`.
+    async fn wait_results(&self, request_id: &str, count: usize) -> Option<Vec<Value>> {
+        let enough = move || async move {
+            let results = self.results_for(request_id).await;
+            (results.len() >= count).then_some(results)
+        };
+        eventually(RESULT_TIMEOUT, enough).await
+    }
 }
 
 #[tokio::test]
@@ -114,15 +132,16 @@ async fn a_job_of_a_killed_worker_is_finished_by_another_after_its_lease() {
     a.sigkill();
     f.wait_starts(&id, 2).await;
     release_sleepers(&f.host);
-    let result = b.wait_deploy_result(&f.queue, &id, RESULT_TIMEOUT).await;
+    let result = b.wait_deploy_result(&f.queue, &id).await;
+    // B acks only after publishing: once nothing is pending, every result
+    // there will be is out (A died without a word).
+    f.wait_all_acked().await;
 
     // Assert
     assert_eq!(result["status"], "success", "{result:#}");
     assert_eq!(result["worker"], "worker-b");
     assert_eq!(result["attempt"], 2);
-    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(f.results_for(&id).await.len(), 1, "exactly one result");
-    assert_eq!(f.pending().await, 0);
 }
 
 #[tokio::test]
@@ -152,7 +171,7 @@ async fn an_entry_delivered_more_than_the_limit_is_given_up_as_worker_lost() {
         .set("worker.max_deliveries", 3)
         .spawn()
         .await;
-    let result = w.wait_deploy_result(&f.queue, &id, RESULT_TIMEOUT).await;
+    let result = w.wait_deploy_result(&f.queue, &id).await;
 
     // Assert
     assert_eq!(result["status"], "failed");
@@ -179,19 +198,16 @@ async fn the_same_request_id_twice_runs_once_and_gets_the_same_result() {
     f.enqueue(&id, "127.0.0.1").await;
     f.wait_starts(&id, 1).await;
     f.enqueue(&id, "127.0.0.1").await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    w.wait_log(RUNNING_ELSEWHERE, 1, START_TIMEOUT).await;
     release_sleepers(&f.host);
-    let first = w.wait_deploy_result(&f.queue, &id, RESULT_TIMEOUT).await;
-    let deadline = Instant::now() + RESULT_TIMEOUT;
-    while f.results_for(&id).await.len() < 2 {
-        assert!(Instant::now() < deadline, "the duplicate got no result");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let first = w.wait_deploy_result(&f.queue, &id).await;
+    f.wait_results(&id, 2)
+        .await
+        .expect("the duplicate got no result");
     f.enqueue(&id, "127.0.0.1").await;
-    while f.results_for(&id).await.len() < 3 {
-        assert!(Instant::now() < deadline, "the late repeat got no result");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    f.wait_results(&id, 3)
+        .await
+        .expect("the late repeat got no result");
 
     // Assert: one run, three identical answers, nothing pending.
     assert_eq!(first["status"], "success", "{first:#}");
@@ -218,19 +234,26 @@ async fn two_jobs_for_one_server_on_two_workers_never_overlap() {
     let _b = f.worker("lock-b").spawn().await;
     let (first, second) = (unique_request_id("same-1"), unique_request_id("same-2"));
 
-    // Act: both queued for one server; one starts and holds it.
+    // Act: both queued for one server; one starts and holds it, the other
+    // is taken and waits for the server's lock in Postgres (or, wrongly,
+    // starts too).
     f.enqueue(&first, "127.0.0.1").await;
     f.enqueue(&second, "127.0.0.1").await;
-    let deadline = Instant::now() + START_TIMEOUT;
-    while sleep_starts(&f.host, &first).is_empty() && sleep_starts(&f.host, &second).is_empty() {
-        assert!(Instant::now() < deadline, "neither job started");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // Time for the other worker to (wrongly) start the second job.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (host, db, ids) = (&f.host, &f.db, [first.as_str(), second.as_str()]);
+    let one_runs_one_waits = move || async move {
+        let running = ids
+            .iter()
+            .filter(|id| !sleep_starts(host, id).is_empty())
+            .count();
+        let waiting = db.advisory_lock_waiters().await > 0;
+        (running == 2 || running == 1 && waiting).then_some(())
+    };
+    eventually(START_TIMEOUT, one_runs_one_waits)
+        .await
+        .expect("no job ran while the other waited for the server");
     release_sleepers(&f.host);
     for id in [&first, &second] {
-        let result = a.wait_deploy_result(&f.queue, id, RESULT_TIMEOUT).await;
+        let result = a.wait_deploy_result(&f.queue, id).await;
         assert_eq!(result["status"], "success", "{result:#}");
     }
 
@@ -255,7 +278,7 @@ async fn jobs_for_two_servers_on_two_workers_run_at_the_same_time() {
     let both = wait_sleepers_started(&f.host, &[left.clone(), right.clone()], START_TIMEOUT).await;
     release_sleepers(&f.host);
     for id in [&left, &right] {
-        a.wait_deploy_result(&f.queue, id, RESULT_TIMEOUT).await;
+        a.wait_deploy_result(&f.queue, id).await;
     }
 
     assert!(both, "both started before either was released");
@@ -268,14 +291,19 @@ async fn jobs_for_two_servers_on_two_workers_run_at_the_same_time() {
 }
 
 /// The process group the worker logged for the playbook of `request_id`.
-fn playbook_pgid(logs: &str, request_id: &str) -> i32 {
-    logs.lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|entry| entry["message"] == "playbook started")
+fn playbook_pgid(worker: &TestWorker, request_id: &str) -> i32 {
+    worker
+        .log_entries("playbook started")
+        .iter()
         .filter(|entry| entry.to_string().contains(request_id))
         .find_map(|entry| entry["pid"].as_i64())
         .map(|pid| pid as i32)
-        .unwrap_or_else(|| panic!("no 'playbook started' line for {request_id} in:\n{logs}"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no 'playbook started' line for {request_id} in:\n{}",
+                worker.logs()
+            )
+        })
 }
 
 /// Live processes whose process group is `pgid`.
@@ -310,7 +338,7 @@ async fn a_hung_playbook_is_killed_at_its_timeout_with_nothing_of_it_left() {
     let id = unique_request_id("hung");
 
     f.enqueue(&id, "127.0.0.1").await;
-    let result = w.wait_deploy_result(&f.queue, &id, RESULT_TIMEOUT).await;
+    let result = w.wait_deploy_result(&f.queue, &id).await;
 
     assert_eq!(result["status"], "failed");
     assert_eq!(result["error"]["code"], "timeout", "{result:#}");
@@ -322,7 +350,7 @@ async fn a_hung_playbook_is_killed_at_its_timeout_with_nothing_of_it_left() {
         "output so far: {result:#}"
     );
     assert_eq!(sleep_starts(&f.host, &id).len(), 1, "it had started");
-    let pgid = playbook_pgid(&w.logs(), &id);
+    let pgid = playbook_pgid(&w, &id);
     assert!(
         group_members(pgid).is_empty(),
         "left in group {pgid}: {:?}",
@@ -355,7 +383,8 @@ async fn sigterm_lets_a_running_job_finish_within_the_grace_period_and_exits_0()
     f.wait_starts(&id, 1).await;
 
     w.sigterm();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    w.wait_log("stopped reading; draining", 1, START_TIMEOUT)
+        .await;
     w.assert_running().await;
     release_sleepers(&f.host);
     let status = w.wait_exit(RESULT_TIMEOUT).await;
@@ -389,7 +418,7 @@ async fn sigterm_with_a_job_longer_than_the_grace_hands_it_to_another_worker() {
     let b = f.worker("arriving").spawn().await;
     f.wait_starts(&id, 2).await;
     release_sleepers(&f.host);
-    let result = b.wait_deploy_result(&f.queue, &id, RESULT_TIMEOUT).await;
+    let result = b.wait_deploy_result(&f.queue, &id).await;
 
     assert_eq!(status.code(), Some(0));
     assert_eq!(pending_after_exit, 1, "left pending for another worker");

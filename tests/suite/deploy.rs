@@ -9,8 +9,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-const RESULT_TIMEOUT: Duration = Duration::from_secs(180);
-
 /// Eight loopback addresses on one sshd: eight servers to the worker, so
 /// the one-job-per-server rule does not serialize jobs spread over them.
 const SERVERS: [&str; 8] = [
@@ -67,11 +65,7 @@ async fn a_deploy_succeeds_with_every_contract_field_and_the_target_sees_the_tok
     let payload = valid_deploy_payload(&request_id, w.host.address(), 8080);
 
     // Act
-    w.queue.enqueue_deploy(&payload).await;
-    let result = w
-        .worker
-        .wait_deploy_result(&w.queue, &request_id, RESULT_TIMEOUT)
-        .await;
+    let result = w.deploy(&payload).await;
 
     // Assert: the result.
     assert_contract_fields(&result, &request_id);
@@ -133,11 +127,7 @@ async fn a_failing_playbook_is_reported_as_playbook_failed_naming_the_task() {
     let payload = valid_deploy_payload(&request_id, w.host.address(), 8080);
 
     // Act
-    w.queue.enqueue_deploy(&payload).await;
-    let result = w
-        .worker
-        .wait_deploy_result(&w.queue, &request_id, RESULT_TIMEOUT)
-        .await;
+    let result = w.deploy(&payload).await;
 
     // Assert
     assert_contract_fields(&result, &request_id);
@@ -261,12 +251,8 @@ async fn every_bad_payload_is_answered_and_dead_lettered_and_a_valid_job_still_s
     for case in &cases {
         entry_ids.push(w.queue.enqueue_raw(&case.payload).await);
     }
-    w.queue
-        .enqueue_deploy(&valid_deploy_payload(&valid_id, w.host.address(), 8080))
-        .await;
     let valid = w
-        .worker
-        .wait_deploy_result(&w.queue, &valid_id, RESULT_TIMEOUT)
+        .deploy(&valid_deploy_payload(&valid_id, w.host.address(), 8080))
         .await;
     let letters = w
         .queue
@@ -318,11 +304,7 @@ async fn every_bad_payload_is_answered_and_dead_lettered_and_a_valid_job_still_s
     // Assert: an invalid_payload result wherever a request id is readable.
     for case in &cases {
         let result = match &case.answered_as {
-            Some(request_id) => Some(
-                w.worker
-                    .wait_deploy_result(&w.queue, request_id, Duration::from_secs(30))
-                    .await,
-            ),
+            Some(request_id) => Some(w.worker.wait_deploy_result(&w.queue, request_id).await),
             None => w.queue.deploy_result(&case.marker).await,
         };
         if let Some(result) = result {
@@ -374,10 +356,7 @@ async fn the_secret_never_appears_in_command_lines_logs_results_or_dead_letters(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     release_sleepers(&w.host);
-    let result = w
-        .worker
-        .wait_deploy_result(&w.queue, &request_id, RESULT_TIMEOUT)
-        .await;
+    let result = w.worker.wait_deploy_result(&w.queue, &request_id).await;
 
     // Assert: the scan looked at the right moment, and the token was in play.
     assert!(
@@ -444,11 +423,7 @@ async fn eight_sleeping_jobs_at_concurrency_eight_all_start_before_any_finishes(
     release_sleepers(&w.host);
     let mut results = Vec::new();
     for id in &ids {
-        results.push(
-            w.worker
-                .wait_deploy_result(&w.queue, id, RESULT_TIMEOUT)
-                .await,
-        );
+        results.push(w.worker.wait_deploy_result(&w.queue, id).await);
     }
 
     // Assert
@@ -514,7 +489,7 @@ async fn two_workers_on_one_group_split_a_batch_and_run_each_job_once() {
     release_sleepers(&host);
     let mut results = Vec::new();
     for id in &ids {
-        results.push(a.wait_deploy_result(&queue, id, RESULT_TIMEOUT).await);
+        results.push(a.wait_deploy_result(&queue, id).await);
     }
 
     // Assert
@@ -549,23 +524,15 @@ async fn a_deploy_target_whose_host_key_changed_is_refused_with_host_key_mismatc
     let mut w = world("deploy_digest.yml", 1).await;
     let first = unique_request_id("tofu");
     let second = unique_request_id("mitm");
-    w.queue
-        .enqueue_deploy(&valid_deploy_payload(&first, w.host.address(), 8080))
-        .await;
     let pinned = w
-        .worker
-        .wait_deploy_result(&w.queue, &first, RESULT_TIMEOUT)
+        .deploy(&valid_deploy_payload(&first, w.host.address(), 8080))
         .await;
     assert_eq!(pinned["status"], "success", "{pinned:#}");
 
     // Act: the same address now answers with another host key.
     w.host.restart_with_new_host_key().await;
-    w.queue
-        .enqueue_deploy(&valid_deploy_payload(&second, w.host.address(), 8080))
-        .await;
     let refused = w
-        .worker
-        .wait_deploy_result(&w.queue, &second, RESULT_TIMEOUT)
+        .deploy(&valid_deploy_payload(&second, w.host.address(), 8080))
         .await;
 
     // Assert: refused before any playbook ran against the impostor.
@@ -578,8 +545,8 @@ async fn a_deploy_target_whose_host_key_changed_is_refused_with_host_key_mismatc
 #[tokio::test]
 async fn with_ssh_preflight_off_a_deploy_to_a_host_where_nothing_listens_runs_its_playbook() {
     // Arrange: nothing listens on port 1 of 127.0.0.1, so a probe would end
-    // in ssh_unreachable; the stub playbook never connects anywhere.
-    let redis = TestRedis::new().await;
+    // in ssh_unreachable; the stub playbook never connects anywhere (the
+    // world's sshd is on another port and never used).
     let stub_dir = tempfile::tempdir().expect("stub dir");
     let stub = stub_dir.path().join("ansible-playbook");
     std::fs::write(
@@ -590,20 +557,19 @@ async fn with_ssh_preflight_off_a_deploy_to_a_host_where_nothing_listens_runs_it
     .expect("write stub");
     std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod stub");
-    let worker = TestWorker::builder(&redis)
-        .set("ansible.playbook_bin", stub.to_string_lossy())
-        .set("ansible.ssh_port", 1)
-        .set("ssh.preflight", false)
-        .spawn()
-        .await;
-    let queue = redis.queue();
+    let w = World::start(TestHost::start().await, TestRedis::new().await, |worker| {
+        worker
+            .set("ansible.playbook_bin", stub.to_string_lossy())
+            .set("ansible.ssh_port", 1)
+            .set("ssh.preflight", false)
+    })
+    .await;
     let id = unique_request_id("nopreflight");
 
     // Act
-    queue
-        .enqueue_deploy(&valid_deploy_payload(&id, "127.0.0.1", 8080))
+    let result = w
+        .deploy(&valid_deploy_payload(&id, "127.0.0.1", 8080))
         .await;
-    let result = worker.wait_deploy_result(&queue, &id, RESULT_TIMEOUT).await;
 
     // Assert
     assert_eq!(result["status"], "success", "{result:#}");

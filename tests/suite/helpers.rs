@@ -1,13 +1,10 @@
-//! The harness every suite uses: real Redis (`TestRedis`, `Queue`), real
-//! Postgres (`TestDb`), a real sshd standing in for a server (`TestHost`),
-//! and the real worker binary (`TestWorker`), each made unique per test;
+//! The harness every suite uses: real Redis (`TestRedis`, `Queue`), Postgres
+//! (`TestDb`), sshd (`TestHost`) and worker binary (`TestWorker`), each made
+//! unique per test, on `TEST_REDIS_URL` / `TEST_DATABASE_URL` or containers
+//! (`OwnRedis`, `OwnPostgres` for a test that stops its server). A job runs to
+//! its result through `World::deploy` / `World::provision` (or, enqueued
+//! first, `TestWorker::wait_deploy_result`); other waits are `eventually`.
 //! `run_playbook` runs the real `ansible/` content against a `TestHost`.
-//! Services come from `TEST_REDIS_URL` / `TEST_DATABASE_URL` when set, else
-//! from containers started once per test binary. A test that stops Redis or
-//! Postgres starts a server of its own instead (`OwnRedis`, `OwnPostgres`).
-
-// Parts of the harness serve suites of later issues.
-#![allow(dead_code, unused_imports)]
 
 mod ansible_run;
 mod containers;
@@ -17,6 +14,7 @@ mod own_postgres;
 mod own_redis;
 mod payload;
 mod playbooks;
+mod poll;
 mod ports;
 mod procs;
 mod redis;
@@ -24,11 +22,10 @@ mod worker;
 mod world;
 
 pub use ansible_run::{
-    PlaybookRun, StubState, ansible_dir, give_to_login_user, install_stubs, login_user_dir,
-    run_playbook,
+    PlaybookRun, StubState, give_to_login_user, install_stubs, login_user_dir, run_playbook,
 };
 pub use db::TestDb;
-pub use host::{RunOutput, TestHost};
+pub use host::TestHost;
 pub use own_postgres::OwnPostgres;
 pub use own_redis::OwnRedis;
 pub use payload::{unique_request_id, valid_deploy_payload};
@@ -36,10 +33,11 @@ pub use playbooks::{
     FAILING_TASK, digest_record, fixtures_dir, release_sleepers, sha256_hex, sleep_ends,
     sleep_starts, wait_sleepers_started,
 };
+pub use poll::eventually;
 pub use procs::{all_cmdlines, cmdline, descendants, pids_with_environ_containing};
 pub use redis::{Queue, TestRedis};
 pub use worker::{
-    GITHUB_TOKEN_VAR, PROJECT_ENV_VAR, SSH_KEY_REF, TestWorker, TestWorkerBuilder,
-    ansible_playbook_bin, tail, worker_bin,
+    PROJECT_ENV_VAR, RESULT_TIMEOUT, SSH_KEY_REF, TestWorker, TestWorkerBuilder,
+    ansible_playbook_bin, infra_service, tail,
 };
 pub use world::{World, world, world_on};

@@ -11,29 +11,16 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-const RESULT_TIMEOUT: Duration = Duration::from_secs(180);
-
 /// `http://<addr>` of the worker's endpoints, from its "http listening"
 /// log line (the tests bind port 0).
 async fn http_base(worker: &TestWorker) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let listen = worker.logs().lines().find_map(|line| {
-            let event: Value = serde_json::from_str(line).ok()?;
-            (event["message"] == "http listening")
-                .then(|| event["listen"].as_str().map(str::to_owned))?
-        });
-        if let Some(listen) = listen {
-            return format!("http://{listen}");
-        }
-        worker.assert_running().await;
-        assert!(
-            Instant::now() < deadline,
-            "no \"http listening\" line; logs:\n{}",
-            tail(&worker.logs(), 40)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let lines = worker
+        .wait_log("http listening", 1, Duration::from_secs(60))
+        .await;
+    let listen = lines[0]["listen"]
+        .as_str()
+        .unwrap_or_else(|| panic!("\"http listening\" names no address: {}", lines[0]));
+    format!("http://{listen}")
 }
 
 /// `/metrics` as `name{sorted labels}` -> value.
@@ -79,26 +66,17 @@ async fn get_status(url: &str) -> (u16, String) {
 #[tokio::test]
 async fn metrics_count_one_success_and_one_failure_with_their_kind_status_and_error_code() {
     // Arrange: a worker on 127.0.0.1's sshd; nothing listens on 127.0.0.2.
-    let host = TestHost::start().await;
-    let redis = TestRedis::new().await;
-    let queue = redis.queue();
-    let worker = TestWorker::builder(&redis).target(&host).spawn().await;
-    let base = http_base(&worker).await;
+    let w = world("deploy_digest.yml", 4).await;
+    let base = http_base(&w.worker).await;
     let good = unique_request_id("metrics-ok");
     let bad = unique_request_id("metrics-down");
 
     // Act
-    queue
-        .enqueue_deploy(&valid_deploy_payload(&good, host.address(), 8080))
+    let ok = w
+        .deploy(&valid_deploy_payload(&good, w.host.address(), 8080))
         .await;
-    let ok = worker
-        .wait_deploy_result(&queue, &good, RESULT_TIMEOUT)
-        .await;
-    queue
-        .enqueue_deploy(&valid_deploy_payload(&bad, "127.0.0.2", 8080))
-        .await;
-    let failed = worker
-        .wait_deploy_result(&queue, &bad, RESULT_TIMEOUT)
+    let failed = w
+        .deploy(&valid_deploy_payload(&bad, "127.0.0.2", 8080))
         .await;
 
     // Assert: the results are what the metrics should say.
@@ -135,7 +113,7 @@ async fn metrics_count_one_success_and_one_failure_with_their_kind_status_and_er
     );
     assert_eq!(value(&m, "infra_dead_letters_total"), 0.0);
     // Read from Redis at scrape time: both entries are acked.
-    let stream = queue.key("ansible:deploy:queue");
+    let stream = w.queue.key("ansible:deploy:queue");
     assert_eq!(
         value(
             &m,
@@ -237,12 +215,16 @@ async fn the_heartbeat_files_mtime_advances_while_the_worker_runs() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
 
-    // Assert: touched again and again.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let later = mtime(&path).expect("the heartbeat file stays");
-    assert!(
-        later > first,
-        "mtime did not advance: {first:?} -> {later:?}"
-    );
-    worker.assert_running().await;
+    // Assert: touched again and again, each time within 2.5 intervals.
+    let (path, mut last) = (&path, first);
+    for touch in 1..=2 {
+        let advanced = move || async move {
+            let now = mtime(path).expect("the heartbeat file stays");
+            (now > last).then_some(now)
+        };
+        last = eventually(Duration::from_millis(2500), advanced)
+            .await
+            .unwrap_or_else(|| panic!("mtime did not advance after touch {touch}: {last:?}"));
+        worker.assert_running().await;
+    }
 }

@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use crate::helpers::*;
 
-/// Failure guard only: a result that takes longer than this is missing.
-const RESULT_TIMEOUT: Duration = Duration::from_secs(180);
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Four loopback addresses on one sshd: four servers to the worker, so the
@@ -24,50 +22,51 @@ async fn jobs_running_while_their_redis_restarts_empty_each_get_exactly_one_resu
     // Arrange: four sleeping jobs running at once on a Redis of our own.
     let mut own = OwnRedis::new().await;
     let redis = TestRedis::on(&own.url()).await;
-    let queue = redis.queue();
-    let host = TestHost::start_on_all(&SERVERS).await;
-    let worker = TestWorker::builder(&redis)
-        .target(&host)
-        .deploy_playbook("deploy_sleep.yml")
-        .concurrency(SERVERS.len())
-        .set("worker.lease_secs", LEASE_SECS)
-        .spawn()
-        .await;
+    let w = World::start(TestHost::start_on_all(&SERVERS).await, redis, |worker| {
+        worker
+            .deploy_playbook("deploy_sleep.yml")
+            .concurrency(SERVERS.len())
+            .set("worker.lease_secs", LEASE_SECS)
+    })
+    .await;
     let running: Vec<String> = (0..SERVERS.len())
         .map(|i| unique_request_id(&format!("outage{i}")))
         .collect();
     for (id, server) in running.iter().zip(SERVERS) {
-        queue
+        w.queue
             .enqueue_deploy(&valid_deploy_payload(id, server, 8080))
             .await;
     }
     assert!(
-        wait_sleepers_started(&host, &running, START_TIMEOUT).await,
+        wait_sleepers_started(&w.host, &running, START_TIMEOUT).await,
         "the jobs never all started; worker logs:\n{}",
-        tail(&worker.logs(), 60)
+        tail(&w.worker.logs(), 60)
     );
 
     // Act: Redis goes away and comes back with nothing (no persistence):
-    // no streams, no group, no pending entries.
+    // no streams, no group, no pending entries. The outage's length is part
+    // of the scenario, not a wait for the worker: what the worker does
+    // meanwhile (reads, renewals, progress events) is not the point here.
     own.stop().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     own.start().await;
-    queue.wait_until_reachable(Duration::from_secs(30)).await;
+    w.queue.wait_until_reachable(Duration::from_secs(30)).await;
     // A job sent after the restart: the worker must find its queue again.
     let after = unique_request_id("after-restart");
-    queue
+    w.queue
         .enqueue_deploy(&valid_deploy_payload(&after, SERVERS[0], 8080))
         .await;
-    // Keep the jobs running across more than one lease, so renewals and
-    // reads meet the empty Redis before any job ends.
+    // Part of the scenario, not a wait for an event: the jobs keep running
+    // across more than one lease, so that renewals and reads meet the
+    // empty Redis before any job ends.
     tokio::time::sleep(Duration::from_secs(LEASE_SECS + 2)).await;
-    worker.assert_running().await;
-    release_sleepers(&host);
+    w.worker.assert_running().await;
+    release_sleepers(&w.host);
     let mut all = running.clone();
     all.push(after.clone());
     let mut results = BTreeMap::new();
     for id in &all {
-        let result = worker.wait_deploy_result(&queue, id, RESULT_TIMEOUT).await;
+        let result = w.worker.wait_deploy_result(&w.queue, id).await;
         results.insert(id.clone(), result);
     }
 
@@ -76,13 +75,18 @@ async fn jobs_running_while_their_redis_restarts_empty_each_get_exactly_one_resu
         assert_eq!(result["status"], "success", "{id}: {result:#}");
         assert_eq!(result["request_id"], id.as_str(), "{result:#}");
         assert_eq!(
-            sleep_starts(&host, id).len(),
+            sleep_starts(&w.host, id).len(),
             1,
             "{id} started more than once"
         );
-        assert_eq!(sleep_ends(&host, id).len(), 1, "{id} ended more than once");
+        assert_eq!(
+            sleep_ends(&w.host, id).len(),
+            1,
+            "{id} ended more than once"
+        );
     }
-    let mut published: Vec<String> = queue
+    let mut published: Vec<String> = w
+        .queue
         .deploy_results_stream()
         .await
         .iter()
@@ -93,52 +97,45 @@ async fn jobs_running_while_their_redis_restarts_empty_each_get_exactly_one_resu
     expected.sort();
     assert_eq!(published, expected, "one deploy:results entry per job");
     assert_eq!(
-        queue.pending_count("ansible:deploy:queue").await,
+        w.queue.pending_count("ansible:deploy:queue").await,
         0,
         "an entry is left pending"
     );
-    worker.assert_running().await;
+    w.worker.assert_running().await;
 }
 
 #[tokio::test]
 async fn a_job_running_while_its_postgres_stops_still_publishes_its_result() {
     // Arrange: a sleeping job running, the ledger on a Postgres of our own.
     let mut pg = OwnPostgres::new().await;
-    let redis = TestRedis::new().await;
-    let queue = redis.queue();
-    let host = TestHost::start().await;
-    let worker = TestWorker::builder(&redis)
-        .target(&host)
-        .postgres_url(&pg.url())
-        .deploy_playbook("deploy_sleep.yml")
-        .concurrency(1)
-        .spawn()
-        .await;
+    let pg_url = pg.url();
+    let w = World::start(TestHost::start().await, TestRedis::new().await, |worker| {
+        worker
+            .postgres_url(&pg_url)
+            .deploy_playbook("deploy_sleep.yml")
+            .concurrency(1)
+    })
+    .await;
     let first = unique_request_id("pg-down");
-    queue
-        .enqueue_deploy(&valid_deploy_payload(&first, host.address(), 8080))
+    w.queue
+        .enqueue_deploy(&valid_deploy_payload(&first, w.host.address(), 8080))
         .await;
     assert!(
-        wait_sleepers_started(&host, std::slice::from_ref(&first), START_TIMEOUT).await,
+        wait_sleepers_started(&w.host, std::slice::from_ref(&first), START_TIMEOUT).await,
         "the job never started; worker logs:\n{}",
-        tail(&worker.logs(), 60)
+        tail(&w.worker.logs(), 60)
     );
 
     // Act: Postgres stops (fast shutdown cuts the job's server lock session
     // too) while the job runs; then the job ends.
     pg.stop().await;
-    release_sleepers(&host);
-    let during = worker
-        .wait_deploy_result(&queue, &first, RESULT_TIMEOUT)
-        .await;
-    worker.assert_running().await;
+    release_sleepers(&w.host);
+    let during = w.worker.wait_deploy_result(&w.queue, &first).await;
+    w.worker.assert_running().await;
     pg.start().await;
     let second = unique_request_id("pg-back");
-    queue
-        .enqueue_deploy(&valid_deploy_payload(&second, host.address(), 8080))
-        .await;
-    let after = worker
-        .wait_deploy_result(&queue, &second, RESULT_TIMEOUT)
+    let after = w
+        .deploy(&valid_deploy_payload(&second, w.host.address(), 8080))
         .await;
 
     // Assert: both published and successful, each run once; the ledger is
@@ -147,12 +144,13 @@ async fn a_job_running_while_its_postgres_stops_still_publishes_its_result() {
     assert_eq!(after["status"], "success", "{after:#}");
     for id in [&first, &second] {
         assert_eq!(
-            sleep_starts(&host, id).len(),
+            sleep_starts(&w.host, id).len(),
             1,
             "{id} started more than once"
         );
     }
-    let published: Vec<String> = queue
+    let published: Vec<String> = w
+        .queue
         .deploy_results_stream()
         .await
         .iter()
@@ -167,6 +165,6 @@ async fn a_job_running_while_its_postgres_stops_still_publishes_its_result() {
             .await
             .expect("the second job's ledger row");
     assert_eq!(status, "success");
-    assert_eq!(queue.pending_count("ansible:deploy:queue").await, 0);
-    worker.assert_running().await;
+    assert_eq!(w.queue.pending_count("ansible:deploy:queue").await, 0);
+    w.worker.assert_running().await;
 }

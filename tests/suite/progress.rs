@@ -4,14 +4,11 @@
 
 use std::collections::HashMap;
 use std::process::Output;
-use std::time::Duration;
 
 use redis::AsyncCommands;
 use serde_json::Value;
 
 use crate::helpers::*;
-
-const RESULT_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// A playbook that puts both secrets where a careless plugin would copy
 /// them: a task name and a failure message (ignored, so the job succeeds).
@@ -65,13 +62,8 @@ async fn finished_events(queue: &Queue, request_id: &str) -> (Vec<String>, Vec<V
 
 /// Runs the binary with `args` and the worker's config as the last argument.
 async fn cli(worker: &TestWorker, args: &[&str]) -> Output {
-    let mut command = tokio::process::Command::new(worker_bin());
+    let mut command = tokio::process::Command::from(infra_service());
     command.args(args).arg(worker.config_path());
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("INFRA__") {
-            command.env_remove(name);
-        }
-    }
     tokio::time::timeout(RESULT_TIMEOUT, command.output())
         .await
         .expect("the CLI finished in time")
@@ -126,11 +118,7 @@ async fn a_jobs_events_hold_its_tasks_in_order_end_with_job_finished_and_no_secr
     let payload = valid_deploy_payload(&request_id, w.host.address(), 8080);
 
     // Act
-    w.queue.enqueue_deploy(&payload).await;
-    let result = w
-        .worker
-        .wait_deploy_result(&w.queue, &request_id, RESULT_TIMEOUT)
-        .await;
+    let result = w.deploy(&payload).await;
     let (raw, events) = finished_events(&w.queue, &request_id).await;
 
     // Assert: every task starts, then reports for the host, in playbook order.

@@ -3,26 +3,21 @@
 //! that server, fixture playbooks that record which of them ran, and a fake
 //! Time4VPS API for reinstalls.
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
 use sqlx::Connection;
 
 use crate::helpers::*;
 use crate::time4vps_fake::{FakeConfig, FakeTime4vps, TaskBehaviour};
 
-const RESULT_TIMEOUT: Duration = Duration::from_secs(120);
 const HANDLE: &str = "vps-hel1-01";
 
-/// One registered server, its sshd, and a worker that provisions it.
-struct World {
-    _worker: TestWorker,
-    host: TestHost,
+/// One registered server: its sshd and a worker that provisions it (in
+/// `world`, dropped first), the database it is registered in, and the
+/// worker's `$TMPDIR`, where every job's private directory lives.
+struct Registered {
+    world: World,
     db: TestDb,
-    queue: Queue,
-    /// The worker's `$TMPDIR`: every job's private directory lives here.
     tmp: tempfile::TempDir,
-    _redis: TestRedis,
 }
 
 #[derive(Default)]
@@ -34,7 +29,7 @@ struct Options {
     env: Vec<(&'static str, String)>,
 }
 
-async fn world(options: Options) -> World {
+async fn registered(options: Options) -> Registered {
     let redis = TestRedis::new().await;
     let db = TestDb::new().await;
     let host = TestHost::start().await;
@@ -70,33 +65,27 @@ async fn world(options: Options) -> World {
         .prefix("iw")
         .tempdir_in("/tmp")
         .unwrap();
-    let mut builder = TestWorker::builder(&redis)
-        .target(&host)
-        .postgres_url(db.url())
-        .set("ansible.provision_playbook", "provision_setup.yml")
-        .set("ansible.recovery_playbook", "provision_recovery.yml")
-        .env("TMPDIR", tmp.path().to_str().unwrap());
-    for (key, value) in options.worker {
-        builder = builder.set(key, value);
-    }
-    for (name, value) in options.env {
-        builder = builder.env(name, &value);
-    }
-    let worker = builder.spawn().await;
-    let queue = redis.queue();
-    World {
-        _worker: worker,
-        host,
-        db,
-        queue,
-        tmp,
-        _redis: redis,
-    }
+    let world = World::start(host, redis, |mut worker| {
+        worker = worker
+            .postgres_url(db.url())
+            .set("ansible.provision_playbook", "provision_setup.yml")
+            .set("ansible.recovery_playbook", "provision_recovery.yml")
+            .env("TMPDIR", tmp.path().to_str().unwrap());
+        for (key, value) in options.worker {
+            worker = worker.set(key, value);
+        }
+        for (name, value) in options.env {
+            worker = worker.env(name, value);
+        }
+        worker
+    })
+    .await;
+    Registered { world, db, tmp }
 }
 
 /// `infra-service servers ...` against the test's database, as an operator.
 async fn servers_cli(db: &TestDb, args: &[String]) -> String {
-    let out = tokio::process::Command::new(worker_bin())
+    let out = tokio::process::Command::from(infra_service())
         .arg("servers")
         .args(args)
         .env("INFRA__REDIS__URL", "redis://127.0.0.1:1")
@@ -161,23 +150,14 @@ fn leftovers(dir: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
-impl World {
-    async fn provision(&self, payload: Value) -> Value {
-        let request_id = payload["request_id"].as_str().unwrap().to_owned();
-        self.queue.enqueue_provision(&payload).await;
-        self.queue
-            .wait_provision_result(&request_id, RESULT_TIMEOUT)
-            .await
-    }
-}
-
 #[tokio::test]
 async fn a_reachable_server_is_set_up_and_becomes_ready() {
-    let w = world(Options::default()).await;
+    let server = registered(Options::default()).await;
     let request_id = unique_request_id("prov");
 
-    let result = w
-        .provision(json!({"request_id": request_id, "server_handle": HANDLE}))
+    let result = server
+        .world
+        .provision(&json!({"request_id": request_id, "server_handle": HANDLE}))
         .await;
 
     assert_eq!(result["status"], "success", "{result:#}");
@@ -186,16 +166,29 @@ async fn a_reachable_server_is_set_up_and_becomes_ready() {
     assert_eq!(result["server_handle"], HANDLE);
     assert_eq!(result["server_status"], "ready");
     assert!(result["stats"].is_object(), "{result:#}");
-    assert_eq!(statuses(&w.db).await, ["provisioning", "ready"]);
-    assert_eq!(provision_log(&w.host), [format!("setup {request_id} key")]);
-    let (status, last_error, host_key) = server_row(&w.db).await;
+    assert_eq!(statuses(&server.db).await, ["provisioning", "ready"]);
+    assert_eq!(
+        provision_log(&server.world.host),
+        [format!("setup {request_id} key")]
+    );
+    let (status, last_error, host_key) = server_row(&server.db).await;
     assert_eq!((status.as_str(), last_error), ("ready", None));
     let pinned = host_key.expect("the first provision pins the host key");
-    assert!(pinned.contains(w.host.host_public_key().split(' ').nth(1).unwrap()));
     assert!(
-        leftovers(w.tmp.path()).is_empty(),
+        pinned.contains(
+            server
+                .world
+                .host
+                .host_public_key()
+                .split(' ')
+                .nth(1)
+                .unwrap()
+        )
+    );
+    assert!(
+        leftovers(server.tmp.path()).is_empty(),
         "{:?}",
-        leftovers(w.tmp.path())
+        leftovers(server.tmp.path())
     );
 }
 
@@ -207,7 +200,7 @@ async fn an_unreachable_server_is_tried_four_times_with_growing_gaps_then_marked
         .local_addr()
         .unwrap()
         .port();
-    let w = world(Options {
+    let server = registered(Options {
         port: Some(closed),
         worker: vec![
             ("ssh.retry_base_ms", json!(150)),
@@ -218,8 +211,9 @@ async fn an_unreachable_server_is_tried_four_times_with_growing_gaps_then_marked
     .await;
     let request_id = unique_request_id("unreach");
 
-    let result = w
-        .provision(json!({"request_id": request_id, "server_handle": HANDLE}))
+    let result = server
+        .world
+        .provision(&json!({"request_id": request_id, "server_handle": HANDLE}))
         .await;
 
     assert_eq!(result["status"], "failed");
@@ -241,29 +235,31 @@ async fn an_unreachable_server_is_tried_four_times_with_growing_gaps_then_marked
         "gaps {gaps:?}"
     );
     assert!(gaps[0] < gaps[1] && gaps[1] < gaps[2], "gaps {gaps:?}");
-    assert_eq!(statuses(&w.db).await, ["provisioning", "unreachable"]);
-    let (_, last_error, _) = server_row(&w.db).await;
+    assert_eq!(statuses(&server.db).await, ["provisioning", "unreachable"]);
+    let (_, last_error, _) = server_row(&server.db).await;
     assert!(last_error.unwrap().contains("connection refused"));
     assert!(result.get("stats").is_none(), "the playbook never started");
-    assert!(provision_log(&w.host).is_empty());
+    assert!(provision_log(&server.world.host).is_empty());
     assert!(
-        leftovers(w.tmp.path()).is_empty(),
+        leftovers(server.tmp.path()).is_empty(),
         "{:?}",
-        leftovers(w.tmp.path())
+        leftovers(server.tmp.path())
     );
 }
 
 #[tokio::test]
 async fn an_unknown_handle_and_contradicting_flags_are_refused() {
-    let w = world(Options::default()).await;
+    let server = registered(Options::default()).await;
     let unknown = unique_request_id("unknown");
     let both = unique_request_id("both");
 
-    let not_found = w
-        .provision(json!({"request_id": unknown, "server_handle": "vps-nowhere-9"}))
+    let not_found = server
+        .world
+        .provision(&json!({"request_id": unknown, "server_handle": "vps-nowhere-9"}))
         .await;
-    let invalid = w
-        .provision(json!({
+    let invalid = server
+        .world
+        .provision(&json!({
             "request_id": both, "server_handle": HANDLE,
             "force_reinstall": true, "is_recovery": true,
         }))
@@ -275,30 +271,31 @@ async fn an_unknown_handle_and_contradicting_flags_are_refused() {
     );
     assert_eq!(not_found["server_handle"], "vps-nowhere-9");
     assert_eq!(invalid["error"]["code"], "invalid_payload", "{invalid:#}");
-    let dead = w.queue.dead_letters().await;
+    let dead = server.world.queue.dead_letters().await;
     assert!(dead.iter().any(|d| d["request_id"] == both), "{dead:?}");
     assert!(
-        statuses(&w.db).await.is_empty(),
+        statuses(&server.db).await.is_empty(),
         "nothing touched the server"
     );
-    assert!(provision_log(&w.host).is_empty());
+    assert!(provision_log(&server.world.host).is_empty());
 }
 
 #[tokio::test]
 async fn a_recovery_runs_the_recovery_playbook_not_the_setup() {
-    let w = world(Options::default()).await;
+    let server = registered(Options::default()).await;
     let request_id = unique_request_id("recover");
 
-    let result = w
-        .provision(json!({"request_id": request_id, "server_handle": HANDLE, "is_recovery": true}))
+    let result = server
+        .world
+        .provision(&json!({"request_id": request_id, "server_handle": HANDLE, "is_recovery": true}))
         .await;
 
     assert_eq!(result["status"], "success", "{result:#}");
     assert_eq!(
-        provision_log(&w.host),
+        provision_log(&server.world.host),
         [format!("recovery {request_id} key")]
     );
-    assert_eq!(statuses(&w.db).await, ["recovering", "ready"]);
+    assert_eq!(statuses(&server.db).await, ["recovering", "ready"]);
 }
 
 fn time4vps_options(fake: &FakeTime4vps, config: &FakeConfig) -> Options {
@@ -325,12 +322,13 @@ fn time4vps_options(fake: &FakeTime4vps, config: &FakeConfig) -> Options {
 async fn a_forced_reinstall_rebuilds_through_time4vps_then_sets_up() {
     let config = FakeConfig::default();
     let fake = FakeTime4vps::start(config.clone()).await;
-    let w = world(time4vps_options(&fake, &config)).await;
+    let server = registered(time4vps_options(&fake, &config)).await;
     let request_id = unique_request_id("reinstall");
 
-    let result = w
+    let result = server
+        .world
         .provision(
-            json!({"request_id": request_id, "server_handle": HANDLE, "force_reinstall": true}),
+            &json!({"request_id": request_id, "server_handle": HANDLE, "force_reinstall": true}),
         )
         .await;
 
@@ -353,10 +351,13 @@ async fn a_forced_reinstall_rebuilds_through_time4vps_then_sets_up() {
     );
     assert!(fake.task_polls() >= 2, "polled until done");
     assert_eq!(
-        statuses(&w.db).await,
+        statuses(&server.db).await,
         ["reinstalling", "provisioning", "ready"]
     );
-    assert_eq!(provision_log(&w.host), [format!("setup {request_id} key")]);
+    assert_eq!(
+        provision_log(&server.world.host),
+        [format!("setup {request_id} key")]
+    );
     assert!(!result.to_string().contains(&config.password));
 }
 
@@ -367,12 +368,13 @@ async fn wrong_api_credentials_are_a_provider_error_naming_wronglogin() {
     let mut options = time4vps_options(&fake, &config);
     options.env.retain(|(name, _)| *name != "T4_PASSWORD");
     options.env.push(("T4_PASSWORD", "not-the-password".into()));
-    let w = world(options).await;
+    let server = registered(options).await;
     let request_id = unique_request_id("wronglogin");
 
-    let result = w
+    let result = server
+        .world
         .provision(
-            json!({"request_id": request_id, "server_handle": HANDLE, "force_reinstall": true}),
+            &json!({"request_id": request_id, "server_handle": HANDLE, "force_reinstall": true}),
         )
         .await;
 
@@ -386,12 +388,15 @@ async fn wrong_api_credentials_are_a_provider_error_naming_wronglogin() {
     );
     assert!(!result.to_string().contains("not-the-password"));
     assert_eq!(result["server_status"], "failed");
-    assert_eq!(statuses(&w.db).await, ["reinstalling", "failed"]);
-    assert!(provision_log(&w.host).is_empty(), "setup never ran");
+    assert_eq!(statuses(&server.db).await, ["reinstalling", "failed"]);
     assert!(
-        leftovers(w.tmp.path()).is_empty(),
+        provision_log(&server.world.host).is_empty(),
+        "setup never ran"
+    );
+    assert!(
+        leftovers(server.tmp.path()).is_empty(),
         "{:?}",
-        leftovers(w.tmp.path())
+        leftovers(server.tmp.path())
     );
 }
 
@@ -402,56 +407,63 @@ async fn a_reinstall_task_that_never_completes_is_a_provider_error() {
         ..FakeConfig::default()
     };
     let fake = FakeTime4vps::start(config.clone()).await;
-    let w = world(time4vps_options(&fake, &config)).await;
+    let server = registered(time4vps_options(&fake, &config)).await;
     let request_id = unique_request_id("hung");
 
-    let result = w
+    let result = server
+        .world
         .provision(
-            json!({"request_id": request_id, "server_handle": HANDLE, "force_reinstall": true}),
+            &json!({"request_id": request_id, "server_handle": HANDLE, "force_reinstall": true}),
         )
         .await;
 
     assert_eq!(result["error"]["code"], "provider_error", "{result:#}");
     assert!(fake.task_polls() >= 2, "it kept polling until the deadline");
     assert_eq!(result["server_status"], "failed");
-    assert!(provision_log(&w.host).is_empty(), "setup never ran");
     assert!(
-        leftovers(w.tmp.path()).is_empty(),
+        provision_log(&server.world.host).is_empty(),
+        "setup never ran"
+    );
+    assert!(
+        leftovers(server.tmp.path()).is_empty(),
         "{:?}",
-        leftovers(w.tmp.path())
+        leftovers(server.tmp.path())
     );
 }
 
 #[tokio::test]
 async fn a_changed_host_key_fails_with_host_key_mismatch_until_an_operator_resets_it() {
-    let mut w = world(Options::default()).await;
+    let mut server = registered(Options::default()).await;
     let first = unique_request_id("pin");
     let second = unique_request_id("mitm");
     let third = unique_request_id("reset");
-    let pinned = w
-        .provision(json!({"request_id": first, "server_handle": HANDLE}))
+    let pinned = server
+        .world
+        .provision(&json!({"request_id": first, "server_handle": HANDLE}))
         .await;
     assert_eq!(pinned["status"], "success", "{pinned:#}");
 
-    w.host.restart_with_new_host_key().await;
-    let refused = w
-        .provision(json!({"request_id": second, "server_handle": HANDLE}))
+    server.world.host.restart_with_new_host_key().await;
+    let refused = server
+        .world
+        .provision(&json!({"request_id": second, "server_handle": HANDLE}))
         .await;
-    servers_cli(&w.db, &["reset-host-key".into(), HANDLE.into()]).await;
-    let accepted = w
-        .provision(json!({"request_id": third, "server_handle": HANDLE}))
+    servers_cli(&server.db, &["reset-host-key".into(), HANDLE.into()]).await;
+    let accepted = server
+        .world
+        .provision(&json!({"request_id": third, "server_handle": HANDLE}))
         .await;
 
     assert_eq!(refused["error"]["code"], "host_key_mismatch", "{refused:#}");
     assert_eq!(refused["server_status"], "failed");
     assert_eq!(accepted["status"], "success", "{accepted:#}");
     assert_eq!(
-        provision_log(&w.host),
+        provision_log(&server.world.host),
         [format!("setup {first} key"), format!("setup {third} key")],
         "the playbook never ran against the impostor"
     );
-    let (_, _, host_key) = server_row(&w.db).await;
-    let new_key = w.host.host_public_key();
+    let (_, _, host_key) = server_row(&server.db).await;
+    let new_key = server.world.host.host_public_key();
     assert!(
         host_key
             .unwrap()

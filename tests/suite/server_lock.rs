@@ -32,9 +32,12 @@ async fn a_pin_committed_while_waiting_for_the_lock_is_read_under_it() {
     assert_eq!(pinned, None);
 
     let waiter = tokio::spawn(async move { second.lock_deploy_target(ADDRESS, PORT).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let blocked = eventually(Duration::from_secs(10), || async {
+        (db.advisory_lock_waiters().await > 0 || waiter.is_finished()).then_some(())
+    })
+    .await;
     assert!(
-        !waiter.is_finished(),
+        blocked.is_some() && !waiter.is_finished(),
         "the lock did not make the second wait"
     );
     first
@@ -60,9 +63,18 @@ async fn an_abandoned_wait_for_the_lock_does_not_keep_the_server_locked() {
     let (holder, quitter, next) = (store(&db).await, store(&db).await, store(&db).await);
     let held = holder.lock_server(ADDRESS).await.unwrap();
 
-    let abandoned =
-        tokio::time::timeout(Duration::from_millis(300), quitter.lock_server(ADDRESS)).await;
-    assert!(abandoned.is_err(), "the lock did not make the quitter wait");
+    // The quitter gives up once Postgres shows it waiting for the lock.
+    let waiting = eventually(Duration::from_secs(10), || async {
+        (db.advisory_lock_waiters().await > 0).then_some(())
+    });
+    let abandoned = tokio::select! {
+        taken = quitter.lock_server(ADDRESS) => Err(taken.map(|_| ())),
+        waited = waiting => Ok(waited),
+    };
+    assert!(
+        matches!(abandoned, Ok(Some(()))),
+        "the lock did not make the quitter wait: {abandoned:?}"
+    );
     held.release().await;
 
     let taken = tokio::time::timeout(

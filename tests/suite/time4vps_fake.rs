@@ -8,9 +8,6 @@
 //! for a missing `os`; the real client ignores it) and the text of the
 //! missing-`os` message.
 
-// Shared by several suites; not every suite uses every helper.
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

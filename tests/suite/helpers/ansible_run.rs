@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::host::TestHost;
 
 /// `ansible/` of this repository, absolute.
-pub fn ansible_dir() -> PathBuf {
+fn ansible_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("ansible")
 }
 

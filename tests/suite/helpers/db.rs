@@ -65,6 +65,22 @@ impl TestDb {
             .await
             .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", self.url))
     }
+
+    /// How many sessions on this database wait for an advisory lock: jobs
+    /// (or stores) blocked on a server's lock, as Postgres sees them.
+    pub async fn advisory_lock_waiters(&self) -> i64 {
+        let mut conn = self.connect().await;
+        let waiters = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks \
+             WHERE locktype = 'advisory' AND NOT granted \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .expect("count the advisory lock waiters");
+        let _ = conn.close().await;
+        waiters
+    }
 }
 
 impl Drop for TestDb {

@@ -39,15 +39,6 @@ pub struct TestHost {
     sshd: Option<Child>,
 }
 
-/// What a command run over SSH printed and how it ended.
-#[derive(Debug)]
-pub struct RunOutput {
-    /// Exit code; -1 when killed by a signal.
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
 impl TestHost {
     /// An sshd on a free port of 127.0.0.1.
     pub async fn start() -> TestHost {
@@ -66,13 +57,6 @@ impl TestHost {
         tokio::task::spawn_blocking(move || TestHost::start_blocking(&addresses))
             .await
             .expect("starting sshd panicked")
-    }
-
-    /// Every address this sshd answers on.
-    pub fn addresses(&self) -> Vec<String> {
-        std::iter::once(self.address.clone())
-            .chain(self.also_on.iter().cloned())
-            .collect()
     }
 
     fn start_blocking(addresses: &[String]) -> TestHost {
@@ -159,16 +143,6 @@ impl TestHost {
             .join(" ")
     }
 
-    /// A `known_hosts` line for this host, `[addr]:port ssh-ed25519 AAAA...`.
-    pub fn known_hosts_line(&self) -> String {
-        format!(
-            "[{}]:{} {}",
-            self.address,
-            self.port,
-            self.host_public_key()
-        )
-    }
-
     /// First directory on the PATH of every SSH session: put stubs here.
     pub fn stub_bin_dir(&self) -> PathBuf {
         self.dir.path().join("bin")
@@ -214,9 +188,10 @@ impl TestHost {
         panic!("sshd did not restart on port {}: {last_error}", self.port);
     }
 
-    /// Runs `command` on the host over SSH as `user()`, through its `/bin/sh`.
-    pub async fn run(&self, command: &str) -> RunOutput {
-        let output = tokio::process::Command::new("ssh")
+    /// Runs `command` on the host over SSH as `user()`, through its
+    /// `/bin/sh`; panics unless it exits 0; returns its stdout.
+    pub async fn run_ok(&self, command: &str) -> String {
+        let out = tokio::process::Command::new("ssh")
             .args(self.ssh_args())
             .arg(format!("{}@{}", self.user, self.address))
             .arg(command)
@@ -224,23 +199,15 @@ impl TestHost {
             .output()
             .await
             .expect("spawn ssh");
-        RunOutput {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    }
-
-    /// Like `run`, but panics unless the command exits 0; returns stdout.
-    pub async fn run_ok(&self, command: &str) -> String {
-        let out = self.run(command).await;
-        assert_eq!(
-            out.code,
-            0,
-            "`{command}` failed on the test host: {out:?}\nsshd log:\n{}",
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "`{command}` failed on the test host ({}):\nstdout: {stdout}\nstderr: {}\nsshd log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
             self.sshd_log()
         );
-        out.stdout
+        stdout
     }
 
     /// Options for an `ssh` client that trusts this host whatever its key.

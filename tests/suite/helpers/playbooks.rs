@@ -8,12 +8,13 @@
 //!   `release` exists (at most 60 s), then appends to `<request_id>.end`.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::host::TestHost;
+use super::poll::eventually;
 
 /// The task `deploy_fail.yml` fails in.
 pub const FAILING_TASK: &str = "Fail on purpose";
@@ -60,19 +61,13 @@ pub async fn wait_sleepers_started(
     request_ids: &[String],
     timeout: Duration,
 ) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if request_ids
+    let all_started = move || async move {
+        request_ids
             .iter()
             .all(|id| !sleep_starts(host, id).is_empty())
-        {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            .then_some(())
+    };
+    eventually(timeout, all_started).await.is_some()
 }
 
 fn timestamps(host: &TestHost, file: &str) -> Vec<f64> {

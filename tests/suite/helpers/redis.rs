@@ -13,6 +13,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde_json::Value;
 
 use super::containers;
+use super::poll::eventually;
 
 static SERVER_URL: OnceLock<String> = OnceLock::new();
 
@@ -165,50 +166,25 @@ impl Queue {
             .await
     }
 
-    /// Polls `<prefix>provisioner:result:<request_id>` until it appears;
-    /// panics after `timeout`.
-    pub async fn wait_provision_result(&self, request_id: &str, timeout: Duration) -> Value {
-        let key = self.key(&format!("provisioner:result:{request_id}"));
-        let deadline = Instant::now() + timeout;
-        loop {
-            let mut conn = self.conn.clone();
-            let raw: Option<String> = conn.get(&key).await.expect("GET result key");
-            if let Some(text) = raw {
-                return serde_json::from_str(&text)
-                    .unwrap_or_else(|e| panic!("result at {key} is not JSON ({e}): {text}"));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no result for {request_id} within {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
     /// The JSON at `<prefix>deploy:result:<request_id>`, if published.
     pub async fn deploy_result(&self, request_id: &str) -> Option<Value> {
+        self.result_at(&format!("deploy:result:{request_id}")).await
+    }
+
+    /// The JSON at `<prefix>provisioner:result:<request_id>`, if published.
+    pub async fn provision_result(&self, request_id: &str) -> Option<Value> {
+        self.result_at(&format!("provisioner:result:{request_id}"))
+            .await
+    }
+
+    async fn result_at(&self, name: &str) -> Option<Value> {
         let mut conn = self.conn.clone();
-        let key = self.key(&format!("deploy:result:{request_id}"));
+        let key = self.key(name);
         let raw: Option<String> = conn.get(&key).await.expect("GET result key");
         raw.map(|text| {
             serde_json::from_str(&text)
                 .unwrap_or_else(|e| panic!("result at {key} is not JSON ({e}): {text}"))
         })
-    }
-
-    /// Polls the result key until it appears; panics after `timeout`.
-    pub async fn wait_deploy_result(&self, request_id: &str, timeout: Duration) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(result) = self.deploy_result(request_id).await {
-                return result;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no result for {request_id} within {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
     }
 
     /// Remaining TTL of the result key in seconds (-2: missing, -1: none).
@@ -243,19 +219,20 @@ impl Queue {
             .collect()
     }
 
-    /// Polls `infra:dead` until it holds at least `count` entries.
+    /// Polls `infra:dead` until it holds at least `count` entries; what it
+    /// holds after `timeout` otherwise.
     pub async fn wait_dead_letters(
         &self,
         count: usize,
         timeout: Duration,
     ) -> Vec<HashMap<String, String>> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let enough = move || async move {
             let letters = self.dead_letters().await;
-            if letters.len() >= count || Instant::now() >= deadline {
-                return letters;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            (letters.len() >= count).then_some(letters)
+        };
+        match eventually(timeout, enough).await {
+            Some(letters) => letters,
+            None => self.dead_letters().await,
         }
     }
 

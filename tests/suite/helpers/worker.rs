@@ -3,11 +3,12 @@
 //! sshd), its stdout and stderr captured in a file the test can read.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::process::{Child, Command};
@@ -16,6 +17,7 @@ use tokio::sync::Mutex;
 use super::db::TestDb;
 use super::host::TestHost;
 use super::playbooks::fixtures_dir;
+use super::poll::eventually;
 use super::procs::kill_tree_below;
 use super::redis::{Queue, TestRedis};
 
@@ -25,6 +27,9 @@ pub const GITHUB_TOKEN_VAR: &str = "GITHUB_TOKEN_FOR_TEST";
 pub const PROJECT_ENV_VAR: &str = "PROJECT_ENV_FOR_TEST";
 /// The client key's reference, under the worker's own secrets dir.
 pub const SSH_KEY_REF: &str = "file:ssh/id_ed25519";
+/// How long a test waits for a job's result: a failure guard only (a real
+/// playbook takes seconds), so generous for a loaded machine.
+pub const RESULT_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// A running worker process; killed (with what it spawned) on drop.
 pub struct TestWorker {
@@ -114,11 +119,6 @@ impl TestWorker {
         self.signal(libc::SIGTERM);
     }
 
-    /// Sends SIGINT.
-    pub fn sigint(&self) {
-        self.signal(libc::SIGINT);
-    }
-
     /// Sends SIGKILL: the worker dies without a word.
     pub fn sigkill(&self) {
         self.signal(libc::SIGKILL);
@@ -155,27 +155,70 @@ impl TestWorker {
         }
     }
 
-    /// Polls for `request_id`'s result; panics early, with the logs, if
-    /// the worker dies, and after `timeout`.
-    pub async fn wait_deploy_result(
+    /// Waits for `request_id`'s deploy result (`deploy:result:<id>`), the
+    /// one way tests wait for a deploy; panics early, with the logs, if the
+    /// worker dies, and after `RESULT_TIMEOUT`.
+    pub async fn wait_deploy_result(&self, queue: &Queue, request_id: &str) -> Value {
+        self.wait_result(request_id, move || queue.deploy_result(request_id))
+            .await
+    }
+
+    /// Waits for `request_id`'s provision result
+    /// (`provisioner:result:<id>`), as `wait_deploy_result` does.
+    pub async fn wait_provision_result(&self, queue: &Queue, request_id: &str) -> Value {
+        self.wait_result(request_id, move || queue.provision_result(request_id))
+            .await
+    }
+
+    async fn wait_result<F: Future<Output = Option<Value>>>(
         &self,
-        queue: &Queue,
         request_id: &str,
-        timeout: Duration,
+        fetch: impl Fn() -> F,
     ) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(result) = queue.deploy_result(request_id).await {
-                return result;
+        let fetch = &fetch;
+        let probe = move || async move {
+            let result = fetch().await;
+            if result.is_none() {
+                self.assert_running().await;
+            }
+            result
+        };
+        eventually(RESULT_TIMEOUT, probe).await.unwrap_or_else(|| {
+            panic!(
+                "no result for {request_id} within {RESULT_TIMEOUT:?}; worker logs:\n{}",
+                tail(&self.logs(), 60)
+            )
+        })
+    }
+
+    /// The worker's JSON log lines whose `message` is `message`, oldest
+    /// first (lines that are not JSON are skipped).
+    pub fn log_entries(&self, message: &str) -> Vec<Value> {
+        self.logs()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|entry| entry["message"] == message)
+            .collect()
+    }
+
+    /// Waits until the worker has logged `message` at least `count` times
+    /// and returns those lines; panics, with the logs, if the worker exits
+    /// first or `timeout` passes.
+    pub async fn wait_log(&self, message: &str, count: usize, timeout: Duration) -> Vec<Value> {
+        let probe = move || async move {
+            let entries = self.log_entries(message);
+            if entries.len() >= count {
+                return Some(entries);
             }
             self.assert_running().await;
-            assert!(
-                Instant::now() < deadline,
-                "no result for {request_id} within {timeout:?}; worker logs:\n{}",
+            None
+        };
+        eventually(timeout, probe).await.unwrap_or_else(|| {
+            panic!(
+                "the worker did not log {message:?} {count} time(s) within {timeout:?}; logs:\n{}",
                 tail(&self.logs(), 60)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            )
+        })
     }
 }
 
@@ -199,12 +242,6 @@ impl TestWorkerBuilder {
     pub fn set(mut self, key: &str, value: impl Into<Value>) -> Self {
         assert!(key.contains('.'), "config keys are section.key, not {key}");
         self.settings.insert(key.to_owned(), value.into());
-        self
-    }
-
-    /// Removes a key so the worker's default applies.
-    pub fn unset(mut self, key: &str) -> Self {
-        self.settings.remove(key);
         self
     }
 
@@ -241,11 +278,6 @@ impl TestWorkerBuilder {
     pub fn env(mut self, name: &str, value: impl Into<String>) -> Self {
         self.env.insert(name.to_owned(), value.into());
         self
-    }
-
-    /// The `GITHUB_TOKEN_FOR_TEST` value.
-    pub fn github_token(self, value: &str) -> Self {
-        self.env(GITHUB_TOKEN_VAR, value)
     }
 
     /// A file under the worker's `secrets.dir` (for `file:` references).
@@ -292,7 +324,7 @@ impl TestWorkerBuilder {
 
         let log_path = dir.path().join("worker.log");
         let log = std::fs::File::create(&log_path).expect("worker log");
-        let mut command = Command::new(worker_bin());
+        let mut command = Command::from(infra_service());
         command
             .arg("worker")
             .arg("--config")
@@ -300,15 +332,8 @@ impl TestWorkerBuilder {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
-            .kill_on_drop(true);
-        // The test's own environment must not reconfigure the worker.
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            if name.starts_with("INFRA__") || name == "ANSIBLE_CONFIG" || name == "RUST_LOG" {
-                command.env_remove(name.as_ref());
-            }
-        }
-        command.envs(&self.env);
+            .kill_on_drop(true)
+            .envs(&self.env);
         let child = command.spawn().expect("spawn infra-service worker");
         let pid = child.id().expect("worker pid");
         TestWorker {
@@ -349,11 +374,21 @@ fn render_toml(settings: &BTreeMap<String, Value>) -> String {
     out
 }
 
-/// The worker binary: this build's `infra-service`, or `TEST_WORKER_BIN`
-/// (e.g. a release build, or a stand-in while checking the suite itself).
-pub fn worker_bin() -> String {
-    std::env::var("TEST_WORKER_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_infra-service").to_owned())
+/// The binary under test (this build's `infra-service`, or
+/// `TEST_WORKER_BIN`: a release build, or a stand-in while checking the
+/// suite itself), without the test's own `INFRA__*`, `ANSIBLE_CONFIG` or
+/// `RUST_LOG`: only what the test sets configures it.
+pub fn infra_service() -> std::process::Command {
+    let bin = std::env::var("TEST_WORKER_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_infra-service").to_owned());
+    let mut command = std::process::Command::new(bin);
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("INFRA__") || name == "ANSIBLE_CONFIG" || name == "RUST_LOG" {
+            command.env_remove(name.as_ref());
+        }
+    }
+    command
 }
 
 /// The `ansible-playbook` the worker runs. `TEST_ANSIBLE_PLAYBOOK` wins;
