@@ -90,11 +90,12 @@ impl Worker {
                     .await;
             }
             tokio::select! {
-                handled = self.claim_and_run(&delivery, &job, started_at) => handled,
+                biased;
                 () = token.cancelled() => {
                     tracing::warn!("job stopped before its end; its entry stays pending");
                     Handled::Abandoned
                 }
+                handled = self.claim_and_run(&delivery, &job, started_at) => handled,
             }
         }
         .instrument(span)
