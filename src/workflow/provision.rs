@@ -119,10 +119,8 @@ impl Flow<'_> {
         // After a reinstall the probe is the wait for the new system to boot:
         // it runs whatever `ssh.preflight` says.
         let probe = self.ctx.settings.ssh.preflight || job.force_reinstall;
-        if probe {
-            if let Err(report) = self.reach(&workspace, &run, &server, policy).await {
-                return report;
-            }
+        if probe && let Err(report) = self.reach(&workspace, &run, &server, policy).await {
+            return report;
         }
         let redactor = Redactor::new(redact_values.iter());
         let preflight_ms = millis(started.elapsed());
