@@ -2,19 +2,23 @@
 //!
 //! The hands of the platform: reads jobs from Redis Streams, runs
 //! `ansible-playbook` against real servers over SSH, keeps server status in
-//! Postgres, and publishes exactly one result per job.
+//! Postgres, and publishes exactly one result per job. The wire format is
+//! `CONTRACT.md` in the shared folder beside this repository; every name
+//! the producers see comes from it.
 //!
 //! ## The path of a job
 //!
 //! ```text
-//! stream entry ──> job ──> workflow ──> result ──> ack
-//! queue::Reader    job::   workflow::   job::      queue::Queue::finish
-//!  (XREADGROUP in  parse   deploy /     JobResult  (SET EX, XADD, XACK
-//!   Lua: TAKE)             provision                in one Lua script)
+//! stream entry ──> job ──────> workflow ──> result ──> ack
+//! queue::Reader    job::Job::  workflow::   job::      queue::Queue::finish
+//!  (XREADGROUP in  parse       deploy /     JobResult  (SET EX, XADD, XACK
+//!   Lua: TAKE)                 provision                in one Lua script)
 //! ```
 //!
-//! `worker` owns the loop: it takes as many entries as it has free slots,
-//! runs each in a task of its own, and publishes the result before the ack.
+//! `worker` owns the loop: it takes as many entries as it has free slots and
+//! runs each in a task of its own through one step, `Worker::handle`
+//! (`worker::step`): parse, ask the ledger (`worker::ledger`) whether the
+//! request runs here, run its workflow, publish the result before the ack.
 //! A workflow resolves secrets (`secrets`), checks SSH (`workflow::preflight`,
 //! `ssh`; unless `ssh.preflight` is off), runs the playbook (`ansible`) and
 //! returns a `workflow::Report`.
@@ -23,34 +27,49 @@
 //! start and result to a file in the run's private directory; `ansible`
 //! reads it while the playbook runs, redacts and numbers the events and
 //! hands them to the `EventSink` the worker passed down through the
-//! workflow; `worker` appends them to `job:events:<request_id>` (through
-//! `queue`) and ends the stream with `job_finished`, published with the
-//! result in one script.
+//! workflow; `worker::progress` appends them to `job:events:<request_id>`
+//! (through `queue`) and the stream ends with `job_finished`, published
+//! with the result in one script.
 //!
 //! ## Code map
 //!
-//! - `config`: the settings tree (defaults, TOML file, `INFRA__*` variables).
+//! - `config`: the settings tree (defaults, TOML file, `INFRA__*`
+//!   variables), checked once into typed values (`RedisUrl`, `PostgresUrl`,
+//!   `SocketAddr`, `BaseUrl`); nothing later re-checks them.
 //! - `cli`, `operator`: the command line and the one-shot operator commands
 //!   (`enqueue`, `status` and `dead` need Redis only, via `queue::Caller`
 //!   and `queue::DeadLetters`).
-//! - `daemon`: builds the clients and runs the worker until the stop signal.
+//! - `daemon`: builds the clients, starts the orphan reaper, and runs the
+//!   worker until the stop signal.
 //! - `http`: `/metrics`, `/healthz`, `/readyz`; `heartbeat`: the ops file
 //!   touched while Redis answers.
 //! - `metrics`: every metric, in one registry; call sites record with
 //!   one-line calls.
 //! - `shutdown`, `telemetry`: SIGTERM/SIGINT; tracing output.
 //! - `retry`: the backoff every "wait out the outage" loop uses.
-//! - `worker`: the read → run → publish → ack loop; `worker::leases` keeps
-//!   running entries' leases fresh.
+//! - `worker`: the read → run → publish → ack loop, and only the loop;
+//!   `worker::step` handles one entry start to ack, `worker::ledger` is the
+//!   jobs ledger's part of it, `worker::leases` keeps running entries'
+//!   leases fresh, `worker::progress` forwards progress events.
 //! - `queue`: Redis Streams (names, groups, reads and takeovers, leases,
 //!   results, dead letters and their replay); Lua scripts for the steps
 //!   that must check ownership atomically.
-//! - `job`: the contract's types; parsing is validation.
+//! - `job`: the contract's types; parsing is validation (`job::Job::parse`
+//!   picks the parser by queue). States are enums end to end: `JobKind`,
+//!   `JobStatus`, `ErrorCode`, `EventKind`, spelled by `serde` as the
+//!   contract spells them, parsed back by every reader.
 //! - `workflow`: what each job kind does, step by step.
-//! - `secrets`: references to values, and redaction of values.
-//! - `ansible`: one `ansible-playbook` child per run, its private directory.
+//! - `secrets`: references to values, and redaction of values (the one
+//!   way any text is scrubbed of them).
+//! - `ansible`: one `ansible-playbook` child per run: its private
+//!   directory (`workspace`), its environment (`env`, pure), spawning it and
+//!   reading its output (`runner`, `supervise`, `output`, `events`,
+//!   `recap`), stopping and reaping its whole process tree (`stop`, `tree`,
+//!   `masters`); `ansible::reaper` is the process-wide subreaper and its
+//!   orphan loop, which ends after the drain.
 //! - `ssh`: reachability probe, failure classes, retry policy.
-//! - `store`: Postgres (servers, host keys, jobs ledger, server locks).
+//! - `store`: Postgres (servers, host keys, the jobs ledger with its
+//!   `JobState`, server locks).
 //! - `provider`: the Time4VPS API client.
 //!
 //! ## Invariants
@@ -75,27 +94,31 @@
 //! - Progress is best effort: events are dropped (and counted), never
 //!   waited for, so a slow Redis cannot slow or fail a job or its result.
 //! - The playbook child starts from a cleared environment plus an allowlist.
+//! - The stop wins every race: every `select!` that waits on the shutdown
+//!   or a job's cancel token is `biased` with the stop first; after the
+//!   stop the reader claims nothing, and no command is ever sent on a
+//!   connection whose blocking read was abandoned (it is closed instead).
 //! - Only `store` runs SQL; only `queue` talks to Redis; `job` does no I/O;
 //!   a workflow never talks to Redis.
 //! - A Postgres failure costs a log line, never a job's result.
 //! - Every metric is defined in `metrics`, named `infra_*`; no other module
 //!   registers one. Queue depth is read from Redis at scrape time, not kept.
 
-pub mod ansible;
+pub(crate) mod ansible;
 pub mod cli;
 pub mod config;
 pub mod daemon;
-pub mod heartbeat;
-pub mod http;
+pub(crate) mod heartbeat;
+pub(crate) mod http;
 pub mod job;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod operator;
 pub mod provider;
 pub mod queue;
-pub mod retry;
-pub mod secrets;
+pub(crate) mod retry;
+pub(crate) mod secrets;
 pub mod shutdown;
-pub mod ssh;
+pub(crate) mod ssh;
 pub mod store;
 pub mod telemetry;
 pub mod worker;
