@@ -211,13 +211,6 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The contract's policy: 3 retries with exponential backoff.
-    pub const DEFAULT: RetryPolicy = RetryPolicy {
-        attempts: 4,
-        base_delay: Duration::from_secs(2),
-        max_delay: Duration::from_secs(60),
-    };
-
     /// The pause before try number `attempt` (1-based; the first try has none).
     pub fn delay_before(&self, attempt: u32) -> Duration {
         if attempt <= 1 {
@@ -337,10 +330,5 @@ mod tests {
             .map(|a| policy.delay_before(a).as_millis())
             .collect();
         assert_eq!(delays, vec![0, 100, 200, 350, 350]);
-    }
-
-    #[test]
-    fn the_default_policy_tries_four_times_in_all() {
-        assert_eq!(RetryPolicy::DEFAULT.attempts, 4);
     }
 }

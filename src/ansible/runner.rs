@@ -44,22 +44,6 @@ impl Runner {
         }
     }
 
-    /// Runs one playbook to its end, its timeout, or the drop of this future.
-    #[tracing::instrument(skip_all, fields(
-        playbook = %run.playbook.display(),
-        host = %run.target.name,
-        timeout_ms = run.timeout.as_millis() as u64,
-    ))]
-    pub async fn run(
-        &self,
-        run: PlaybookRun,
-        redactor: &Redactor,
-    ) -> Result<PlaybookOutcome, RunError> {
-        let workspace = self.workspace(&run)?;
-        self.run_observed(&workspace, run, redactor, |_, _| {})
-            .await
-    }
-
     /// The run's private directory, for a caller that needs its key and
     /// known_hosts before and after the playbook (SSH probe, host key pin).
     pub fn workspace(&self, run: &PlaybookRun) -> Result<Workspace, RunError> {
@@ -69,8 +53,13 @@ impl Runner {
         Ok(workspace)
     }
 
-    /// [`Runner::run`] in a directory from [`Runner::workspace`] for the
-    /// same `run`.
+    /// Runs one playbook to its end, its timeout, or the drop of this
+    /// future, in a directory from [`Runner::workspace`] for the same `run`.
+    #[tracing::instrument(skip_all, fields(
+        playbook = %run.playbook.display(),
+        host = %run.target.name,
+        timeout_ms = run.timeout.as_millis() as u64,
+    ))]
     pub async fn run_in(
         &self,
         workspace: &Workspace,

@@ -33,14 +33,6 @@ impl Job {
         }
     }
 
-    /// The queue it came from.
-    pub fn kind(&self) -> JobKind {
-        match self {
-            Job::Deploy(_) => JobKind::Deploy,
-            Job::Provision(_) => JobKind::Provision,
-        }
-    }
-
     /// Its request id.
     pub fn request_id(&self) -> &str {
         match self {
@@ -99,7 +91,7 @@ mod tests {
     fn the_queue_decides_the_parser() {
         let provision = br#"{"server_handle": "vps-1"}"#;
         let job = Job::parse(JobKind::Provision, Some(provision), ENTRY).unwrap();
-        assert_eq!(job.kind(), JobKind::Provision);
+        assert!(matches!(job, Job::Provision(_)));
         assert_eq!((job.request_id(), job.target()), (ENTRY, "vps-1"));
         assert_eq!(job.project_id(), None);
         // The same bytes on the deploy queue break the deploy rules.

@@ -172,10 +172,6 @@ impl RepoName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-    /// The part before the `/`.
-    pub fn owner(&self) -> &str {
-        self.0.split_once('/').map_or("", |(owner, _)| owner)
-    }
     /// The part after the `/`.
     pub fn repo(&self) -> &str {
         self.0.split_once('/').map_or("", |(_, repo)| repo)
@@ -343,10 +339,6 @@ impl SecretRef {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-    /// The part before the first `:` (`env`, `file`, `vault`, ...).
-    pub fn scheme(&self) -> &str {
-        self.0.split_once(':').map_or("", |(scheme, _)| scheme)
-    }
 }
 
 /// `Display` shows the value as received, so ids and names go into
@@ -494,7 +486,6 @@ mod tests {
     #[test]
     fn an_owner_slash_repo_name_is_accepted_and_split() {
         let name = repo("acme/my-project.rs_2");
-        assert_eq!(name.owner(), "acme");
         assert_eq!(name.repo(), "my-project.rs_2");
         assert!(RepoName::parse("a/...").is_ok());
     }
@@ -674,10 +665,7 @@ mod tests {
 
     #[test]
     fn an_unknown_scheme_is_left_to_the_secrets_module() {
-        assert_eq!(
-            SecretRef::parse("aws-sm:prod/x").unwrap().scheme(),
-            "aws-sm"
-        );
+        assert!(SecretRef::parse("aws-sm:prod/x").is_ok());
     }
 
     #[test]

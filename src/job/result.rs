@@ -60,7 +60,8 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in contract order.
-    pub const ALL: [ErrorCode; 12] = [
+    #[cfg(test)]
+    const ALL: [ErrorCode; 12] = [
         ErrorCode::InvalidPayload,
         ErrorCode::SecretUnresolved,
         ErrorCode::ServerNotFound,

@@ -135,15 +135,6 @@ pub enum TaskState {
     Completed,
 }
 
-/// One OS template a server can be reinstalled with (`GET server/{id}/oses`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-pub struct OsTemplate {
-    /// The code the reinstall call takes, e.g. `ubuntu-22.04-x86_64`.
-    pub os: String,
-    /// The human name, e.g. `Ubuntu 22.04`.
-    pub title: String,
-}
-
 /// How often to ask about a task and for how long: plain data, so tests can
 /// use milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -352,13 +343,6 @@ impl Client {
             }
             Err(e) => Err(e),
         }
-    }
-
-    /// The OS templates `server_id` can be reinstalled with.
-    #[tracing::instrument(skip_all, fields(server_id = server_id))]
-    pub async fn available_os(&self, server_id: u64) -> Result<Vec<OsTemplate>, ProviderError> {
-        let url = self.url(&format!("server/{server_id}/oses"))?;
-        self.send(self.http.get(url)).await
     }
 
     /// Reinstalls `server_id` and waits until the provider reports the task

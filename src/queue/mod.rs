@@ -9,10 +9,10 @@ mod names;
 mod reader;
 mod scripts;
 
-pub use caller::{Caller, EventEntry};
-pub use dead::{DeadLetterEntry, DeadLetterPage, DeadLetters, ReplayError, Replayed};
+pub use caller::Caller;
+pub use dead::{DeadLetterEntry, DeadLetterPage, DeadLetters, ReplayError};
 pub use names::Names;
-pub use reader::{Batch, Reader};
+pub use reader::Reader;
 
 use std::time::Duration;
 
@@ -154,11 +154,6 @@ impl Queue {
         };
         queue.ensure_groups().await?;
         Ok(queue)
-    }
-
-    /// The names in use (prefix applied).
-    pub fn names(&self) -> &Names {
-        &self.names
     }
 
     /// This process's consumer name.

@@ -25,13 +25,6 @@ impl Names {
         }
     }
 
-    /// The job kind a (prefixed) queue name belongs to.
-    pub fn kind_of_queue(&self, stream: &str) -> Option<JobKind> {
-        JobKind::ALL
-            .into_iter()
-            .find(|kind| self.queue(*kind) == stream)
-    }
-
     /// `deploy:result:<id>` or `provisioner:result:<id>`.
     pub fn result_key(&self, kind: JobKind, request_id: &str) -> String {
         match kind {
@@ -101,11 +94,6 @@ mod tests {
             "t1:deploy:result:d1"
         );
         assert_eq!(names.dead_letters(), "t1:infra:dead");
-        assert_eq!(
-            names.kind_of_queue("t1:provisioner:queue"),
-            Some(JobKind::Provision)
-        );
-        assert_eq!(names.kind_of_queue("provisioner:queue"), None);
     }
 
     #[test]

@@ -73,8 +73,8 @@ impl Store {
     /// Registers a server with status `new`.
     pub async fn add_server(&self, server: &NewServer) -> Result<(), StoreError> {
         let inserted = sqlx::query(
-            "INSERT INTO servers (handle, public_ip, ssh_port, ssh_user, ssh_key_ref, provider, provider_server_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (handle) DO NOTHING",
+            "INSERT INTO servers (handle, public_ip, ssh_port, ssh_user, ssh_key_ref, provider, provider_server_id, status)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (handle) DO NOTHING",
         )
         .bind(&server.handle)
         .bind(&server.public_ip)
@@ -83,6 +83,7 @@ impl Store {
         .bind(&server.ssh_key_ref)
         .bind(&server.provider)
         .bind(&server.provider_server_id)
+        .bind(ServerStatus::New.as_str())
         .execute(&self.pool)
         .await?;
         if inserted.rows_affected() == 0 {

@@ -240,20 +240,6 @@ async fn an_unknown_task_is_a_failed_task() {
 }
 
 #[tokio::test]
-async fn the_os_list_gives_the_codes_a_reinstall_takes() {
-    let fake = FakeTime4vps::start(FakeConfig::default()).await;
-    let client = client_for(&fake);
-
-    let oses = client.available_os(SERVER_ID).await.unwrap();
-
-    assert!(oses.iter().any(|t| t.os == OS && t.title == "Ubuntu 22.04"));
-    assert_eq!(
-        fake.requests()[0].path,
-        format!("/api/server/{SERVER_ID}/oses")
-    );
-}
-
-#[tokio::test]
 async fn no_error_or_debug_text_contains_the_password() {
     let fake = FakeTime4vps::start(FakeConfig {
         task: TaskBehaviour::NeverCompletes,
