@@ -43,8 +43,8 @@ pub struct Reader {
     provision_first: bool,
     lease: Duration,
     last_reclaim: Option<Instant>,
-    /// XAUTOCLAIM scan position per queue (deploy, provision).
-    cursors: [String; 2],
+    /// XAUTOCLAIM scan position per queue.
+    cursors: PerQueue<String>,
 }
 
 /// What one read produced.
@@ -77,7 +77,7 @@ impl Reader {
             provision_first: false,
             lease,
             last_reclaim: None,
-            cursors: ["0-0".to_owned(), "0-0".to_owned()],
+            cursors: PerQueue::new("0-0"),
         })
     }
 
@@ -138,7 +138,7 @@ impl Reader {
         let order = if self.provision_first {
             [JobKind::Provision, JobKind::Deploy]
         } else {
-            [JobKind::Deploy, JobKind::Provision]
+            JobKind::ALL
         };
         self.provision_first = !self.provision_first;
 
@@ -190,13 +190,12 @@ impl Reader {
         batch: &mut Batch,
     ) -> Result<(), QueueError> {
         let stream = self.names.queue(kind);
-        let slot = usize::from(kind == JobKind::Provision);
         let reply = redis::cmd("XAUTOCLAIM")
             .arg(&stream)
             .arg(&self.group)
             .arg(&self.consumer)
             .arg(u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX))
-            .arg(&self.cursors[slot])
+            .arg(&self.cursors[kind])
             .arg("COUNT")
             .arg(count)
             .query_async::<StreamAutoClaimReply>(self.conn().await?)
@@ -209,7 +208,7 @@ impl Reader {
             }
             Err(e) => return Err(e.into()),
         };
-        self.cursors[slot] = reply.next_stream_id;
+        self.cursors[kind] = reply.next_stream_id;
         for id in reply.deleted_ids {
             tracing::warn!(stream, entry_id = %id, "pending entry vanished from its stream");
             batch.vanished.push(Delivery {
@@ -264,7 +263,7 @@ impl Reader {
         order: [JobKind; 2],
         room: usize,
         batch: &mut Batch,
-    ) -> Result<[String; 2], QueueError> {
+    ) -> Result<PerQueue<String>, QueueError> {
         let streams = order.map(|kind| self.names.queue(kind));
         let replies: Vec<(String, String, StreamRangeReply)> = scripts::TAKE
             .key(&streams[0])
@@ -274,9 +273,9 @@ impl Reader {
             .arg(room)
             .invoke_async(self.conn().await?)
             .await?;
-        let mut newest = ["0-0".to_owned(), "0-0".to_owned()];
+        let mut newest = PerQueue::new("0-0");
         for ((kind, stream), (id, state, taken)) in order.into_iter().zip(streams).zip(replies) {
-            newest[usize::from(kind == JobKind::Provision)] = id;
+            newest[kind] = id;
             if state == "nogroup" {
                 // Redis restarted without persistence: the group is gone.
                 self.recreate_group(&stream).await?;
@@ -310,7 +309,7 @@ impl Reader {
 
     async fn wait_for_new(
         &mut self,
-        newest: &[String; 2],
+        newest: &PerQueue<String>,
         block: Duration,
     ) -> Result<(), QueueError> {
         let _: Option<redis::Value> = redis::cmd("XREAD")
@@ -319,13 +318,41 @@ impl Reader {
             .arg("BLOCK")
             .arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX))
             .arg("STREAMS")
-            .arg(self.names.queue(JobKind::Deploy))
-            .arg(self.names.queue(JobKind::Provision))
-            .arg(&newest[0])
-            .arg(&newest[1])
+            .arg(JobKind::ALL.map(|kind| self.names.queue(kind)).as_slice())
+            .arg(JobKind::ALL.map(|kind| newest[kind].as_str()).as_slice())
             .query_async(self.conn().await?)
             .await?;
         Ok(())
+    }
+}
+
+/// One value per queue, indexed by its kind.
+#[derive(Debug)]
+struct PerQueue<T>([T; 2]);
+
+impl PerQueue<String> {
+    fn new(value: &str) -> PerQueue<String> {
+        PerQueue([value.to_owned(), value.to_owned()])
+    }
+}
+
+impl<T> std::ops::Index<JobKind> for PerQueue<T> {
+    type Output = T;
+    fn index(&self, kind: JobKind) -> &T {
+        &self.0[slot(kind)]
+    }
+}
+
+impl<T> std::ops::IndexMut<JobKind> for PerQueue<T> {
+    fn index_mut(&mut self, kind: JobKind) -> &mut T {
+        &mut self.0[slot(kind)]
+    }
+}
+
+fn slot(kind: JobKind) -> usize {
+    match kind {
+        JobKind::Deploy => 0,
+        JobKind::Provision => 1,
     }
 }
 
