@@ -61,6 +61,13 @@ async fn assert_contract_fields(queue: &Queue, request_id: &str) -> Value {
     for key in ["queue_wait_ms", "preflight_ms", "playbook_ms"] {
         assert!(result["timings"][key].is_u64(), "timings.{key}: {result:#}");
     }
+    // A counter the library would read as 0 must still be written.
+    let hosts = result.get("stats").and_then(Value::as_object);
+    for (host, counters) in hosts.into_iter().flatten() {
+        for key in ["ok", "changed", "failed", "unreachable", "skipped"] {
+            assert!(counters[key].is_u64(), "stats.{host}.{key}: {result:#}");
+        }
+    }
     result
 }
 
