@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use infra_service::job::{ErrorCode, JobStatus};
 use serde_json::Value;
 
 use crate::helpers::*;
@@ -138,9 +139,9 @@ async fn a_job_of_a_killed_worker_is_finished_by_another_after_its_lease() {
     f.wait_all_acked().await;
 
     // Assert
-    assert_eq!(result["status"], "success", "{result:#}");
-    assert_eq!(result["worker"], "worker-b");
-    assert_eq!(result["attempt"], 2);
+    assert_eq!(result.status, JobStatus::Success, "{result:#?}");
+    assert_eq!(result.worker, "worker-b");
+    assert_eq!(result.attempt, 2);
     assert_eq!(f.results_for(&id).await.len(), 1, "exactly one result");
 }
 
@@ -174,9 +175,9 @@ async fn an_entry_delivered_more_than_the_limit_is_given_up_as_worker_lost() {
     let result = w.wait_deploy_result(&f.queue, &id).await;
 
     // Assert
-    assert_eq!(result["status"], "failed");
-    assert_eq!(result["error"]["code"], "worker_lost", "{result:#}");
-    assert_eq!(result["attempt"], 4);
+    assert_eq!(result.status, JobStatus::Failed);
+    assert_eq!(result.code(), Some(ErrorCode::WorkerLost), "{result:#?}");
+    assert_eq!(result.attempt, 4);
     let dead = f.queue.dead_letters().await;
     assert!(
         dead.iter()
@@ -209,11 +210,13 @@ async fn the_same_request_id_twice_runs_once_and_gets_the_same_result() {
         .await
         .expect("the late repeat got no result");
 
-    // Assert: one run, three identical answers, nothing pending.
-    assert_eq!(first["status"], "success", "{first:#}");
+    // Assert: one run, three answers that are the stored JSON, nothing
+    // pending.
+    assert_eq!(first.status, JobStatus::Success, "{first:#?}");
     assert_eq!(sleep_starts(&f.host, &id).len(), 1, "one run");
+    let stored = f.queue.deploy_result_json(&id).await.expect("a result key");
     for published in f.results_for(&id).await {
-        assert_eq!(published, first);
+        assert_eq!(published, stored);
     }
     assert_eq!(f.pending().await, 0);
 }
@@ -254,7 +257,7 @@ async fn two_jobs_for_one_server_on_two_workers_never_overlap() {
     release_sleepers(&f.host);
     for id in [&first, &second] {
         let result = a.wait_deploy_result(&f.queue, id).await;
-        assert_eq!(result["status"], "success", "{result:#}");
+        assert_eq!(result.status, JobStatus::Success, "{result:#?}");
     }
 
     // Assert: one interval ends before the other begins.
@@ -340,14 +343,11 @@ async fn a_hung_playbook_is_killed_at_its_timeout_with_nothing_of_it_left() {
     f.enqueue(&id, "127.0.0.1").await;
     let result = w.wait_deploy_result(&f.queue, &id).await;
 
-    assert_eq!(result["status"], "failed");
-    assert_eq!(result["error"]["code"], "timeout", "{result:#}");
+    assert_eq!(result.status, JobStatus::Failed);
+    assert_eq!(result.code(), Some(ErrorCode::Timeout), "{result:#?}");
     assert!(
-        result["output_tail"]
-            .as_str()
-            .unwrap()
-            .contains("Record the start time"),
-        "output so far: {result:#}"
+        result.output_tail.contains("Record the start time"),
+        "output so far: {result:#?}"
     );
     assert_eq!(sleep_starts(&f.host, &id).len(), 1, "it had started");
     let pgid = playbook_pgid(&w, &id);
@@ -395,7 +395,7 @@ async fn sigterm_lets_a_running_job_finish_within_the_grace_period_and_exits_0()
         .deploy_result(&id)
         .await
         .expect("published before exit");
-    assert_eq!(result["status"], "success", "{result:#}");
+    assert_eq!(result.status, JobStatus::Success, "{result:#?}");
     assert_eq!(f.pending().await, 0);
 }
 
@@ -423,9 +423,9 @@ async fn sigterm_with_a_job_longer_than_the_grace_hands_it_to_another_worker() {
     assert_eq!(status.code(), Some(0));
     assert_eq!(pending_after_exit, 1, "left pending for another worker");
     assert_eq!(published_after_exit, None, "no result for a killed job");
-    assert_eq!(result["status"], "success", "{result:#}");
-    assert_eq!(result["worker"], "arriving");
-    assert_eq!(result["attempt"], 2);
+    assert_eq!(result.status, JobStatus::Success, "{result:#?}");
+    assert_eq!(result.worker, "arriving");
+    assert_eq!(result.attempt, 2);
     assert!(a.logs().contains("entry handed back"), "{}", a.logs());
 }
 

@@ -5,6 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
+use infra_service::job::{ErrorCode, JobStatus};
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -22,8 +23,13 @@ const SERVERS: [&str; 8] = [
     "127.0.0.8",
 ];
 
-/// The fields every result carries (CONTRACT.md section 3), with their types.
-fn assert_contract_fields(result: &Value, request_id: &str) {
+/// The fields every result carries (CONTRACT.md section 3), with their
+/// types, read from the JSON as published; returns that JSON.
+async fn assert_contract_fields(queue: &Queue, request_id: &str) -> Value {
+    let result = queue
+        .deploy_result_json(request_id)
+        .await
+        .unwrap_or_else(|| panic!("no result published for {request_id}"));
     assert_eq!(result["request_id"], request_id, "{result:#}");
     assert_eq!(result["job"], "deploy", "{result:#}");
     assert!(
@@ -55,6 +61,14 @@ fn assert_contract_fields(result: &Value, request_id: &str) {
     for key in ["queue_wait_ms", "preflight_ms", "playbook_ms"] {
         assert!(result["timings"][key].is_u64(), "timings.{key}: {result:#}");
     }
+    // A counter the library would read as 0 must still be written.
+    let hosts = result.get("stats").and_then(Value::as_object);
+    for (host, counters) in hosts.into_iter().flatten() {
+        for key in ["ok", "changed", "failed", "unreachable", "skipped"] {
+            assert!(counters[key].is_u64(), "stats.{host}.{key}: {result:#}");
+        }
+    }
+    result
 }
 
 #[tokio::test]
@@ -68,34 +82,31 @@ async fn a_deploy_succeeds_with_every_contract_field_and_the_target_sees_the_tok
     let result = w.deploy(&payload).await;
 
     // Assert: the result.
-    assert_contract_fields(&result, &request_id);
-    assert_eq!(result["status"], "success", "{result:#}");
-    assert_eq!(result["error"], Value::Null);
-    assert_eq!(result["failed_task"], Value::Null);
-    assert_eq!(result["attempt"], 1);
-    assert!(
-        result["output_tail"]
-            .as_str()
-            .unwrap()
-            .contains("PLAY RECAP"),
-        "{result:#}"
-    );
-    let stats = result["stats"].as_object().expect("stats after a run");
-    assert_eq!(stats.len(), 1, "one host: {result:#}");
+    let published = assert_contract_fields(&w.queue, &request_id).await;
+    assert_eq!(result.status, JobStatus::Success, "{result:#?}");
+    assert_eq!(result.error, None);
+    assert_eq!(result.failed_task, None);
+    assert_eq!(result.attempt, 1);
+    assert!(result.output_tail.contains("PLAY RECAP"), "{result:#?}");
+    let stats = result.stats.as_ref().expect("stats after a run");
+    assert_eq!(stats.len(), 1, "one host: {result:#?}");
     let host_stats = stats.values().next().unwrap();
-    assert!(host_stats["ok"].as_u64().unwrap() >= 2, "{result:#}");
-    assert_eq!(host_stats["failed"], 0);
-    assert_eq!(host_stats["unreachable"], 0);
-    assert_eq!(result["project_id"], payload["project_id"]);
-    assert_eq!(result["server_ip"], w.host.address());
-    assert_eq!(result["port"], 8080);
-    assert_eq!(result["url"], format!("http://{}:8080", w.host.address()));
+    assert!(host_stats.ok >= 2, "{result:#?}");
+    assert_eq!(host_stats.failed, 0);
+    assert_eq!(host_stats.unreachable, 0);
+    assert_eq!(result.field("project_id"), &payload["project_id"]);
+    assert_eq!(result.field("server_ip"), w.host.address());
+    assert_eq!(result.field("port"), 8080);
+    assert_eq!(
+        result.field("url"),
+        format!("http://{}:8080", w.host.address()).as_str()
+    );
 
     // Assert: key TTL, and the same JSON on the results stream.
     let ttl = w.queue.deploy_result_ttl(&request_id).await;
     assert!((1..=3600).contains(&ttl), "TTL {ttl}");
     let streamed = w.queue.deploy_results_stream().await;
-    assert_eq!(streamed, vec![result.clone()]);
+    assert_eq!(streamed, vec![published]);
 
     // Assert: what the playbook received, recorded on the target.
     let record = digest_record(&w.host, &request_id).expect("the playbook wrote its record");
@@ -130,23 +141,24 @@ async fn a_failing_playbook_is_reported_as_playbook_failed_naming_the_task() {
     let result = w.deploy(&payload).await;
 
     // Assert
-    assert_contract_fields(&result, &request_id);
-    assert_eq!(result["status"], "failed", "{result:#}");
-    assert_eq!(result["error"]["code"], "playbook_failed", "{result:#}");
-    assert!(result["error"]["message"].is_string(), "{result:#}");
-    let tail = result["output_tail"].as_str().unwrap();
+    assert_contract_fields(&w.queue, &request_id).await;
+    assert_eq!(result.status, JobStatus::Failed, "{result:#?}");
+    assert_eq!(
+        result.code(),
+        Some(ErrorCode::PlaybookFailed),
+        "{result:#?}"
+    );
+    let tail = &result.output_tail;
     assert!(tail.contains(FAILING_TASK), "{tail}");
     assert!(tail.contains("PLAY RECAP"), "{tail}");
-    assert_eq!(result["failed_task"]["task"], FAILING_TASK, "{result:#}");
-    assert!(result["failed_task"]["host"].is_string(), "{result:#}");
-    assert!(result["failed_task"]["message"].is_string(), "{result:#}");
-    let host_stats = result["stats"]
-        .as_object()
-        .unwrap()
-        .values()
-        .next()
-        .unwrap();
-    assert_eq!(host_stats["failed"], 1, "{result:#}");
+    let failed_task = result.failed_task.as_ref().expect("a failed task");
+    assert_eq!(failed_task.task, FAILING_TASK, "{result:#?}");
+    let host_stats = result
+        .stats
+        .as_ref()
+        .and_then(|stats| stats.values().next())
+        .expect("stats after a run");
+    assert_eq!(host_stats.failed, 1, "{result:#?}");
     // A failed playbook is never retried automatically.
     assert_eq!(w.queue.deploy_results_stream().await.len(), 1);
 }
@@ -260,7 +272,7 @@ async fn every_bad_payload_is_answered_and_dead_lettered_and_a_valid_job_still_s
         .await;
 
     // Assert: the worker went on.
-    assert_eq!(valid["status"], "success", "{valid:#}");
+    assert_eq!(valid.status, JobStatus::Success, "{valid:#?}");
     w.worker.assert_running().await;
 
     // Assert: one dead letter per bad payload, with its reason.
@@ -308,13 +320,19 @@ async fn every_bad_payload_is_answered_and_dead_lettered_and_a_valid_job_still_s
             None => w.queue.deploy_result(&case.marker).await,
         };
         if let Some(result) = result {
-            assert_eq!(result["status"], "failed", "{}: {result:#}", case.label);
             assert_eq!(
-                result["error"]["code"], "invalid_payload",
-                "{}: {result:#}",
+                result.status,
+                JobStatus::Failed,
+                "{}: {result:#?}",
                 case.label
             );
-            assert_eq!(result["request_id"], case.marker.as_str(), "{}", case.label);
+            assert_eq!(
+                result.code(),
+                Some(ErrorCode::InvalidPayload),
+                "{}: {result:#?}",
+                case.label
+            );
+            assert_eq!(result.request_id, case.marker, "{}", case.label);
         }
     }
 }
@@ -371,7 +389,7 @@ async fn the_secret_never_appears_in_command_lines_logs_results_or_dead_letters(
         saw_token_in_an_environment,
         "the token was in no process's environment: was it resolved at all?"
     );
-    assert_eq!(result["status"], "success", "{result:#}");
+    assert_eq!(result.status, JobStatus::Success, "{result:#?}");
     // Assert: and it leaked nowhere.
     assert!(leaks.is_empty(), "the token is in argv of: {leaks:#?}");
     assert!(
@@ -379,7 +397,7 @@ async fn the_secret_never_appears_in_command_lines_logs_results_or_dead_letters(
         "the token is in the worker's logs"
     );
     assert!(
-        !result.to_string().contains(&token),
+        !result.to_json().contains(&token),
         "the token is in the result"
     );
     for streamed in w.queue.deploy_results_stream().await {
@@ -428,7 +446,7 @@ async fn eight_sleeping_jobs_at_concurrency_eight_all_start_before_any_finishes(
 
     // Assert
     for result in &results {
-        assert_eq!(result["status"], "success", "{result:#}");
+        assert_eq!(result.status, JobStatus::Success, "{result:#?}");
     }
     let starts: Vec<f64> = ids
         .iter()
@@ -494,13 +512,14 @@ async fn two_workers_on_one_group_split_a_batch_and_run_each_job_once() {
 
     // Assert
     assert_eq!(started, 4, "four jobs running at once needs both workers");
-    let workers: BTreeSet<&str> = results
-        .iter()
-        .map(|r| r["worker"].as_str().expect("worker field"))
-        .collect();
+    let workers: BTreeSet<&str> = results.iter().map(|r| r.worker.as_str()).collect();
+    assert!(
+        !workers.contains(""),
+        "a result names no worker: {results:#?}"
+    );
     assert_eq!(workers.len(), 2, "results came from {workers:?}");
     for (id, result) in ids.iter().zip(&results) {
-        assert_eq!(result["status"], "success", "{result:#}");
+        assert_eq!(result.status, JobStatus::Success, "{result:#?}");
         assert_eq!(sleep_starts(&host, id).len(), 1, "{id} ran more than once");
         assert_eq!(sleep_ends(&host, id).len(), 1, "{id} ended more than once");
     }
@@ -527,7 +546,7 @@ async fn a_deploy_target_whose_host_key_changed_is_refused_with_host_key_mismatc
     let pinned = w
         .deploy(&valid_deploy_payload(&first, w.host.address(), 8080))
         .await;
-    assert_eq!(pinned["status"], "success", "{pinned:#}");
+    assert_eq!(pinned.status, JobStatus::Success, "{pinned:#?}");
 
     // Act: the same address now answers with another host key.
     w.host.restart_with_new_host_key().await;
@@ -536,9 +555,13 @@ async fn a_deploy_target_whose_host_key_changed_is_refused_with_host_key_mismatc
         .await;
 
     // Assert: refused before any playbook ran against the impostor.
-    assert_eq!(refused["status"], "failed");
-    assert_eq!(refused["error"]["code"], "host_key_mismatch", "{refused:#}");
-    assert!(refused.get("stats").is_none(), "{refused:#}");
+    assert_eq!(refused.status, JobStatus::Failed);
+    assert_eq!(
+        refused.code(),
+        Some(ErrorCode::HostKeyMismatch),
+        "{refused:#?}"
+    );
+    assert!(refused.stats.is_none(), "{refused:#?}");
     assert!(digest_record(&w.host, &second).is_none());
 }
 
@@ -572,6 +595,7 @@ async fn with_ssh_preflight_off_a_deploy_to_a_host_where_nothing_listens_runs_it
         .await;
 
     // Assert
-    assert_eq!(result["status"], "success", "{result:#}");
-    assert_eq!(result["stats"]["127.0.0.1"]["ok"], 1, "{result:#}");
+    assert_eq!(result.status, JobStatus::Success, "{result:#?}");
+    let ok = result.stats.as_ref().and_then(|s| s.get("127.0.0.1"));
+    assert_eq!(ok.map(|host| host.ok), Some(1), "{result:#?}");
 }

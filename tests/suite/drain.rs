@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use infra_service::job::JobStatus;
+
 use crate::helpers::*;
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -52,7 +54,7 @@ async fn a_job_enqueued_after_sigterm_is_left_for_another_worker() {
 
     assert_eq!(status.code(), Some(0), "{}", leaving.logs());
     let first = queue.deploy_result(&running).await.expect("drained job");
-    assert_eq!(first["status"], "success", "{first:#}");
+    assert_eq!(first.status, JobStatus::Success, "{first:#?}");
     assert_eq!(queue.deploy_result(&late).await, None, "late job answered");
     assert!(
         sleep_starts(&host, &late).is_empty(),
@@ -67,7 +69,7 @@ async fn a_job_enqueued_after_sigterm_is_left_for_another_worker() {
 
     let arriving = worker("arriving").spawn().await;
     let result = arriving.wait_deploy_result(&queue, &late).await;
-    assert_eq!(result["status"], "success", "{result:#}");
-    assert_eq!(result["worker"], "arriving");
-    assert_eq!(result["attempt"], 1, "first delivery: never read before");
+    assert_eq!(result.status, JobStatus::Success, "{result:#?}");
+    assert_eq!(result.worker, "arriving");
+    assert_eq!(result.attempt, 1, "first delivery: never read before");
 }

@@ -2,14 +2,16 @@
 //! (`TestDb`), sshd (`TestHost`) and worker binary (`TestWorker`), each made
 //! unique per test, on `TEST_REDIS_URL` / `TEST_DATABASE_URL` or containers
 //! (`OwnRedis`, `OwnPostgres` for a test that stops its server). A job runs to
-//! its result through `World::deploy` / `World::provision` (or, enqueued
-//! first, `TestWorker::wait_deploy_result`); other waits are `eventually`.
+//! its result, the library's `JobResult`, through `World::deploy` /
+//! `World::provision` (or, enqueued first, `TestWorker::wait_deploy_result`);
+//! other waits are `eventually`.
 //! `run_playbook` runs the real `ansible/` content against a `TestHost`.
 
 mod ansible_run;
 mod containers;
 mod db;
 mod host;
+mod job_result;
 mod own_postgres;
 mod own_redis;
 mod payload;
@@ -26,6 +28,7 @@ pub use ansible_run::{
 };
 pub use db::TestDb;
 pub use host::TestHost;
+pub use job_result::JobResultExt;
 pub use own_postgres::OwnPostgres;
 pub use own_redis::OwnRedis;
 pub use payload::{unique_request_id, valid_deploy_payload};

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
+use infra_service::job::{ErrorCode, JobStatus};
 use serde_json::Value;
 
 use crate::helpers::*;
@@ -80,10 +81,15 @@ async fn metrics_count_one_success_and_one_failure_with_their_kind_status_and_er
         .await;
 
     // Assert: the results are what the metrics should say.
-    assert_eq!(ok["status"], "success", "{ok:#}");
-    assert_eq!(failed["status"], "failed", "{failed:#}");
-    assert_eq!(failed["error"]["code"], "ssh_unreachable", "{failed:#}");
-    let probes = failed["error"]["details"]["attempts"]
+    assert_eq!(ok.status, JobStatus::Success, "{ok:#?}");
+    assert_eq!(failed.status, JobStatus::Failed, "{failed:#?}");
+    assert_eq!(
+        failed.code(),
+        Some(ErrorCode::SshUnreachable),
+        "{failed:#?}"
+    );
+    let probes = failed
+        .detail("attempts")
         .as_array()
         .expect("attempts in the details")
         .len();

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use infra_service::job::JobStatus;
+
 use crate::helpers::*;
 
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -72,8 +74,8 @@ async fn jobs_running_while_their_redis_restarts_empty_each_get_exactly_one_resu
 
     // Assert: one successful run and one result per job.
     for (id, result) in &results {
-        assert_eq!(result["status"], "success", "{id}: {result:#}");
-        assert_eq!(result["request_id"], id.as_str(), "{result:#}");
+        assert_eq!(result.status, JobStatus::Success, "{id}: {result:#?}");
+        assert_eq!(&result.request_id, id, "{result:#?}");
         assert_eq!(
             sleep_starts(&w.host, id).len(),
             1,
@@ -140,8 +142,8 @@ async fn a_job_running_while_its_postgres_stops_still_publishes_its_result() {
 
     // Assert: both published and successful, each run once; the ledger is
     // written again once Postgres is back.
-    assert_eq!(during["status"], "success", "{during:#}");
-    assert_eq!(after["status"], "success", "{after:#}");
+    assert_eq!(during.status, JobStatus::Success, "{during:#?}");
+    assert_eq!(after.status, JobStatus::Success, "{after:#?}");
     for id in [&first, &second] {
         assert_eq!(
             sleep_starts(&w.host, id).len(),

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::process::Output;
 
+use infra_service::job::JobStatus;
 use redis::AsyncCommands;
 use serde_json::Value;
 
@@ -122,7 +123,7 @@ async fn a_jobs_events_hold_its_tasks_in_order_end_with_job_finished_and_no_secr
     let (raw, events) = finished_events(&w.queue, &request_id).await;
 
     // Assert: every task starts, then reports for the host, in playbook order.
-    assert_eq!(result["status"], "success", "{result:#}");
+    assert_eq!(result.status, JobStatus::Success, "{result:#?}");
     let steps: Vec<(String, String)> = events
         .iter()
         .map(|e| {
@@ -211,7 +212,12 @@ async fn a_jobs_events_hold_its_tasks_in_order_end_with_job_finished_and_no_secr
     );
     let json = cli(&w.worker, &["status", &request_id, "--json"]).await;
     let shown: Value = serde_json::from_slice(&json.stdout).expect("status --json prints JSON");
-    assert_eq!(shown, result);
+    let published = w.queue.deploy_result_json(&request_id).await;
+    assert_eq!(
+        Some(shown),
+        published,
+        "status --json shows the result as published"
+    );
     let unknown = cli(&w.worker, &["status", "never-enqueued"]).await;
     assert_eq!(unknown.status.code(), Some(4), "{}", text(&unknown.stdout));
 }

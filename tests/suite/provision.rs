@@ -3,6 +3,7 @@
 //! that server, fixture playbooks that record which of them ran, and a fake
 //! Time4VPS API for reinstalls.
 
+use infra_service::job::{ErrorCode, JobKind, JobStatus};
 use serde_json::{Value, json};
 use sqlx::Connection;
 
@@ -160,12 +161,12 @@ async fn a_reachable_server_is_set_up_and_becomes_ready() {
         .provision(&json!({"request_id": request_id, "server_handle": HANDLE}))
         .await;
 
-    assert_eq!(result["status"], "success", "{result:#}");
-    assert_eq!(result["job"], "provision");
-    assert_eq!(result["error"], Value::Null);
-    assert_eq!(result["server_handle"], HANDLE);
-    assert_eq!(result["server_status"], "ready");
-    assert!(result["stats"].is_object(), "{result:#}");
+    assert_eq!(result.status, JobStatus::Success, "{result:#?}");
+    assert_eq!(result.job, JobKind::Provision);
+    assert_eq!(result.error, None);
+    assert_eq!(result.field("server_handle"), HANDLE);
+    assert_eq!(result.field("server_status"), "ready");
+    assert!(result.stats.is_some(), "{result:#?}");
     assert_eq!(statuses(&server.db).await, ["provisioning", "ready"]);
     assert_eq!(
         provision_log(&server.world.host),
@@ -216,12 +217,16 @@ async fn an_unreachable_server_is_tried_four_times_with_growing_gaps_then_marked
         .provision(&json!({"request_id": request_id, "server_handle": HANDLE}))
         .await;
 
-    assert_eq!(result["status"], "failed");
-    assert_eq!(result["error"]["code"], "ssh_unreachable", "{result:#}");
-    assert_eq!(result["error"]["details"]["reason"], "refused");
-    assert_eq!(result["server_status"], "unreachable");
-    let attempts = result["error"]["details"]["attempts"].as_array().unwrap();
-    assert_eq!(attempts.len(), 4, "{result:#}");
+    assert_eq!(result.status, JobStatus::Failed);
+    assert_eq!(
+        result.code(),
+        Some(ErrorCode::SshUnreachable),
+        "{result:#?}"
+    );
+    assert_eq!(result.detail("reason"), "refused");
+    assert_eq!(result.field("server_status"), "unreachable");
+    let attempts = result.detail("attempts").as_array().unwrap();
+    assert_eq!(attempts.len(), 4, "{result:#?}");
     let times: Vec<chrono::DateTime<chrono::FixedOffset>> = attempts
         .iter()
         .map(|a| chrono::DateTime::parse_from_rfc3339(a["at"].as_str().unwrap()).unwrap())
@@ -238,7 +243,7 @@ async fn an_unreachable_server_is_tried_four_times_with_growing_gaps_then_marked
     assert_eq!(statuses(&server.db).await, ["provisioning", "unreachable"]);
     let (_, last_error, _) = server_row(&server.db).await;
     assert!(last_error.unwrap().contains("connection refused"));
-    assert!(result.get("stats").is_none(), "the playbook never started");
+    assert!(result.stats.is_none(), "the playbook never started");
     assert!(provision_log(&server.world.host).is_empty());
     assert!(
         leftovers(server.tmp.path()).is_empty(),
@@ -266,11 +271,16 @@ async fn an_unknown_handle_and_contradicting_flags_are_refused() {
         .await;
 
     assert_eq!(
-        not_found["error"]["code"], "server_not_found",
-        "{not_found:#}"
+        not_found.code(),
+        Some(ErrorCode::ServerNotFound),
+        "{not_found:#?}"
     );
-    assert_eq!(not_found["server_handle"], "vps-nowhere-9");
-    assert_eq!(invalid["error"]["code"], "invalid_payload", "{invalid:#}");
+    assert_eq!(not_found.field("server_handle"), "vps-nowhere-9");
+    assert_eq!(
+        invalid.code(),
+        Some(ErrorCode::InvalidPayload),
+        "{invalid:#?}"
+    );
     let dead = server.world.queue.dead_letters().await;
     assert!(dead.iter().any(|d| d["request_id"] == both), "{dead:?}");
     assert!(
@@ -290,7 +300,7 @@ async fn a_recovery_runs_the_recovery_playbook_not_the_setup() {
         .provision(&json!({"request_id": request_id, "server_handle": HANDLE, "is_recovery": true}))
         .await;
 
-    assert_eq!(result["status"], "success", "{result:#}");
+    assert_eq!(result.status, JobStatus::Success, "{result:#?}");
     assert_eq!(
         provision_log(&server.world.host),
         [format!("recovery {request_id} key")]
@@ -332,7 +342,7 @@ async fn a_forced_reinstall_rebuilds_through_time4vps_then_sets_up() {
         )
         .await;
 
-    assert_eq!(result["status"], "success", "{result:#}");
+    assert_eq!(result.status, JobStatus::Success, "{result:#?}");
     let reinstalls = fake.reinstalls();
     assert_eq!(reinstalls.len(), 1);
     assert_eq!(reinstalls[0].path, "/api/server/42/reinstall");
@@ -358,7 +368,7 @@ async fn a_forced_reinstall_rebuilds_through_time4vps_then_sets_up() {
         provision_log(&server.world.host),
         [format!("setup {request_id} key")]
     );
-    assert!(!result.to_string().contains(&config.password));
+    assert!(!result.to_json().contains(&config.password));
 }
 
 #[tokio::test]
@@ -378,16 +388,13 @@ async fn wrong_api_credentials_are_a_provider_error_naming_wronglogin() {
         )
         .await;
 
-    assert_eq!(result["error"]["code"], "provider_error", "{result:#}");
+    assert_eq!(result.code(), Some(ErrorCode::ProviderError), "{result:#?}");
     assert!(
-        result["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("wronglogin"),
-        "{result:#}"
+        result.message().unwrap().contains("wronglogin"),
+        "{result:#?}"
     );
-    assert!(!result.to_string().contains("not-the-password"));
-    assert_eq!(result["server_status"], "failed");
+    assert!(!result.to_json().contains("not-the-password"));
+    assert_eq!(result.field("server_status"), "failed");
     assert_eq!(statuses(&server.db).await, ["reinstalling", "failed"]);
     assert!(
         provision_log(&server.world.host).is_empty(),
@@ -417,9 +424,9 @@ async fn a_reinstall_task_that_never_completes_is_a_provider_error() {
         )
         .await;
 
-    assert_eq!(result["error"]["code"], "provider_error", "{result:#}");
+    assert_eq!(result.code(), Some(ErrorCode::ProviderError), "{result:#?}");
     assert!(fake.task_polls() >= 2, "it kept polling until the deadline");
-    assert_eq!(result["server_status"], "failed");
+    assert_eq!(result.field("server_status"), "failed");
     assert!(
         provision_log(&server.world.host).is_empty(),
         "setup never ran"
@@ -441,7 +448,7 @@ async fn a_changed_host_key_fails_with_host_key_mismatch_until_an_operator_reset
         .world
         .provision(&json!({"request_id": first, "server_handle": HANDLE}))
         .await;
-    assert_eq!(pinned["status"], "success", "{pinned:#}");
+    assert_eq!(pinned.status, JobStatus::Success, "{pinned:#?}");
 
     server.world.host.restart_with_new_host_key().await;
     let refused = server
@@ -454,9 +461,13 @@ async fn a_changed_host_key_fails_with_host_key_mismatch_until_an_operator_reset
         .provision(&json!({"request_id": third, "server_handle": HANDLE}))
         .await;
 
-    assert_eq!(refused["error"]["code"], "host_key_mismatch", "{refused:#}");
-    assert_eq!(refused["server_status"], "failed");
-    assert_eq!(accepted["status"], "success", "{accepted:#}");
+    assert_eq!(
+        refused.code(),
+        Some(ErrorCode::HostKeyMismatch),
+        "{refused:#?}"
+    );
+    assert_eq!(refused.field("server_status"), "failed");
+    assert_eq!(accepted.status, JobStatus::Success, "{accepted:#?}");
     assert_eq!(
         provision_log(&server.world.host),
         [format!("setup {first} key"), format!("setup {third} key")],

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use infra_service::job::JobResult;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde_json::Value;
@@ -166,25 +167,41 @@ impl Queue {
             .await
     }
 
-    /// The JSON at `<prefix>deploy:result:<request_id>`, if published.
-    pub async fn deploy_result(&self, request_id: &str) -> Option<Value> {
-        self.result_at(&format!("deploy:result:{request_id}")).await
-    }
-
-    /// The JSON at `<prefix>provisioner:result:<request_id>`, if published.
-    pub async fn provision_result(&self, request_id: &str) -> Option<Value> {
-        self.result_at(&format!("provisioner:result:{request_id}"))
+    /// The result at `<prefix>deploy:result:<request_id>`, if published,
+    /// parsed by the library; one it cannot parse panics with its JSON.
+    pub async fn deploy_result(&self, request_id: &str) -> Option<JobResult> {
+        self.parsed_result(&format!("deploy:result:{request_id}"))
             .await
     }
 
-    async fn result_at(&self, name: &str) -> Option<Value> {
-        let mut conn = self.conn.clone();
-        let key = self.key(name);
-        let raw: Option<String> = conn.get(&key).await.expect("GET result key");
-        raw.map(|text| {
+    /// The result at `<prefix>provisioner:result:<request_id>`, if
+    /// published, parsed as `deploy_result` parses.
+    pub async fn provision_result(&self, request_id: &str) -> Option<JobResult> {
+        self.parsed_result(&format!("provisioner:result:{request_id}"))
+            .await
+    }
+
+    /// The JSON at `<prefix>deploy:result:<request_id>` as published, for
+    /// tests about the wire format itself (key names, `null` or absent).
+    pub async fn deploy_result_json(&self, request_id: &str) -> Option<Value> {
+        let key = self.key(&format!("deploy:result:{request_id}"));
+        self.result_text(&key).await.map(|text| {
             serde_json::from_str(&text)
                 .unwrap_or_else(|e| panic!("result at {key} is not JSON ({e}): {text}"))
         })
+    }
+
+    async fn parsed_result(&self, name: &str) -> Option<JobResult> {
+        let key = self.key(name);
+        self.result_text(&key).await.map(|text| {
+            JobResult::from_json(&text)
+                .unwrap_or_else(|e| panic!("result at {key} breaks the contract ({e}): {text}"))
+        })
+    }
+
+    async fn result_text(&self, key: &str) -> Option<String> {
+        let mut conn = self.conn.clone();
+        conn.get(key).await.expect("GET result key")
     }
 
     /// Remaining TTL of the result key in seconds (-2: missing, -1: none).

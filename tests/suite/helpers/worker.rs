@@ -10,6 +10,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use infra_service::job::JobResult;
 use serde_json::Value;
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
@@ -156,25 +157,26 @@ impl TestWorker {
     }
 
     /// Waits for `request_id`'s deploy result (`deploy:result:<id>`), the
-    /// one way tests wait for a deploy; panics early, with the logs, if the
-    /// worker dies, and after `RESULT_TIMEOUT`.
-    pub async fn wait_deploy_result(&self, queue: &Queue, request_id: &str) -> Value {
+    /// one way tests wait for a deploy, parsed as `Queue::deploy_result`
+    /// parses; panics early, with the logs, if the worker dies, and after
+    /// `RESULT_TIMEOUT`.
+    pub async fn wait_deploy_result(&self, queue: &Queue, request_id: &str) -> JobResult {
         self.wait_result(request_id, move || queue.deploy_result(request_id))
             .await
     }
 
     /// Waits for `request_id`'s provision result
     /// (`provisioner:result:<id>`), as `wait_deploy_result` does.
-    pub async fn wait_provision_result(&self, queue: &Queue, request_id: &str) -> Value {
+    pub async fn wait_provision_result(&self, queue: &Queue, request_id: &str) -> JobResult {
         self.wait_result(request_id, move || queue.provision_result(request_id))
             .await
     }
 
-    async fn wait_result<F: Future<Output = Option<Value>>>(
+    async fn wait_result<F: Future<Output = Option<JobResult>>>(
         &self,
         request_id: &str,
         fetch: impl Fn() -> F,
-    ) -> Value {
+    ) -> JobResult {
         let fetch = &fetch;
         let probe = move || async move {
             let result = fetch().await;

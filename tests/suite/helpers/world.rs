@@ -2,6 +2,7 @@
 //! one Redis prefix, and the one way such a test runs a job to its result
 //! (`World::deploy`, `World::provision`).
 
+use infra_service::job::JobResult;
 use serde_json::Value;
 
 use super::host::TestHost;
@@ -51,7 +52,7 @@ impl World {
     }
 
     /// Enqueues a DeployJob and returns its published result.
-    pub async fn deploy(&self, payload: &Value) -> Value {
+    pub async fn deploy(&self, payload: &Value) -> JobResult {
         self.queue.enqueue_deploy(payload).await;
         self.worker
             .wait_deploy_result(&self.queue, request_id(payload))
@@ -59,7 +60,7 @@ impl World {
     }
 
     /// Enqueues a ProvisionJob and returns its published result.
-    pub async fn provision(&self, payload: &Value) -> Value {
+    pub async fn provision(&self, payload: &Value) -> JobResult {
         self.queue.enqueue_provision(payload).await;
         self.worker
             .wait_provision_result(&self.queue, request_id(payload))
