@@ -37,7 +37,8 @@ def dockerfile():
     check(any(l.upper().startswith("HEALTHCHECK ") for l in instructions), "Dockerfile: no HEALTHCHECK")
     users = [l.split()[1] for l in instructions if l.upper().startswith("USER ")]
     check(users and users[-1].split(":")[0] not in ("root", "0"), "Dockerfile: runtime user is root")
-    # The dependency layer must not see the source (seed 002).
+    # The dependency layer must not see the source, so a source change does
+    # not rebuild the dependencies.
     cook = next((i for i, l in enumerate(instructions) if "cargo chef cook" in l), None)
     check(cook is not None, "Dockerfile: no `cargo chef cook` dependency layer")
     if cook is not None:

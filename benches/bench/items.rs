@@ -1,5 +1,6 @@
-//! The four measurements of issue 7. Each returns its figures; every figure
-//! holds one value per run, and ratios are taken within a run.
+//! The four measurements of `make bench` (README, "Performance"). Each
+//! returns its figures; every figure holds one value per run, and ratios are
+//! taken within a run.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -1,5 +1,5 @@
 //! `make bench`: the worker's dispatch overhead, concurrency, memory, and
-//! Ansible's cost per job (issue 7), measured against the real release
+//! Ansible's cost per job, measured against the real release
 //! binary, the local Redis and Postgres, and a local sshd.
 //!
 //! Prints a Markdown table (the README's Performance section) and writes

@@ -1,4 +1,4 @@
-//! The dead-letter commands (issue 4): `infra-service dead list` shows what a
+//! The dead-letter commands: `infra-service dead list` shows what a
 //! real worker dead-lettered, `dead replay <id>` puts the exact payload back
 //! on its queue and removes the letter; refusals exit 1 and change nothing.
 

@@ -1,4 +1,4 @@
-//! Delivery guarantees (issue 4), with real worker processes: a killed
+//! Delivery guarantees, with real worker processes: a killed
 //! worker's job is finished by another, a job delivered too often is given
 //! up, a repeated request runs once, one job per server at a time, hung
 //! playbooks are killed at their timeout, and SIGTERM drains.

@@ -1,4 +1,4 @@
-//! Deploy jobs end to end (issue 2): a DeployJob on `ansible:deploy:queue`
+//! Deploy jobs end to end: a DeployJob on `ansible:deploy:queue`
 //! runs a fixture playbook against a real sshd, and its result appears at
 //! `deploy:result:<request_id>` and in `deploy:results`.
 

@@ -1,4 +1,4 @@
-//! Metrics, health and the heartbeat (issue 6): `/metrics` counts what the
+//! Metrics, health and the heartbeat: `/metrics` counts what the
 //! worker did with the right labels, `/readyz` follows the worker's Redis
 //! (a `redis-server` of the test's own, never the shared one), and the
 //! heartbeat file's mtime advances while the worker runs.

@@ -1,4 +1,4 @@
-//! Outages (issue 4): Redis or Postgres going away under a busy worker
+//! Outages: Redis or Postgres going away under a busy worker
 //! costs a delay, never a job or a result. Each test breaks a server of its
 //! own (`OwnRedis`, `OwnPostgres`), never the shared ones.
 

@@ -1,4 +1,4 @@
-//! Live progress and the operator CLI (issue 6): a job's playbook events in
+//! Live progress and the operator CLI: a job's playbook events in
 //! `job:events:<request_id>`, `enqueue --wait` following them to the result,
 //! and `status` reading a published result. Three real playbook runs.
 

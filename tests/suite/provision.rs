@@ -1,4 +1,4 @@
-//! Provisioning jobs end to end (issue 3): a ProvisionJob on
+//! Provisioning jobs end to end: a ProvisionJob on
 //! `provisioner:queue` for a server registered in Postgres, a real sshd as
 //! that server, fixture playbooks that record which of them ran, and a fake
 //! Time4VPS API for reinstalls.
