@@ -16,6 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::job::JobStatus;
 use crate::queue::{Delivery, Queue};
 use crate::retry::Backoff;
 use crate::workflow::Context;
@@ -31,8 +32,11 @@ pub enum WorkerError {
 /// What became of one entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Handled {
-    /// A result was published (success or failure) and the entry acked.
-    Published { request_id: String, success: bool },
+    /// A result was published, with its status, and the entry acked.
+    Published {
+        request_id: String,
+        status: JobStatus,
+    },
     /// No request id could be read: dead-lettered and acked, no result.
     DeadLettered,
     /// Stopped before its end (shutdown, or the entry was taken over by

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use super::{Handled, RETRY_DELAY, Worker};
-use crate::job::{Job, JobResult, JobStatus};
+use crate::job::{Job, JobResult};
 use crate::queue::Delivery;
 use crate::retry::{self, Backoff};
 use crate::store::{Claim, JobRecord, JobState, Store};
@@ -106,7 +106,7 @@ impl Worker {
         self.publish(delivery, Some(result), None, None).await;
         Handled::Published {
             request_id: result.request_id.clone(),
-            success: result.status == JobStatus::Success,
+            status: result.status,
         }
     }
 

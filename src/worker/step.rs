@@ -133,7 +133,7 @@ impl Worker {
         self.publish(delivery, Some(&result), Some(&finished), None)
             .await;
         Handled::Published {
-            success: result.status == JobStatus::Success,
+            status: result.status,
             request_id: result.request_id,
         }
     }
@@ -165,7 +165,7 @@ impl Worker {
             .await;
         Handled::Published {
             request_id: request_id.as_str().to_owned(),
-            success: false,
+            status: JobStatus::Failed,
         }
     }
 

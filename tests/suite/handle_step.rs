@@ -125,7 +125,7 @@ async fn an_entry_that_breaks_a_rule_is_answered_invalid_payload_dead_lettered_a
         handled,
         Handled::Published {
             request_id: id.clone(),
-            success: false
+            status: JobStatus::Failed
         }
     );
     let result = s.queue.deploy_result(&id).await.expect("a result");
@@ -187,7 +187,7 @@ async fn a_repeated_request_id_is_answered_with_its_stored_result_without_runnin
     // Assert
     let expected = Handled::Published {
         request_id: id.clone(),
-        success: false,
+        status: JobStatus::Failed,
     };
     assert_eq!((&given_up, &handled), (&expected, &expected));
     assert_eq!(stored.code(), Some(ErrorCode::WorkerLost), "{stored:#?}");
@@ -223,7 +223,7 @@ async fn a_request_that_succeeded_before_is_answered_success_from_the_ledger() {
         handled,
         Handled::Published {
             request_id: id.clone(),
-            success: true
+            status: JobStatus::Success
         }
     );
     // Republished as stored, field for field, the unknown one included.
