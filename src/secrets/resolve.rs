@@ -6,6 +6,38 @@ use secrecy::SecretString;
 
 use crate::job::SecretRef;
 
+/// Why a reference gave no value, as the contract's `details.reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureReason {
+    /// No such variable, file or secret.
+    NotFound,
+    /// The secret store (or the file system) refused.
+    Forbidden,
+    /// The secret exists but has no such field.
+    FieldMissing,
+    /// The secret store did not answer in time.
+    Unavailable,
+    /// The reference itself is wrong (scheme, syntax).
+    Malformed,
+    /// The worker's policy does not let a job name it.
+    NotAllowed,
+}
+
+impl FailureReason {
+    /// The contract's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::NotFound => "not_found",
+            FailureReason::Forbidden => "forbidden",
+            FailureReason::FieldMissing => "field_missing",
+            FailureReason::Unavailable => "unavailable",
+            FailureReason::Malformed => "malformed",
+            FailureReason::NotAllowed => "not_allowed",
+        }
+    }
+}
+
 /// Why a reference gave no value. Names the reference, never a value.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
@@ -34,6 +66,21 @@ impl ResolveError {
             | ResolveError::Malformed { reference, .. }
             | ResolveError::EnvMissing { reference }
             | ResolveError::File { reference, .. } => reference,
+        }
+    }
+
+    /// The contract's `details.reason`.
+    pub fn reason(&self) -> FailureReason {
+        match self {
+            ResolveError::UnsupportedScheme { .. } | ResolveError::Malformed { .. } => {
+                FailureReason::Malformed
+            }
+            ResolveError::EnvMissing { .. } => FailureReason::NotFound,
+            ResolveError::File { source, .. } => match source.kind() {
+                std::io::ErrorKind::NotFound => FailureReason::NotFound,
+                std::io::ErrorKind::PermissionDenied => FailureReason::Forbidden,
+                _ => FailureReason::Unavailable,
+            },
         }
     }
 }
@@ -152,6 +199,29 @@ mod tests {
         assert_eq!(checked_relative("../x"), Err("`..` is not allowed"));
         assert_eq!(checked_relative("a/../../x"), Err("`..` is not allowed"));
         assert_eq!(checked_relative(""), Err("empty file name"));
+    }
+
+    #[tokio::test]
+    async fn each_failure_has_the_contracts_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let resolver = Resolver::new(dir.path().to_owned());
+        let reason = |reference: &'static str| {
+            let resolver = resolver.clone();
+            async move { resolver.resolve_str(reference).await.unwrap_err().reason() }
+        };
+        assert_eq!(
+            reason("env:INFRA_TEST_UNSET_VARIABLE").await,
+            FailureReason::NotFound
+        );
+        assert_eq!(reason("file:missing").await, FailureReason::NotFound);
+        assert_eq!(reason("file:../x").await, FailureReason::Malformed);
+        assert_eq!(reason("aws-sm:prod/x").await, FailureReason::Malformed);
+        assert_eq!(reason("no scheme").await, FailureReason::Malformed);
+        assert_eq!(FailureReason::FieldMissing.as_str(), "field_missing");
+        assert_eq!(
+            serde_json::to_value(FailureReason::NotAllowed).unwrap(),
+            "not_allowed"
+        );
     }
 
     #[test]

@@ -140,6 +140,7 @@ fn playbook_error(outcome: &PlaybookOutcome, timeout: Duration) -> Option<JobErr
 pub fn secret_error(e: &crate::secrets::ResolveError) -> JobError {
     JobError::new(ErrorCode::SecretUnresolved, e.to_string())
         .with_detail("reference", e.reference())
+        .with_detail("reason", e.reason().as_str())
 }
 
 /// Whole milliseconds, saturating.

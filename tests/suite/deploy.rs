@@ -131,6 +131,45 @@ async fn a_deploy_succeeds_with_every_contract_field_and_the_target_sees_the_tok
 }
 
 #[tokio::test]
+async fn an_unresolvable_reference_fails_with_the_contracts_reason_before_any_run() {
+    // Arrange: one reference names a variable the worker does not have,
+    // another breaks the syntax.
+    let w = world("deploy_digest.yml", 2).await;
+    let missing = unique_request_id("missing-secret");
+    let mut payload = valid_deploy_payload(&missing, w.host.address(), 8080);
+    payload["github_token_ref"] = json!("env:INFRA_TEST_NO_SUCH_VARIABLE");
+    let unknown = unique_request_id("unknown-scheme");
+    let mut other = valid_deploy_payload(&unknown, w.host.address(), 8080);
+    other["secrets_ref"] = json!("aws-sm:prod/app");
+
+    // Act
+    let missing_result = w.deploy(&payload).await;
+    let unknown_result = w.deploy(&other).await;
+
+    // Assert: secret_unresolved naming the reference, with its reason, and
+    // no playbook ran.
+    for (result, reference, reason) in [
+        (
+            &missing_result,
+            "env:INFRA_TEST_NO_SUCH_VARIABLE",
+            "not_found",
+        ),
+        (&unknown_result, "aws-sm:prod/app", "malformed"),
+    ] {
+        assert_eq!(
+            result.code(),
+            Some(ErrorCode::SecretUnresolved),
+            "{result:#?}"
+        );
+        assert_eq!(result.detail("reference"), reference, "{result:#?}");
+        assert_eq!(result.detail("reason"), reason, "{result:#?}");
+        assert!(result.message().unwrap().contains(reference), "{result:#?}");
+        assert_eq!(result.stats, None, "{result:#?}");
+        assert!(digest_record(&w.host, &result.request_id).is_none());
+    }
+}
+
+#[tokio::test]
 async fn a_failing_playbook_is_reported_as_playbook_failed_naming_the_task() {
     // Arrange
     let w = world("deploy_fail.yml", 4).await;
