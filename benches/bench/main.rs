@@ -15,7 +15,8 @@
 //!
 //! Layout: `rig` (Redis, Postgres, worker processes, timing results),
 //! `host` (the stand-in servers: the test suite's sshd host), `items` (the
-//! four measurements), `stats` (medians, spread, targets, the table).
+//! four measurements, one module each), `stats` (medians, spread, targets,
+//! the table).
 
 mod items;
 mod rig;
@@ -30,9 +31,12 @@ mod host;
 #[path = "../../tests/suite/helpers/procs.rs"]
 mod procs;
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use serde_json::json;
+
+use stats::Figure;
 
 #[tokio::main]
 async fn main() {
@@ -43,55 +47,84 @@ async fn main() {
         println!("benchmarks run with `make bench` (cargo bench); skipped under cargo test");
         return;
     }
-    // Anything else than flags is an item name.
-    let wanted: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let wants = |item: &str| wanted.is_empty() || wanted.iter().any(|w| w == item);
+    let wanted = Wanted::from_args();
     let runs = env_usize("BENCH_RUNS", 3);
     let samples = env_usize("BENCH_SAMPLES", 15);
     let started = Instant::now();
     let mut rig = rig::Rig::new().await;
-    let mut figures = Vec::new();
-
-    if wants("dispatch") {
-        eprintln!("item 1: dispatch overhead");
-        figures.extend(items::dispatch(&mut rig, runs).await);
-    }
-    let needs_sshd = wants("concurrency") || wants("ansible");
-    let servers: Vec<String> = (1..=16).map(|i| format!("127.0.0.{i}")).collect();
-    let servers: Vec<&str> = servers.iter().map(String::as_str).collect();
-    let sshd = if needs_sshd {
-        Some(host::TestHost::start_on_all(&servers).await)
-    } else {
-        None
-    };
-    if let Some(sshd) = &sshd
-        && wants("concurrency")
-    {
-        eprintln!("item 2: concurrency (and the Ansible children's memory)");
-        figures.extend(items::concurrency(&mut rig, sshd, runs).await);
-    }
-    if wants("memory") {
-        eprintln!("item 3: memory");
-        figures.extend(items::memory(&mut rig, runs).await);
-    }
-    if let Some(sshd) = &sshd
-        && wants("ansible")
-    {
-        eprintln!("item 4: Ansible's cost per job");
-        figures.extend(items::ansible_cost(&mut rig, sshd, samples, runs).await);
-    }
-    drop(sshd);
+    let mut figures = measure(&mut rig, &wanted, runs, samples).await;
     rig.cleanup().await;
 
-    // Items in issue order, whatever order they ran in.
+    // Items in their numbered order, whatever order they ran in.
     figures.sort_by_key(|f| f.item);
     let table = stats::table(&figures);
     let elapsed = started.elapsed().as_secs_f64();
     println!("\n{table}");
     println!("({runs} runs per figure, {samples} no-op samples; {elapsed:.0} s in all)");
+    let out = write_results(&figures, runs, samples, elapsed);
+    println!("results: {}", out.display());
+}
+
+/// The items named on the command line; none named means all.
+struct Wanted(Vec<String>);
+
+impl Wanted {
+    fn from_args() -> Wanted {
+        // Anything else than flags is an item name.
+        Wanted(
+            std::env::args()
+                .skip(1)
+                .filter(|a| !a.starts_with('-'))
+                .collect(),
+        )
+    }
+
+    fn has(&self, item: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|w| w == item)
+    }
+}
+
+/// Runs the wanted items, each on workers of its own; the stand-in servers
+/// start only if an item runs real playbooks.
+async fn measure(rig: &mut rig::Rig, wanted: &Wanted, runs: usize, samples: usize) -> Vec<Figure> {
+    let mut figures = Vec::new();
+    if wanted.has("dispatch") {
+        eprintln!("item 1: dispatch overhead");
+        figures.extend(items::dispatch(rig, runs).await);
+    }
+    let sshd = start_sshd(wanted.has("concurrency") || wanted.has("ansible")).await;
+    if let Some(sshd) = &sshd
+        && wanted.has("concurrency")
+    {
+        eprintln!("item 2: concurrency (and the Ansible children's memory)");
+        figures.extend(items::concurrency(rig, sshd, runs).await);
+    }
+    if wanted.has("memory") {
+        eprintln!("item 3: memory");
+        figures.extend(items::memory(rig, runs).await);
+    }
+    if let Some(sshd) = &sshd
+        && wanted.has("ansible")
+    {
+        eprintln!("item 4: Ansible's cost per job");
+        figures.extend(items::ansible_cost(rig, sshd, samples, runs).await);
+    }
+    figures
+}
+
+/// The stand-in servers, 127.0.0.1 to 127.0.0.16 on one sshd, if `needed`.
+async fn start_sshd(needed: bool) -> Option<host::TestHost> {
+    if !needed {
+        return None;
+    }
+    let servers: Vec<String> = (1..=16).map(|i| format!("127.0.0.{i}")).collect();
+    let servers: Vec<&str> = servers.iter().map(String::as_str).collect();
+    Some(host::TestHost::start_on_all(&servers).await)
+}
+
+/// Writes every figure's runs, with the machine's state, to
+/// `<target>/bench/results.json`; returns the file's path.
+fn write_results(figures: &[Figure], runs: usize, samples: usize, elapsed: f64) -> PathBuf {
     let out_dir = target_dir().join("bench");
     std::fs::create_dir_all(&out_dir).expect("bench output dir");
     let out = out_dir.join("results.json");
@@ -102,11 +135,11 @@ async fn main() {
         "elapsed_secs": elapsed,
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "load_average": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
-        "figures": figures.iter().map(stats::Figure::json).collect::<Vec<_>>(),
+        "figures": figures.iter().map(Figure::json).collect::<Vec<_>>(),
     });
     std::fs::write(&out, serde_json::to_string_pretty(&report).expect("json"))
         .expect("write results.json");
-    println!("results: {}", out.display());
+    out
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -118,7 +151,7 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 /// The Cargo target directory: this binary is `<target>/<profile>/deps/bench-*`.
-fn target_dir() -> std::path::PathBuf {
+fn target_dir() -> PathBuf {
     std::env::current_exe()
         .ok()
         .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf()))

@@ -114,60 +114,16 @@ impl Rig {
             &uuid::Uuid::new_v4().simple().to_string()[..8],
             self.starts
         );
-        let dir = self.path(&format!("worker{}", self.starts));
-        std::fs::create_dir_all(dir.join("secrets")).expect("worker dir");
-        std::fs::set_permissions(dir.join("secrets"), std::fs::Permissions::from_mode(0o700))
-            .expect("chmod secrets");
-        let mut all: Vec<(&str, String)> = vec![
-            ("redis.url", q(&self.redis_url)),
-            ("redis.key_prefix", q(&prefix)),
-            ("postgres.url", q(&self.db_url)),
-            ("secrets.dir", q(&dir.join("secrets").to_string_lossy())),
-            ("http.listen", q("127.0.0.1:0")),
-            ("heartbeat.path", q("")),
-            ("log.format", q("json")),
-            ("worker.job_timeout_secs", "300".into()),
-        ];
+        let dir = self.worker_dir();
+        let mut all: Vec<(&str, String)> = self.defaults(&prefix, &dir);
         all.extend(settings.iter().cloned());
-        let mut sections: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
-        for (key, value) in &all {
-            let (section, name) = key.split_once('.').expect("section.key");
-            let lines = sections.entry(section).or_default();
-            lines.retain(|l| !l.starts_with(&format!("{name} =")));
-            lines.push(format!("{name} = {value}"));
-        }
-        let toml: String = sections
-            .iter()
-            .map(|(section, lines)| format!("[{section}]\n{}\n", lines.join("\n")))
-            .collect();
         let config = dir.join("config.toml");
-        std::fs::write(&config, toml).expect("write config");
+        std::fs::write(&config, config_toml(&all)).expect("write config");
         let log_path = dir.join("worker.log");
-        let log = std::fs::File::create(&log_path).expect("worker log");
-        let mut command = Command::new(WORKER_BIN);
-        command
-            .arg("worker")
-            .arg("--config")
-            .arg(&config)
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .kill_on_drop(true);
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            if name.starts_with("INFRA__") || name.starts_with("ANSIBLE_") || name == "RUST_LOG" {
-                command.env_remove(name.as_ref());
-            }
-        }
-        command.env(TOKEN_VAR, "ghp_bench_token_not_a_secret");
-        // Run directories on a tmpfs, as in the compose stack (its worker's
-        // /tmp is one); on disk, creating and removing them is a tenth of
-        // the machine's CPU per stub job.
-        if let Some(tmp) = &self.tmpfs {
-            command.env("TMPDIR", tmp.path());
-        }
-        let child = command.spawn().expect("spawn infra-service worker");
+        let child = self
+            .worker_command(&config, &dir, &log_path)
+            .spawn()
+            .expect("spawn infra-service worker");
         let pid = child.id().expect("worker pid");
         let client = redis::Client::open(self.redis_url.as_str()).expect("redis url");
         let worker = Worker {
@@ -187,6 +143,78 @@ impl Rig {
             .await;
         worker
     }
+
+    /// A directory of its own for the next worker (config, log, secrets).
+    fn worker_dir(&self) -> PathBuf {
+        let dir = self.path(&format!("worker{}", self.starts));
+        std::fs::create_dir_all(dir.join("secrets")).expect("worker dir");
+        std::fs::set_permissions(dir.join("secrets"), std::fs::Permissions::from_mode(0o700))
+            .expect("chmod secrets");
+        dir
+    }
+
+    /// The settings every bench worker starts from: this rig's Redis (keys
+    /// under `prefix`) and database, secrets in `dir`, no heartbeat file,
+    /// any free port for HTTP, JSON logs.
+    fn defaults(&self, prefix: &str, dir: &Path) -> Vec<(&'static str, String)> {
+        vec![
+            ("redis.url", q(&self.redis_url)),
+            ("redis.key_prefix", q(prefix)),
+            ("postgres.url", q(&self.db_url)),
+            ("secrets.dir", q(&dir.join("secrets").to_string_lossy())),
+            ("http.listen", q("127.0.0.1:0")),
+            ("heartbeat.path", q("")),
+            ("log.format", q("json")),
+            ("worker.job_timeout_secs", "300".into()),
+        ]
+    }
+
+    /// `infra-service worker --config config`, logging to `log_path`, with
+    /// none of the caller's overrides (`INFRA__*`, `ANSIBLE_*`, `RUST_LOG`):
+    /// the config file alone decides.
+    fn worker_command(&self, config: &Path, dir: &Path, log_path: &Path) -> Command {
+        let log = std::fs::File::create(log_path).expect("worker log");
+        let mut command = Command::new(WORKER_BIN);
+        command
+            .arg("worker")
+            .arg("--config")
+            .arg(config)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .kill_on_drop(true);
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name.starts_with("INFRA__") || name.starts_with("ANSIBLE_") || name == "RUST_LOG" {
+                command.env_remove(name.as_ref());
+            }
+        }
+        command.env(TOKEN_VAR, "ghp_bench_token_not_a_secret");
+        // Run directories on a tmpfs, as in the compose stack (its worker's
+        // /tmp is one); on disk, creating and removing them is a tenth of
+        // the machine's CPU per stub job.
+        if let Some(tmp) = &self.tmpfs {
+            command.env("TMPDIR", tmp.path());
+        }
+        command
+    }
+}
+
+/// `settings` as TOML, one table per section; a key set twice keeps its
+/// last value.
+fn config_toml(settings: &[(&str, String)]) -> String {
+    let mut sections: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for (key, value) in settings {
+        let (section, name) = key.split_once('.').expect("section.key");
+        let lines = sections.entry(section).or_default();
+        lines.retain(|l| !l.starts_with(&format!("{name} =")));
+        lines.push(format!("{name} = {value}"));
+    }
+    sections
+        .iter()
+        .map(|(section, lines)| format!("[{section}]\n{}\n", lines.join("\n")))
+        .collect()
 }
 
 /// A quoted TOML string.
