@@ -17,7 +17,8 @@ pub use event::{EventKind, JobEvent};
 pub use fields::{InvalidPayload, RequestId, SecretRef, ServerAddress, ServerHandle};
 pub use provision::ProvisionJob;
 pub use result::{
-    ErrorCode, FailedTask, HostStats, JobError, JobKind, JobResult, JobStatus, Timings,
+    ErrorCode, FailedTask, HostStats, JobError, JobKind, JobResult, JobStatus, StoredResult,
+    Timings,
 };
 
 /// Payloads larger than this are refused before JSON parsing.

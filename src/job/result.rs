@@ -210,15 +210,49 @@ pub struct Timings {
     pub playbook_ms: u64,
 }
 
+/// A result as it was published or stored, kept as its text: a repeated
+/// request is answered with exactly that, whichever version of the worker
+/// wrote it. Only its status is read, leniently, to count it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredResult {
+    json: String,
+    status: JobStatus,
+}
+
+impl StoredResult {
+    /// `json` as stored; a status this version cannot read counts as
+    /// `failed` (only `success` is a success), the text stays as it is.
+    pub fn new(json: String) -> StoredResult {
+        #[derive(Deserialize)]
+        struct Status {
+            status: JobStatus,
+        }
+        let status = serde_json::from_str::<Status>(&json).map_or(JobStatus::Failed, |s| s.status);
+        StoredResult { json, status }
+    }
+
+    /// The text to publish again.
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+
+    /// Its status, as read by `new`.
+    pub fn status(&self) -> JobStatus {
+        self.status
+    }
+}
+
 /// The published result; `extra` holds the kind-specific fields
 /// (deploy: project_id, server_ip, port, url; provision: server_handle, server_status).
 ///
 /// `extra` must not reuse a fixed field's name: flattening would write the
 /// key twice.
 ///
-/// Reading is lenient where the contract lets results grow: every field a
-/// reader does not know lands in `extra` and is written back unchanged, and
+/// Reading is lenient where the contract lets results grow: every top-level
+/// field a reader does not know lands in `extra` and is written back, and
 /// the fields past the job's identity, status and times may be absent.
+/// Nested unknown fields are not kept: a result to be passed on as it was
+/// is a `StoredResult`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobResult {
     pub request_id: String,
@@ -332,6 +366,20 @@ mod tests {
                 playbook_ms: 71900,
             },
             extra: extra.as_object().unwrap().clone(),
+        }
+    }
+
+    #[test]
+    fn a_stored_result_keeps_its_text_and_reads_only_its_status() {
+        let newer = r#"{"status":"success","request_id":"r1","job":"deploy","novel":{"x":[1]}}"#;
+        let stored = StoredResult::new(newer.to_owned());
+        assert_eq!(stored.json(), newer);
+        assert_eq!(stored.status(), JobStatus::Success);
+        // A status a later version may add, or none at all, is no success.
+        for text in [r#"{"status":"skipped"}"#, "{}", "not json"] {
+            let stored = StoredResult::new(text.to_owned());
+            assert_eq!(stored.status(), JobStatus::Failed, "{text}");
+            assert_eq!(stored.json(), text);
         }
     }
 

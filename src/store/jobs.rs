@@ -1,12 +1,11 @@
 //! The `jobs` ledger: one row per request id and kind, running or finished
-//! with its result. Takes and gives typed values; the text columns hold the
-//! contract's spellings.
+//! with its result. The state is typed; a finished job's result is kept as
+//! the text it was published with, to be republished as it is.
 
-use serde::de::{DeserializeOwned, IntoDeserializer};
 use sqlx::types::Json;
 
 use super::{Store, StoreError};
-use crate::job::{ErrorCode, JobKind, JobResult, JobStatus};
+use crate::job::{JobKind, JobResult, JobStatus, StoredResult};
 
 /// Where a job stands in the ledger (the `status` column).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,39 +25,35 @@ impl JobState {
         }
     }
 
+    /// The column's CHECK constraint allows exactly the three values.
     fn parse(text: &str) -> Result<JobState, StoreError> {
         match text {
             "running" => Ok(JobState::Running),
-            other => column("status", other).map(JobState::Finished),
+            "success" => Ok(JobState::Finished(JobStatus::Success)),
+            "failed" => Ok(JobState::Finished(JobStatus::Failed)),
+            other => Err(StoreError::Column {
+                column: "status",
+                problem: format!("unknown state `{other}`"),
+            }),
         }
     }
 }
 
-/// One row of `jobs`.
+/// What the worker reads of a row of `jobs`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobRecord {
-    pub kind: JobKind,
-    pub request_id: String,
     pub status: JobState,
-    pub attempts: i32,
-    pub worker: Option<String>,
     /// The stream entry that runs (or ran) it.
     pub entry_id: Option<String>,
-    pub error_code: Option<ErrorCode>,
     /// Set once it finished.
-    pub result: Option<JobResult>,
+    pub result: Option<StoredResult>,
 }
 
-/// A row as Postgres gives it, before its text columns are read as types.
+/// A row as Postgres gives it.
 #[derive(sqlx::FromRow)]
 struct Row {
-    kind: String,
-    request_id: String,
     status: String,
-    attempts: i32,
-    worker: Option<String>,
     entry_id: Option<String>,
-    error_code: Option<String>,
     result: Option<serde_json::Value>,
 }
 
@@ -66,39 +61,12 @@ impl TryFrom<Row> for JobRecord {
     type Error = StoreError;
 
     fn try_from(row: Row) -> Result<JobRecord, StoreError> {
-        let result = row
-            .result
-            .map(serde_json::from_value)
-            .transpose()
-            .map_err(|e| StoreError::Column {
-                column: "result",
-                problem: e.to_string(),
-            })?;
         Ok(JobRecord {
-            kind: column("kind", &row.kind)?,
-            request_id: row.request_id,
             status: JobState::parse(&row.status)?,
-            attempts: row.attempts,
-            worker: row.worker,
             entry_id: row.entry_id,
-            error_code: row
-                .error_code
-                .map(|code| column("error_code", &code))
-                .transpose()?,
-            result,
+            result: row.result.map(|json| StoredResult::new(json.to_string())),
         })
     }
-}
-
-/// A text column holding one of the contract's names (`deploy`,
-/// `success`, `ssh_unreachable`, ...), read as its type.
-fn column<T: DeserializeOwned>(column: &'static str, text: &str) -> Result<T, StoreError> {
-    T::deserialize(text.into_deserializer()).map_err(|e: serde::de::value::Error| {
-        StoreError::Column {
-            column,
-            problem: e.to_string(),
-        }
-    })
 }
 
 /// Whether a worker may run a job, from the ledger's point of view.
@@ -107,7 +75,7 @@ pub enum Claim {
     /// Run it: nobody else is, and it has no final result.
     Run,
     /// It ran to the end before: this is its result.
-    Finished(Box<JobResult>),
+    Finished(StoredResult),
     /// Another stream entry with the same request id is running it.
     RunningElsewhere { entry_id: String },
 }
@@ -150,7 +118,7 @@ impl Store {
                 problem: format!("the row of {kind} {request_id} vanished while claiming it"),
             })?;
         Ok(match (record.status, record.result) {
-            (JobState::Finished(_), Some(result)) => Claim::Finished(Box::new(result)),
+            (JobState::Finished(_), Some(result)) => Claim::Finished(result),
             _ => Claim::RunningElsewhere {
                 entry_id: record.entry_id.unwrap_or_default(),
             },
@@ -207,7 +175,7 @@ impl Store {
         request_id: &str,
     ) -> Result<Option<JobRecord>, StoreError> {
         let row: Option<Row> = sqlx::query_as(
-            "SELECT kind, request_id, status, attempts, worker, entry_id, error_code, result
+            "SELECT status, entry_id, result
              FROM jobs WHERE kind = $1 AND request_id = $2",
         )
         .bind(kind.as_str())
@@ -232,19 +200,5 @@ mod tests {
             assert_eq!(JobState::parse(state.as_str()).unwrap(), state);
         }
         assert!(JobState::parse("done").is_err());
-    }
-
-    #[test]
-    fn text_columns_read_as_the_contracts_names() {
-        assert_eq!(
-            column::<JobKind>("kind", "provision").unwrap(),
-            JobKind::Provision
-        );
-        assert_eq!(
-            column::<ErrorCode>("error_code", "ssh_auth_failed").unwrap(),
-            ErrorCode::SshAuthFailed
-        );
-        let err = column::<ErrorCode>("error_code", "oops").unwrap_err();
-        assert!(err.to_string().contains("error_code"), "{err}");
     }
 }

@@ -27,8 +27,7 @@ pub enum StoreError {
     #[error("server `{0}` already exists")]
     ServerExists(String),
     /// A row holds what this version cannot read (a name outside the
-    /// contract, a result that does not parse): kept as an error, never
-    /// guessed at, so a stored result is republished exactly or not at all.
+    /// constraints): kept as an error, never guessed at.
     #[error("jobs ledger column `{column}`: {problem}")]
     Column {
         column: &'static str,

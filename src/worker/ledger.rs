@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use super::{Handled, RETRY_DELAY, Worker};
-use crate::job::{Job, JobResult};
-use crate::queue::Delivery;
+use crate::job::{Job, JobResult, StoredResult};
+use crate::queue::{Delivery, Publication};
 use crate::retry::{self, Backoff};
 use crate::store::{Claim, JobRecord, JobState, Store};
 
@@ -18,13 +18,13 @@ const LEDGER_RETRIES: u32 = 64;
 const DUPLICATE_POLL: Duration = Duration::from_secs(1);
 
 impl Worker {
-    /// The result this request already has, if it ran before or another
-    /// entry runs it now (then once that run ends); `None` when this entry
-    /// is to run it.
-    pub(super) async fn earlier_result(&self, delivery: &Delivery, job: &Job) -> Option<JobResult> {
-        match self.claim(delivery, job).await {
+    /// Claims the request for this entry. `None`: this entry runs it.
+    /// Otherwise the result it already has: it ran before, or another entry
+    /// runs it now (then once that run ends).
+    pub(super) async fn claim(&self, delivery: &Delivery, job: &Job) -> Option<StoredResult> {
+        match self.ask_ledger(delivery, job).await {
             Claim::Run => None,
-            Claim::Finished(result) => Some(*result),
+            Claim::Finished(result) => Some(result),
             Claim::RunningElsewhere { entry_id } => {
                 self.await_other(delivery, job, &entry_id).await
             }
@@ -33,7 +33,7 @@ impl Worker {
 
     /// Asks the ledger, waiting out a Postgres outage: a delay, never a
     /// lost or doubled job.
-    async fn claim(&self, delivery: &Delivery, job: &Job) -> Claim {
+    async fn ask_ledger(&self, delivery: &Delivery, job: &Job) -> Claim {
         retry::until_ok("claiming the job in the ledger", RETRY_DELAY, || {
             self.ctx.store.claim_job(
                 delivery.kind,
@@ -49,7 +49,12 @@ impl Worker {
     /// Another entry with the same request id is running: wait for its
     /// result. `None` when that entry is gone without one, and this entry
     /// took the job over.
-    async fn await_other(&self, delivery: &Delivery, job: &Job, other: &str) -> Option<JobResult> {
+    async fn await_other(
+        &self,
+        delivery: &Delivery,
+        job: &Job,
+        other: &str,
+    ) -> Option<StoredResult> {
         tracing::info!(
             other_entry = other,
             "the same request is running elsewhere; waiting for its result"
@@ -74,14 +79,7 @@ impl Worker {
             // The other entry was acked: its result is in Redis even if the
             // ledger missed it; or it vanished, and the job is ours.
             if let Ok(Some(text)) = self.queue.result(delivery.kind, job.request_id()).await {
-                match JobResult::from_json(&text) {
-                    Ok(result) => return Some(result),
-                    // Never run again a job that has a result.
-                    Err(e) => {
-                        tracing::warn!(error.message = %e, "the published result is unreadable; still waiting");
-                        continue;
-                    }
-                }
+                return Some(StoredResult::new(text));
             }
             let moved = self
                 .ctx
@@ -100,13 +98,24 @@ impl Worker {
         }
     }
 
-    /// Answers a repeated request with its stored result, without running.
-    pub(super) async fn republish(&self, delivery: &Delivery, result: &JobResult) -> Handled {
+    /// Answers a repeated request with its stored result as it was
+    /// stored, without running.
+    pub(super) async fn republish(
+        &self,
+        delivery: &Delivery,
+        job: &Job,
+        result: &StoredResult,
+    ) -> Handled {
         tracing::info!("request already answered; publishing its result again");
-        self.publish(delivery, Some(result), None, None).await;
+        let publication = Publication {
+            request_id: job.request_id(),
+            json: result.json(),
+            finished_event: None,
+        };
+        self.publish_json(delivery, Some(publication), None).await;
         Handled::Published {
-            request_id: result.request_id.clone(),
-            status: result.status,
+            request_id: job.request_id().to_owned(),
+            status: result.status(),
         }
     }
 

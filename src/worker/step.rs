@@ -110,8 +110,8 @@ impl Worker {
         job: &Job,
         started_at: DateTime<Utc>,
     ) -> Handled {
-        if let Some(earlier) = self.earlier_result(delivery, job).await {
-            return self.republish(delivery, &earlier).await;
+        if let Some(earlier) = self.claim(delivery, job).await {
+            return self.republish(delivery, job, &earlier).await;
         }
         tracing::info!("job started");
         let (events, progress) = Progress::start(&self.queue, job.request_id());
@@ -189,7 +189,7 @@ impl Worker {
 
     /// Publishes and acks, retrying until Redis takes it: a job's result is
     /// never dropped because Redis blinked.
-    async fn publish_json(
+    pub(super) async fn publish_json(
         &self,
         delivery: &Delivery,
         result: Option<Publication<'_>>,
