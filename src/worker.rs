@@ -107,7 +107,7 @@ impl Worker {
                     tracing::warn!(error.message = %e, "reading the queues failed; reconnecting");
                     tokio::select! {
                         biased;
-                        () = shutdown.cancelled() => {}
+                        () = shutdown.cancelled() => continue,
                         () = backoff.wait() => {}
                     }
                     if let Err(e) = reader.reconnect().await {

@@ -32,7 +32,8 @@ use crate::job::JobKind;
 /// Reads entries for one consumer on a dedicated connection.
 pub struct Reader {
     client: redis::Client,
-    /// `None` after a wait was abandoned: opened again on next use.
+    /// `None` after a wait was abandoned for the stop; opened again if the
+    /// reader is used after all (tests do; the worker does not).
     conn: Option<MultiplexedConnection>,
     names: Names,
     group: String,
@@ -126,7 +127,8 @@ impl Reader {
 
     /// Up to `max` entries to run; empty after waiting (at most `block_ms`)
     /// with nothing new, or as soon as `cancel` fires. Once `cancel` has
-    /// fired it claims nothing and sends nothing.
+    /// fired it starts no further claim and no wait: it returns what it
+    /// claimed before.
     pub async fn next(
         &mut self,
         max: usize,
@@ -146,6 +148,12 @@ impl Reader {
         if self.reclaim_due() {
             for kind in order {
                 let room = max - batch.deliveries.len();
+                // Checked before every claiming round trip: what was
+                // claimed before the stop is returned (and run or handed
+                // back), nothing is claimed after it.
+                if cancel.is_cancelled() {
+                    return Ok(batch);
+                }
                 if room > 0 {
                     self.reclaim(kind, room, &mut batch).await?;
                 }
@@ -160,6 +168,9 @@ impl Reader {
         // With the newest ids as of the take: anything added after them
         // wakes the wait below, anything before them was taken.
         let room = max - batch.deliveries.len();
+        if cancel.is_cancelled() {
+            return Ok(batch);
+        }
         let newest = self.take(order, room, &mut batch).await?;
         if batch.deliveries.is_empty() && batch.vanished.is_empty() {
             let until_reclaim = self.last_reclaim.map_or(Duration::ZERO, |at| {
