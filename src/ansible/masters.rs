@@ -1,7 +1,7 @@
 //! The run's ssh ControlMasters, told to exit (`ssh -O exit`) through the
 //! sockets in its private directory: a ControlPersist master daemonizes and
-//! would otherwise outlive its run. Both an async and a blocking form, the
-//! latter for a `Drop`.
+//! would otherwise outlive its run. One blocking implementation (a `Drop`
+//! needs it), which the async form runs off the runtime.
 
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
@@ -12,38 +12,24 @@ use std::time::{Duration, Instant};
 const SSH_EXIT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Asks the ControlMaster behind each socket in `dir` to exit, so none
-/// outlives its run: `ssh -O exit -o ControlPath=<socket> x`.
+/// outlives its run: `ssh -O exit -o ControlPath=<socket> x`. The blocking
+/// form on a thread of its own: one way of doing it, not two.
 pub(crate) async fn close_control_masters(dir: &Path) {
-    let mut running = Vec::new();
-    for socket in sockets(dir) {
-        let mut command = tokio::process::Command::from(ssh_exit(&socket));
-        match command.kill_on_drop(true).spawn() {
-            Ok(child) => running.push((socket, child)),
-            Err(error) => {
-                tracing::warn!(error.message = %error, "cannot run ssh -O exit");
-                return;
-            }
-        }
-    }
-    let deadline = tokio::time::Instant::now() + SSH_EXIT_TIMEOUT;
-    for (socket, mut child) in running {
-        match tokio::time::timeout_at(deadline, child.wait()).await {
-            Ok(status) => tracing::debug!(socket = %socket.display(), ?status, "ssh -O exit"),
-            Err(_) => {
-                tracing::warn!(socket = %socket.display(), "ssh -O exit hung; killed");
-                let _ = child.kill().await;
-            }
-        }
+    let dir = dir.to_owned();
+    if let Err(e) = tokio::task::spawn_blocking(move || close_control_masters_blocking(&dir)).await
+    {
+        tracing::warn!(error.message = %e, "closing the ControlMasters failed");
     }
 }
 
 /// [`close_control_masters`] for a `Drop`: blocks, at most
-/// [`SSH_EXIT_TIMEOUT`] in all.
+/// [`SSH_EXIT_TIMEOUT`] in all. A command that cannot start ends the
+/// spawning, never the wait for those already started.
 pub(crate) fn close_control_masters_blocking(dir: &Path) {
     let mut running = Vec::new();
     for socket in sockets(dir) {
         match ssh_exit(&socket).spawn() {
-            Ok(child) => running.push(child),
+            Ok(child) => running.push((socket, child)),
             Err(error) => {
                 tracing::warn!(error.message = %error, "cannot run ssh -O exit");
                 break;
@@ -51,14 +37,16 @@ pub(crate) fn close_control_masters_blocking(dir: &Path) {
         }
     }
     let deadline = Instant::now() + SSH_EXIT_TIMEOUT;
-    for mut child in running {
+    for (socket, mut child) in running {
         while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
         if matches!(child.try_wait(), Ok(None)) {
+            tracing::warn!(socket = %socket.display(), "ssh -O exit hung; killed");
             let _ = child.kill();
         }
-        let _ = child.wait();
+        let status = child.wait();
+        tracing::debug!(socket = %socket.display(), ?status, "ssh -O exit");
     }
 }
 

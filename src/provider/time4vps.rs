@@ -436,8 +436,11 @@ impl Client {
                 body: self.excerpt(&body),
             });
         }
-        serde_json::from_slice(&body)
-            .map_err(|e| ProviderError::Malformed(format!("{e}; body: {}", self.excerpt(&body))))
+        serde_json::from_slice(&body).map_err(|e| {
+            // serde's message quotes values from the body.
+            let problem = self.redactor.redact(&e.to_string());
+            ProviderError::Malformed(format!("{problem}; body: {}", self.excerpt(&body)))
+        })
     }
 
     fn transport_error(&self, e: &reqwest::Error) -> ProviderError {
