@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::job::JobKind;
+
 /// infra-service: runs deploy and provisioning jobs from Redis Streams with Ansible.
 #[derive(Debug, Parser)]
 #[command(name = "infra-service", version, about)]
@@ -160,8 +162,8 @@ pub struct StatusArgs {
     /// The job's request id.
     pub request_id: String,
     /// Which kind of job; default: deploy, then provision.
-    #[arg(long, value_parser = ["deploy", "provision"])]
-    pub kind: Option<String>,
+    #[arg(long, value_parser = job_kind())]
+    pub kind: Option<JobKind>,
     /// Print the result JSON as published, or `{"request_id", "state"}`.
     #[arg(long)]
     pub json: bool,
@@ -294,4 +296,15 @@ impl ConfigArgs {
     pub fn path(&self) -> Option<&std::path::Path> {
         self.flag.as_deref().or(self.positional.as_deref())
     }
+}
+
+/// `deploy` or `provision`, as the contract spells them, read as a `JobKind`.
+fn job_kind() -> impl clap::builder::TypedValueParser<Value = JobKind> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(JobKind::ALL.map(JobKind::as_str)).map(|name| {
+        JobKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+            .expect("a possible value is a kind")
+    })
 }

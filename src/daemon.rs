@@ -13,7 +13,7 @@ use crate::config::Settings;
 use crate::http::{self, Health, HttpError};
 use crate::queue::Queue;
 use crate::retry;
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 use crate::worker::{Worker, WorkerError};
 use crate::workflow::Context;
 
@@ -22,8 +22,6 @@ use crate::workflow::Context;
 pub enum DaemonError {
     #[error(transparent)]
     Worker(#[from] WorkerError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
     #[error(transparent)]
     Http(#[from] HttpError),
 }

@@ -77,9 +77,8 @@ pub async fn enqueue(settings: &Settings, job: EnqueueJob) -> Result<u8, Operato
 
 /// `status <request_id>`.
 pub async fn status(settings: &Settings, args: StatusArgs) -> Result<u8, OperatorError> {
-    let kinds: &[JobKind] = match args.kind.as_deref() {
-        Some("provision") => &[JobKind::Provision],
-        Some(_) => &[JobKind::Deploy],
+    let kinds: &[JobKind] = match &args.kind {
+        Some(kind) => std::slice::from_ref(kind),
         None => &JobKind::ALL,
     };
     let caller = Caller::connect(&settings.redis).await?;
