@@ -33,7 +33,8 @@ pub async fn run(
         extra: result_fields(job),
         ..Report::default()
     };
-    let (address, alias) = match connect_address(job, connect) {
+    let port = ctx.settings.ansible.ssh_port;
+    let (address, alias) = match connect_address(job, connect, port) {
         Ok(found) => found,
         Err(error) => {
             return Report {
@@ -52,7 +53,6 @@ pub async fn run(
             };
         }
     };
-    let port = ctx.settings.ansible.ssh_port;
     let (lock, pinned) = ctx.lock_deploy_target(job.server_ip.as_str(), port).await;
     let target = SshTarget {
         name: job.server_ip.as_str().to_owned(),
@@ -74,11 +74,18 @@ pub async fn run(
 fn connect_address(
     job: &DeployJob,
     connect: ConnectTo,
+    port: u16,
 ) -> Result<(String, Option<String>), JobError> {
     let name = job.server_ip.as_str();
     match connect {
         ConnectTo::Name => Ok((name.to_owned(), None)),
         ConnectTo::Address(ip) if ip.to_string() == name => Ok((name.to_owned(), None)),
+        // ssh drops the port from a `HostKeyAlias`; spelled as ssh spells a
+        // host on another port, the pin matches one made by connecting
+        // to the name itself.
+        ConnectTo::Address(ip) if port != 22 => {
+            Ok((ip.to_string(), Some(format!("[{name}]:{port}"))))
+        }
         ConnectTo::Address(ip) => Ok((ip.to_string(), Some(name.to_owned()))),
         ConnectTo::Unresolved(why) => Err(JobError::new(
             ErrorCode::SshUnreachable,
@@ -223,4 +230,62 @@ fn result_fields(job: &DeployJob) -> serde_json::Map<String, Value> {
         unreachable!("a json! object literal is an object")
     };
     fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(server_ip: &str) -> DeployJob {
+        let payload = json!({
+            "request_id": "dep-1",
+            "project_id": "6f1c2a9e-2b7d-4d8e-9a51-0c7e5b8f3a10",
+            "repo_full_name": "acme/app",
+            "server_ip": server_ip,
+            "port": 8080,
+            "github_token_ref": "env:GITHUB_TOKEN",
+        });
+        DeployJob::parse(payload.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_checked_address_is_connected_to_and_keys_stay_under_the_name_as_ssh_spells_it() {
+        let ip = "192.0.2.7".parse().unwrap();
+        let by_address = |name, port| connect_address(&job(name), ConnectTo::Address(ip), port);
+        assert_eq!(
+            by_address("deploy.example.com", 22).unwrap(),
+            (
+                "192.0.2.7".to_owned(),
+                Some("deploy.example.com".to_owned())
+            )
+        );
+        assert_eq!(
+            by_address("deploy.example.com", 2222).unwrap(),
+            (
+                "192.0.2.7".to_owned(),
+                Some("[deploy.example.com]:2222".to_owned())
+            )
+        );
+        assert_eq!(
+            by_address("192.0.2.7", 2222).unwrap(),
+            ("192.0.2.7".to_owned(), None)
+        );
+        assert_eq!(
+            connect_address(&job("deploy.example.com"), ConnectTo::Name, 22).unwrap(),
+            ("deploy.example.com".to_owned(), None)
+        );
+    }
+
+    #[test]
+    fn a_host_name_that_did_not_resolve_fails_as_the_probe_reports_it() {
+        let unresolved = ConnectTo::Unresolved("no such host".into());
+        let error = connect_address(&job("nowhere.example"), unresolved, 22).unwrap_err();
+        assert_eq!(error.code, ErrorCode::SshUnreachable);
+        assert_eq!(error.details["reason"], "dns");
+        assert!(
+            error.message.starts_with("nowhere.example: "),
+            "{}",
+            error.message
+        );
+    }
 }
