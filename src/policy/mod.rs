@@ -107,11 +107,8 @@ impl Policy {
             };
             let canonical = pattern::canonical(reference.as_str());
             if !canonical.is_some_and(|c| patterns.iter().any(|p| p.matches(&c))) {
-                return Err(not_allowed(
-                    field,
-                    reference,
-                    "it matches no pattern of the policy for this field",
-                ));
+                let why = format!("it matches no pattern of `policy.{field}`");
+                return Err(not_allowed(field, reference, &why));
             }
         }
         let server_keys = retry::until_ok(
