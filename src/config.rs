@@ -10,6 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
 use sqlx::postgres::PgConnectOptions;
 
+use crate::policy::{DeployTargets, RefPattern};
 use crate::provider::time4vps::{self, BaseUrl};
 
 /// Everything the daemon can be told, one section per concern.
@@ -26,6 +27,7 @@ pub struct Settings {
     pub time4vps: Time4vpsSettings,
     pub http: HttpSettings,
     pub heartbeat: HeartbeatSettings,
+    pub policy: PolicySettings,
 }
 
 /// Where the queues live and who this worker is among its peers.
@@ -203,6 +205,26 @@ pub struct SecretsSettings {
     pub dir: PathBuf,
 }
 
+/// What a job may name and where it may deploy. Each list left unset
+/// restricts nothing (but the worker's own credentials, which no job may
+/// ever name); an empty list allows nothing.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PolicySettings {
+    /// Patterns a DeployJob's `github_token_ref` must match.
+    pub github_token_ref: Option<Vec<RefPattern>>,
+    /// Patterns a DeployJob's `secrets_ref` must match.
+    pub secrets_ref: Option<Vec<RefPattern>>,
+    /// `registered`, CIDR ranges and host names a `server_ip` must be in.
+    pub deploy_targets: Option<DeployTargets>,
+}
+
+/// The policy keys whose environment variables are comma-separated lists.
+const LIST_KEYS: [&str; 3] = [
+    "policy.github_token_ref",
+    "policy.secrets_ref",
+    "policy.deploy_targets",
+];
+
 /// Log output shape.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -288,12 +310,7 @@ impl Settings {
                     .required(true),
             );
         }
-        builder = builder.add_source(
-            config::Environment::with_prefix("INFRA")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true),
-        );
+        builder = builder.add_source(environment());
         let raw = builder.build().map_err(|source| match file {
             Some(path) => ConfigError::File {
                 path: path.to_owned(),
@@ -316,6 +333,20 @@ impl Settings {
     }
 }
 
+/// `INFRA__SECTION__KEY` variables; the policy's lists are
+/// comma-separated there (`INFRA__POLICY__DEPLOY_TARGETS=registered,10.0.0.0/8`).
+fn environment() -> config::Environment {
+    let mut environment = config::Environment::with_prefix("INFRA")
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true)
+        .list_separator(",");
+    for key in LIST_KEYS {
+        environment = environment.with_list_parse_key(key);
+    }
+    environment
+}
+
 /// The tree as the sources give it: the sections whose values still need
 /// parsing hold them as text (or absent) until [`RawSettings::check`].
 #[derive(Deserialize)]
@@ -333,6 +364,8 @@ struct RawSettings {
     time4vps: RawTime4vps,
     http: RawHttp,
     heartbeat: HeartbeatSettings,
+    #[serde(default)]
+    policy: RawPolicy,
 }
 
 #[derive(Deserialize)]
@@ -362,6 +395,16 @@ struct RawTime4vps {
     request_timeout_secs: u64,
     poll_interval_secs: u64,
     reinstall_deadline_secs: u64,
+}
+
+/// The policy's lists as written; blank entries are dropped (a trailing
+/// comma in a variable).
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    github_token_ref: Option<Vec<String>>,
+    secrets_ref: Option<Vec<String>>,
+    deploy_targets: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -408,6 +451,7 @@ impl RawSettings {
         let postgres = self.postgres.check()?;
         let time4vps = self.time4vps.check()?;
         let http = self.http.check()?;
+        let policy = self.policy.check()?;
         ensure(
             self.heartbeat.interval_secs > 0,
             "heartbeat.interval_secs",
@@ -425,6 +469,7 @@ impl RawSettings {
             time4vps,
             http,
             heartbeat: self.heartbeat,
+            policy,
         })
     }
 }
@@ -529,6 +574,42 @@ impl RawTime4vps {
             reinstall_deadline_secs: self.reinstall_deadline_secs,
         })
     }
+}
+
+impl RawPolicy {
+    fn check(self) -> Result<PolicySettings, ConfigError> {
+        let deploy_targets = self
+            .deploy_targets
+            .map(|entries| DeployTargets::parse(&entries))
+            .transpose()
+            .map_err(|problem| ConfigError::Key {
+                key: "policy.deploy_targets",
+                problem,
+            })?;
+        Ok(PolicySettings {
+            github_token_ref: patterns("policy.github_token_ref", self.github_token_ref)?,
+            secrets_ref: patterns("policy.secrets_ref", self.secrets_ref)?,
+            deploy_targets,
+        })
+    }
+}
+
+/// A list of reference patterns, each checked; `None` stays unset.
+fn patterns(
+    key: &'static str,
+    entries: Option<Vec<String>>,
+) -> Result<Option<Vec<RefPattern>>, ConfigError> {
+    let Some(entries) = entries else {
+        return Ok(None);
+    };
+    let entries = entries.iter().map(|e| e.trim()).filter(|e| !e.is_empty());
+    let parsed = entries.map(|entry| {
+        RefPattern::parse(entry).map_err(|why| ConfigError::Key {
+            key,
+            problem: format!("entry {entry:?}: {why}"),
+        })
+    });
+    parsed.collect::<Result<Vec<_>, _>>().map(Some)
 }
 
 impl RawHttp {
@@ -700,6 +781,86 @@ mod tests {
     fn the_ssh_preflight_can_be_turned_off() {
         let s = load_toml(&format!("{REQUIRED}[ssh]\npreflight = false\n")).unwrap();
         assert!(!s.ssh.preflight);
+    }
+
+    #[test]
+    fn no_policy_is_set_by_default() {
+        let s = load_toml(REQUIRED).unwrap();
+        assert!(s.policy.github_token_ref.is_none());
+        assert!(s.policy.secrets_ref.is_none());
+        assert!(s.policy.deploy_targets.is_none());
+    }
+
+    #[test]
+    fn the_policy_lists_are_read_and_shown_as_checked() {
+        let toml = format!(
+            "{REQUIRED}[policy]\n\
+             github_token_ref = [\"vault:secret/github#token\"]\n\
+             secrets_ref = [\"vault:secret//projects/*\"]\n\
+             deploy_targets = [\"registered\", \"10.0.0.0/8\", \"2001:db8::/32\"]\n"
+        );
+        let s = load_toml(&toml).unwrap();
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            json["policy"],
+            serde_json::json!({
+                "github_token_ref": ["vault:secret/github#token"],
+                "secrets_ref": ["vault:secret/projects/*"],
+                "deploy_targets": ["registered", "10.0.0.0/8", "2001:db8::/32"],
+            })
+        );
+    }
+
+    #[test]
+    fn an_empty_policy_list_allows_nothing_rather_than_everything() {
+        let s = load_toml(&format!("{REQUIRED}[policy]\nsecrets_ref = []\n")).unwrap();
+        assert_eq!(s.policy.secrets_ref.map(|p| p.len()), Some(0));
+    }
+
+    #[test]
+    fn a_bad_cidr_or_pattern_is_a_configuration_error_naming_the_key() {
+        let err = load_toml(&format!(
+            "{REQUIRED}[policy]\ndeploy_targets = [\"10.0.0.0/33\"]\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("configuration key `policy.deploy_targets`: entry \"10.0.0.0/33\""),
+            "{err}"
+        );
+        let err = load_toml(&format!(
+            "{REQUIRED}[policy]\nsecrets_ref = [\"file:../x\"]\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("configuration key `policy.secrets_ref`: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_policy_lists_are_comma_separated_in_the_environment() {
+        let variables = [
+            ("INFRA__POLICY__DEPLOY_TARGETS", "registered,10.0.0.0/8"),
+            ("INFRA__POLICY__SECRETS_REF", "vault:secret/projects/*"),
+            ("INFRA__LOG__LEVEL", "info,infra_service=debug"),
+        ];
+        let source = variables
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let raw = config::Config::builder()
+            .add_source(environment().source(Some(source)))
+            .build()
+            .unwrap();
+        let targets: Vec<String> = raw.get("policy.deploy_targets").unwrap();
+        assert_eq!(targets, ["registered", "10.0.0.0/8"]);
+        let secrets: Vec<String> = raw.get("policy.secrets_ref").unwrap();
+        assert_eq!(secrets, ["vault:secret/projects/*"]);
+        // Other keys keep their commas.
+        let level: String = raw.get("log.level").unwrap();
+        assert_eq!(level, "info,infra_service=debug");
     }
 
     #[test]

@@ -61,6 +61,8 @@ async fn run_worker(
     });
 
     let store = Store::connect_lazy(&settings.postgres.url, settings.worker.concurrency);
+    let ctx = Context::new(settings.clone(), store.clone());
+    ctx.policy.warn_if_unset();
     // HTTP and heartbeat outlive the drain; this guard stops them on every
     // way out of this function.
     let services = CancellationToken::new();
@@ -80,7 +82,7 @@ async fn run_worker(
             services.clone(),
         ));
     }
-    let worker = Worker::new(queue, Context::new(settings.clone(), store));
+    let worker = Worker::new(queue, ctx);
     worker.run(shutdown).await?;
     stop_after_the_drain(&settings, services, server).await;
     tracing::info!("worker stopped");

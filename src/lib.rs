@@ -18,9 +18,11 @@
 //! `worker` owns the loop: it takes as many entries as it has free slots and
 //! runs each in a task of its own through one step, `Worker::handle`
 //! (`worker::step`): parse, ask the ledger (`worker::ledger`) whether the
-//! request runs here, run its workflow, publish the result before the ack.
-//! A workflow resolves secrets (`secrets`), checks SSH (`workflow::preflight`,
-//! `ssh`; unless `ssh.preflight` is off), runs the playbook (`ansible`) and
+//! request runs here, admit it (`workflow::admit`: a deploy's target
+//! against the policy), run its workflow, publish the result before the ack.
+//! A workflow checks a deploy's references against the policy (`policy`),
+//! resolves secrets (`secrets`), checks SSH (`workflow::preflight`, `ssh`;
+//! unless `ssh.preflight` is off), runs the playbook (`ansible`) and
 //! returns a `workflow::Report`.
 //!
 //! Beside that path, live progress: our callback plugin writes each task
@@ -58,7 +60,13 @@
 //!   picks the parser by queue). States are enums end to end: `JobKind`,
 //!   `JobStatus`, `ErrorCode`, `EventKind`, spelled by `serde` as the
 //!   contract spells them, parsed back by every reader.
-//! - `workflow`: what each job kind does, step by step.
+//! - `workflow`: what each job kind does, step by step; `workflow::admit`
+//!   decides, before a claimed job runs, whether its deploy target is
+//!   allowed and which address its ssh connects to.
+//! - `policy`: what a job may name and where it may deploy: reference
+//!   patterns per payload field (`pattern`), the worker's own credentials,
+//!   gathered from the settings in one place and compared by what they
+//!   resolve to (`credentials`), and `policy.deploy_targets` (`targets`).
 //! - `secrets`: references to values, and redaction of values (the one
 //!   way any text is scrubbed of them).
 //! - `ansible`: one `ansible-playbook` child per run: its private
@@ -85,6 +93,11 @@
 //!   a lock's session closes with its job, even one cancelled mid-wait.
 //! - No process of a playbook run outlives it: its group, its descendants
 //!   in other sessions and its ControlMasters are stopped and reaped.
+//! - No payload reference is resolved before the policy has checked it,
+//!   and no job may name the worker's own credentials, whatever the
+//!   policy's lists say; no deploy connects before its target is checked,
+//!   and a host name checked by its addresses is connected to at the
+//!   address checked, never looked up again.
 //! - Only `secrets` turns a reference into a value; values live in
 //!   `SecretString` and leave the process only through the playbook child's
 //!   environment (and the 0600 key file in the run's private directory).
@@ -113,6 +126,7 @@ pub(crate) mod http;
 pub mod job;
 pub(crate) mod metrics;
 pub mod operator;
+pub(crate) mod policy;
 pub mod provider;
 pub mod queue;
 pub(crate) mod retry;

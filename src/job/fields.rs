@@ -17,6 +17,8 @@ pub struct InvalidPayload {
     pub request_id: Option<RequestId>,
     /// Names the field and the rule it broke, e.g. "port: must be 1-65535".
     pub reason: String,
+    /// The result's `error.details` (such as the contract's `reason`).
+    pub details: serde_json::Map<String, serde_json::Value>,
 }
 
 impl InvalidPayload {
@@ -25,7 +27,18 @@ impl InvalidPayload {
         InvalidPayload {
             request_id,
             reason: reason.into(),
+            details: serde_json::Map::new(),
         }
+    }
+
+    /// Adds (or replaces) one entry of the result's `error.details`.
+    pub fn with_detail(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<serde_json::Value>,
+    ) -> InvalidPayload {
+        self.details.insert(key.into(), value.into());
+        self
     }
 }
 

@@ -48,6 +48,12 @@ pub enum ResolveError {
         reference: String,
         problem: &'static str,
     },
+    #[error("secret reference `{reference}` is not allowed in `{field}`: {why}")]
+    NotAllowed {
+        reference: String,
+        field: &'static str,
+        why: String,
+    },
     #[error("secret reference `{reference}`: environment variable is not set")]
     EnvMissing { reference: String },
     #[error("secret reference `{reference}`: cannot read {path}: {source}")]
@@ -64,6 +70,7 @@ impl ResolveError {
         match self {
             ResolveError::UnsupportedScheme { reference }
             | ResolveError::Malformed { reference, .. }
+            | ResolveError::NotAllowed { reference, .. }
             | ResolveError::EnvMissing { reference }
             | ResolveError::File { reference, .. } => reference,
         }
@@ -75,6 +82,7 @@ impl ResolveError {
             ResolveError::UnsupportedScheme { .. } | ResolveError::Malformed { .. } => {
                 FailureReason::Malformed
             }
+            ResolveError::NotAllowed { .. } => FailureReason::NotAllowed,
             ResolveError::EnvMissing { .. } => FailureReason::NotFound,
             ResolveError::File { source, .. } => match source.kind() {
                 std::io::ErrorKind::NotFound => FailureReason::NotFound,
@@ -217,6 +225,13 @@ mod tests {
         assert_eq!(reason("file:../x").await, FailureReason::Malformed);
         assert_eq!(reason("aws-sm:prod/x").await, FailureReason::Malformed);
         assert_eq!(reason("no scheme").await, FailureReason::Malformed);
+        let refused = ResolveError::NotAllowed {
+            reference: "env:PGPASSWORD".into(),
+            field: "github_token_ref",
+            why: "names the worker's own configuration".into(),
+        };
+        assert_eq!(refused.reason(), FailureReason::NotAllowed);
+        assert_eq!(refused.reference(), "env:PGPASSWORD");
         assert_eq!(FailureReason::FieldMissing.as_str(), "field_missing");
         assert_eq!(
             serde_json::to_value(FailureReason::NotAllowed).unwrap(),

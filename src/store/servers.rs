@@ -115,6 +115,24 @@ impl Store {
         .await?)
     }
 
+    /// Every registered server's `public_ip`, for `registered` deploy
+    /// targets.
+    pub async fn registered_addresses(&self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT DISTINCT public_ip FROM servers")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Every registered server's `ssh_key_ref`: credentials of the
+    /// worker's own, which no job may name.
+    pub async fn server_key_refs(&self) -> Result<Vec<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT DISTINCT ssh_key_ref FROM servers")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     /// Removes a server; false if there was none.
     pub async fn remove_server(&self, handle: &str) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM servers WHERE handle = $1")

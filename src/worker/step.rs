@@ -15,7 +15,7 @@ use crate::job::{
 };
 use crate::queue::{DeadLetter, Delivery, Finished, Publication};
 use crate::retry;
-use crate::workflow::{self, Report, millis};
+use crate::workflow::{self, Admitted, Report, millis};
 
 impl Worker {
     /// `handle` in a task of its own, so that a bug that panics costs one
@@ -42,7 +42,7 @@ impl Worker {
             request_id,
             "internal error: the worker panicked while handling this entry",
         );
-        self.fail_entry(&delivery, &invalid, ErrorCode::Internal)
+        self.fail_entry(&delivery, &invalid, ErrorCode::Internal, true)
             .await
     }
 
@@ -64,7 +64,7 @@ impl Worker {
                     "invalid payload"
                 );
                 return self
-                    .fail_entry(&delivery, &invalid, ErrorCode::InvalidPayload)
+                    .fail_entry(&delivery, &invalid, ErrorCode::InvalidPayload, false)
                     .await;
             }
         };
@@ -86,7 +86,7 @@ impl Worker {
                     ),
                 );
                 return self
-                    .fail_entry(&delivery, &lost, ErrorCode::WorkerLost)
+                    .fail_entry(&delivery, &lost, ErrorCode::WorkerLost, true)
                     .await;
             }
             tokio::select! {
@@ -103,7 +103,9 @@ impl Worker {
     }
 
     /// Runs the job unless it was answered before (or is answered by
-    /// another entry meanwhile): then that result is published again.
+    /// another entry meanwhile): then that result is published again. A
+    /// deploy target the policy refuses is answered like an invalid
+    /// payload, and recorded: the request has its one final result.
     async fn claim_and_run(
         &self,
         delivery: &Delivery,
@@ -113,11 +115,24 @@ impl Worker {
         if let Some(earlier) = self.claim(delivery, job).await {
             return self.republish(delivery, job, &earlier).await;
         }
+        let admitted = match workflow::admit(&self.ctx, job).await {
+            Ok(admitted) => admitted,
+            Err(refused) => {
+                tracing::warn!(reason = %refused.reason, "deploy target not allowed");
+                return self
+                    .fail_entry(delivery, &refused, ErrorCode::InvalidPayload, true)
+                    .await;
+            }
+        };
         tracing::info!("job started");
         let (events, progress) = Progress::start(&self.queue, job.request_id());
-        let report = match job {
-            Job::Deploy(job) => workflow::deploy::run(&self.ctx, job, Some(events)).await,
-            Job::Provision(job) => workflow::provision::run(&self.ctx, job, Some(events)).await,
+        let report = match admitted {
+            Admitted::Deploy(job, connect) => {
+                workflow::deploy::run(&self.ctx, job, connect, Some(events)).await
+            }
+            Admitted::Provision(job) => {
+                workflow::provision::run(&self.ctx, job, Some(events)).await
+            }
         };
         match &report.error {
             None => tracing::info!("job succeeded"),
@@ -138,14 +153,17 @@ impl Worker {
         }
     }
 
-    /// An entry that is not run (breaks the contract, delivered too often,
-    /// or crashed the handler): a failed result when a request id is
-    /// readable, always a dead letter, then the ack.
+    /// An entry that is not run (breaks the contract or the policy,
+    /// delivered too often, or crashed the handler): a failed result when a
+    /// request id is readable, always a dead letter, then the ack. With
+    /// `record`, the result is also the request's entry in the jobs ledger
+    /// (a payload that did not parse has none).
     async fn fail_entry(
         &self,
         delivery: &Delivery,
         why: &InvalidPayload,
         code: ErrorCode,
+        record: bool,
     ) -> Handled {
         let dead = DeadLetter {
             reason: &why.reason,
@@ -155,10 +173,13 @@ impl Worker {
             self.publish(delivery, None, None, Some(dead)).await;
             return Handled::DeadLettered;
         };
-        let report = Report::failed(JobError::new(code, why.reason.clone()));
+        let report = Report::failed(JobError {
+            details: why.details.clone(),
+            ..JobError::new(code, why.reason.clone())
+        });
         let result = self.build_result(delivery, request_id.as_str(), Utc::now(), report);
         crate::metrics::job_finished(&result);
-        if code != ErrorCode::InvalidPayload {
+        if record {
             self.record_finish(&result).await;
         }
         self.publish(delivery, Some(&result), None, Some(dead))

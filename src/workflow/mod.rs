@@ -2,9 +2,12 @@
 //! a `Report`; it never talks to Redis (results go back through `worker`,
 //! task progress through the `EventSink` the worker passes in).
 
+mod admit;
 pub mod deploy;
 pub mod preflight;
 pub mod provision;
+
+pub use admit::{Admitted, admit};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +15,7 @@ use std::time::Duration;
 use crate::ansible::{PlaybookOutcome, Runner};
 use crate::config::Settings;
 use crate::job::{ErrorCode, FailedTask, HostStats, JobError};
+use crate::policy::Policy;
 use crate::retry;
 use crate::secrets::Resolver;
 use crate::store::{ServerLock, Store};
@@ -25,6 +29,8 @@ pub struct Context {
     pub resolver: Resolver,
     pub runner: Runner,
     pub store: Store,
+    /// What a job may name and where it may deploy.
+    pub policy: Policy,
 }
 
 impl Context {
@@ -32,6 +38,7 @@ impl Context {
     pub fn new(settings: Arc<Settings>, store: Store) -> Context {
         Context {
             store,
+            policy: Policy::new(&settings),
             resolver: Resolver::new(settings.secrets.dir.clone()),
             runner: Runner::new(
                 settings.ansible.clone(),

@@ -11,6 +11,7 @@ mod dead;
 mod delivery;
 mod deploy;
 mod drain;
+mod exfiltration;
 mod handle_step;
 mod harness_selftest;
 mod observability;

@@ -167,6 +167,13 @@ impl TestHost {
         std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
     }
 
+    /// How many connections sshd has accepted so far (its VERBOSE
+    /// `Connection from` lines), the banner check at start included: a
+    /// test compares the count before and after a job.
+    pub fn connections(&self) -> usize {
+        self.sshd_log().matches("Connection from ").count()
+    }
+
     /// Stops sshd and its sessions, replaces the host key, and starts it
     /// again on the same address and port.
     pub async fn restart_with_new_host_key(&mut self) {
@@ -254,6 +261,7 @@ impl TestHost {
              PermitRootLogin prohibit-password\n\
              PrintMotd no\n\
              PrintLastLog no\n\
+             LogLevel VERBOSE\n\
              MaxStartups 200\n\
              MaxSessions 200\n\
              Subsystem sftp internal-sftp\n\
