@@ -59,8 +59,10 @@
 //!   `JobStatus`, `ErrorCode`, `EventKind`, spelled by `serde` as the
 //!   contract spells them, parsed back by every reader.
 //! - `workflow`: what each job kind does, step by step.
-//! - `secrets`: references to values, and redaction of values (the one
-//!   way any text is scrubbed of them).
+//! - `secrets`: references to values (`env:`, `file:`, and `vault:`
+//!   through `secrets::vault`, the Vault/OpenBao KV v2 client that logs in
+//!   on first use and renews its token in the background), and redaction
+//!   of values (the one way any text is scrubbed of them).
 //! - `ansible`: one `ansible-playbook` child per run: its private
 //!   directory (`workspace`), its environment (`env`, pure), spawning it and
 //!   reading its output (`runner`, `supervise`, `output`, `events`,
@@ -116,7 +118,7 @@ pub mod operator;
 pub mod provider;
 pub mod queue;
 pub(crate) mod retry;
-pub(crate) mod secrets;
+pub mod secrets;
 pub mod shutdown;
 pub(crate) mod ssh;
 pub mod store;

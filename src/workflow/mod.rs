@@ -32,7 +32,7 @@ impl Context {
     pub fn new(settings: Arc<Settings>, store: Store) -> Context {
         Context {
             store,
-            resolver: Resolver::new(settings.secrets.dir.clone()),
+            resolver: Resolver::with_vault(settings.secrets.dir.clone(), &settings.vault),
             runner: Runner::new(
                 settings.ansible.clone(),
                 Duration::from_secs(settings.worker.kill_grace_secs),
