@@ -57,7 +57,8 @@ pub(crate) struct FileStamp {
 /// What renewing a token came to.
 pub(crate) enum Renewal {
     Renewed(Lease),
-    /// Vault will not renew it (expired, revoked, not renewable).
+    /// Vault will not renew it (expired, revoked, not renewable), or can
+    /// no longer extend it (its max TTL is under a second away).
     Refused,
 }
 
@@ -207,6 +208,11 @@ pub(crate) async fn renew_self(
     match reply.status.as_u16() {
         200 => {
             let auth = auth_block(reply.json()?)?;
+            // Whole seconds, truncated: a token less than a second from
+            // its max TTL comes back with 0, which is not "never expires".
+            if auth.lease_duration == 0 {
+                return Ok(Renewal::Refused);
+            }
             let ttl = Duration::from_secs(auth.lease_duration);
             Ok(Renewal::Renewed(previous.renewed(
                 Instant::now(),
