@@ -4,6 +4,7 @@
 
 mod helpers;
 mod time4vps_fake;
+mod vault_fake;
 
 mod ansible_content;
 mod cli;
@@ -19,3 +20,4 @@ mod progress;
 mod provider;
 mod provision;
 mod server_lock;
+mod vault;
