@@ -57,9 +57,10 @@ pub(crate) struct FileStamp {
 /// What renewing a token came to.
 pub(crate) enum Renewal {
     Renewed(Lease),
-    /// Vault will not renew it (expired, revoked, not renewable), or can
-    /// no longer extend it (its max TTL is under a second away).
+    /// Vault will not renew it (expired, revoked, not renewable).
     Refused,
+    /// Renewed to a lease of 0 s: its max TTL is under a second away.
+    Exhausted,
 }
 
 impl Login {
@@ -211,7 +212,7 @@ pub(crate) async fn renew_self(
             // Whole seconds, truncated: a token less than a second from
             // its max TTL comes back with 0, which is not "never expires".
             if auth.lease_duration == 0 {
-                return Ok(Renewal::Refused);
+                return Ok(Renewal::Exhausted);
             }
             let ttl = Duration::from_secs(auth.lease_duration);
             Ok(Renewal::Renewed(previous.renewed(

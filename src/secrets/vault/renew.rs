@@ -88,6 +88,10 @@ impl Inner {
                 tracing::info!("Vault refused to renew its token; logging in again");
                 self.relogin(generation).await;
             }
+            Ok(Renewal::Exhausted) => {
+                tracing::info!("the Vault token reached its max TTL; logging in again");
+                self.relogin(generation).await;
+            }
             Err(e) => {
                 tracing::warn!(error.message = %e, "renewing the Vault token failed; the next use logs in again");
                 self.forget(generation).await;
