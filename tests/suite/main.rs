@@ -21,3 +21,4 @@ mod provider;
 mod provision;
 mod server_lock;
 mod vault;
+mod vault_jobs;

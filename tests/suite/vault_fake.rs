@@ -287,6 +287,18 @@ impl FakeVault {
         self.app.shared.lock().unwrap().fault = Some((status, n));
     }
 
+    /// The value of every token issued so far, to check that none leaked.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.app
+            .shared
+            .lock()
+            .unwrap()
+            .tokens
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// Every request so far, in arrival order.
     pub fn requests(&self) -> Vec<Recorded> {
         self.app.shared.lock().unwrap().requests.clone()
