@@ -648,9 +648,11 @@ impl RawVault {
                 key: "vault.ca_cert",
                 problem,
             })?;
-        let namespace = self.namespace.as_deref();
-        let namespace_ok =
-            namespace.is_none_or(|n| !n.is_empty() && !n.chars().any(char::is_control));
+        // Sent as a header on every request: it must be a valid one.
+        let namespace_ok = self
+            .namespace
+            .as_deref()
+            .is_none_or(|n| !n.is_empty() && reqwest::header::HeaderValue::from_str(n).is_ok());
         ensure(namespace_ok, "vault.namespace", "must be a non-empty name")?;
         ensure(
             self.timeout_secs > 0,

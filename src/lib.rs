@@ -95,6 +95,9 @@
 //!   short failure message only, never task arguments or results.
 //! - Progress is best effort: events are dropped (and counted), never
 //!   waited for, so a slow Redis cannot slow or fail a job or its result.
+//! - The Vault client logs in on first use, never at start (a worker whose
+//!   Vault is down runs every job that names no Vault secret); nothing of
+//!   a Vault answer body is logged or kept in an error.
 //! - The playbook child starts from a cleared environment plus an allowlist.
 //! - The stop wins every race: every `select!` that waits on the shutdown
 //!   or a job's cancel token is `biased` with the stop first; after the

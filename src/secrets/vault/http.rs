@@ -30,10 +30,13 @@ pub struct VaultAddr(Url);
 /// Why a text is not a usable Vault address.
 #[derive(Debug, thiserror::Error)]
 pub enum VaultAddrError {
+    /// Not a URL at all, or a relative one.
     #[error("{0}")]
     Parse(String),
+    /// Another scheme than the API speaks.
     #[error("must be an http or https URL")]
     Scheme,
+    /// A URL ends up in messages, and every path is joined onto it.
     #[error("must not carry credentials, a query or a fragment")]
     Extra,
 }

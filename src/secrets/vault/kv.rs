@@ -26,6 +26,7 @@ pub struct Secret {
 pub struct EnvLineError {
     /// The field's name (a name, never its value).
     pub key: String,
+    /// What rule the field breaks.
     pub problem: &'static str,
 }
 
