@@ -10,8 +10,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
 use sqlx::postgres::PgConnectOptions;
 
+use crate::job::SecretRef;
 use crate::policy::{DeployTargets, RefPattern};
 use crate::provider::time4vps::{self, BaseUrl};
+use crate::secrets::vault::{CaCert, VaultAddr};
 
 /// Everything the daemon can be told, one section per concern.
 #[derive(Debug, Clone, Serialize)]
@@ -25,6 +27,7 @@ pub struct Settings {
     pub ssh: SshSettings,
     pub provision: ProvisionSettings,
     pub time4vps: Time4vpsSettings,
+    pub vault: VaultSettings,
     pub http: HttpSettings,
     pub heartbeat: HeartbeatSettings,
     pub policy: PolicySettings,
@@ -173,6 +176,71 @@ pub struct Time4vpsSettings {
     pub reinstall_deadline_secs: u64,
 }
 
+/// The Vault (or OpenBao) server `vault:` references are read from.
+#[derive(Debug, Clone, Serialize)]
+pub struct VaultSettings {
+    /// `None` when unset: Vault is not configured, and every `vault:`
+    /// reference fails `unavailable` saying so.
+    pub addr: Option<VaultAddr>,
+    /// A private CA, loaded at start: then the only roots trusted for Vault.
+    pub ca_cert: Option<CaCert>,
+    /// Sent as `X-Vault-Namespace` (Vault Enterprise, OpenBao namespaces).
+    pub namespace: Option<String>,
+    /// One HTTP request's limit.
+    pub timeout_secs: u64,
+    /// How long a read keeps retrying 5xx, 429 and lost connections.
+    pub retry_secs: u64,
+    /// How the worker logs in: `None` only when `addr` is unset and the
+    /// chosen method's keys are incomplete. Holds references, never values.
+    pub auth: Option<VaultAuth>,
+    /// Every login reference given, by key, whichever method is chosen:
+    /// the worker's own credentials, which no job may name.
+    #[serde(skip)]
+    pub login_refs: Vec<(&'static str, String)>,
+    /// `vault.kubernetes_jwt_path`, set or default, whichever method is
+    /// chosen: the pod's service-account token is a credential too (and
+    /// `/var/run/secrets` is `/run/secrets`, the default secrets dir).
+    #[serde(skip)]
+    pub kubernetes_jwt_path: PathBuf,
+}
+
+/// `vault.auth` with the keys its method needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "method", rename_all = "lowercase")]
+pub enum VaultAuth {
+    /// A token from an `env:` or `file:` reference (a file is read again
+    /// when it changes, so a Vault Agent sink works).
+    Token { token_ref: String },
+    /// `POST /v1/auth/<mount>/login` with a role id and a secret id.
+    Approle {
+        role_id_ref: String,
+        secret_id_ref: String,
+        mount: String,
+    },
+    /// `POST /v1/auth/<mount>/login` with the pod's service-account token.
+    Kubernetes {
+        role: String,
+        jwt_path: PathBuf,
+        mount: String,
+    },
+}
+
+impl VaultAuth {
+    /// The worker's own login references (`env:`/`file:`), which no job
+    /// may name.
+    pub fn login_refs(&self) -> Vec<&str> {
+        match self {
+            VaultAuth::Token { token_ref } => vec![token_ref],
+            VaultAuth::Approle {
+                role_id_ref,
+                secret_id_ref,
+                ..
+            } => vec![role_id_ref, secret_id_ref],
+            VaultAuth::Kubernetes { .. } => Vec::new(),
+        }
+    }
+}
+
 /// The metrics and health endpoints.
 #[derive(Debug, Clone, Serialize)]
 pub struct HttpSettings {
@@ -287,6 +355,15 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("time4vps.request_timeout_secs", "30"),
     ("time4vps.poll_interval_secs", "10"),
     ("time4vps.reinstall_deadline_secs", "1800"),
+    ("vault.timeout_secs", "5"),
+    ("vault.retry_secs", "30"),
+    ("vault.auth", "token"),
+    ("vault.approle_mount", "approle"),
+    (
+        "vault.kubernetes_jwt_path",
+        "/var/run/secrets/kubernetes.io/serviceaccount/token",
+    ),
+    ("vault.kubernetes_mount", "kubernetes"),
     ("log.level", "info"),
     ("http.listen", "127.0.0.1:9187"),
     ("heartbeat.path", "tmp/infra_service.heartbeat"),
@@ -362,6 +439,7 @@ struct RawSettings {
     ssh: SshSettings,
     provision: ProvisionSettings,
     time4vps: RawTime4vps,
+    vault: RawVault,
     http: RawHttp,
     heartbeat: HeartbeatSettings,
     #[serde(default)]
@@ -409,6 +487,33 @@ struct RawPolicy {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawVault {
+    addr: Option<String>,
+    ca_cert: Option<PathBuf>,
+    namespace: Option<String>,
+    timeout_secs: u64,
+    retry_secs: u64,
+    auth: VaultAuthMethod,
+    token_ref: Option<String>,
+    approle_role_id_ref: Option<String>,
+    approle_secret_id_ref: Option<String>,
+    approle_mount: String,
+    kubernetes_role: Option<String>,
+    kubernetes_jwt_path: PathBuf,
+    kubernetes_mount: String,
+}
+
+/// `vault.auth` as written.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum VaultAuthMethod {
+    Token,
+    Approle,
+    Kubernetes,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawHttp {
     listen: String,
 }
@@ -450,6 +555,7 @@ impl RawSettings {
         ensure(self.ssh.attempts > 0, "ssh.attempts", "must be at least 1")?;
         let postgres = self.postgres.check()?;
         let time4vps = self.time4vps.check()?;
+        let vault = self.vault.check()?;
         let http = self.http.check()?;
         let policy = self.policy.check()?;
         ensure(
@@ -467,6 +573,7 @@ impl RawSettings {
             ssh: self.ssh,
             provision: self.provision,
             time4vps,
+            vault,
             http,
             heartbeat: self.heartbeat,
             policy,
@@ -610,6 +717,141 @@ fn patterns(
         })
     });
     parsed.collect::<Result<Vec<_>, _>>().map(Some)
+}
+
+impl RawVault {
+    fn check(self) -> Result<VaultSettings, ConfigError> {
+        let addr = self
+            .addr
+            .as_deref()
+            .map(VaultAddr::parse)
+            .transpose()
+            .map_err(|e| unusable("vault.addr", "Vault address", e))?;
+        // Loaded now: an unreadable CA is the operator's to fix at start,
+        // not every job's `unavailable`.
+        let ca_cert = self
+            .ca_cert
+            .as_deref()
+            .map(CaCert::load)
+            .transpose()
+            .map_err(|problem| ConfigError::Key {
+                key: "vault.ca_cert",
+                problem,
+            })?;
+        // Sent as a header on every request: it must be a valid one.
+        let namespace_ok = self
+            .namespace
+            .as_deref()
+            .is_none_or(|n| !n.is_empty() && reqwest::header::HeaderValue::from_str(n).is_ok());
+        ensure(namespace_ok, "vault.namespace", "must be a non-empty name")?;
+        ensure(
+            self.timeout_secs > 0,
+            "vault.timeout_secs",
+            "must be at least 1",
+        )?;
+        let auth = self.auth()?;
+        if addr.is_some() && auth.is_none() {
+            return Err(self.missing_auth_key());
+        }
+        let given = [
+            ("vault.token_ref", &self.token_ref),
+            ("vault.approle_role_id_ref", &self.approle_role_id_ref),
+            ("vault.approle_secret_id_ref", &self.approle_secret_id_ref),
+        ];
+        let login_refs = given
+            .into_iter()
+            .filter_map(|(key, reference)| reference.clone().map(|r| (key, r)))
+            .collect();
+        Ok(VaultSettings {
+            addr,
+            ca_cert,
+            namespace: self.namespace,
+            timeout_secs: self.timeout_secs,
+            retry_secs: self.retry_secs,
+            auth,
+            login_refs,
+            kubernetes_jwt_path: self.kubernetes_jwt_path,
+        })
+    }
+
+    /// The chosen method with its keys, `None` while one is missing; every
+    /// key given is checked whatever the method.
+    fn auth(&self) -> Result<Option<VaultAuth>, ConfigError> {
+        let token_ref = login_ref("vault.token_ref", &self.token_ref)?;
+        let role_id_ref = login_ref("vault.approle_role_id_ref", &self.approle_role_id_ref)?;
+        let secret_id_ref = login_ref("vault.approle_secret_id_ref", &self.approle_secret_id_ref)?;
+        mount_name("vault.approle_mount", &self.approle_mount)?;
+        mount_name("vault.kubernetes_mount", &self.kubernetes_mount)?;
+        let role = self.kubernetes_role.clone();
+        ensure(
+            role.as_deref() != Some(""),
+            "vault.kubernetes_role",
+            "must not be empty",
+        )?;
+        Ok(match self.auth {
+            VaultAuthMethod::Token => token_ref.map(|token_ref| VaultAuth::Token { token_ref }),
+            VaultAuthMethod::Approle => {
+                role_id_ref
+                    .zip(secret_id_ref)
+                    .map(|(role_id_ref, secret_id_ref)| VaultAuth::Approle {
+                        role_id_ref,
+                        secret_id_ref,
+                        mount: self.approle_mount.clone(),
+                    })
+            }
+            VaultAuthMethod::Kubernetes => role.map(|role| VaultAuth::Kubernetes {
+                role,
+                jwt_path: self.kubernetes_jwt_path.clone(),
+                mount: self.kubernetes_mount.clone(),
+            }),
+        })
+    }
+
+    /// The first key the chosen method lacks.
+    fn missing_auth_key(&self) -> ConfigError {
+        match self.auth {
+            VaultAuthMethod::Token => required("vault.token_ref", "file:vault/token"),
+            VaultAuthMethod::Approle if self.approle_role_id_ref.is_none() => {
+                required("vault.approle_role_id_ref", "env:VAULT_ROLE_ID")
+            }
+            VaultAuthMethod::Approle => {
+                required("vault.approle_secret_id_ref", "file:vault/secret-id")
+            }
+            VaultAuthMethod::Kubernetes => required("vault.kubernetes_role", "infra-service"),
+        }
+    }
+}
+
+/// A login credential's reference: `env:` or `file:` (a `vault:` one
+/// would need a login to log in).
+fn login_ref(key: &'static str, value: &Option<String>) -> Result<Option<String>, ConfigError> {
+    let Some(text) = value else {
+        return Ok(None);
+    };
+    let parsed = SecretRef::parse(text).map_err(|problem| ConfigError::Key { key, problem })?;
+    let scheme = parsed.as_str().split_once(':').map(|(scheme, _)| scheme);
+    ensure(
+        matches!(scheme, Some("env" | "file")),
+        key,
+        "must be an env: or file: reference",
+    )?;
+    Ok(Some(text.clone()))
+}
+
+/// An auth mount's path: segments of letters, digits, `-`, `_` and `.`.
+fn mount_name(key: &'static str, mount: &str) -> Result<(), ConfigError> {
+    let segment_ok = |s: &str| {
+        !s.is_empty()
+            && s != "."
+            && s != ".."
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    ensure(
+        mount.split('/').all(segment_ok),
+        key,
+        "must be a mount path such as `approle` or `team/k8s`",
+    )
 }
 
 impl RawHttp {
@@ -868,5 +1110,124 @@ mod tests {
         let err =
             load_toml("[redis]\nurl = \"redis://x\"\n[worker]\nconcurrency = 0\n").unwrap_err();
         assert!(err.to_string().contains("worker.concurrency"), "{err}");
+    }
+
+    #[test]
+    fn vault_is_off_by_default_with_the_documented_defaults() {
+        let s = load_toml(REQUIRED).unwrap();
+        assert!(s.vault.addr.is_none());
+        assert_eq!(s.vault.auth, None);
+        assert_eq!(s.vault.timeout_secs, 5);
+        assert_eq!(s.vault.retry_secs, 30);
+    }
+
+    #[test]
+    fn vault_approle_settings_become_a_typed_login_with_its_default_mount() {
+        let s = load_toml(&format!(
+            "{REQUIRED}[vault]\naddr = \"https://vault.internal:8200\"\nauth = \"approle\"\n\
+             approle_role_id_ref = \"env:VAULT_ROLE_ID\"\napprole_secret_id_ref = \"file:vault/secret-id\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            s.vault.addr.as_ref().map(|a| a.as_str()),
+            Some("https://vault.internal:8200/")
+        );
+        let auth = s.vault.auth.unwrap();
+        assert_eq!(
+            auth,
+            VaultAuth::Approle {
+                role_id_ref: "env:VAULT_ROLE_ID".into(),
+                secret_id_ref: "file:vault/secret-id".into(),
+                mount: "approle".into(),
+            }
+        );
+        assert_eq!(
+            auth.login_refs(),
+            ["env:VAULT_ROLE_ID", "file:vault/secret-id"]
+        );
+    }
+
+    #[test]
+    fn vault_kubernetes_login_defaults_to_the_service_account_token() {
+        let s = load_toml(&format!(
+            "{REQUIRED}[vault]\naddr = \"http://127.0.0.1:8200\"\nauth = \"kubernetes\"\nkubernetes_role = \"infra\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            s.vault.auth,
+            Some(VaultAuth::Kubernetes {
+                role: "infra".into(),
+                jwt_path: "/var/run/secrets/kubernetes.io/serviceaccount/token".into(),
+                mount: "kubernetes".into(),
+            })
+        );
+    }
+
+    #[test]
+    fn a_vault_address_without_its_login_keys_names_the_missing_key() {
+        for (auth, key) in [
+            ("token", "vault.token_ref"),
+            ("approle", "vault.approle_role_id_ref"),
+            ("kubernetes", "vault.kubernetes_role"),
+        ] {
+            let err = load_toml(&format!(
+                "{REQUIRED}[vault]\naddr = \"http://127.0.0.1:8200\"\nauth = \"{auth}\"\n"
+            ))
+            .unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("configuration key `{key}`")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_vault_values_name_their_key() {
+        for (line, key) in [
+            ("addr = \"vault.internal:8200\"", "vault.addr"),
+            ("addr = \"https://u:p@vault\"", "vault.addr"),
+            ("token_ref = \"vault:secret/t#token\"", "vault.token_ref"),
+            ("token_ref = \"no scheme\"", "vault.token_ref"),
+            ("approle_mount = \"../x\"", "vault.approle_mount"),
+            ("namespace = \"\"", "vault.namespace"),
+            ("timeout_secs = 0", "vault.timeout_secs"),
+            ("ca_cert = \"/nonexistent/ca.pem\"", "vault.ca_cert"),
+        ] {
+            let err = load_toml(&format!("{REQUIRED}[vault]\n{line}\n")).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("configuration key `{key}`")),
+                "{line}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_ca_cert_that_is_no_pem_certificate_is_a_configuration_error() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(b"not a certificate\n").unwrap();
+        let err = load_toml(&format!(
+            "{REQUIRED}[vault]\nca_cert = {:?}\n",
+            file.path().to_string_lossy()
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("configuration key `vault.ca_cert`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn vault_settings_print_references_and_never_values() {
+        let s = load_toml(&format!(
+            "{REQUIRED}[vault]\naddr = \"https://vault:8200\"\ntoken_ref = \"file:vault/token\"\n"
+        ))
+        .unwrap();
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["vault"]["addr"], "https://vault:8200/");
+        assert_eq!(json["vault"]["auth"]["method"], "token");
+        assert_eq!(json["vault"]["auth"]["token_ref"], "file:vault/token");
     }
 }

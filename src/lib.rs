@@ -67,8 +67,10 @@
 //!   patterns per payload field (`pattern`), the worker's own credentials,
 //!   gathered from the settings in one place and compared by what they
 //!   resolve to (`credentials`), and `policy.deploy_targets` (`targets`).
-//! - `secrets`: references to values, and redaction of values (the one
-//!   way any text is scrubbed of them).
+//! - `secrets`: references to values (`env:`, `file:`, and `vault:`
+//!   through `secrets::vault`, the Vault/OpenBao KV v2 client that logs in
+//!   on first use and renews its token in the background), and redaction
+//!   of values (the one way any text is scrubbed of them).
 //! - `ansible`: one `ansible-playbook` child per run: its private
 //!   directory (`workspace`), its environment (`env`, pure), spawning it and
 //!   reading its output (`runner`, `supervise`, `output`, `events`,
@@ -106,6 +108,9 @@
 //!   short failure message only, never task arguments or results.
 //! - Progress is best effort: events are dropped (and counted), never
 //!   waited for, so a slow Redis cannot slow or fail a job or its result.
+//! - The Vault client logs in on first use, never at start (a worker whose
+//!   Vault is down runs every job that names no Vault secret); nothing of
+//!   a Vault answer body is logged or kept in an error.
 //! - The playbook child starts from a cleared environment plus an allowlist.
 //! - The stop wins every race: every `select!` that waits on the shutdown
 //!   or a job's cancel token is `biased` with the stop first; after the
@@ -130,7 +135,7 @@ pub(crate) mod policy;
 pub mod provider;
 pub mod queue;
 pub(crate) mod retry;
-pub(crate) mod secrets;
+pub mod secrets;
 pub mod shutdown;
 pub(crate) mod ssh;
 pub mod store;

@@ -21,21 +21,26 @@ pub(crate) fn credential_settings(settings: &Settings) -> Vec<(&'static str, &st
         ("time4vps.username_ref", &settings.time4vps.username_ref),
         ("time4vps.password_ref", &settings.time4vps.password_ref),
     ];
+    let vault = settings.vault.login_refs.iter();
     named
         .into_iter()
         .filter_map(|(key, reference)| reference.as_deref().map(|r| (key, r)))
+        .chain(vault.map(|(key, reference)| (*key, reference.as_str())))
         .collect()
 }
 
 /// Files holding credentials of the worker's own that no setting names as
 /// a reference but that may lie in the secrets directory: libpq's password
-/// file and client key (a compose file mounts them as secrets).
-pub(crate) fn credential_files() -> Vec<PathBuf> {
-    ["PGPASSFILE", "PGSSLKEY"]
+/// file and client key (a compose file mounts them as secrets), and the
+/// service-account token Vault's Kubernetes login sends.
+pub(crate) fn credential_files(settings: &Settings) -> Vec<PathBuf> {
+    let libpq = ["PGPASSFILE", "PGSSLKEY"]
         .into_iter()
         .filter_map(std::env::var_os)
         .filter(|path| !path.is_empty())
-        .map(PathBuf::from)
+        .map(PathBuf::from);
+    libpq
+        .chain([settings.vault.kubernetes_jwt_path.clone()])
         .collect()
 }
 
@@ -80,7 +85,7 @@ impl Credentials {
             .into_iter()
             .filter_map(|(_, reference)| Credential::of_reference(reference, &secrets_dir))
             .collect();
-        fixed.extend(credential_files().into_iter().map(Credential::File));
+        fixed.extend(credential_files(settings).into_iter().map(Credential::File));
         Credentials { fixed, secrets_dir }
     }
 
@@ -291,5 +296,42 @@ mod tests {
             .map(|(key, _)| key)
             .collect();
         assert_eq!(keys, ["ansible.ssh_key_ref", "time4vps.password_ref"]);
+    }
+
+    #[test]
+    fn every_vault_login_given_is_a_credential_whatever_the_method() {
+        // The method is a token, yet the AppRole secret id lies in the
+        // secrets dir too: no job may name it either.
+        let dir = tempfile::tempdir().unwrap();
+        for file in ["vault/token", "vault/secret-id", "sa/token", "projects/app"] {
+            let path = dir.path().join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, "x").unwrap();
+        }
+        let toml = format!(
+            "[secrets]\ndir = {dir:?}\n[vault]\nauth = \"token\"\n\
+             token_ref = \"file:vault/token\"\napprole_secret_id_ref = \"file:vault/secret-id\"\n\
+             kubernetes_jwt_path = {jwt:?}\n",
+            dir = dir.path(),
+            jwt = dir.path().join("sa/token"),
+        );
+        let settings = settings_with(&toml);
+        let keys: Vec<&str> = credential_settings(&settings)
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        assert_eq!(keys, ["vault.token_ref", "vault.approle_secret_id_ref"]);
+        let credentials = Credentials::from_settings(&settings);
+        for reference in [
+            "file:vault//secret-id",
+            "file:vault/./token",
+            "file:sa/token",
+        ] {
+            assert!(
+                credentials.named_by(reference, &[]).is_some(),
+                "{reference} names a credential"
+            );
+        }
+        assert_eq!(credentials.named_by("file:projects/app", &[]), None);
     }
 }

@@ -1,9 +1,11 @@
 //! Secret references to values. Only this module turns a reference into a
-//! value; values live in `secrecy` types and leave the process only through
-//! the playbook child's environment.
+//! value (`env:` and `file:` in `resolve`, `vault:` through the `vault`
+//! client); values live in `secrecy` types and leave the process only
+//! through the playbook child's environment.
 
 mod redact;
 mod resolve;
+pub mod vault;
 
 pub use redact::Redactor;
-pub use resolve::{ResolveError, Resolver};
+pub use resolve::{FailureReason, LocalSecrets, ResolveError, Resolver};

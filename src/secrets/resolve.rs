@@ -1,9 +1,15 @@
-//! Resolving `env:` and `file:` references.
+//! Turning a reference into a value: `env:` and `file:` here
+//! (`LocalSecrets`), `vault:` through the worker's `Vault`. A job field
+//! that takes one value asks `resolve`; `secrets_ref`, whose value is
+//! `.env` text, asks `resolve_env_file`, where a whole Vault secret becomes
+//! `KEY=VALUE` lines.
 
 use std::path::{Component, Path, PathBuf};
 
 use secrecy::SecretString;
 
+use super::vault::{EnvLineError, Vault, VaultError, VaultRef};
+use crate::config::VaultSettings;
 use crate::job::SecretRef;
 
 /// Why a reference gave no value, as the contract's `details.reason`.
@@ -62,6 +68,18 @@ pub enum ResolveError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("secret reference `{reference}`: Vault is not configured (vault.addr is unset)")]
+    VaultNotConfigured { reference: String },
+    #[error("secret reference `{reference}`: {source}")]
+    Vault {
+        reference: String,
+        source: VaultError,
+    },
+    #[error("secret reference `{reference}`: {source}")]
+    EnvLine {
+        reference: String,
+        source: EnvLineError,
+    },
 }
 
 impl ResolveError {
@@ -72,16 +90,21 @@ impl ResolveError {
             | ResolveError::Malformed { reference, .. }
             | ResolveError::NotAllowed { reference, .. }
             | ResolveError::EnvMissing { reference }
-            | ResolveError::File { reference, .. } => reference,
+            | ResolveError::File { reference, .. }
+            | ResolveError::VaultNotConfigured { reference }
+            | ResolveError::Vault { reference, .. }
+            | ResolveError::EnvLine { reference, .. } => reference,
         }
     }
 
     /// The contract's `details.reason`.
     pub fn reason(&self) -> FailureReason {
         match self {
-            ResolveError::UnsupportedScheme { .. } | ResolveError::Malformed { .. } => {
-                FailureReason::Malformed
-            }
+            ResolveError::UnsupportedScheme { .. }
+            | ResolveError::Malformed { .. }
+            | ResolveError::EnvLine { .. } => FailureReason::Malformed,
+            ResolveError::VaultNotConfigured { .. } => FailureReason::Unavailable,
+            ResolveError::Vault { source, .. } => source.reason(),
             ResolveError::NotAllowed { .. } => FailureReason::NotAllowed,
             ResolveError::EnvMissing { .. } => FailureReason::NotFound,
             ResolveError::File { source, .. } => match source.kind() {
@@ -96,13 +119,53 @@ impl ResolveError {
 /// Turns references into values.
 #[derive(Debug, Clone)]
 pub struct Resolver {
-    secrets_dir: PathBuf,
+    local: LocalSecrets,
+    vault: VaultAccess,
+}
+
+/// What `vault:` references resolve through.
+#[derive(Debug, Clone)]
+enum VaultAccess {
+    /// `vault.addr` is unset.
+    NotConfigured,
+    Client(Vault),
+    /// The client could not be built; every `vault:` reference fails
+    /// `unavailable` with this.
+    Broken(String),
+}
+
+/// How many values the caller wants from a reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// One value: a `vault:` reference must name its `#FIELD`.
+    One,
+    /// `.env` text: a whole Vault secret becomes `KEY=VALUE` lines.
+    EnvFile,
 }
 
 impl Resolver {
-    /// A resolver reading `file:` references under `secrets_dir`.
+    /// A resolver reading `file:` references under `secrets_dir`, without
+    /// Vault.
     pub fn new(secrets_dir: PathBuf) -> Resolver {
-        Resolver { secrets_dir }
+        Resolver {
+            local: LocalSecrets { secrets_dir },
+            vault: VaultAccess::NotConfigured,
+        }
+    }
+
+    /// A resolver that also reads `vault:` references as `vault`
+    /// describes (no I/O: Vault is first asked by the first such read).
+    pub fn with_vault(secrets_dir: PathBuf, vault: &VaultSettings) -> Resolver {
+        let local = LocalSecrets { secrets_dir };
+        let vault = match Vault::new(vault, local.clone()) {
+            Ok(Some(client)) => VaultAccess::Client(client),
+            Ok(None) => VaultAccess::NotConfigured,
+            Err(e) => {
+                tracing::error!(error.message = %e, "the Vault client cannot be built; vault: references will fail");
+                VaultAccess::Broken(e.to_string())
+            }
+        };
+        Resolver { local, vault }
     }
 
     /// The value behind a reference kept as plain text (settings, the
@@ -115,7 +178,90 @@ impl Resolver {
         self.resolve(&parsed).await
     }
 
-    /// The value behind `reference`.
+    /// The one value behind `reference` (a token, a key, a password).
+    pub async fn resolve(&self, reference: &SecretRef) -> Result<SecretString, ResolveError> {
+        self.resolve_as(reference, Want::One).await
+    }
+
+    /// The `.env` text behind `reference`: an `env:` or `file:` value, or
+    /// a Vault field, as it is; a whole Vault secret as sorted `KEY=VALUE`
+    /// lines (a value with a line break is refused as `malformed`).
+    pub async fn resolve_env_file(
+        &self,
+        reference: &SecretRef,
+    ) -> Result<SecretString, ResolveError> {
+        self.resolve_as(reference, Want::EnvFile).await
+    }
+
+    async fn resolve_as(
+        &self,
+        reference: &SecretRef,
+        want: Want,
+    ) -> Result<SecretString, ResolveError> {
+        match reference.as_str().split_once(':') {
+            Some(("vault", rest)) => self.resolve_vault(reference.as_str(), rest, want).await,
+            _ => self.local.resolve(reference).await,
+        }
+    }
+
+    async fn resolve_vault(
+        &self,
+        reference: &str,
+        rest: &str,
+        want: Want,
+    ) -> Result<SecretString, ResolveError> {
+        let reference_owned = || reference.to_owned();
+        let parsed = VaultRef::parse(rest).map_err(|problem| ResolveError::Malformed {
+            reference: reference_owned(),
+            problem,
+        })?;
+        if want == Want::One && parsed.field().is_none() {
+            return Err(ResolveError::Malformed {
+                reference: reference_owned(),
+                problem: "this field takes one value: name it with #FIELD",
+            });
+        }
+        let vault_error = |source| ResolveError::Vault {
+            reference: reference_owned(),
+            source,
+        };
+        let client = match &self.vault {
+            VaultAccess::Client(client) => client,
+            VaultAccess::NotConfigured => {
+                return Err(ResolveError::VaultNotConfigured {
+                    reference: reference_owned(),
+                });
+            }
+            VaultAccess::Broken(problem) => {
+                return Err(vault_error(VaultError::Setup(problem.clone())));
+            }
+        };
+        let secret = client.read(&parsed).await.map_err(vault_error)?;
+        match parsed.field() {
+            Some(field) => secret.into_field(field).ok_or_else(|| {
+                vault_error(VaultError::FieldMissing {
+                    path: parsed.secret_path(),
+                    field: field.to_owned(),
+                })
+            }),
+            None => secret.env_text().map_err(|source| ResolveError::EnvLine {
+                reference: reference_owned(),
+                source,
+            }),
+        }
+    }
+}
+
+/// Resolves `env:` and `file:` references: what needs no server. The Vault
+/// client reads its own login credentials through it too.
+#[derive(Debug, Clone)]
+pub struct LocalSecrets {
+    secrets_dir: PathBuf,
+}
+
+impl LocalSecrets {
+    /// The value of an `env:` or `file:` reference; any other scheme is
+    /// refused as unsupported.
     pub async fn resolve(&self, reference: &SecretRef) -> Result<SecretString, ResolveError> {
         let raw = reference.as_str();
         let reference_owned = || raw.to_owned();
@@ -132,13 +278,8 @@ impl Resolver {
                     }
                 }
             }),
-            Some(("file", name)) => {
-                let relative =
-                    checked_relative(name).map_err(|problem| ResolveError::Malformed {
-                        reference: reference_owned(),
-                        problem,
-                    })?;
-                let path = self.secrets_dir.join(relative);
+            Some(("file", _)) => {
+                let path = self.file_path_checked(raw)?;
                 let text = tokio::fs::read_to_string(&path).await.map_err(|source| {
                     ResolveError::File {
                         reference: reference_owned(),
@@ -152,6 +293,23 @@ impl Resolver {
                 reference: reference_owned(),
             }),
         }
+    }
+
+    /// The file a `file:` reference reads, if it is one and a valid one.
+    pub fn file_path(&self, reference: &SecretRef) -> Option<PathBuf> {
+        match reference.as_str().split_once(':') {
+            Some(("file", _)) => self.file_path_checked(reference.as_str()).ok(),
+            _ => None,
+        }
+    }
+
+    fn file_path_checked(&self, raw: &str) -> Result<PathBuf, ResolveError> {
+        let name = raw.split_once(':').map_or("", |(_, name)| name);
+        let relative = checked_relative(name).map_err(|problem| ResolveError::Malformed {
+            reference: raw.to_owned(),
+            problem,
+        })?;
+        Ok(self.secrets_dir.join(relative))
     }
 }
 
@@ -237,6 +395,57 @@ mod tests {
             serde_json::to_value(FailureReason::NotAllowed).unwrap(),
             "not_allowed"
         );
+    }
+
+    fn vault_settings(addr: Option<&str>) -> VaultSettings {
+        VaultSettings {
+            addr: addr.map(|a| crate::secrets::vault::VaultAddr::parse(a).unwrap()),
+            ca_cert: None,
+            namespace: None,
+            timeout_secs: 1,
+            retry_secs: 0,
+            auth: Some(crate::config::VaultAuth::Token {
+                token_ref: "env:INFRA_TEST_UNSET_VAULT_TOKEN".into(),
+            }),
+            login_refs: Vec::new(),
+            kubernetes_jwt_path: std::path::PathBuf::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_vault_reference_without_vault_configured_is_unavailable_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let resolver = Resolver::with_vault(dir.path().to_owned(), &vault_settings(None));
+        let e = resolver
+            .resolve_str("vault:secret/x#token")
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason(), FailureReason::Unavailable);
+        assert!(e.to_string().contains("Vault is not configured"), "{e}");
+        assert_eq!(e.reference(), "vault:secret/x#token");
+    }
+
+    #[tokio::test]
+    async fn a_one_value_field_given_a_whole_vault_secret_is_malformed_before_any_request() {
+        let dir = tempfile::tempdir().unwrap();
+        // Nothing listens there: a request would fail `unavailable`.
+        let settings = vault_settings(Some("http://127.0.0.1:9"));
+        let resolver = Resolver::with_vault(dir.path().to_owned(), &settings);
+        let e = resolver.resolve_str("vault:secret/x").await.unwrap_err();
+        assert_eq!(e.reason(), FailureReason::Malformed);
+        assert!(e.to_string().contains("#FIELD"), "{e}");
+        let e = resolver.resolve_str("vault:secret//x#f").await.unwrap_err();
+        assert_eq!(e.reason(), FailureReason::Malformed);
+    }
+
+    #[tokio::test]
+    async fn env_and_file_references_read_as_env_files_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("app.env"), "A=1\nB=2\n").unwrap();
+        let resolver = Resolver::new(dir.path().to_owned());
+        let reference = SecretRef::parse("file:app.env").unwrap();
+        let text = resolver.resolve_env_file(&reference).await.unwrap();
+        assert_eq!(secrecy::ExposeSecret::expose_secret(&text), "A=1\nB=2");
     }
 
     #[test]

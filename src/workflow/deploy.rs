@@ -203,7 +203,7 @@ async fn resolve_secrets(ctx: &Context, job: &DeployJob) -> Result<DeploySecrets
     ctx.policy.check_references(job, &ctx.store).await?;
     let github_token = ctx.resolver.resolve(&job.github_token_ref).await?;
     let project_env = match &job.secrets_ref {
-        Some(reference) => Some(ctx.resolver.resolve(reference).await?),
+        Some(reference) => Some(ctx.resolver.resolve_env_file(reference).await?),
         None => None,
     };
     let ssh_key = match &ctx.settings.ansible.ssh_key_ref {

@@ -39,7 +39,7 @@ impl Context {
         Context {
             store,
             policy: Policy::new(&settings),
-            resolver: Resolver::new(settings.secrets.dir.clone()),
+            resolver: Resolver::with_vault(settings.secrets.dir.clone(), &settings.vault),
             runner: Runner::new(
                 settings.ansible.clone(),
                 Duration::from_secs(settings.worker.kill_grace_secs),

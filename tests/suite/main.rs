@@ -4,6 +4,7 @@
 
 mod helpers;
 mod time4vps_fake;
+mod vault_fake;
 
 mod ansible_content;
 mod cli;
@@ -20,3 +21,5 @@ mod progress;
 mod provider;
 mod provision;
 mod server_lock;
+mod vault;
+mod vault_jobs;
