@@ -10,8 +10,6 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// What a worker logs when it takes an entry whose request already runs.
 const RUNNING_ELSEWHERE: &str = "the same request is running elsewhere; waiting for its result";
 
