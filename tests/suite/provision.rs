@@ -30,6 +30,14 @@ struct Options {
     env: Vec<(&'static str, String)>,
 }
 
+/// The text of the provision result as stored, for scans of what was
+/// published.
+async fn stored_result(server: &Registered, request_id: &str) -> String {
+    let queue = &server.world.queue;
+    let stored = queue.result_text(JobKind::Provision, request_id).await;
+    stored.unwrap_or_else(|| panic!("no result stored for {request_id}"))
+}
+
 async fn registered(options: Options) -> Registered {
     let redis = TestRedis::new().await;
     let db = TestDb::new().await;
@@ -374,8 +382,7 @@ async fn a_forced_reinstall_rebuilds_through_time4vps_then_sets_up() {
         provision_log(&server.world.host),
         [format!("setup {request_id} key")]
     );
-    let stored = server.world.queue.result_text(JobKind::Provision, &request_id);
-    let stored = stored.await.expect("a stored result");
+    let stored = stored_result(&server, &request_id).await;
     assert!(!stored.contains(&config.password), "{stored}");
 }
 
@@ -401,8 +408,7 @@ async fn wrong_api_credentials_are_a_provider_error_naming_wronglogin() {
         result.message().unwrap().contains("wronglogin"),
         "{result:#?}"
     );
-    let stored = server.world.queue.result_text(JobKind::Provision, &request_id);
-    let stored = stored.await.expect("a stored result");
+    let stored = stored_result(&server, &request_id).await;
     assert!(!stored.contains("not-the-password"), "{stored}");
     assert_eq!(result.field("server_status"), "failed");
     assert_eq!(statuses(&server.db).await, ["reinstalling", "failed"]);
