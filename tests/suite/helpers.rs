@@ -4,7 +4,8 @@
 //! (`OwnRedis`, `OwnPostgres` for a test that stops its server). A job runs to
 //! its result, the library's `JobResult`, through `World::deploy` /
 //! `World::provision` (or, enqueued first, `TestWorker::wait_deploy_result`);
-//! other waits are `eventually`.
+//! other waits are `eventually` (only starting and stopping the harness's
+//! own servers polls their child processes by hand).
 //! `run_playbook` runs the real `ansible/` content against a `TestHost`.
 
 mod ansible_run;
