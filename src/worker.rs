@@ -194,3 +194,27 @@ async fn free_slots(
     }
     Some(permits)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Unbiased, `select!` picks at random between a free slot and the
+    /// stop, so about every second call would take slots after shutdown;
+    /// a thousand `None`s in a row are not luck.
+    #[tokio::test]
+    async fn free_slots_gives_none_after_shutdown_even_with_every_slot_free() {
+        let slots = Arc::new(Semaphore::new(2));
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+
+        for call in 1..=1000 {
+            let permits = free_slots(&slots, &shutdown).await;
+            assert!(
+                permits.is_none(),
+                "call {call} took {} slot(s) after shutdown",
+                permits.map_or(0, |p| p.len())
+            );
+        }
+    }
+}

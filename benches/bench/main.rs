@@ -24,9 +24,11 @@ mod stats;
 
 // The stand-in servers: the test suite's sshd host, shared rather than
 // copied (a bench cannot import the suite's crate).
+// The bench uses only some of what these suite modules offer the tests.
 #[allow(dead_code)]
 #[path = "../../tests/suite/helpers/host.rs"]
 mod host;
+// Likewise: only what `host` and the rig call of the process helpers.
 #[allow(dead_code)]
 #[path = "../../tests/suite/helpers/procs.rs"]
 mod procs;

@@ -10,8 +10,6 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// What a worker logs when it takes an entry whose request already runs.
 const RUNNING_ELSEWHERE: &str = "the same request is running elsewhere; waiting for its result";
 
@@ -234,7 +232,12 @@ async fn two_jobs_for_one_server_on_two_workers_never_overlap() {
     // Arrange
     let f = fleet(&["127.0.0.1"]).await;
     let a = f.worker("lock-a").spawn().await;
-    let _b = f.worker("lock-b").spawn().await;
+    let b = f.worker("lock-b").spawn().await;
+    // Both past their migrations, whose advisory lock would count as a
+    // waiter below.
+    for worker in [&a, &b] {
+        worker.wait_log("worker started", 1, START_TIMEOUT).await;
+    }
     let (first, second) = (unique_request_id("same-1"), unique_request_id("same-2"));
 
     // Act: both queued for one server; one starts and holds it, the other
@@ -385,6 +388,13 @@ async fn sigterm_lets_a_running_job_finish_within_the_grace_period_and_exits_0()
     w.sigterm();
     w.wait_log("stopped reading; draining", 1, START_TIMEOUT)
         .await;
+    // Draining, not stopping: the job's playbook still runs (a stop that
+    // cut the job short would have killed it), and so does the worker. Its
+    // end file cannot tell: the fixture writes none before the release.
+    let playbook_runs = descendants(w.pid() as i32)
+        .into_iter()
+        .any(|pid| cmdline(pid).contains("ansible-playbook"));
+    assert!(playbook_runs, "the job's playbook is gone:\n{}", w.logs());
     w.assert_running().await;
     release_sleepers(&f.host);
     let status = w.wait_exit(RESULT_TIMEOUT).await;

@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use infra_service::job::{ErrorCode, JobStatus};
+use infra_service::job::{ErrorCode, JobKind, JobStatus};
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -164,7 +164,9 @@ async fn an_unresolvable_reference_fails_with_the_contracts_reason_before_any_ru
         assert_eq!(result.detail("reference"), reference, "{result:#?}");
         assert_eq!(result.detail("reason"), reason, "{result:#?}");
         assert!(result.message().unwrap().contains(reference), "{result:#?}");
-        assert_eq!(result.stats, None, "{result:#?}");
+        let published = w.queue.deploy_result_json(&result.request_id).await;
+        let published = published.expect("a published result");
+        assert_eq!(published.get("stats"), None, "absent: {published:#}");
         assert!(digest_record(&w.host, &result.request_id).is_none());
     }
 }
@@ -394,14 +396,15 @@ async fn the_secret_never_appears_in_command_lines_logs_results_or_dead_letters(
     let mut saw_playbook = false;
     let mut saw_token_in_an_environment = false;
     let mut scans_while_running = 0;
-    let deadline = std::time::Instant::now() + RESULT_TIMEOUT;
-    while scans_while_running < 30 && std::time::Instant::now() < deadline {
+    let worker = &w.worker;
+    // Each probe is one scan; the wait ends after 30 scans while it ran.
+    let scan = || {
         for (pid, argv) in all_cmdlines() {
             if argv.contains(&token) {
                 leaks.insert(format!("{pid}: {argv}"));
             }
         }
-        let running = descendants(w.worker.pid() as i32)
+        let running = descendants(worker.pid() as i32)
             .into_iter()
             .any(|pid| cmdline(pid).contains("ansible-playbook"));
         saw_playbook |= running;
@@ -409,9 +412,13 @@ async fn the_secret_never_appears_in_command_lines_logs_results_or_dead_letters(
             saw_token_in_an_environment |= !pids_with_environ_containing(&token).is_empty();
             scans_while_running += 1;
         }
-        w.worker.assert_running().await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let enough = scans_while_running >= 30;
+        async move {
+            worker.assert_running().await;
+            enough.then_some(())
+        }
+    };
+    eventually(RESULT_TIMEOUT, scan).await;
     release_sleepers(&w.host);
     let result = w.worker.wait_deploy_result(&w.queue, &request_id).await;
 
@@ -435,8 +442,9 @@ async fn the_secret_never_appears_in_command_lines_logs_results_or_dead_letters(
         !w.worker.logs().contains(&token),
         "the token is in the worker's logs"
     );
+    let stored = w.queue.result_text(JobKind::Deploy, &request_id).await;
     assert!(
-        !result.to_json().contains(&token),
+        !stored.expect("a stored result").contains(&token),
         "the token is in the result"
     );
     for streamed in w.queue.deploy_results_stream().await {
@@ -530,18 +538,18 @@ async fn two_workers_on_one_group_split_a_batch_and_run_each_job_once() {
             .enqueue_deploy(&valid_deploy_payload(id, server, 8080))
             .await;
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let started = loop {
-        let started = ids
-            .iter()
-            .filter(|id| !sleep_starts(&host, id).is_empty())
-            .count();
-        if started >= 4 || std::time::Instant::now() > deadline {
-            break started;
-        }
-        a.assert_running().await;
-        b.assert_running().await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let four_at_once = {
+        let (host, a, b, ids) = (&host, &a, &b, &ids);
+        let four_running = move || async move {
+            a.assert_running().await;
+            b.assert_running().await;
+            let started = ids
+                .iter()
+                .filter(|id| !sleep_starts(host, id).is_empty())
+                .count();
+            (started >= 4).then_some(started)
+        };
+        eventually(START_TIMEOUT, four_running).await
     };
     release_sleepers(&host);
     let mut results = Vec::new();
@@ -550,7 +558,11 @@ async fn two_workers_on_one_group_split_a_batch_and_run_each_job_once() {
     }
 
     // Assert
-    assert_eq!(started, 4, "four jobs running at once needs both workers");
+    assert_eq!(
+        four_at_once,
+        Some(4),
+        "four jobs running at once needs both workers"
+    );
     let workers: BTreeSet<&str> = results.iter().map(|r| r.worker.as_str()).collect();
     assert!(
         !workers.contains(""),
@@ -600,7 +612,9 @@ async fn a_deploy_target_whose_host_key_changed_is_refused_with_host_key_mismatc
         Some(ErrorCode::HostKeyMismatch),
         "{refused:#?}"
     );
-    assert!(refused.stats.is_none(), "{refused:#?}");
+    let published = w.queue.deploy_result_json(&second).await;
+    let published = published.expect("a published result");
+    assert_eq!(published.get("stats"), None, "absent: {published:#}");
     assert!(digest_record(&w.host, &second).is_none());
 }
 

@@ -21,10 +21,14 @@ use crate::helpers::*;
 const CONSUMER: &str = "handle-step";
 /// The deploy queue, unprefixed.
 const DEPLOY_QUEUE: &str = "ansible:deploy:queue";
+/// `worker.max_deliveries` in the test's config; not the default, so the
+/// step is seen to follow the file.
+const MAX_DELIVERIES: u32 = 2;
 
 /// A worker built in-process on the test's Redis prefix and database.
 struct Step {
     worker: Worker,
+    settings: Arc<Settings>,
     store: Store,
     redis: TestRedis,
     queue: Queue,
@@ -32,30 +36,43 @@ struct Step {
     _dir: tempfile::TempDir,
 }
 
-/// Settings as a config file gives them, so the worker is built exactly as
-/// `infra-service worker` builds it.
+/// Settings loaded from a config file, and the store, queue and context
+/// made from them as `infra-service worker` makes its own; no loop, HTTP or
+/// heartbeat around them.
 async fn step() -> Step {
+    // `Settings::load` reads `INFRA__*` over the file; the harness strips
+    // them from the worker processes it starts, but this one is in-process.
+    let stray: Vec<String> = std::env::vars_os()
+        .map(|(name, _)| name.to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("INFRA__"))
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "unset {stray:?}: they would override this test's config"
+    );
     let (redis, db) = (TestRedis::new().await, TestDb::new().await);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
     let text = format!(
         "[redis]\nurl = {:?}\nkey_prefix = {:?}\nconsumer = {CONSUMER:?}\n\
-         [postgres]\nurl = {:?}\n[secrets]\ndir = {:?}\n",
+         [postgres]\nurl = {:?}\n[secrets]\ndir = {:?}\n\
+         [worker]\nmax_deliveries = {MAX_DELIVERIES}\n",
         redis.url(),
         redis.prefix(),
         db.url(),
         dir.path().to_string_lossy(),
     );
     std::fs::write(&config, text).unwrap();
-    let settings = Settings::load(Some(&config)).expect("valid settings");
-    let store = Store::connect_lazy(&settings.postgres.url, 1);
+    let settings = Arc::new(Settings::load(Some(&config)).expect("valid settings"));
+    let store = Store::connect_lazy(&settings.postgres.url, settings.worker.concurrency);
     store.migrate().await.expect("migrate");
     let queue = infra_service::queue::Queue::connect(&settings.redis, CONSUMER.to_owned())
         .await
         .expect("queue");
-    let ctx = Context::new(Arc::new(settings), store.clone());
+    let ctx = Context::new(settings.clone(), store.clone());
     Step {
         worker: Worker::new(queue, ctx),
+        settings,
         store,
         queue: redis.queue(),
         redis,
@@ -95,6 +112,13 @@ impl Step {
 
     async fn handle(&self, delivery: Delivery) -> Handled {
         self.worker.handle(delivery, CancellationToken::new()).await
+    }
+
+    /// The step for an entry whose job must stop before it starts.
+    async fn handle_stopped(&self, delivery: Delivery) -> Handled {
+        let stopped = CancellationToken::new();
+        stopped.cancel();
+        self.worker.handle(delivery, stopped).await
     }
 
     /// The request's progress stream: only a run writes one.
@@ -175,7 +199,7 @@ async fn a_repeated_request_id_is_answered_with_its_stored_result_without_runnin
     let id = unique_request_id("step-again");
     let job = payload(&valid_deploy_payload(&id, "203.0.113.10", 8080));
     let mut first = s.deliver(&job).await;
-    first.delivery_count = 4;
+    first.delivery_count = s.settings.worker.max_deliveries + 1;
     let given_up = s.handle(first).await;
     let stored = s.queue.deploy_result(&id).await.expect("a first result");
     let stored_json = s.queue.deploy_result_json(&id).await.unwrap();
@@ -230,4 +254,25 @@ async fn a_request_that_succeeded_before_is_answered_success_from_the_ledger() {
     assert_eq!(s.queue.deploy_result_json(&id).await, Some(earlier));
     assert_eq!(s.progress(&id).await, 0, "nothing ran");
     assert_eq!(s.queue.pending_count(DEPLOY_QUEUE).await, 0);
+}
+
+#[tokio::test]
+async fn a_job_stopped_before_it_starts_is_abandoned_unanswered_and_left_pending() {
+    // Arrange
+    let s = step().await;
+    let id = unique_request_id("step-stopped");
+    let delivery = s
+        .deliver(&payload(&valid_deploy_payload(&id, "203.0.113.10", 8080)))
+        .await;
+
+    // Act
+    let handled = s.handle_stopped(delivery).await;
+
+    // Assert: nothing answered, nothing run, the entry kept for another
+    // worker.
+    assert_eq!(handled, Handled::Abandoned);
+    assert_eq!(s.queue.deploy_result(&id).await, None);
+    assert!(s.queue.deploy_results_stream().await.is_empty());
+    assert_eq!(s.progress(&id).await, 0, "nothing ran");
+    assert_eq!(s.queue.pending_count(DEPLOY_QUEUE).await, 1);
 }

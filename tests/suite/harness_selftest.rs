@@ -183,19 +183,21 @@ async fn the_process_scan_finds_a_marker_in_a_command_line_and_an_environment() 
     let pid = child.id().unwrap() as i32;
 
     // Act: poll, since the child may not have exec'd `sh` yet.
-    let (mut in_argv, mut in_env) = (Vec::new(), Vec::new());
-    for _ in 0..100 {
-        in_argv = all_cmdlines()
+    let marker = marker.as_str();
+    let scan = move || {
+        let in_argv: Vec<i32> = all_cmdlines()
             .into_iter()
-            .filter(|(_, c)| c.contains(&marker))
+            .filter(|(_, c)| c.contains(marker))
             .map(|(p, _)| p)
             .collect();
-        in_env = pids_with_environ_containing(&marker);
-        if in_argv.contains(&pid) && in_env.contains(&pid) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (in_argv, pids_with_environ_containing(marker))
+    };
+    let found = move || async move {
+        let (in_argv, in_env) = scan();
+        (in_argv.contains(&pid) && in_env.contains(&pid)).then_some(())
+    };
+    eventually(Duration::from_secs(2), found).await;
+    let (in_argv, in_env) = scan();
 
     // Assert
     assert!(in_argv.contains(&pid), "{in_argv:?}");

@@ -4,7 +4,8 @@
 //! (`OwnRedis`, `OwnPostgres` for a test that stops its server). A job runs to
 //! its result, the library's `JobResult`, through `World::deploy` /
 //! `World::provision` (or, enqueued first, `TestWorker::wait_deploy_result`);
-//! other waits are `eventually`.
+//! other waits are `eventually` (only starting and stopping the harness's
+//! own servers polls their child processes by hand).
 //! `run_playbook` runs the real `ansible/` content against a `TestHost`.
 
 mod ansible_run;
@@ -40,7 +41,7 @@ pub use poll::eventually;
 pub use procs::{all_cmdlines, cmdline, descendants, pids_with_environ_containing};
 pub use redis::{Queue, TestRedis};
 pub use worker::{
-    PROJECT_ENV_VAR, RESULT_TIMEOUT, SSH_KEY_REF, TestWorker, TestWorkerBuilder,
+    PROJECT_ENV_VAR, RESULT_TIMEOUT, SSH_KEY_REF, START_TIMEOUT, TestWorker, TestWorkerBuilder,
     ansible_playbook_bin, infra_service, tail,
 };
 pub use world::{World, world, world_on};

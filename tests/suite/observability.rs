@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use infra_service::job::{ErrorCode, JobStatus};
 use serde_json::Value;
@@ -135,28 +135,33 @@ async fn metrics_count_one_success_and_one_failure_with_their_kind_status_and_er
         0.0
     );
     // The job's task ends just after its result is published.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while value(&scrape(&base).await, "infra_jobs_in_flight") != 0.0 {
-        assert!(Instant::now() < deadline, "a job still counts as in flight");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let base = base.as_str();
+    let none_in_flight =
+        || async move { (value(&scrape(base).await, "infra_jobs_in_flight") == 0.0).then_some(()) };
+    eventually(Duration::from_secs(10), none_in_flight)
+        .await
+        .expect("a job still counts as in flight");
     assert_eq!(get_status(&format!("{base}/healthz")).await.0, 200);
 }
 
-/// Polls `/readyz` until it answers `want`; returns the last body.
+/// Polls `/readyz` until it answers `want`; returns that answer's body.
 async fn wait_readyz(worker: &TestWorker, base: &str, want: u16, within: Duration) -> String {
-    let deadline = Instant::now() + within;
-    loop {
-        let (status, body) = get_status(&format!("{base}/readyz")).await;
+    let url = format!("{base}/readyz");
+    let url = url.as_str();
+    let answers = move || async move {
+        let (status, body) = get_status(url).await;
         if status == want {
-            return body;
+            return Some(body);
         }
         worker.assert_running().await;
-        assert!(
-            Instant::now() < deadline,
-            "/readyz still {status} ({body}) after {within:?}, wanted {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        None
+    };
+    match eventually(within, answers).await {
+        Some(body) => body,
+        None => {
+            let (status, body) = get_status(url).await;
+            panic!("/readyz still {status} ({body}) after {within:?}, wanted {want}")
+        }
     }
 }
 
@@ -211,18 +216,20 @@ async fn the_heartbeat_files_mtime_advances_while_the_worker_runs() {
         .await;
 
     // Act: wait for the first touch.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let first = loop {
-        if let Some(at) = mtime(&path) {
-            break at;
+    let (path, worker) = (&path, &worker);
+    let touched = move || async move {
+        let at = mtime(path);
+        if at.is_none() {
+            worker.assert_running().await;
         }
-        worker.assert_running().await;
-        assert!(Instant::now() < deadline, "no heartbeat file at {path:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        at
     };
+    let first = eventually(Duration::from_secs(60), touched)
+        .await
+        .unwrap_or_else(|| panic!("no heartbeat file at {path:?}"));
 
     // Assert: touched again and again, each time within 2.5 intervals.
-    let (path, mut last) = (&path, first);
+    let mut last = first;
     for touch in 1..=2 {
         let advanced = move || async move {
             let now = mtime(path).expect("the heartbeat file stays");

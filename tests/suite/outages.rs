@@ -9,8 +9,6 @@ use infra_service::job::JobStatus;
 
 use crate::helpers::*;
 
-const START_TIMEOUT: Duration = Duration::from_secs(120);
-
 /// Four loopback addresses on one sshd: four servers to the worker, so the
 /// one-job-per-server rule lets the four jobs run at once.
 const SERVERS: [&str; 4] = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"];

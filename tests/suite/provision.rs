@@ -30,6 +30,14 @@ struct Options {
     env: Vec<(&'static str, String)>,
 }
 
+/// The text of the provision result as stored, for scans of what was
+/// published.
+async fn stored_result(server: &Registered, request_id: &str) -> String {
+    let queue = &server.world.queue;
+    let stored = queue.result_text(JobKind::Provision, request_id).await;
+    stored.unwrap_or_else(|| panic!("no result stored for {request_id}"))
+}
+
 async fn registered(options: Options) -> Registered {
     let redis = TestRedis::new().await;
     let db = TestDb::new().await;
@@ -243,7 +251,13 @@ async fn an_unreachable_server_is_tried_four_times_with_growing_gaps_then_marked
     assert_eq!(statuses(&server.db).await, ["provisioning", "unreachable"]);
     let (_, last_error, _) = server_row(&server.db).await;
     assert!(last_error.unwrap().contains("connection refused"));
-    assert!(result.stats.is_none(), "the playbook never started");
+    let published = server.world.queue.provision_result_json(&request_id).await;
+    let published = published.expect("a published result");
+    assert_eq!(
+        published.get("stats"),
+        None,
+        "absent, the playbook never started: {published:#}"
+    );
     assert!(provision_log(&server.world.host).is_empty());
     assert!(
         leftovers(server.tmp.path()).is_empty(),
@@ -368,7 +382,8 @@ async fn a_forced_reinstall_rebuilds_through_time4vps_then_sets_up() {
         provision_log(&server.world.host),
         [format!("setup {request_id} key")]
     );
-    assert!(!result.to_json().contains(&config.password));
+    let stored = stored_result(&server, &request_id).await;
+    assert!(!stored.contains(&config.password), "{stored}");
 }
 
 #[tokio::test]
@@ -393,7 +408,8 @@ async fn wrong_api_credentials_are_a_provider_error_naming_wronglogin() {
         result.message().unwrap().contains("wronglogin"),
         "{result:#?}"
     );
-    assert!(!result.to_json().contains("not-the-password"));
+    let stored = stored_result(&server, &request_id).await;
+    assert!(!stored.contains("not-the-password"), "{stored}");
     assert_eq!(result.field("server_status"), "failed");
     assert_eq!(statuses(&server.db).await, ["reinstalling", "failed"]);
     assert!(

@@ -48,8 +48,6 @@ pub struct FakeConfig {
     pub failing_polls: u32,
     /// A pause before every answer, to exercise request timeouts.
     pub answer_delay: Duration,
-    /// `GET server/{id}/oses`: (os, title) pairs.
-    pub oses: Vec<(String, String)>,
 }
 
 impl Default for FakeConfig {
@@ -62,10 +60,6 @@ impl Default for FakeConfig {
             reinstall_status: None,
             failing_polls: 0,
             answer_delay: Duration::ZERO,
-            oses: vec![
-                ("ubuntu-22.04-x86_64".to_owned(), "Ubuntu 22.04".to_owned()),
-                ("debian-12-x86_64".to_owned(), "Debian 12".to_owned()),
-            ],
         }
     }
 }
@@ -210,15 +204,6 @@ async fn handle(
             (Ok(server_id), Ok(task_id)) => task_result(&app, server_id, task_id),
             _ => not_found(),
         },
-        ("GET", ["api", "server", _id, "oses"]) => {
-            let oses: Vec<Value> = app
-                .config
-                .oses
-                .iter()
-                .map(|(os, title)| json!({"os": os, "title": title}))
-                .collect();
-            json_answer(StatusCode::OK, Value::Array(oses))
-        }
         _ => not_found(),
     }
 }

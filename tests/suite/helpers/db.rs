@@ -66,8 +66,10 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", self.url))
     }
 
-    /// How many sessions on this database wait for an advisory lock: jobs
-    /// (or stores) blocked on a server's lock, as Postgres sees them.
+    /// How many sessions on this database wait for an advisory lock, as
+    /// Postgres sees them: jobs blocked on a server's lock, but also a
+    /// worker applying its migrations (sqlx takes one too), so wait for
+    /// "worker started" first.
     pub async fn advisory_lock_waiters(&self) -> i64 {
         let mut conn = self.connect().await;
         let waiters = sqlx::query_scalar(

@@ -6,9 +6,9 @@
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use infra_service::job::JobResult;
+use infra_service::job::{JobKind, JobResult};
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde_json::Value;
@@ -122,19 +122,16 @@ impl Queue {
     /// first command on the old connection fails while it reconnects);
     /// panics after `timeout`.
     pub async fn wait_until_reachable(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let mut conn = self.conn.clone();
-            let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
-            match pong {
-                Ok(_) => return,
-                Err(e) => assert!(
-                    Instant::now() < deadline,
-                    "redis unreachable for {timeout:?}: {e}"
-                ),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let answers = || async { self.ping().await.ok() };
+        if eventually(timeout, answers).await.is_none() {
+            let error = self.ping().await.err();
+            panic!("redis unreachable for {timeout:?}: {error:?}");
         }
+    }
+
+    async fn ping(&self) -> redis::RedisResult<String> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING").query_async(&mut conn).await
     }
 
     /// `XADD <prefix>ansible:deploy:queue * payload <json>`; returns the entry id.
@@ -170,44 +167,67 @@ impl Queue {
     /// The result at `<prefix>deploy:result:<request_id>`, if published,
     /// parsed by the library; one it cannot parse panics with its JSON.
     pub async fn deploy_result(&self, request_id: &str) -> Option<JobResult> {
-        self.parsed_result(&format!("deploy:result:{request_id}"))
-            .await
+        self.parsed_result(JobKind::Deploy, request_id).await
     }
 
     /// The result at `<prefix>provisioner:result:<request_id>`, if
     /// published, parsed as `deploy_result` parses.
     pub async fn provision_result(&self, request_id: &str) -> Option<JobResult> {
-        self.parsed_result(&format!("provisioner:result:{request_id}"))
-            .await
+        self.parsed_result(JobKind::Provision, request_id).await
     }
 
     /// The JSON at `<prefix>deploy:result:<request_id>` as published, for
     /// tests about the wire format itself (key names, `null` or absent).
     pub async fn deploy_result_json(&self, request_id: &str) -> Option<Value> {
-        let key = self.key(&format!("deploy:result:{request_id}"));
-        self.result_text(&key).await.map(|text| {
-            serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("result at {key} is not JSON ({e}): {text}"))
-        })
+        self.result_json(JobKind::Deploy, request_id).await
     }
 
-    async fn parsed_result(&self, name: &str) -> Option<JobResult> {
-        let key = self.key(name);
-        self.result_text(&key).await.map(|text| {
-            JobResult::from_json(&text)
-                .unwrap_or_else(|e| panic!("result at {key} breaks the contract ({e}): {text}"))
-        })
+    /// The JSON at `<prefix>provisioner:result:<request_id>` as published,
+    /// as `deploy_result_json` reads it.
+    pub async fn provision_result_json(&self, request_id: &str) -> Option<Value> {
+        self.result_json(JobKind::Provision, request_id).await
     }
 
-    async fn result_text(&self, key: &str) -> Option<String> {
+    /// The text of a `kind` result key exactly as stored, for scans of what
+    /// was published (a secret must not be in it); a parse and print of it
+    /// could hide what the stored text holds.
+    pub async fn result_text(&self, kind: JobKind, request_id: &str) -> Option<String> {
         let mut conn = self.conn.clone();
-        conn.get(key).await.expect("GET result key")
+        conn.get(self.result_key(kind, request_id))
+            .await
+            .expect("GET result key")
+    }
+
+    async fn result_json(&self, kind: JobKind, request_id: &str) -> Option<Value> {
+        self.result_text(kind, request_id).await.map(|text| {
+            serde_json::from_str(&text).unwrap_or_else(|e| {
+                let key = self.result_key(kind, request_id);
+                panic!("result at {key} is not JSON ({e}): {text}")
+            })
+        })
+    }
+
+    async fn parsed_result(&self, kind: JobKind, request_id: &str) -> Option<JobResult> {
+        self.result_text(kind, request_id).await.map(|text| {
+            JobResult::from_json(&text).unwrap_or_else(|e| {
+                let key = self.result_key(kind, request_id);
+                panic!("result at {key} breaks the contract ({e}): {text}")
+            })
+        })
+    }
+
+    /// Where a result of `kind` is published, as the contract names it.
+    fn result_key(&self, kind: JobKind, request_id: &str) -> String {
+        match kind {
+            JobKind::Deploy => self.key(&format!("deploy:result:{request_id}")),
+            JobKind::Provision => self.key(&format!("provisioner:result:{request_id}")),
+        }
     }
 
     /// Remaining TTL of the result key in seconds (-2: missing, -1: none).
     pub async fn deploy_result_ttl(&self, request_id: &str) -> i64 {
         let mut conn = self.conn.clone();
-        conn.ttl(self.key(&format!("deploy:result:{request_id}")))
+        conn.ttl(self.result_key(JobKind::Deploy, request_id))
             .await
             .expect("TTL result key")
     }

@@ -31,6 +31,9 @@ pub const SSH_KEY_REF: &str = "file:ssh/id_ed25519";
 /// How long a test waits for a job's result: a failure guard only (a real
 /// playbook takes seconds), so generous for a loaded machine.
 pub const RESULT_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long a test waits for a job to start or a worker to log a line: a
+/// failure guard only, so generous for a loaded machine.
+pub const START_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A running worker process; killed (with what it spawned) on drop.
 pub struct TestWorker {
