@@ -71,8 +71,9 @@
 //!   through `secrets::vault`, the Vault/OpenBao KV v2 client that logs in
 //!   on first use and renews its token in the background), and redaction
 //!   of values (the one way any text is scrubbed of them).
-//! - `ansible`: one `ansible-playbook` child per run: its private
-//!   directory (`workspace`), its environment (`env`, pure), spawning it and
+//! - `ansible`: one `ansible-playbook` child per run: what a run is and
+//!   what it gives back (`run`), its private directory (`workspace`), its
+//!   environment (`env`, pure), spawning it and
 //!   reading its output (`runner`, `supervise`, `output`, `events`,
 //!   `recap`), stopping and reaping its whole process tree (`stop`, `tree`,
 //!   `masters`); `ansible::reaper` is the process-wide subreaper and its

@@ -4,7 +4,8 @@
 //! (Ansible's forks in sessions of their own, daemonized ssh ControlMasters)
 //! are re-parented to it rather than to PID 1, which in a container may never
 //! reap them; a loop then reaps those that exit after their run ended, until
-//! the stop signal. The `/proc` reads of each pass run off the async runtime.
+//! the drain is over (runs that end during the drain leave orphans too). The
+//! `/proc` reads of each pass run off the async runtime.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -244,7 +244,7 @@ mod tests {
     use super::super::env::INHERITED_VARS;
     use super::super::output::TAIL_BYTES;
     use super::super::run::SshTarget;
-    use super::super::stop::{finish_cleanups, reap_adopted};
+    use super::super::stop::{finish_cleanups, reap_group};
     use super::super::{events, reaper};
 
     const TOKEN: &str = "ghp_TestTokenValue0123456789";
@@ -494,7 +494,7 @@ mod tests {
         // Nobody awaits any more, so reap here what the guard killed.
         let mut gone = false;
         for _ in 0..200 {
-            reap_adopted(pgid).await;
+            reap_group(pgid).await;
             if group_is_gone(pgid) {
                 gone = true;
                 break;

@@ -113,7 +113,7 @@ impl RunGuard {
         signal_group(pgid, libc::SIGKILL);
         tree.signal(libc::SIGKILL);
         tree.reap().await;
-        reap_adopted(pgid).await;
+        reap_group(pgid).await;
         self.armed = false;
     }
 }
@@ -198,7 +198,7 @@ fn signal_group(pgid: i32, signal: libc::c_int) -> bool {
 /// Reaps members of the group that became our children: orphans are
 /// re-parented to us when this process is a child subreaper (or PID 1).
 /// Otherwise there are none and this returns at once.
-pub(super) async fn reap_adopted(pgid: i32) {
+pub(super) async fn reap_group(pgid: i32) {
     for _ in 0..100 {
         let mut status = 0;
         // SAFETY: waitpid(2) writes only to `status`. It only reaps processes

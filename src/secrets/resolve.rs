@@ -13,7 +13,7 @@ use crate::config::VaultSettings;
 use crate::job::SecretRef;
 
 /// Why a reference gave no value, as the contract's `details.reason`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureReason {
     /// No such variable, file or secret.
@@ -110,6 +110,10 @@ impl ResolveError {
             ResolveError::File { source, .. } => match source.kind() {
                 std::io::ErrorKind::NotFound => FailureReason::NotFound,
                 std::io::ErrorKind::PermissionDenied => FailureReason::Forbidden,
+                // Not text: the file is no secret value (or a directory).
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::IsADirectory => {
+                    FailureReason::Malformed
+                }
                 _ => FailureReason::Unavailable,
             },
         }
