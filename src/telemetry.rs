@@ -1,8 +1,22 @@
-//! The tracing subscriber: human-readable or JSON lines on stdout.
+//! The tracing subscriber: human-readable or JSON lines on stdout; and an
+//! error's whole cause chain on one line, as the logs and messages show it.
 
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogSettings};
+
+/// An error and its causes on one line, for a log field or an error
+/// message; reqwest's own `Display` stops at "error sending request".
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
 
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over
 /// `log.level` so an operator can raise verbosity without editing files.

@@ -289,7 +289,7 @@ impl Client {
             .timeout(request_timeout)
             .user_agent(concat!("infra-service/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| ProviderError::Setup(error_chain(&e)))?;
+            .map_err(|e| ProviderError::Setup(crate::telemetry::error_chain(&e)))?;
         let redactor = Redactor::new([&username, &password]);
         Ok(Client {
             http,
@@ -447,7 +447,7 @@ impl Client {
         if e.is_timeout() {
             ProviderError::RequestTimeout(self.request_timeout)
         } else {
-            ProviderError::Transport(error_chain(e))
+            ProviderError::Transport(crate::telemetry::error_chain(e))
         }
     }
 
@@ -505,19 +505,6 @@ fn excerpt(body: &[u8], redactor: &Redactor) -> String {
         cut.push('…');
     }
     cut
-}
-
-/// An error and its causes on one line; reqwest's own `Display` stops at
-/// "error sending request".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

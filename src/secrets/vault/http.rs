@@ -230,7 +230,7 @@ impl Api {
         }
         let http = builder
             .build()
-            .map_err(|e| VaultError::Setup(error_chain(&e)))?;
+            .map_err(|e| VaultError::Setup(crate::telemetry::error_chain(&e)))?;
         let namespace = namespace
             .map(HeaderValue::from_str)
             .transpose()
@@ -253,7 +253,7 @@ impl Api {
             let last = match self.once(&call, url.clone()).await {
                 Ok(reply) if !waiting_may_fix(reply.status) => return Ok(reply),
                 Ok(reply) => format!("HTTP {}", reply.status.as_u16()),
-                Err(e) => error_chain(&e),
+                Err(e) => crate::telemetry::error_chain(&e),
             };
             if Instant::now() >= deadline {
                 return Err(VaultError::Unavailable {
@@ -305,19 +305,6 @@ impl Api {
 /// 5xx (a sealed or standby Vault answers 503) and 429 (rate limited).
 fn waiting_may_fix(status: StatusCode) -> bool {
     status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
-}
-
-/// An error and its causes on one line; reqwest's own `Display` stops at
-/// "error sending request".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
