@@ -159,19 +159,18 @@ fn secrets_dir(w: &World) -> PathBuf {
 
 /// Registers a server in `db` through the operator's command.
 async fn register(db: &TestDb, handle: &str, address: &str, port: u16, key_ref: &str) {
-    let out = tokio::process::Command::from(infra_service())
-        .args(["servers", "add", handle, "--address", address])
-        .args(["--port", &port.to_string(), "--key-ref", key_ref])
-        .env("INFRA__REDIS__URL", "redis://127.0.0.1:1")
-        .env("INFRA__POSTGRES__URL", db.url())
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "servers add: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let port = port.to_string();
+    let args = [
+        "add",
+        handle,
+        "--address",
+        address,
+        "--port",
+        &port,
+        "--key-ref",
+        key_ref,
+    ];
+    db.servers_cli(&args).await;
 }
 
 #[tokio::test]

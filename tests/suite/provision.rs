@@ -66,7 +66,7 @@ async fn registered(options: Options) -> Registered {
             id.clone(),
         ]);
     }
-    servers_cli(&db, &add).await;
+    db.servers_cli(&add).await;
     record_status_changes(&db).await;
 
     // Short: ssh ControlPath sockets live below it (108-byte limit).
@@ -90,24 +90,6 @@ async fn registered(options: Options) -> Registered {
     })
     .await;
     Registered { world, db, tmp }
-}
-
-/// `infra-service servers ...` against the test's database, as an operator.
-async fn servers_cli(db: &TestDb, args: &[String]) -> String {
-    let out = tokio::process::Command::from(infra_service())
-        .arg("servers")
-        .args(args)
-        .env("INFRA__REDIS__URL", "redis://127.0.0.1:1")
-        .env("INFRA__POSTGRES__URL", db.url())
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "servers {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A trigger in the test's own database logs every status the worker writes.
@@ -471,7 +453,7 @@ async fn a_changed_host_key_fails_with_host_key_mismatch_until_an_operator_reset
         .world
         .provision(&json!({"request_id": second, "server_handle": HANDLE}))
         .await;
-    servers_cli(&server.db, &["reset-host-key".into(), HANDLE.into()]).await;
+    server.db.servers_cli(&["reset-host-key", HANDLE]).await;
     let accepted = server
         .world
         .provision(&json!({"request_id": third, "server_handle": HANDLE}))

@@ -213,20 +213,18 @@ async fn a_provision_takes_the_servers_key_from_vault_with_a_token_from_a_file()
     let token = fake.issue_token(Duration::from_secs(3600), Duration::ZERO, true);
     let db = TestDb::new().await;
     let port = host.port().to_string();
-    servers_add(
-        &db,
-        &[
-            HANDLE,
-            "--address",
-            host.address(),
-            "--port",
-            &port,
-            "--user",
-            host.user(),
-            "--key-ref",
-            "vault:secret/servers/vps-hel1-01#private_key",
-        ],
-    )
+    db.servers_cli(&[
+        "add",
+        HANDLE,
+        "--address",
+        host.address(),
+        "--port",
+        &port,
+        "--user",
+        host.user(),
+        "--key-ref",
+        "vault:secret/servers/vps-hel1-01#private_key",
+    ])
     .await;
     // Short: ssh ControlPath sockets live below it (108-byte limit).
     let tmp = tempfile::Builder::new()
@@ -264,23 +262,5 @@ async fn a_provision_takes_the_servers_key_from_vault_with_a_token_from_a_file()
     assert!(
         !w.worker.logs().contains(&token),
         "the token is in the logs"
-    );
-}
-
-/// `infra-service servers add ...` against `db`, as an operator.
-async fn servers_add(db: &TestDb, args: &[&str]) {
-    let out = tokio::process::Command::from(infra_service())
-        .arg("servers")
-        .arg("add")
-        .args(args)
-        .env("INFRA__REDIS__URL", "redis://127.0.0.1:1")
-        .env("INFRA__POSTGRES__URL", db.url())
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "servers add: {}",
-        String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -59,6 +59,27 @@ impl TestDb {
         &self.url
     }
 
+    /// `infra-service servers <args>` against this database, as an
+    /// operator runs it (no Redis needed); its stdout. Panics, with
+    /// stderr, if the command fails.
+    pub async fn servers_cli<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> String {
+        let out = tokio::process::Command::from(super::infra_service())
+            .arg("servers")
+            .args(args)
+            .env("INFRA__REDIS__URL", "redis://127.0.0.1:1")
+            .env("INFRA__POSTGRES__URL", &self.url)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "servers {:?}: {}",
+            args.iter().map(AsRef::as_ref).collect::<Vec<_>>(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// A fresh connection to this database.
     pub async fn connect(&self) -> PgConnection {
         PgConnection::connect(&self.url)
