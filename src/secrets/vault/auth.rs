@@ -186,7 +186,10 @@ pub(crate) async fn lookup_self(
             // The answer also holds the token itself (`data.id`): only the
             // lease is read, and the body is wiped with the reply.
             let answer: LookupAnswer = reply.json()?;
-            let ttl = Duration::from_secs(answer.data.ttl);
+            // 0 is "never expires" only without an expire time: a token in
+            // its last second says 0 too.
+            let dying = answer.data.ttl == 0 && answer.data.expire_time.is_some();
+            let ttl = Duration::from_secs(if dying { 1 } else { answer.data.ttl });
             Ok(Lease::new(Instant::now(), ttl, answer.data.renewable))
         }
         400 | 401 | 403 => Err(VaultError::LoginRefused {
@@ -327,6 +330,9 @@ struct LookupAnswer {
 struct LookupData {
     #[serde(default)]
     ttl: u64,
+    /// `null` for a token that never expires (a root token).
+    #[serde(default)]
+    expire_time: Option<String>,
     #[serde(default)]
     renewable: bool,
 }

@@ -64,6 +64,18 @@ impl VaultAddr {
         self.0.as_str()
     }
 
+    /// Plain `http` to anything but this machine: tokens and secrets would
+    /// cross the network in clear text.
+    pub fn is_cleartext_over_network(&self) -> bool {
+        let host = self.0.host_str().unwrap_or_default();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let loopback = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.is_loopback(),
+            Err(_) => host == "localhost",
+        };
+        self.0.scheme() == "http" && !loopback
+    }
+
     fn join(&self, path: &str) -> Result<Url, VaultError> {
         self.0
             .join(path)
@@ -221,7 +233,12 @@ impl Api {
         namespace: Option<&str>,
         timeout: Duration,
     ) -> Result<Api, VaultError> {
+        // No redirects: reqwest keeps `X-Vault-Token` (and a login's body)
+        // on a redirect to another host or from https to http. No proxy
+        // from the environment: the token goes to `vault.addr` only.
         let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
             .timeout(timeout)
             .connect_timeout(timeout)
             .user_agent(concat!("infra-service/", env!("CARGO_PKG_VERSION")));
@@ -310,6 +327,17 @@ fn waiting_may_fix(status: StatusCode) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_http_is_cleartext_unless_it_stays_on_this_machine() {
+        let cleartext = |a: &str| VaultAddr::parse(a).unwrap().is_cleartext_over_network();
+        assert!(cleartext("http://vault.internal:8200"));
+        assert!(cleartext("http://10.0.0.5:8200"));
+        assert!(!cleartext("https://vault.internal:8200"));
+        assert!(!cleartext("http://127.0.0.1:8200"));
+        assert!(!cleartext("http://[::1]:8200"));
+        assert!(!cleartext("http://localhost:8200"));
+    }
 
     #[test]
     fn an_address_gains_a_trailing_slash_and_keeps_its_prefix() {

@@ -10,6 +10,11 @@ use tokio::time::Instant;
 /// near its max TTL must not turn the renewer into a busy loop.
 const MIN_PAUSE: Duration = Duration::from_millis(250);
 
+/// The longest lease believed: Vault's own ceiling is 32 days by default,
+/// and a larger number (a bug, a hostile server) must not overflow an
+/// `Instant`.
+const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+
 /// What Vault said about a token when it was issued, looked up or renewed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Lease {
@@ -39,7 +44,7 @@ impl Lease {
     pub fn new(granted: Instant, ttl: Duration, renewable: bool) -> Lease {
         Lease {
             granted,
-            ttl,
+            ttl: ttl.min(MAX_TTL),
             renewable,
             capped: false,
         }
@@ -50,6 +55,7 @@ impl Lease {
     /// shorter answer than the last one means the cap was reached (a
     /// second of slack for rounding).
     pub fn renewed(&self, now: Instant, ttl: Duration, renewable: bool) -> Lease {
+        let ttl = ttl.min(MAX_TTL);
         Lease {
             granted: now,
             ttl,
@@ -92,6 +98,16 @@ mod tests {
 
     fn secs(n: u64) -> Duration {
         Duration::from_secs(n)
+    }
+
+    #[test]
+    fn an_absurd_ttl_from_vault_is_capped_rather_than_overflowing() {
+        let t0 = Instant::now();
+        let lease = Lease::new(t0, Duration::from_secs(u64::MAX), true);
+        assert!(lease.expires().is_some());
+        assert!(!lease.spent(t0));
+        let renewed = lease.renewed(t0, Duration::from_secs(u64::MAX), true);
+        assert!(matches!(renewed.next(), Next::Renew(_)));
     }
 
     #[test]

@@ -178,6 +178,12 @@ impl Vault {
         let Some(addr) = settings.addr.clone() else {
             return Ok(None);
         };
+        if addr.is_cleartext_over_network() {
+            tracing::warn!(
+                vault.addr = addr.as_str(),
+                "vault.addr is plain http to another machine: the token and every secret read cross the network in clear text"
+            );
+        }
         let auth = settings
             .auth
             .as_ref()
@@ -205,8 +211,9 @@ impl Vault {
     }
 
     /// The latest version of the secret `reference` names. Transient
-    /// failures are retried for `vault.retry_secs` in all; a 403 costs one
-    /// new login and one more read.
+    /// failures are retried for `vault.retry_secs` in all; a 403 with a
+    /// token Vault no longer accepts costs one new login and one more read
+    /// (a 403 with a valid token is the ACL's answer, and final).
     #[tracing::instrument(name = "vault_read", skip_all, fields(secret = %reference.secret_path()))]
     pub async fn read(&self, reference: &VaultRef) -> Result<Secret, VaultError> {
         let deadline = Instant::now() + self.inner.retry;
@@ -214,8 +221,17 @@ impl Vault {
         let ticket = self.inner.ticket(deadline).await?;
         self.inner.start_renewer();
         match kv::read(api, &ticket.token, reference, deadline).await {
-            Err(VaultError::Forbidden { .. }) => {
-                tracing::info!("Vault refused the read; logging in again");
+            Err(VaultError::Forbidden { path }) => {
+                // A token Vault still knows was refused by its ACL: a new
+                // login would change nothing, and each one costs (an AppRole
+                // secret id may have a use limit).
+                if auth::lookup_self(api, &ticket.token, deadline)
+                    .await
+                    .is_ok()
+                {
+                    return Err(VaultError::Forbidden { path });
+                }
+                tracing::info!("Vault refused the read and the token; logging in again");
                 let ticket = self.inner.fresh_ticket(ticket.generation, deadline).await?;
                 kv::read(api, &ticket.token, reference, deadline).await
             }
