@@ -236,7 +236,9 @@ fn human_size(bytes: u64) -> String {
 fn new_server(args: AddServer) -> Result<NewServer, OperatorError> {
     let usage = |field: &str, problem: String| OperatorError::Usage(format!("{field}: {problem}"));
     ServerHandle::parse(&args.handle).map_err(|e| usage("handle", e))?;
-    ServerAddress::parse(&args.address).map_err(|e| usage("--address", e))?;
+    // Stored in its canonical spelling: deploys look registered servers up
+    // (lock, pin, target policy) by that spelling.
+    let address = ServerAddress::parse(&args.address).map_err(|e| usage("--address", e))?;
     SecretRef::parse(&args.key_ref).map_err(|e| usage("--key-ref", e))?;
     if args.port == 0 {
         return Err(usage("--port", "must be 1-65535".to_owned()));
@@ -249,7 +251,7 @@ fn new_server(args: AddServer) -> Result<NewServer, OperatorError> {
     }
     Ok(NewServer {
         handle: args.handle,
-        public_ip: args.address,
+        public_ip: address.canonical(),
         ssh_port: args.port,
         ssh_user: args.user,
         ssh_key_ref: args.key_ref,

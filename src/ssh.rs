@@ -15,9 +15,6 @@ use tokio::process::Command;
 pub struct ProbeTarget {
     /// Host name or IP address.
     pub address: String,
-    /// ssh's `HostKeyAlias`: the name host keys are kept under when
-    /// `address` was resolved from it.
-    pub host_key_alias: Option<String>,
     /// SSH port.
     pub port: u16,
     /// Remote user.
@@ -170,9 +167,6 @@ fn ssh_options(target: &ProbeTarget) -> Vec<String> {
         "KbdInteractiveAuthentication=no".to_owned(),
         "LogLevel=ERROR".to_owned(),
     ];
-    if let Some(alias) = &target.host_key_alias {
-        options.push(format!("HostKeyAlias={alias}"));
-    }
     if let Some(key) = &target.key_file {
         options.push("IdentitiesOnly=yes".to_owned());
         options.push(format!("IdentityFile={}", key.display()));

@@ -18,10 +18,6 @@ pub struct SshTarget {
     pub name: String,
     /// Host name or IP address ssh connects to.
     pub address: String,
-    /// The name host keys are looked up and recorded under when ssh
-    /// connects to an address resolved from it (ssh's `HostKeyAlias`), so
-    /// a pin follows the name whichever of its addresses answered.
-    pub host_key_alias: Option<String>,
     /// SSH port.
     pub port: u16,
     /// Remote user.

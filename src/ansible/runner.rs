@@ -312,7 +312,6 @@ mod tests {
             target: SshTarget {
                 name: "web1".into(),
                 address: "127.0.0.1".into(),
-                host_key_alias: None,
                 port: 22,
                 user: "deploy".into(),
                 private_key: Some(SecretString::from("-----FAKE KEY-----")),

@@ -152,16 +152,11 @@ impl Workspace {
         } else {
             "accept-new"
         };
-        let mut args = format!(
+        format!(
             "-o UserKnownHostsFile={} -o StrictHostKeyChecking={strict} \
              -o IdentitiesOnly=yes -o BatchMode=yes",
             self.known_hosts_path().display()
-        );
-        // A checked host name: no blanks to split the options on.
-        if let Some(alias) = &target.host_key_alias {
-            args.push_str(&format!(" -o HostKeyAlias={alias}"));
-        }
-        args
+        )
     }
 }
 
@@ -210,7 +205,6 @@ mod tests {
         SshTarget {
             name: "203.0.113.10".into(),
             address: "203.0.113.10".into(),
-            host_key_alias: None,
             port: 2222,
             user: "deploy".into(),
             private_key: key.map(SecretString::from),
@@ -284,32 +278,6 @@ mod tests {
             .unwrap()
             .to_owned();
         assert!(args.contains("StrictHostKeyChecking=yes"), "{args}");
-    }
-
-    #[test]
-    fn a_checked_address_keeps_its_host_keys_under_the_jobs_name() {
-        let target = SshTarget {
-            name: "deploy.example.com".into(),
-            address: "192.0.2.7".into(),
-            host_key_alias: Some("deploy.example.com".into()),
-            ..target(None, None)
-        };
-        let ws = Workspace::create(&target, &json!({})).unwrap();
-        let inventory = read_json(&ws.inventory_path());
-        let host = &inventory["all"]["hosts"]["deploy.example.com"];
-        assert_eq!(host["ansible_host"], "192.0.2.7");
-        let args = host["ansible_ssh_common_args"].as_str().unwrap();
-        assert!(
-            args.ends_with(" -o HostKeyAlias=deploy.example.com"),
-            "{args}"
-        );
-        let plain = Workspace::create(&super::tests::target(None, None), &json!({})).unwrap();
-        let inventory = read_json(&plain.inventory_path());
-        let args = inventory["all"]["hosts"]["203.0.113.10"]["ansible_ssh_common_args"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        assert!(!args.contains("HostKeyAlias"), "{args}");
     }
 
     #[test]

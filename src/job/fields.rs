@@ -271,6 +271,17 @@ impl ServerAddress {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+    /// One spelling per server, as its lock and its pinned host key are
+    /// keyed: an IP address in its canonical form (an IPv4-mapped IPv6
+    /// address as IPv4, IPv6 compressed and lower case), a host name in
+    /// lower case without its trailing dot. Another spelling of the same
+    /// server must not dodge its lock or its pin.
+    pub fn canonical(&self) -> String {
+        match self.0.parse::<IpAddr>() {
+            Ok(ip) => ip.to_canonical().to_string(),
+            Err(_) => self.0.trim_end_matches('.').to_ascii_lowercase(),
+        }
+    }
     /// The address as it goes into a URL's host: IPv6 in brackets.
     pub fn url_host(&self) -> String {
         match self.0.parse::<IpAddr>() {
@@ -385,6 +396,15 @@ mod tests {
     }
 
     // RequestId and ServerHandle
+
+    #[test]
+    fn every_spelling_of_a_server_has_one_canonical_form() {
+        let canonical = |s: &str| ServerAddress::parse(s).unwrap().canonical();
+        assert_eq!(canonical("::ffff:203.0.113.10"), "203.0.113.10");
+        assert_eq!(canonical("203.0.113.10"), "203.0.113.10");
+        assert_eq!(canonical("2001:DB8:0::1"), "2001:db8::1");
+        assert_eq!(canonical("VPS.Example.com."), "vps.example.com");
+    }
 
     #[test]
     fn a_request_id_of_the_allowed_characters_is_accepted() {

@@ -34,7 +34,7 @@ pub async fn run(
         ..Report::default()
     };
     let port = ctx.settings.ansible.ssh_port;
-    let (address, alias) = match connect_address(job, connect, port) {
+    let address = match connect_address(job, connect) {
         Ok(found) => found,
         Err(error) => {
             return Report {
@@ -53,11 +53,10 @@ pub async fn run(
             };
         }
     };
-    let (lock, pinned) = ctx.lock_deploy_target(job.server_ip.as_str(), port).await;
+    let (lock, pinned) = ctx.lock_deploy_target(&address, port).await;
     let target = SshTarget {
         name: job.server_ip.as_str().to_owned(),
         address,
-        host_key_alias: alias,
         port,
         user: ctx.settings.ansible.ssh_user.clone(),
         private_key: secrets.ssh_key.clone(),
@@ -68,30 +67,24 @@ pub async fn run(
     report
 }
 
-/// Where ssh connects and the name its host key is kept under, as the
-/// target check fixed them; a host name that did not resolve fails as
-/// the SSH probe reports one.
-fn connect_address(
-    job: &DeployJob,
-    connect: ConnectTo,
-    port: u16,
-) -> Result<(String, Option<String>), JobError> {
-    let name = job.server_ip.as_str();
+/// Where ssh connects, which is also what the server's lock and pinned
+/// host key are keyed by: the address the target check fixed, or the name
+/// itself, in one canonical spelling (`ServerAddress::canonical`), so that
+/// `::ffff:203.0.113.10`, or a host name of the job's choosing resolving to
+/// a registered server, meets that server's lock and pin. A host name that
+/// did not resolve fails as the SSH probe reports one.
+fn connect_address(job: &DeployJob, connect: ConnectTo) -> Result<String, JobError> {
     match connect {
-        ConnectTo::Name => Ok((name.to_owned(), None)),
-        ConnectTo::Address(ip) if ip.to_string() == name => Ok((name.to_owned(), None)),
-        // ssh drops the port from a `HostKeyAlias`; spelled as ssh spells a
-        // host on another port, the pin matches one made by connecting
-        // to the name itself.
-        ConnectTo::Address(ip) if port != 22 => {
-            Ok((ip.to_string(), Some(format!("[{name}]:{port}"))))
+        ConnectTo::Name => Ok(job.server_ip.canonical()),
+        ConnectTo::Address(ip) => Ok(ip.to_canonical().to_string()),
+        ConnectTo::Unresolved(why) => {
+            let name = job.server_ip.as_str();
+            Err(JobError::new(
+                ErrorCode::SshUnreachable,
+                format!("{name}: {} ({why})", ProbeFailure::Dns.describe()),
+            )
+            .with_detail("reason", ProbeFailure::Dns.kind()))
         }
-        ConnectTo::Address(ip) => Ok((ip.to_string(), Some(name.to_owned()))),
-        ConnectTo::Unresolved(why) => Err(JobError::new(
-            ErrorCode::SshUnreachable,
-            format!("{name}: {} ({why})", ProbeFailure::Dns.describe()),
-        )
-        .with_detail("reason", ProbeFailure::Dns.kind())),
     }
 }
 
@@ -105,8 +98,8 @@ async fn run_locked(
     started: Instant,
     events: Option<EventSink>,
 ) -> Report {
-    // Pins are kept under the name the job gave, whatever address answers.
-    let address = job.server_ip.as_str();
+    // Pins are kept under the address ssh connects to (see connect_address).
+    let address = target.address.clone();
     let port = target.port;
     let pinned = target.known_hosts.is_some();
     let redactor = Redactor::new(secrets.values());
@@ -132,7 +125,7 @@ async fn run_locked(
             };
         }
         if !pinned {
-            pin_first_key(ctx, &workspace, address, port).await;
+            pin_first_key(ctx, &workspace, &address, port).await;
         }
     }
     let report = Report {
@@ -143,7 +136,7 @@ async fn run_locked(
         Ok(outcome) => {
             // Without the probe, the playbook made the first contact.
             if !probe && !pinned && outcome.succeeded() {
-                pin_first_key(ctx, &workspace, address, port).await;
+                pin_first_key(ctx, &workspace, &address, port).await;
             }
             report.with_playbook(outcome, ctx.job_timeout())
         }
@@ -249,37 +242,20 @@ mod tests {
     }
 
     #[test]
-    fn a_checked_address_is_connected_to_and_keys_stay_under_the_name_as_ssh_spells_it() {
-        let ip = "192.0.2.7".parse().unwrap();
-        let by_address = |name, port| connect_address(&job(name), ConnectTo::Address(ip), port);
-        assert_eq!(
-            by_address("deploy.example.com", 22).unwrap(),
-            (
-                "192.0.2.7".to_owned(),
-                Some("deploy.example.com".to_owned())
-            )
-        );
-        assert_eq!(
-            by_address("deploy.example.com", 2222).unwrap(),
-            (
-                "192.0.2.7".to_owned(),
-                Some("[deploy.example.com]:2222".to_owned())
-            )
-        );
-        assert_eq!(
-            by_address("192.0.2.7", 2222).unwrap(),
-            ("192.0.2.7".to_owned(), None)
-        );
-        assert_eq!(
-            connect_address(&job("deploy.example.com"), ConnectTo::Name, 22).unwrap(),
-            ("deploy.example.com".to_owned(), None)
-        );
+    fn ssh_connects_to_the_checked_address_or_the_name_in_its_canonical_spelling() {
+        let ip = "::ffff:192.0.2.7".parse().unwrap();
+        let by_address = connect_address(&job("deploy.example.com"), ConnectTo::Address(ip));
+        assert_eq!(by_address.unwrap(), "192.0.2.7");
+        let by_name = connect_address(&job("Deploy.Example.com."), ConnectTo::Name);
+        assert_eq!(by_name.unwrap(), "deploy.example.com");
+        let literal = connect_address(&job("2001:DB8:0::1"), ConnectTo::Name);
+        assert_eq!(literal.unwrap(), "2001:db8::1");
     }
 
     #[test]
     fn a_host_name_that_did_not_resolve_fails_as_the_probe_reports_it() {
         let unresolved = ConnectTo::Unresolved("no such host".into());
-        let error = connect_address(&job("nowhere.example"), unresolved, 22).unwrap_err();
+        let error = connect_address(&job("nowhere.example"), unresolved).unwrap_err();
         assert_eq!(error.code, ErrorCode::SshUnreachable);
         assert_eq!(error.details["reason"], "dns");
         assert!(

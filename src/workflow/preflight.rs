@@ -31,7 +31,6 @@ pub async fn reach(
 ) -> Result<(), JobError> {
     let probe = ProbeTarget {
         address: target.address.clone(),
-        host_key_alias: target.host_key_alias.clone(),
         port: target.port,
         user: target.user.clone(),
         key_file: workspace.key_file(),

@@ -236,7 +236,6 @@ impl Flow<'_> {
             target: SshTarget {
                 name: server.handle.clone(),
                 address: server.public_ip.clone(),
-                host_key_alias: None,
                 port: u16::try_from(server.ssh_port).unwrap_or(22),
                 user: server.ssh_user.clone(),
                 private_key: Some(key),

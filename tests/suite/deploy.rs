@@ -599,23 +599,31 @@ async fn a_deploy_target_whose_host_key_changed_is_refused_with_host_key_mismatc
         .await;
     assert_eq!(pinned.status, JobStatus::Success, "{pinned:#?}");
 
-    // Act: the same address now answers with another host key.
+    // Act: the same address now answers with another host key; a job
+    // also names it in another spelling, hoping for a first contact.
     w.host.restart_with_new_host_key().await;
     let refused = w
         .deploy(&valid_deploy_payload(&second, w.host.address(), 8080))
         .await;
+    let respelled = unique_request_id("respelled");
+    let mapped = format!("::ffff:{}", w.host.address());
+    let respelled_result = w
+        .deploy(&valid_deploy_payload(&respelled, &mapped, 8080))
+        .await;
 
-    // Assert: refused before any playbook ran against the impostor.
-    assert_eq!(refused.status, JobStatus::Failed);
-    assert_eq!(
-        refused.code(),
-        Some(ErrorCode::HostKeyMismatch),
-        "{refused:#?}"
-    );
-    let published = w.queue.deploy_result_json(&second).await;
-    let published = published.expect("a published result");
-    assert_eq!(published.get("stats"), None, "absent: {published:#}");
-    assert!(digest_record(&w.host, &second).is_none());
+    // Assert: both refused before any playbook ran against the impostor.
+    for (id, result) in [(&second, &refused), (&respelled, &respelled_result)] {
+        assert_eq!(result.status, JobStatus::Failed);
+        assert_eq!(
+            result.code(),
+            Some(ErrorCode::HostKeyMismatch),
+            "{result:#?}"
+        );
+        let published = w.queue.deploy_result_json(id).await;
+        let published = published.expect("a published result");
+        assert_eq!(published.get("stats"), None, "absent: {published:#}");
+        assert!(digest_record(&w.host, id).is_none());
+    }
 }
 
 #[tokio::test]

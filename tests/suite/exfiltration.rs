@@ -390,12 +390,13 @@ async fn an_allowed_reference_and_a_host_name_resolving_to_a_registered_server_s
         .await
         .unwrap();
     assert_eq!(pinned.len(), 1, "{pinned:?}");
-    assert_eq!(pinned[0].0, "localhost");
-    // As ssh keeps a key when it connects to the name itself.
-    let kept_as = format!("[localhost]:{} ", w.host.port());
+    // Under the address that was checked and connected to, where the
+    // registered server's lock and pin live, not under the job's name.
+    assert_eq!(pinned[0].0, "127.0.0.1");
+    let kept_as = format!("[127.0.0.1]:{} ", w.host.port());
     assert!(
         pinned[0].1.lines().all(|line| line.starts_with(&kept_as)),
-        "the key is kept under the name: {pinned:?}"
+        "the key is kept under the checked address: {pinned:?}"
     );
     assert!(w.worker.log_entries(NO_REFERENCE_POLICY).is_empty());
     assert!(w.worker.log_entries(NO_TARGET_POLICY).is_empty());
