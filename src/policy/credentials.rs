@@ -9,9 +9,11 @@ use std::path::{Path, PathBuf};
 use super::pattern::{path_form, vault_parts};
 use crate::config::Settings;
 
-/// Environment variables a job may never name: the worker's settings,
-/// libpq's connection variables, Ansible's own.
-pub(crate) const WORKER_ENV_PREFIXES: [&str; 3] = ["INFRA__", "PG", "ANSIBLE_"];
+/// Environment variables a job may never name, whatever their case (the
+/// settings' `INFRA__` prefix is read case-insensitively): the worker's
+/// settings, libpq's connection variables, Ansible's own, and the Vault and
+/// OpenBao CLIs' (`VAULT_TOKEN`, `BAO_TOKEN`, ...).
+pub(crate) const WORKER_ENV_PREFIXES: [&str; 5] = ["INFRA__", "PG", "ANSIBLE_", "VAULT_", "BAO_"];
 
 /// Every setting that names a credential of the worker's own, by key. A
 /// new login setting (a secret store's, a provider's) belongs here.
@@ -130,8 +132,11 @@ impl Credentials {
 }
 
 fn env_verdict(name: &str, all: &[Credential]) -> Option<&'static str> {
-    if WORKER_ENV_PREFIXES.iter().any(|p| name.starts_with(p)) {
-        return Some("names the worker's own configuration (INFRA__, PG*, ANSIBLE_*)");
+    let upper = name.to_ascii_uppercase();
+    if WORKER_ENV_PREFIXES.iter().any(|p| upper.starts_with(p)) {
+        return Some(
+            "names the worker's own configuration (INFRA__, PG*, ANSIBLE_*, VAULT_*, BAO_*)",
+        );
     }
     all.contains(&Credential::Env(name.to_owned()))
         .then_some("is a credential of the worker's own")
@@ -253,6 +258,10 @@ mod tests {
             "env:PGPASSFILE",
             "env:ANSIBLE_CONFIG",
             "env:DEPLOY_KEY",
+            "env:infra__postgres__url",
+            "env:Infra__Redis__Url",
+            "env:VAULT_TOKEN",
+            "env:BAO_TOKEN",
         ] {
             assert!(credentials.named_by(name, &[]).is_some(), "{name}");
         }

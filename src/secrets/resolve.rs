@@ -271,10 +271,10 @@ impl LocalSecrets {
         let reference_owned = || raw.to_owned();
         match raw.split_once(':') {
             Some(("env", name)) => resolve_env(name).ok_or_else(|| {
-                if name.is_empty() {
+                if !is_variable_name(name) {
                     ResolveError::Malformed {
                         reference: reference_owned(),
-                        problem: "empty variable name",
+                        problem: "not a variable name ([A-Za-z_][A-Za-z0-9_]*)",
                     }
                 } else {
                     ResolveError::EnvMissing {
@@ -318,10 +318,21 @@ impl LocalSecrets {
 }
 
 fn resolve_env(name: &str) -> Option<SecretString> {
-    if name.is_empty() {
+    if !is_variable_name(name) {
         return None;
     }
     std::env::var(name).ok().map(SecretString::from)
+}
+
+/// A shell variable name. Anything else is refused before the lookup:
+/// libc's `getenv("VAR=abc")` answers with the rest of `VAR`'s value when
+/// it starts with `abc=`, a read of part of a variable by another name.
+pub(crate) fn is_variable_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// A `file:` name must stay inside the secrets directory.
@@ -358,6 +369,15 @@ fn strip_one_trailing_newline(mut text: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_env_name_is_a_variable_name_or_nothing() {
+        assert!(is_variable_name("GITHUB_TOKEN"));
+        assert!(is_variable_name("_x1"));
+        for name in ["", "1X", "PATH=/usr", "A-B", "A B", "É"] {
+            assert!(!is_variable_name(name), "{name}");
+        }
+    }
 
     #[test]
     fn file_names_must_stay_inside_the_secrets_dir() {
