@@ -1,7 +1,8 @@
 //! The background renewal of the worker's Vault token: at two thirds of
 //! each lease `renew-self`; a new login when Vault refuses the renewal or
-//! the max TTL is near. It holds the client only weakly and stops when the
-//! last `Vault` handle is dropped (with the worker's context).
+//! the max TTL is near. It holds the client only weakly between steps (a
+//! step holds it for at most `vault.retry_secs`) and stops when the last
+//! `Vault` handle is dropped (with the worker's context).
 
 use std::sync::{Arc, Weak};
 
@@ -67,9 +68,11 @@ impl Inner {
         let Some((token, lease)) = self.current(generation).await else {
             return;
         };
-        let deadline = lease
-            .expires()
-            .unwrap_or_else(|| Instant::now() + self.retry);
+        // Bounded by `vault.retry_secs` as any read is: the renewer holds
+        // the client while it tries, and must not keep it alive for the
+        // rest of a long lease when Vault is away (the next use logs in).
+        let retry_until = Instant::now() + self.retry;
+        let deadline = lease.expires().map_or(retry_until, |e| e.min(retry_until));
         match auth::renew_self(&self.api, &token, &lease, deadline).await {
             Ok(Renewal::Renewed(renewed)) => {
                 let mut slot = self.slot.lock().await;
