@@ -62,7 +62,9 @@ pub enum ResolveError {
     },
     #[error("secret reference `{reference}`: environment variable is not set")]
     EnvMissing { reference: String },
-    #[error("secret reference `{reference}`: cannot read {path}: {source}")]
+    /// The message names the reference, not the path: results go to the
+    /// orchestrator, which has no business learning the worker's layout.
+    #[error("secret reference `{reference}`: cannot read it: {source}")]
     File {
         reference: String,
         path: PathBuf,
