@@ -13,8 +13,9 @@ use serde_json::{Value, json};
 use crate::helpers::*;
 
 /// The start-up warnings of a worker without (part of) a policy.
-const NO_REFERENCE_POLICY: &str = "no reference policy set: jobs may name any secret the worker can read, except its own credentials";
-const NO_TARGET_POLICY: &str = "no deploy target policy set: jobs may deploy to any host";
+pub(crate) const NO_REFERENCE_POLICY: &str = "no reference policy set: jobs may name any secret the worker can read, except its own credentials";
+pub(crate) const NO_TARGET_POLICY: &str =
+    "no deploy target policy set: jobs may deploy to any host";
 
 /// A world on `host` whose worker also gets `configure`'s settings.
 async fn world_with(
