@@ -2,19 +2,23 @@
 //! where the operator did not allow (CONTRACT.md section 2, "What a job may
 //! name"). Each is refused with the contract's code and `details.reason`
 //! before anything runs: no SSH connection reaches the test's sshd, and the
-//! secret's value appears in no result, dead letter, progress event, log
-//! line or file on the target. An allowed deploy still runs.
+//! secret's value (or its sha256) appears in no result, dead letter,
+//! progress event, log line or file on the target. An allowed deploy still
+//! runs, by a worker whose Vault is down.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use infra_service::job::{ErrorCode, JobResult, JobStatus};
+use infra_service::job::{ErrorCode, JobKind, JobResult, JobStatus};
 use serde_json::{Value, json};
 
 use crate::helpers::*;
 
 /// The start-up warnings of a worker without (part of) a policy.
-const NO_REFERENCE_POLICY: &str = "no reference policy set: jobs may name any secret the worker can read, except its own credentials";
-const NO_TARGET_POLICY: &str = "no deploy target policy set: jobs may deploy to any host";
+pub(crate) const NO_REFERENCE_POLICY: &str = "no reference policy set: jobs may name any secret the worker can read, except its own credentials";
+pub(crate) const NO_TARGET_POLICY: &str =
+    "no deploy target policy set: jobs may deploy to any host";
 
 /// A world on `host` whose worker also gets `configure`'s settings.
 async fn world_with(
@@ -120,36 +124,65 @@ fn files_text(dir: &Path) -> String {
     text
 }
 
+/// Every entry of a stream under the test's prefix, its fields as stored.
+async fn stream_text(w: &World, stream: &str) -> String {
+    let mut text = String::new();
+    for (_, fields) in w.queue.stream_entries(stream).await {
+        for (name, value) in fields {
+            text.push_str(&format!("{name}={value}\n"));
+        }
+    }
+    text
+}
+
 /// `value` is in none of the places a job's words go: its result (key and
 /// stream), the dead letters, its progress events, the worker's logs, the
-/// target's files.
+/// target's files; nor its sha256 (what the fixture playbooks write); and
+/// no playbook left a record on the target for any of `request_ids`.
 async fn assert_nowhere(w: &World, request_ids: &[&str], value: &str) {
     let mut places: Vec<(String, String)> = Vec::new();
     for request_id in request_ids {
-        let result = w.queue.deploy_result_json(request_id).await;
-        places.push((format!("result {request_id}"), format!("{result:?}")));
-        let events = w
-            .queue
-            .stream_entries(&format!("job:events:{request_id}"))
-            .await;
-        places.push((format!("events {request_id}"), format!("{events:?}")));
+        let result = w.queue.result_text(JobKind::Deploy, request_id).await;
+        let result = result.unwrap_or_else(|| panic!("no result for {request_id}"));
+        places.push((format!("result {request_id}"), result));
+        let events = stream_text(w, &format!("job:events:{request_id}")).await;
+        places.push((format!("events {request_id}"), events));
+        for record in [format!("{request_id}.json"), format!("{request_id}.start")] {
+            let path = w.host.out_dir().join(&record);
+            assert!(!path.exists(), "a playbook ran: {record} on the target");
+        }
     }
-    let stream = w.queue.deploy_results_stream().await;
-    places.push(("deploy:results".into(), format!("{stream:?}")));
     places.push((
-        "dead letters".into(),
-        format!("{:?}", w.queue.dead_letters().await),
+        "deploy:results".into(),
+        stream_text(w, "deploy:results").await,
     ));
+    places.push(("dead letters".into(), stream_text(w, "infra:dead").await));
     places.push(("worker logs".into(), w.worker.logs()));
     places.push(("the target".into(), files_text(&w.host.out_dir())));
-    for fragment in fragments(value) {
+    // A file's value loses one trailing newline when resolved.
+    let digests = [value, value.strip_suffix('\n').unwrap_or(value)].map(sha256_hex);
+    let digests = digests.iter().map(String::as_str);
+    for fragment in fragments(value).into_iter().chain(digests) {
         for (place, text) in &places {
             assert!(
                 !text.contains(fragment),
-                "a secret's value is in the {place}"
+                "a secret's value or digest is in the {place}"
             );
         }
     }
+}
+
+/// No SSH connection reached `w`'s sshd since it counted `before`. sshd
+/// logs a connection a moment after accepting it: one of the test's own,
+/// once logged, tells that an earlier one would be counted by then.
+async fn assert_no_connection_since(w: &World, before: usize) {
+    w.host.knock().await;
+    let counted = eventually(Duration::from_secs(30), || async {
+        let now = w.host.connections();
+        (now > before).then_some(now)
+    })
+    .await;
+    assert_eq!(counted, Some(before + 1), "{}", w.host.sshd_log());
 }
 
 /// The worker's own `secrets.dir`.
@@ -199,8 +232,12 @@ async fn the_deploy_key_sent_to_a_host_outside_the_allowed_ranges_is_refused_bef
         assert_target_refused(&w, result).await;
     }
     let message = results[1].message().unwrap();
-    assert!(message.contains("127.0.0.1"), "{message}");
-    assert_eq!(w.host.connections(), connections, "{}", w.host.sshd_log());
+    let localhost = localhost_addresses().await;
+    assert!(
+        localhost.iter().any(|ip| message.contains(&ip.to_string())),
+        "{message} names none of {localhost:?}"
+    );
+    assert_no_connection_since(&w, connections).await;
     assert!(digest_record(&w.host, id(&steal)).is_none());
     let ids = [id(&steal), id(&by_name)];
     assert_nowhere(&w, &ids, &key).await;
@@ -244,7 +281,7 @@ async fn the_deploy_key_under_other_spellings_or_through_a_symlink_is_not_allowe
     for (result, (_, reference)) in results.iter().zip(attempts) {
         assert_not_allowed(result, reference);
     }
-    assert_eq!(w.host.connections(), connections, "{}", w.host.sshd_log());
+    assert_no_connection_since(&w, connections).await;
     assert!(w.queue.dead_letters().await.is_empty());
     let ids: Vec<&str> = payloads.iter().map(id).collect();
     assert_nowhere(&w, &ids, &w.host.client_private_key_pem()).await;
@@ -258,11 +295,15 @@ async fn the_workers_environment_is_not_allowed_whatever_the_patterns_and_patter
     // `.env` files must come from Vault.
     let db = TestDb::new().await;
     let pg_password = unique_request_id("pgpw");
+    let become_password = unique_request_id("become");
+    let file_token = unique_request_id("ghp_file");
     let w = world_with(TestHost::start().await, |worker| {
         worker
             .postgres_url(db.url())
             .env("INFRA__POSTGRES__URL", db.url())
             .env("PGPASSWORD", &pg_password)
+            .env("ANSIBLE_BECOME_PASS", &become_password)
+            .secret_file("projects/token", file_token.clone())
             .set("policy.deploy_targets", json!(["127.0.0.1"]))
             .set("policy.github_token_ref", json!(["env:*"]))
             .set("policy.secrets_ref", json!(["vault:secret/projects/*"]))
@@ -278,22 +319,53 @@ async fn the_workers_environment_is_not_allowed_whatever_the_patterns_and_patter
         w.host.address(),
         json!({"github_token_ref": "env:PGPASSWORD", "secrets_ref": null}),
     );
+    let become_pass = payload(
+        "become-pass",
+        w.host.address(),
+        json!({"github_token_ref": "env:ANSIBLE_BECOME_PASS", "secrets_ref": null}),
+    );
     let unlisted = payload("unlisted", w.host.address(), json!({}));
+    let unlisted_token = payload(
+        "unlisted-token",
+        w.host.address(),
+        json!({"github_token_ref": "file:projects/token", "secrets_ref": null}),
+    );
     let connections = w.host.connections();
 
     // Act
-    let payloads = [database_url.clone(), password.clone(), unlisted.clone()];
+    let payloads = [
+        database_url,
+        password,
+        become_pass,
+        unlisted,
+        unlisted_token,
+    ];
     let results = deploy_all(&w, &payloads).await;
 
     // Assert
     assert_not_allowed(&results[0], "env:INFRA__POSTGRES__URL");
     assert_not_allowed(&results[1], "env:PGPASSWORD");
-    assert_not_allowed(&results[2], &format!("env:{PROJECT_ENV_VAR}"));
-    assert_eq!(w.host.connections(), connections, "{}", w.host.sshd_log());
+    assert_not_allowed(&results[2], "env:ANSIBLE_BECOME_PASS");
+    assert_not_allowed(&results[3], &format!("env:{PROJECT_ENV_VAR}"));
+    assert_not_allowed(&results[4], "file:projects/token");
+    let why = [
+        "names the worker's own configuration",
+        "names the worker's own configuration",
+        "names the worker's own configuration",
+        "matches no pattern of `policy.secrets_ref`",
+        "matches no pattern of `policy.github_token_ref`",
+    ];
+    for (result, why) in results.iter().zip(why) {
+        let message = result.message().unwrap();
+        assert!(message.contains(why), "{message}");
+    }
+    assert_no_connection_since(&w, connections).await;
     let ids: Vec<&str> = payloads.iter().map(id).collect();
     assert_nowhere(&w, &ids, db.url()).await;
     assert_nowhere(&w, &ids, &pg_password).await;
+    assert_nowhere(&w, &ids, &become_password).await;
     assert_nowhere(&w, &ids, w.worker.env_value(PROJECT_ENV_VAR)).await;
+    assert_nowhere(&w, &ids, &file_token).await;
     assert!(w.worker.log_entries(NO_REFERENCE_POLICY).is_empty());
 }
 
@@ -333,14 +405,33 @@ async fn a_registered_servers_key_is_not_allowed_and_an_unregistered_target_is_r
     // Assert
     assert_not_allowed(&results[0], "file:servers//vps-1.key");
     assert_target_refused(&w, &results[1]).await;
-    assert_eq!(w.host.connections(), connections, "{}", w.host.sshd_log());
+    assert_no_connection_since(&w, connections).await;
     assert_nowhere(&w, &[id(&steal), id(&unregistered)], &server_key).await;
 }
 
-/// The addresses `localhost` resolves to on this machine.
-async fn localhost_addresses() -> Vec<std::net::IpAddr> {
+/// The addresses `localhost` resolves to on this machine, 127.0.0.1
+/// first; checked to be loopback ones a `TestHost` can listen on, so a
+/// test that deploys to `localhost` never reaches beyond this machine.
+async fn localhost_addresses() -> Vec<IpAddr> {
     let found = tokio::net::lookup_host(("localhost", 22)).await.unwrap();
-    found.map(|a| a.ip()).collect()
+    let mut addresses: Vec<IpAddr> = Vec::new();
+    for ip in found.map(|a| a.ip().to_canonical()) {
+        if !addresses.contains(&ip) {
+            addresses.push(ip);
+        }
+    }
+    let first = IpAddr::from([127, 0, 0, 1]);
+    let usable = |ip: &IpAddr| match ip {
+        IpAddr::V4(v4) => v4.octets()[..3] == [127, 0, 0] && (1..=16).contains(&v4.octets()[3]),
+        IpAddr::V6(v6) => v6.is_loopback(),
+    };
+    assert!(
+        addresses.contains(&first) && addresses.iter().all(usable),
+        "these tests need `localhost` to resolve to 127.0.0.1, and else only to \
+         127.0.0.2-16 or ::1 (/etc/hosts), not {addresses:?}"
+    );
+    addresses.sort_by_key(|ip| *ip != first);
+    addresses
 }
 
 /// A host name is checked by the address it resolves to (a registered
@@ -348,18 +439,28 @@ async fn localhost_addresses() -> Vec<std::net::IpAddr> {
 /// is kept under the name.
 #[tokio::test]
 async fn an_allowed_reference_and_a_host_name_resolving_to_a_registered_server_still_deploy() {
-    // Arrange: a strict policy that this job keeps to.
-    assert_eq!(
-        localhost_addresses().await,
-        ["127.0.0.1".parse::<std::net::IpAddr>().unwrap()],
-        "this test needs `localhost` to resolve to 127.0.0.1 only (/etc/hosts)"
-    );
+    // Arrange: a strict policy that this job keeps to; one sshd on every
+    // address of `localhost`, each a registered server. Vault is down
+    // (nobody listens at its address): the job names no Vault secret.
+    let localhost: Vec<String> = localhost_addresses()
+        .await
+        .iter()
+        .map(IpAddr::to_string)
+        .collect();
+    let localhost: Vec<&str> = localhost.iter().map(String::as_str).collect();
     let db = TestDb::new().await;
-    let host = TestHost::start().await;
-    register(&db, "vps-1", host.address(), host.port(), SSH_KEY_REF).await;
+    let host = TestHost::start_on_all(&localhost).await;
+    for (i, address) in localhost.iter().enumerate() {
+        let handle = format!("vps-{}", i + 1);
+        register(&db, &handle, address, host.port(), SSH_KEY_REF).await;
+    }
+    let vault_down = format!("http://127.0.0.1:{}", free_stable_port());
     let w = world_with(host, |worker| {
         worker
             .postgres_url(db.url())
+            .set("vault.addr", vault_down)
+            .set("vault.token_ref", "file:vault/token")
+            .secret_file("vault/token", "hvs.never-sent")
             .set(
                 "policy.github_token_ref",
                 json!(["env:GITHUB_TOKEN_FOR_TEST"]),
@@ -400,6 +501,8 @@ async fn an_allowed_reference_and_a_host_name_resolving_to_a_registered_server_s
     );
     assert!(w.worker.log_entries(NO_REFERENCE_POLICY).is_empty());
     assert!(w.worker.log_entries(NO_TARGET_POLICY).is_empty());
+    let asked_vault = w.worker.log_entries("Vault did not answer; retrying");
+    assert!(asked_vault.is_empty(), "{asked_vault:#?}");
 }
 
 #[tokio::test]

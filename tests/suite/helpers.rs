@@ -38,6 +38,7 @@ pub use playbooks::{
     sleep_starts, wait_sleepers_started,
 };
 pub use poll::eventually;
+pub(crate) use ports::free_stable_port;
 pub use procs::{all_cmdlines, cmdline, descendants, pids_with_environ_containing};
 pub use redis::{Queue, TestRedis};
 pub use worker::{

@@ -80,15 +80,6 @@ async fn env_file(resolver: &Resolver, reference: &str) -> Result<String, Resolv
     Ok(value.expose_secret().to_owned())
 }
 
-/// The token label of every successful KV read, in order.
-fn read_tokens(fake: &FakeVault) -> Vec<String> {
-    fake.requests()
-        .into_iter()
-        .filter(|r| r.path.contains("/data/") && r.status == 200)
-        .map(|r| r.token.unwrap_or_default())
-        .collect()
-}
-
 /// No URL, and no header but the token's own, carried any of `values`.
 fn assert_no_request_carries(fake: &FakeVault, values: &[&str]) {
     for request in fake.requests() {
@@ -138,7 +129,7 @@ async fn an_approle_login_reads_one_field_and_a_whole_secret_as_sorted_env_lines
     assert_eq!(fake.logins(), 1, "{:#?}", fake.requests());
     let login = &fake.answered("/v1/auth/approle/login", 200)[0];
     assert_eq!(login.method, "POST");
-    assert_eq!(read_tokens(&fake), ["token-1", "token-1", "token-1"]);
+    assert_eq!(fake.read_tokens(), ["token-1", "token-1", "token-1"]);
     for request in fake.requests() {
         assert!(request.namespace.is_none(), "{request:?}");
     }
@@ -209,15 +200,15 @@ async fn a_token_file_is_read_again_when_it_changes_as_a_vault_agent_sink_rewrit
     // Assert: the new token was looked up and used, without a 403 first.
     assert_eq!(token, TOKEN);
     assert_eq!(fake.answered("/v1/auth/token/lookup-self", 200).len(), 2);
-    assert_eq!(read_tokens(&fake), ["token-1", "token-2"]);
+    assert_eq!(fake.read_tokens(), ["token-1", "token-2"]);
     assert!(fake.answered("/data/ci/github", 403).is_empty());
 }
 
 #[tokio::test]
 async fn the_token_is_renewed_before_its_lease_ends_so_no_new_login_is_needed() {
-    // Arrange: tokens of 2 s, renewable without a cap.
+    // Arrange: tokens of 6 s (renewed at 4 s), renewable without a cap.
     let fake = fake_with(FakeConfig {
-        token_ttl: Duration::from_secs(2),
+        token_ttl: Duration::from_secs(6),
         ..FakeConfig::default()
     })
     .await;
@@ -227,8 +218,8 @@ async fn the_token_is_renewed_before_its_lease_ends_so_no_new_login_is_needed() 
         .await
         .unwrap();
 
-    // Act: wait past the first lease.
-    let renewed = eventually(Duration::from_secs(10), || async {
+    // Act: wait past the first lease (a second renewal comes after it).
+    let renewed = eventually(Duration::from_secs(30), || async {
         (fake.renewals() >= 2).then_some(())
     })
     .await;
@@ -240,7 +231,7 @@ async fn the_token_is_renewed_before_its_lease_ends_so_no_new_login_is_needed() 
     assert!(renewed.is_some(), "{:#?}", fake.requests());
     assert_eq!(token, TOKEN);
     assert_eq!(fake.logins(), 1);
-    assert_eq!(read_tokens(&fake), ["token-1", "token-1"]);
+    assert_eq!(fake.read_tokens(), ["token-1", "token-1"]);
     let renewals = fake.answered("/v1/auth/token/renew-self", 200);
     assert!(
         renewals
@@ -251,10 +242,11 @@ async fn the_token_is_renewed_before_its_lease_ends_so_no_new_login_is_needed() 
 
 #[tokio::test]
 async fn at_the_max_ttl_the_client_logs_in_again_before_the_token_dies() {
-    // Arrange: 2 s tokens that live 3 s at most.
+    // Arrange: 6 s tokens that live 8 s at most: the renewal at 4 s
+    // gives less than before, so the client logs in again at 6 s.
     let fake = fake_with(FakeConfig {
-        token_ttl: Duration::from_secs(2),
-        token_max_ttl: Duration::from_secs(3),
+        token_ttl: Duration::from_secs(6),
+        token_max_ttl: Duration::from_secs(8),
         ..FakeConfig::default()
     })
     .await;
@@ -265,7 +257,7 @@ async fn at_the_max_ttl_the_client_logs_in_again_before_the_token_dies() {
         .unwrap();
 
     // Act
-    let relogged = eventually(Duration::from_secs(10), || async {
+    let relogged = eventually(Duration::from_secs(30), || async {
         (fake.logins() >= 2).then_some(())
     })
     .await;
@@ -277,17 +269,15 @@ async fn at_the_max_ttl_the_client_logs_in_again_before_the_token_dies() {
     assert!(relogged.is_some(), "{:#?}", fake.requests());
     assert!(fake.renewals() >= 1);
     assert_eq!(token, TOKEN);
-    assert_eq!(
-        read_tokens(&fake).last().map(String::as_str),
-        Some("token-2")
-    );
-    assert!(fake.answered("/data/ci/github", 403).is_empty());
+    let (read, newest) = fake.last_read_and_newest_login();
+    assert_eq!(read, newest, "{:#?}", fake.requests());
+    assert!(fake.reads_answered(403).is_empty());
 }
 
 #[tokio::test]
 async fn a_refused_renewal_means_a_new_login() {
     let fake = fake_with(FakeConfig {
-        token_ttl: Duration::from_secs(2),
+        token_ttl: Duration::from_secs(6),
         ..FakeConfig::default()
     })
     .await;
@@ -298,7 +288,7 @@ async fn a_refused_renewal_means_a_new_login() {
         .unwrap();
     fake.refuse_renewals();
 
-    let relogged = eventually(Duration::from_secs(10), || async {
+    let relogged = eventually(Duration::from_secs(30), || async {
         (fake.logins() >= 2).then_some(())
     })
     .await;
@@ -307,9 +297,13 @@ async fn a_refused_renewal_means_a_new_login() {
         .unwrap();
 
     assert!(relogged.is_some(), "{:#?}", fake.requests());
-    assert_eq!(fake.answered("/v1/auth/token/renew-self", 403).len(), 1);
+    assert!(!fake.answered("/v1/auth/token/renew-self", 403).is_empty());
     assert_eq!(token, TOKEN);
-    assert_eq!(read_tokens(&fake), ["token-1", "token-2"]);
+    // The new login's token, and no 403 on the way.
+    let (read, newest) = fake.last_read_and_newest_login();
+    assert_eq!(read, newest, "{:#?}", fake.requests());
+    assert_ne!(read.as_deref(), Some("token-1"));
+    assert!(fake.reads_answered(403).is_empty());
 }
 
 #[tokio::test]
@@ -331,7 +325,7 @@ async fn a_403_on_a_read_costs_one_new_login_and_one_more_read() {
     assert_eq!(refused.len(), 1);
     assert_eq!(refused[0].token.as_deref(), Some("token-1"));
     assert_eq!(fake.logins(), 2);
-    assert_eq!(read_tokens(&fake), ["token-1", "token-2"]);
+    assert_eq!(fake.read_tokens(), ["token-1", "token-2"]);
 }
 
 #[tokio::test]
@@ -396,11 +390,13 @@ async fn each_failure_has_the_contracts_reason_and_names_the_reference_not_a_val
             FailureReason::Malformed,
             "field `KEY` holds a line break",
         ),
+        // No policy grants a mount that does not exist: 403, then again
+        // after the new login.
         (
             "vault:nomount/x#k",
             false,
-            FailureReason::NotFound,
-            "no secret at nomount/x",
+            FailureReason::Forbidden,
+            "HTTP 403",
         ),
     ];
     for (reference, as_env, reason, message) in cases {
@@ -424,9 +420,10 @@ async fn each_failure_has_the_contracts_reason_and_names_the_reference_not_a_val
             assert!(!text.contains(value), "{text}");
         }
     }
-    // The token was still good, so the 403 was the ACL's final word: the
+    // The token was still good, so each 403 was the ACL's final word: the
     // read was not repeated and no new login spent a credential on it.
     assert_eq!(fake.answered("/v1/secret/data/locked", 403).len(), 1);
+    assert_eq!(fake.answered("/v1/nomount/data/x", 403).len(), 1);
     assert!(!fake.answered("/v1/auth/token/lookup-self", 200).is_empty());
 }
 
@@ -435,7 +432,7 @@ async fn a_vault_that_stays_sealed_past_retry_secs_is_unavailable() {
     let fake = fake_with(FakeConfig::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let resolver = approle_resolver(&fake, dir.path(), |s| s.retry_secs = 1);
-    fake.seal_for(1000);
+    fake.seal();
 
     let started = Instant::now();
     let e = one(&resolver, "vault:secret/ci/github#token")
@@ -479,10 +476,12 @@ async fn an_outage_shorter_than_retry_secs_costs_a_delay_not_the_read() {
 }
 
 #[tokio::test]
-async fn a_namespace_is_sent_on_every_request_and_scopes_the_login_and_the_secrets() {
-    // Arrange: the secret exists only in namespace team-a.
+async fn a_namespace_is_sent_on_every_request_and_scopes_the_login_the_token_and_the_secrets() {
+    // Arrange: the secret and the auth methods exist only in namespace
+    // team-a; tokens of 4 s, so the scoped client renews soon.
     let fake = FakeVault::start(FakeConfig {
         namespace: Some("team-a".into()),
+        token_ttl: Duration::from_secs(4),
         ..FakeConfig::default()
     })
     .await;
@@ -490,25 +489,65 @@ async fn a_namespace_is_sent_on_every_request_and_scopes_the_login_and_the_secre
     let dir = tempfile::tempdir().unwrap();
     let scoped = approle_resolver(&fake, dir.path(), |_| {});
     let unscoped = approle_resolver(&fake, dir.path(), |s| s.namespace = None);
+    let team_token = fake.issue_token(Duration::from_secs(3600), Duration::ZERO, true);
+    std::fs::write(dir.path().join("team-token"), &team_token).unwrap();
+    let mut token_settings = settings(
+        &fake,
+        VaultAuth::Token {
+            token_ref: "file:team-token".into(),
+        },
+    );
+    token_settings.namespace = None;
+    let token_without_namespace = Resolver::with_vault(dir.path().to_owned(), &token_settings);
 
     // Act
     let token = one(&scoped, "vault:secret/ci/github#token").await.unwrap();
+    let renewed = eventually(Duration::from_secs(30), || async {
+        (fake.renewals() >= 1).then_some(())
+    })
+    .await;
     let outside = one(&unscoped, "vault:secret/ci/github#token")
         .await
         .unwrap_err();
+    let header_missing = one(&token_without_namespace, "vault:secret/ci/github#token")
+        .await
+        .unwrap_err();
 
-    // Assert
+    // Assert: the scoped client's login, read and renewal all carried it.
     assert_eq!(token, TOKEN);
+    assert!(renewed.is_some(), "{:#?}", fake.requests());
     let scoped_requests: Vec<_> = fake
         .requests()
         .into_iter()
         .filter(|r| r.status == 200)
         .collect();
-    assert_eq!(scoped_requests.len(), 2, "{scoped_requests:#?}");
+    let paths: Vec<&str> = scoped_requests.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(
+        paths[..3],
+        [
+            "/v1/auth/approle/login",
+            "/v1/secret/data/ci/github",
+            "/v1/auth/token/renew-self"
+        ],
+        "{scoped_requests:#?}"
+    );
     for request in &scoped_requests {
         assert_eq!(request.namespace.as_deref(), Some("team-a"), "{request:?}");
     }
+    // Without the header, no login, and a team-a token is refused.
     assert_eq!(outside.reason(), FailureReason::Forbidden, "{outside}");
+    let login = fake.answered("/v1/auth/approle/login", 403);
+    assert_eq!(login.len(), 1, "{login:#?}");
+    assert_eq!(login[0].namespace, None);
+    assert_eq!(
+        header_missing.reason(),
+        FailureReason::Forbidden,
+        "{header_missing}"
+    );
+    let lookup = fake.answered("/v1/auth/token/lookup-self", 403);
+    assert_eq!(lookup.len(), 1, "{lookup:#?}");
+    assert_eq!(lookup[0].namespace, None);
+    assert_ne!(lookup[0].token.as_deref(), Some("unknown"), "a real token");
 }
 
 #[tokio::test]

@@ -2,13 +2,16 @@
 //! fake Vault and a real sshd. What the client tests already show (each
 //! login, each reason) is only sampled here; these show what a job sees:
 //! the values on the target, the result's details, the token kept alive
-//! across a long job, and no value anywhere the job leaves text.
+//! across a long job, a Vault outage that costs a delay, references the
+//! policy refuses before Vault hears of them, and no value anywhere the
+//! job leaves text.
 
 use std::time::Duration;
 
 use infra_service::job::{ErrorCode, JobResult, JobStatus};
 use serde_json::{Value, json};
 
+use crate::exfiltration::{NO_REFERENCE_POLICY, NO_TARGET_POLICY};
 use crate::helpers::*;
 use crate::vault_fake::{FakeConfig, FakeVault};
 
@@ -17,6 +20,8 @@ const DB_PASSWORD: &str = "pw-e2e-91c4aa70";
 /// The `.env` text `vault:secret/projects/x` becomes: sorted, one line each.
 const PROJECT_ENV: &str = "APP_ENV=prod\nDB_PASSWORD=pw-e2e-91c4aa70\nPORT=8080\n";
 const HANDLE: &str = "vps-hel1-01";
+/// What the worker logs each time a Vault call meets no answer.
+const VAULT_RETRY: &str = "Vault did not answer; retrying";
 
 async fn fake_with(config: FakeConfig) -> FakeVault {
     let fake = FakeVault::start(config).await;
@@ -48,6 +53,19 @@ fn vault_deploy(w: &World, label: &str) -> Value {
     payload
 }
 
+/// Enqueues every payload first, then waits for each result, in order.
+async fn deploy_all(w: &World, payloads: &[Value]) -> Vec<JobResult> {
+    for payload in payloads {
+        w.queue.enqueue_deploy(payload).await;
+    }
+    let mut results = Vec::new();
+    for payload in payloads {
+        let id = payload["request_id"].as_str().unwrap();
+        results.push(w.worker.wait_deploy_result(&w.queue, id).await);
+    }
+    results
+}
+
 fn assert_secret_unresolved(w: &World, result: &JobResult, reference: &str, reason: &str) {
     assert_eq!(
         result.code(),
@@ -56,6 +74,7 @@ fn assert_secret_unresolved(w: &World, result: &JobResult, reference: &str, reas
     );
     assert_eq!(result.detail("reference"), reference, "{result:#?}");
     assert_eq!(result.detail("reason"), reason, "{result:#?}");
+    assert!(result.stats.is_none(), "a playbook ran: {result:#?}");
     assert!(
         digest_record(&w.host, &result.request_id).is_none(),
         "a playbook ran"
@@ -66,7 +85,13 @@ fn assert_secret_unresolved(w: &World, result: &JobResult, reference: &str, reas
 /// URL or header the fake Vault was sent.
 async fn assert_nowhere(w: &World, fake: &FakeVault, values: &[String]) {
     let logs = w.worker.logs();
-    let results = serde_json::to_string(&w.queue.deploy_results_stream().await).unwrap();
+    let results: String = w
+        .queue
+        .stream_entries("deploy:results")
+        .await
+        .into_iter()
+        .flat_map(|(_, fields)| fields.into_values())
+        .collect();
     for value in values {
         assert!(
             !logs.contains(value.as_str()),
@@ -87,13 +112,15 @@ async fn assert_nowhere(w: &World, fake: &FakeVault, values: &[String]) {
 }
 
 #[tokio::test]
-async fn a_deploy_gets_its_token_and_env_from_vault_and_rides_out_a_seal_and_a_revocation() {
+async fn a_deploy_gets_its_token_and_env_from_vault_and_rides_out_an_outage_and_a_revocation() {
     // Arrange
-    let fake = fake_with(FakeConfig::default()).await;
+    let mut fake = fake_with(FakeConfig::default()).await;
     fake.put("secret/projects/gone", json!({"A": "deleted-env-value"}));
     fake.delete_latest("secret/projects/gone");
+    fake.put("secret/projects/locked", json!({"A": "locked-env-value"}));
+    fake.deny("secret/projects/locked");
     let w = World::start(TestHost::start().await, TestRedis::new().await, |b| {
-        approle(b, &fake).set("vault.retry_secs", 20)
+        approle(b, &fake).set("vault.retry_secs", 30)
     })
     .await;
     w.worker
@@ -114,38 +141,63 @@ async fn a_deploy_gets_its_token_and_env_from_vault_and_rides_out_a_seal_and_a_r
     assert_eq!(record["project_env_sha256"], sha256_hex(PROJECT_ENV));
     assert_eq!(fake.logins(), 1);
 
-    // Act 2: Vault is sealed for three requests and the worker's token is
-    // revoked; Vault is back well within vault.retry_secs.
+    // Act 2: Vault goes down (connection refused) and the worker's token
+    // is revoked meanwhile; a deploy starts while it is down, and Vault is
+    // back well within vault.retry_secs.
+    fake.stop().await;
     fake.revoke_all();
-    fake.seal_for(3);
-    let second = w.deploy(&vault_deploy(&w, "vault-outage")).await;
+    let outage = vault_deploy(&w, "vault-outage");
+    w.queue.enqueue_deploy(&outage).await;
+    let retries = w.worker.wait_log(VAULT_RETRY, 1, START_TIMEOUT).await;
+    fake.restart().await;
+    let outage_id = outage["request_id"].as_str().unwrap();
+    let second = w.worker.wait_deploy_result(&w.queue, outage_id).await;
 
     // Assert 2: a delay, not the job: retried, logged in again, deployed.
     assert_eq!(second.status, JobStatus::Success, "{second:#?}");
+    assert_eq!(
+        retries[0]["call"], "the read of secret/ci/github",
+        "{retries:#?}"
+    );
+    let refused = retries[0]["error.message"].as_str().unwrap_or_default();
+    assert!(refused.to_lowercase().contains("connect"), "{retries:#?}");
     let reads = "/v1/secret/data/ci/github";
-    assert_eq!(fake.answered(reads, 503).len(), 3, "{:#?}", fake.requests());
-    assert_eq!(fake.answered(reads, 403).len(), 1);
+    assert_eq!(fake.answered(reads, 403).len(), 1, "{:#?}", fake.requests());
     assert_eq!(fake.logins(), 2);
     let record = digest_record(&w.host, &second.request_id).expect("the playbook's record");
     assert_eq!(record["token_sha256"], sha256_hex(TOKEN));
 
-    // Act 3: a field the secret lacks, and a deleted secret.
-    let mut no_field = vault_deploy(&w, "vault-nofield");
-    no_field["github_token_ref"] = json!("vault:secret/ci/github#nope");
-    let mut deleted = vault_deploy(&w, "vault-deleted");
-    deleted["secrets_ref"] = json!("vault:secret/projects/gone");
-    let no_field = w.deploy(&no_field).await;
-    let deleted = w.deploy(&deleted).await;
+    // Act 3: a field the secret lacks, a deleted secret, a denied one, and
+    // a whole secret where one value is needed.
+    let with = |label: &str, field: &str, reference: &str| {
+        let mut payload = vault_deploy(&w, label);
+        payload[field] = json!(reference);
+        payload
+    };
+    let failures = [
+        (
+            "github_token_ref",
+            "vault:secret/ci/github#nope",
+            "field_missing",
+        ),
+        ("secrets_ref", "vault:secret/projects/gone", "not_found"),
+        ("secrets_ref", "vault:secret/projects/locked", "forbidden"),
+        ("github_token_ref", "vault:secret/ci/github", "malformed"),
+    ];
+    let payloads: Vec<Value> = failures
+        .iter()
+        .map(|(field, reference, reason)| with(reason, field, reference))
+        .collect();
+    let results = deploy_all(&w, &payloads).await;
 
-    // Assert 3: the contract's reasons, before any playbook.
-    assert_secret_unresolved(
-        &w,
-        &no_field,
-        "vault:secret/ci/github#nope",
-        "field_missing",
-    );
-    assert_secret_unresolved(&w, &deleted, "vault:secret/projects/gone", "not_found");
-    let mut values: Vec<String> = [TOKEN, DB_PASSWORD, "deleted-env-value"]
+    // Assert 3: the contract's reasons, before any playbook; the denied
+    // read, with a token Vault still accepted, was not tried again.
+    for (result, (_, reference, reason)) in results.iter().zip(failures) {
+        assert_secret_unresolved(&w, result, reference, reason);
+    }
+    let locked = fake.answered("/v1/secret/data/projects/locked", 403);
+    assert_eq!(locked.len(), 1, "{locked:#?}");
+    let mut values: Vec<String> = [TOKEN, DB_PASSWORD, "deleted-env-value", "locked-env-value"]
         .map(str::to_owned)
         .into();
     values.push(fake.config().secret_id.clone());
@@ -154,11 +206,34 @@ async fn a_deploy_gets_its_token_and_env_from_vault_and_rides_out_a_seal_and_a_r
 }
 
 #[tokio::test]
+async fn a_vault_sealed_past_retry_secs_fails_the_job_unavailable_before_any_playbook() {
+    // Arrange: a Vault nobody unseals, and a worker that waits 1 s for it.
+    let fake = fake_with(FakeConfig::default()).await;
+    fake.seal();
+    let w = World::start(TestHost::start().await, TestRedis::new().await, |b| {
+        approle(b, &fake).set("vault.retry_secs", 1)
+    })
+    .await;
+
+    // Act
+    let result = w.deploy(&vault_deploy(&w, "vault-sealed")).await;
+
+    // Assert: the first reference the job needs names the failure.
+    assert_secret_unresolved(&w, &result, "vault:secret/ci/github#token", "unavailable");
+    let message = result.message().unwrap();
+    assert!(message.contains("vault.retry_secs"), "{message}");
+    let logins = fake.answered("/v1/auth/approle/login", 503);
+    assert!(logins.len() >= 2, "not retried: {logins:#?}");
+    assert!(!w.worker.log_entries(VAULT_RETRY).is_empty());
+}
+
+#[tokio::test]
 async fn during_a_long_job_the_worker_renews_its_token_then_logs_in_again_at_the_max_ttl() {
-    // Arrange: tokens of 2 s that live 5 s at most; a job held open.
+    // Arrange: tokens of 6 s that live 8 s at most (renewed at 4 s, a new
+    // login at 6 s); a job held open.
     let fake = fake_with(FakeConfig {
-        token_ttl: Duration::from_secs(2),
-        token_max_ttl: Duration::from_secs(5),
+        token_ttl: Duration::from_secs(6),
+        token_max_ttl: Duration::from_secs(8),
         ..FakeConfig::default()
     })
     .await;
@@ -174,24 +249,46 @@ async fn during_a_long_job_the_worker_renews_its_token_then_logs_in_again_at_the
     assert!(started, "the held job never started");
 
     // Act: while the job runs, the token's lease ends more than once.
-    let cycled = eventually(Duration::from_secs(30), || async {
+    let cycled = eventually(Duration::from_secs(40), || async {
         (fake.renewals() >= 1 && fake.logins() >= 2).then_some(())
     })
     .await;
     let still_running = w.queue.deploy_result(&held_id).await.is_none();
     release_sleepers(&w.host);
     let held_result = w.worker.wait_deploy_result(&w.queue, &held_id).await;
-    let later = w.deploy(&vault_deploy(&w, "vault-later")).await;
+    // Reads with the token of now, failing before any playbook.
+    let mut later = vault_deploy(&w, "vault-later");
+    later["secrets_ref"] = json!("vault:secret/projects/x#MISSING");
+    let later = w.deploy(&later).await;
 
     // Assert
     assert!(cycled.is_some(), "{:#?}", fake.requests());
     assert!(still_running, "the job ended before the token's lease did");
     assert_eq!(held_result.status, JobStatus::Success, "{held_result:#?}");
-    assert_eq!(later.status, JobStatus::Success, "{later:#?}");
-    assert!(
-        fake.answered("/data/", 403).is_empty(),
-        "a read met a dead token"
+    assert_eq!(
+        later.code(),
+        Some(ErrorCode::SecretUnresolved),
+        "{later:#?}"
     );
+    assert_eq!(later.detail("reason"), "field_missing", "{later:#?}");
+    assert!(sleep_starts(&w.host, &later.request_id).is_empty());
+    assert!(
+        fake.reads_answered(403).is_empty(),
+        "a read met a dead token: {:#?}",
+        fake.requests()
+    );
+    // The later job read with a token of a later login than the first
+    // one (which its max TTL has ended by now). Not necessarily the very
+    // newest: the renewer may log in again between a read's ticket and
+    // its request.
+    let issued: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.issued)
+        .collect();
+    let (read, _) = fake.last_read_and_newest_login();
+    let read = read.expect("the later job's read");
+    assert!(issued[1..].contains(&read), "{read} of {issued:?}");
     let logins = w.worker.log_entries("logged in to Vault");
     assert!(logins.len() >= 2, "{logins:#?}");
     assert!(
@@ -200,9 +297,18 @@ async fn during_a_long_job_the_worker_renews_its_token_then_logs_in_again_at_the
     );
 }
 
+/// A deploy to `w`'s host with `secrets_ref` set to `reference`.
+fn deploy_naming(w: &World, reference: &str) -> Value {
+    let mut payload = valid_deploy_payload(&unique_request_id("refused"), w.host.address(), 8080);
+    payload["secrets_ref"] = json!(reference);
+    payload
+}
+
 #[tokio::test]
-async fn a_provision_takes_the_servers_key_from_vault_with_a_token_from_a_file() {
-    // Arrange: the server's key lives in Vault; the worker has a token.
+async fn a_provision_takes_the_servers_key_from_vault_and_no_job_may_name_it_or_the_token() {
+    // Arrange: the server's key lives in Vault; the worker has a token in
+    // a file. The reference lists would let the worker's own credentials
+    // through: they are refused whatever the lists say.
     let fake = FakeVault::start(FakeConfig::default()).await;
     let host = TestHost::start().await;
     let key = host.client_private_key_pem();
@@ -210,6 +316,7 @@ async fn a_provision_takes_the_servers_key_from_vault_with_a_token_from_a_file()
         "secret/servers/vps-hel1-01",
         json!({"private_key": key.clone()}),
     );
+    fake.put("secret/ci/github", json!({"token": TOKEN}));
     let token = fake.issue_token(Duration::from_secs(3600), Duration::ZERO, true);
     let db = TestDb::new().await;
     let port = host.port().to_string();
@@ -237,23 +344,59 @@ async fn a_provision_takes_the_servers_key_from_vault_with_a_token_from_a_file()
             .set("vault.addr", fake.addr())
             .set("vault.token_ref", "file:vault/token")
             .secret_file("vault/token", format!("{token}\n"))
+            .set(
+                "policy.secrets_ref",
+                json!([
+                    "vault:secret/projects/*",
+                    "vault:secret/servers/*",
+                    "file:vault/*"
+                ]),
+            )
             .env("TMPDIR", tmp.path().to_str().unwrap())
     })
     .await;
-    let request_id = unique_request_id("vault-prov");
+    let refused = [
+        (
+            "vault:secret/servers/vps-hel1-01",
+            "is a credential of the worker's own",
+        ),
+        ("file:vault/token", "is a credential of the worker's own"),
+        (
+            "vault:secret/ci/github",
+            "matches no pattern of `policy.secrets_ref`",
+        ),
+    ];
+    let payloads: Vec<Value> = refused
+        .iter()
+        .map(|(reference, _)| deploy_naming(&w, reference))
+        .collect();
 
     // Act
+    let results = deploy_all(&w, &payloads).await;
+    let asked_before_the_provision = fake.requests();
+    let request_id = unique_request_id("vault-prov");
     let result = w
         .provision(&json!({"request_id": request_id, "server_handle": HANDLE}))
         .await;
 
-    // Assert
+    // Assert: each refused before Vault heard of it.
+    for (result, (reference, why)) in results.iter().zip(refused) {
+        assert_secret_unresolved(&w, result, reference, "not_allowed");
+        let message = result.message().unwrap();
+        assert!(message.contains(why), "{message}");
+    }
+    assert!(
+        asked_before_the_provision.is_empty(),
+        "Vault heard of a refused reference: {asked_before_the_provision:#?}"
+    );
+    // The provision: the token looked up once, the key read with it.
     assert_eq!(result.status, JobStatus::Success, "{result:#?}");
     assert_eq!(result.field("server_status"), "ready");
     assert_eq!(fake.answered("/v1/auth/token/lookup-self", 200).len(), 1);
     let reads = fake.answered("/v1/secret/data/servers/vps-hel1-01", 200);
     assert_eq!(reads.len(), 1);
     assert_eq!(reads[0].token.as_deref(), Some("token-1"));
+    assert!(fake.answered("/v1/secret/data/ci/github", 200).is_empty());
     let key_line = key.lines().nth(1).unwrap().to_owned();
     assert!(
         !w.worker.logs().contains(&key_line),
@@ -263,4 +406,12 @@ async fn a_provision_takes_the_servers_key_from_vault_with_a_token_from_a_file()
         !w.worker.logs().contains(&token),
         "the token is in the logs"
     );
+    // Half a policy set, and none for targets: both said at start.
+    let unset = w.worker.log_entries(NO_REFERENCE_POLICY);
+    assert_eq!(unset.len(), 1, "{unset:#?}");
+    assert_eq!(
+        unset[0]["unset"],
+        json!(["policy.github_token_ref"]).to_string()
+    );
+    assert_eq!(w.worker.log_entries(NO_TARGET_POLICY).len(), 1);
 }

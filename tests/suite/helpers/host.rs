@@ -51,7 +51,7 @@ impl TestHost {
     }
 
     /// One sshd on the same free port of each of `addresses` (127.0.0.1 to
-    /// 127.0.0.16); `address()` is the first.
+    /// 127.0.0.16, and `::1` after the first); `address()` is the first.
     pub async fn start_on_all(addresses: &[&str]) -> TestHost {
         let addresses: Vec<String> = addresses.iter().map(|a| (*a).to_owned()).collect();
         tokio::task::spawn_blocking(move || TestHost::start_blocking(&addresses))
@@ -60,10 +60,10 @@ impl TestHost {
     }
 
     fn start_blocking(addresses: &[String]) -> TestHost {
-        for address in addresses {
+        for (i, address) in addresses.iter().enumerate() {
             assert!(
-                is_allowed_address(address),
-                "TestHost listens on 127.0.0.1-127.0.0.16, not {address}"
+                is_allowed_address(address) || i > 0 && address == "::1",
+                "TestHost listens on 127.0.0.1-127.0.0.16 (and ::1 beside them), not {address}"
             );
         }
         let address = addresses[0].as_str();
@@ -174,6 +174,27 @@ impl TestHost {
         self.sshd_log().matches("Connection from ").count()
     }
 
+    /// Opens one connection of the test's own to `address()` and reads the
+    /// SSH banner: one more `Connection from` line, whose arrival in the
+    /// log tells that connections accepted before it are counted too.
+    pub async fn knock(&self) {
+        let ip: std::net::IpAddr = self.address.parse().expect("an address");
+        let addr = SocketAddr::new(ip, self.port);
+        let answered = tokio::task::spawn_blocking(move || {
+            let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).ok()?;
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .ok()?;
+            let mut buf = [0u8; 8];
+            stream.read_exact(&mut buf).ok()?;
+            let _ = stream.write_all(b"SSH-2.0-probe\r\n");
+            buf.starts_with(b"SSH-2.0").then_some(())
+        })
+        .await
+        .expect("knock panicked");
+        assert!(answered.is_some(), "sshd on {addr} did not answer");
+    }
+
     /// Stops sshd and its sessions, replaces the host key, and starts it
     /// again on the same address and port.
     pub async fn restart_with_new_host_key(&mut self) {
@@ -274,7 +295,15 @@ impl TestHost {
         let also: String = self
             .also_on
             .iter()
-            .map(|addr| format!("ListenAddress {addr}:{}\n", self.port))
+            .map(|addr| {
+                // An IPv6 address is bracketed before its port.
+                let addr = if addr.contains(':') {
+                    format!("[{addr}]")
+                } else {
+                    addr.clone()
+                };
+                format!("ListenAddress {addr}:{}\n", self.port)
+            })
             .collect();
         let path = self.dir.path().join("sshd_config");
         std::fs::write(&path, also + &config).expect("write sshd_config");
