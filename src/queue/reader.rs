@@ -146,50 +146,72 @@ impl Reader {
 
         let mut batch = Batch::default();
         if self.reclaim_due() {
-            for kind in order {
-                let room = max - batch.deliveries.len();
-                // Checked before every claiming round trip: what was
-                // claimed before the stop is returned (and run or handed
-                // back), nothing is claimed after it.
-                if cancel.is_cancelled() {
-                    return Ok(batch);
-                }
-                if room > 0 {
-                    self.reclaim(kind, room, &mut batch).await?;
-                }
-            }
-            // Slots to spare: the scan is through; otherwise look again
-            // as soon as slots free up.
-            if batch.deliveries.len() < max {
-                self.last_reclaim = Some(Instant::now());
-            }
+            self.reclaim_all(order, max, &mut batch, cancel).await?;
         }
-
-        // With the newest ids as of the take: anything added after them
-        // wakes the wait below, anything before them was taken.
-        let room = max - batch.deliveries.len();
+        // Checked before every claiming round trip: what was claimed before
+        // the stop is returned (and run or handed back), nothing after it.
         if cancel.is_cancelled() {
             return Ok(batch);
         }
+        // With the newest ids as of the take: anything added after them
+        // wakes the wait below, anything before them was taken.
+        let room = max - batch.deliveries.len();
         let newest = self.take(order, room, &mut batch).await?;
         if batch.deliveries.is_empty() && batch.vanished.is_empty() {
-            let until_reclaim = self.last_reclaim.map_or(Duration::ZERO, |at| {
-                self.reclaim_every().saturating_sub(at.elapsed())
-            });
-            let block = Duration::from_millis(self.block_ms)
-                .min(until_reclaim)
-                .max(Duration::from_millis(1));
-            tokio::select! {
-                biased;
-                () = cancel.cancelled() => {
-                    // Its XREAD BLOCK is still outstanding: nothing may
-                    // be sent behind it.
-                    self.conn = None;
-                }
-                waited = self.wait_for_new(&newest, block) => waited?,
-            }
+            self.wait(&newest, cancel).await?;
         }
         Ok(batch)
+    }
+
+    /// One round of take-overs, queue by queue, while there is room and
+    /// the stop has not fired.
+    async fn reclaim_all(
+        &mut self,
+        order: [JobKind; 2],
+        max: usize,
+        batch: &mut Batch,
+        cancel: &CancellationToken,
+    ) -> Result<(), QueueError> {
+        for kind in order {
+            let room = max - batch.deliveries.len();
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+            if room > 0 {
+                self.reclaim(kind, room, batch).await?;
+            }
+        }
+        // Slots to spare: the scan is through; otherwise look again as soon
+        // as slots free up.
+        if batch.deliveries.len() < max {
+            self.last_reclaim = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Waits for an entry newer than `newest`, until the next take-over
+    /// round is due (at most `block_ms`), or the stop.
+    async fn wait(
+        &mut self,
+        newest: &PerQueue<String>,
+        cancel: &CancellationToken,
+    ) -> Result<(), QueueError> {
+        let until_reclaim = self.last_reclaim.map_or(Duration::ZERO, |at| {
+            self.reclaim_every().saturating_sub(at.elapsed())
+        });
+        let block = Duration::from_millis(self.block_ms)
+            .min(until_reclaim)
+            .max(Duration::from_millis(1));
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => {
+                // Its XREAD BLOCK is still outstanding: nothing may be
+                // sent behind it.
+                self.conn = None;
+            }
+            waited = self.wait_for_new(newest, block) => waited?,
+        }
+        Ok(())
     }
 
     /// Takes over entries idle longer than the lease, with their delivery
