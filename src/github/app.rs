@@ -35,8 +35,8 @@ const RENEW_MARGIN: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 pub(crate) struct AppLogin {
     app: GithubApp,
     resolver: Resolver,
-    /// Per repository: held while a token is minted, so two writes to one
-    /// repository never mint two.
+    /// By repository; the lock is held while a token is minted, so two
+    /// writes at once never mint two.
     tokens: Mutex<HashMap<String, Installation>>,
 }
 
@@ -92,6 +92,12 @@ impl AppLogin {
         let minted = self.mint(api, repo, deadline).await?;
         tokens.insert(repo.as_str().to_owned(), minted.clone());
         Ok(minted.token)
+    }
+
+    /// Drops `repo`'s cached token: GitHub refused it (revoked, or the
+    /// App's installation changed), so the next write mints a new one.
+    pub async fn forget(&self, repo: &RepoName) {
+        self.tokens.lock().await.remove(repo.as_str());
     }
 
     /// JWT, installation, token: three steps, each a call of its own.

@@ -156,6 +156,9 @@ impl SecretsClient {
         let outcome = self
             .write_all(repo, token, secrets, deadline, &mut involved)
             .await;
+        if let (Err(GithubError::Unauthorized { .. }), Login::App(app)) = (&outcome, &self.login) {
+            app.forget(repo).await;
+        }
         outcome.map_err(|e| e.redacted(&Redactor::new(&involved)))
     }
 

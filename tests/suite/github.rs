@@ -378,3 +378,35 @@ async fn a_wrong_token_is_unauthorized_without_echoing_it() {
     assert!(matches!(e, GithubError::Unauthorized { .. }), "{e:?}");
     assert!(!format!("{e} {e:?}").contains("wrongTokenValue"), "{e}");
 }
+
+#[tokio::test]
+async fn a_revoked_installation_token_fails_one_write_and_the_next_mints_anew() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fake_app, app) = app_pair(dir.path(), Duration::from_secs(3600));
+    let fake = FakeGithub::start(FakeConfig {
+        app: Some(fake_app),
+        ..FakeConfig::default()
+    })
+    .await;
+    let settings = settings(&fake, Some(app), 10);
+    let client = SecretsClient::new(&settings, Resolver::new(dir.path().to_owned())).unwrap();
+    client
+        .write_secrets(&repo(REPO), &token(&fake), &secrets())
+        .await
+        .unwrap();
+    fake.revoke_tokens();
+
+    let refused = client
+        .write_secrets(&repo(REPO), &token(&fake), &secrets())
+        .await;
+    let again = client
+        .write_secrets(&repo(REPO), &token(&fake), &secrets())
+        .await;
+
+    assert!(
+        matches!(refused, Err(GithubError::Unauthorized { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(again.unwrap(), [Written::Updated, Written::Updated]);
+    assert_eq!(fake.tokens_minted(), 2);
+}

@@ -181,6 +181,12 @@ impl FakeGithub {
         minted.chain(shared.jwts.iter().cloned()).collect()
     }
 
+    /// Revokes every installation token minted so far (they answer 401).
+    pub fn revoke_tokens(&self) {
+        let mut shared = self.app.shared.lock().unwrap();
+        shared.minted.values_mut().for_each(|expiry| *expiry = 0);
+    }
+
     /// Forces `failure` on the next request not yet forced.
     pub fn fail_next(&self, failure: Failure) {
         self.app.shared.lock().unwrap().failures.push_back(failure);
