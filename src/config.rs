@@ -10,6 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
 use sqlx::postgres::PgConnectOptions;
 
+use crate::github::ApiUrl;
 use crate::job::SecretRef;
 use crate::policy::{DeployTargets, RefPattern};
 use crate::provider::time4vps::{self, BaseUrl};
@@ -28,6 +29,7 @@ pub struct Settings {
     pub provision: ProvisionSettings,
     pub time4vps: Time4vpsSettings,
     pub vault: VaultSettings,
+    pub github: GithubSettings,
     pub http: HttpSettings,
     pub heartbeat: HeartbeatSettings,
     pub policy: PolicySettings,
@@ -241,6 +243,28 @@ impl VaultAuth {
     }
 }
 
+/// The GitHub API, where CI deploy secrets are written.
+#[derive(Debug, Clone, Serialize)]
+pub struct GithubSettings {
+    /// `https://api.github.com`, or a GitHub Enterprise `.../api/v3`.
+    pub api_url: ApiUrl,
+    /// Log in as this App when set; otherwise with the job's token.
+    pub app: Option<GithubApp>,
+    /// One HTTP request's limit.
+    pub timeout_secs: u64,
+    /// How long one write of a repository's secrets may take in all,
+    /// waiting out rate limits and 5xx included.
+    pub retry_secs: u64,
+}
+
+/// `github.app_id` with `github.app_private_key_ref`: a reference, never
+/// the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GithubApp {
+    pub app_id: u64,
+    pub private_key_ref: String,
+}
+
 /// The metrics and health endpoints.
 #[derive(Debug, Clone, Serialize)]
 pub struct HttpSettings {
@@ -364,6 +388,9 @@ const DEFAULTS: &[(&str, &str)] = &[
         "/var/run/secrets/kubernetes.io/serviceaccount/token",
     ),
     ("vault.kubernetes_mount", "kubernetes"),
+    ("github.api_url", crate::github::DEFAULT_API_URL),
+    ("github.timeout_secs", "10"),
+    ("github.retry_secs", "60"),
     ("log.level", "info"),
     ("http.listen", "127.0.0.1:9187"),
     ("heartbeat.path", "tmp/infra_service.heartbeat"),
@@ -440,6 +467,7 @@ struct RawSettings {
     provision: ProvisionSettings,
     time4vps: RawTime4vps,
     vault: RawVault,
+    github: RawGithub,
     http: RawHttp,
     heartbeat: HeartbeatSettings,
     #[serde(default)]
@@ -514,6 +542,16 @@ enum VaultAuthMethod {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawGithub {
+    api_url: String,
+    app_id: Option<u64>,
+    app_private_key_ref: Option<String>,
+    timeout_secs: u64,
+    retry_secs: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawHttp {
     listen: String,
 }
@@ -556,6 +594,7 @@ impl RawSettings {
         let postgres = self.postgres.check()?;
         let time4vps = self.time4vps.check()?;
         let vault = self.vault.check()?;
+        let github = self.github.check()?;
         let http = self.http.check()?;
         let policy = self.policy.check()?;
         ensure(
@@ -574,6 +613,7 @@ impl RawSettings {
             provision: self.provision,
             time4vps,
             vault,
+            github,
             http,
             heartbeat: self.heartbeat,
             policy,
@@ -852,6 +892,50 @@ fn mount_name(key: &'static str, mount: &str) -> Result<(), ConfigError> {
         key,
         "must be a mount path such as `approle` or `team/k8s`",
     )
+}
+
+impl RawGithub {
+    fn check(self) -> Result<GithubSettings, ConfigError> {
+        let api_url =
+            ApiUrl::parse(&self.api_url).map_err(|e| unusable("github.api_url", "API URL", e))?;
+        ensure(
+            self.timeout_secs > 0,
+            "github.timeout_secs",
+            "must be at least 1",
+        )?;
+        let key_ref = self
+            .app_private_key_ref
+            .map(|text| {
+                SecretRef::parse(&text)
+                    .map(|_| text)
+                    .map_err(|problem| ConfigError::Key {
+                        key: "github.app_private_key_ref",
+                        problem,
+                    })
+            })
+            .transpose()?;
+        // Half an App is a typo, not "no App": say which half is missing.
+        let app = match (self.app_id, key_ref) {
+            (Some(app_id), Some(private_key_ref)) => Some(GithubApp {
+                app_id,
+                private_key_ref,
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(required(
+                    "github.app_private_key_ref",
+                    "file:github/app-key.pem",
+                ));
+            }
+            (None, Some(_)) => return Err(required("github.app_id", "123456")),
+        };
+        Ok(GithubSettings {
+            api_url,
+            app,
+            timeout_secs: self.timeout_secs,
+            retry_secs: self.retry_secs,
+        })
+    }
 }
 
 impl RawHttp {
@@ -1229,5 +1313,49 @@ mod tests {
         assert_eq!(json["vault"]["addr"], "https://vault:8200/");
         assert_eq!(json["vault"]["auth"]["method"], "token");
         assert_eq!(json["vault"]["auth"]["token_ref"], "file:vault/token");
+    }
+
+    #[test]
+    fn github_defaults_to_the_public_api_with_no_app() {
+        let s = load_toml(REQUIRED).unwrap();
+        assert_eq!(s.github.api_url.as_str(), "https://api.github.com/");
+        assert_eq!(s.github.app, None);
+        assert_eq!(s.github.retry_secs, 60);
+    }
+
+    #[test]
+    fn a_github_app_prints_its_key_reference_never_a_key() {
+        let s = load_toml(&format!(
+            "{REQUIRED}[github]\napi_url = \"https://ghe.example.com/api/v3\"\n\
+             app_id = 42\napp_private_key_ref = \"file:github/app.pem\"\n"
+        ))
+        .unwrap();
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["github"]["api_url"], "https://ghe.example.com/api/v3/");
+        assert_eq!(
+            json["github"]["app"],
+            serde_json::json!({"app_id": 42, "private_key_ref": "file:github/app.pem"})
+        );
+    }
+
+    #[test]
+    fn half_a_github_app_or_a_bad_value_names_its_key() {
+        for (lines, key) in [
+            ("app_id = 42", "github.app_private_key_ref"),
+            ("app_private_key_ref = \"file:k.pem\"", "github.app_id"),
+            (
+                "app_id = 1\napp_private_key_ref = \"a key\"",
+                "github.app_private_key_ref",
+            ),
+            ("api_url = \"https://x:y@api.github.com\"", "github.api_url"),
+            ("timeout_secs = 0", "github.timeout_secs"),
+        ] {
+            let err = load_toml(&format!("{REQUIRED}[github]\n{lines}\n")).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("configuration key `{key}`")),
+                "{lines}: {err}"
+            );
+        }
     }
 }

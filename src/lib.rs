@@ -82,6 +82,11 @@
 //! - `store`: Postgres (servers, host keys, the jobs ledger with its
 //!   `JobState`, server locks).
 //! - `provider`: the Time4VPS API client.
+//! - `github`: GitHub Actions repository secrets (the repository's public
+//!   key, values sealed with `crypto_box_seal`, one `PUT` at a time), as a
+//!   GitHub App (`github::app`: JWT, installation token cached until shortly
+//!   before it expires) or with the job's token; `github::api` honours
+//!   GitHub's rate limits and retries 5xx until a deadline.
 //!
 //! ## Invariants
 //!
@@ -127,6 +132,7 @@ pub(crate) mod ansible;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod github;
 pub(crate) mod heartbeat;
 pub(crate) mod http;
 pub mod job;

@@ -14,7 +14,7 @@ mod result;
 pub use deploy::DeployJob;
 pub use entry::{Job, readable_request_id};
 pub use event::{EventKind, JobEvent};
-pub use fields::{InvalidPayload, RequestId, SecretRef, ServerAddress, ServerHandle};
+pub use fields::{InvalidPayload, RepoName, RequestId, SecretRef, ServerAddress, ServerHandle};
 pub use provision::ProvisionJob;
 pub use result::{
     ErrorCode, FailedTask, HostStats, JobError, JobKind, JobResult, JobStatus, StoredResult,

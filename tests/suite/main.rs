@@ -2,6 +2,7 @@
 //! capability. Each test brings its own Redis key prefix, sshd and worker;
 //! see `helpers` for what is shared and what is not.
 
+mod github_fake;
 mod helpers;
 mod time4vps_fake;
 mod vault_fake;
@@ -13,6 +14,7 @@ mod delivery;
 mod deploy;
 mod drain;
 mod exfiltration;
+mod github;
 mod handle_step;
 mod harness_selftest;
 mod observability;

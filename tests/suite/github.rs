@@ -1,0 +1,412 @@
+//! The GitHub Actions secrets client against the fake GitHub API over
+//! loopback: with a token and as an App (installation tokens cached and
+//! renewed), created and updated secrets opened with PyNaCl (libsodium),
+//! refusals, rate limits and outages. No worker, no playbook.
+
+use std::time::{Duration, Instant};
+
+use infra_service::config::{GithubApp, GithubSettings};
+use infra_service::github::{ApiUrl, GithubError, SecretsClient, Written};
+use infra_service::job::RepoName;
+use infra_service::secrets::Resolver;
+use secrecy::SecretString;
+
+use crate::github_fake::{Failure, FakeApp, FakeConfig, FakeGithub, KEY_ID};
+
+const REPO: &str = "acme/shop";
+const SSH_KEY: &str = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA-ci-key-Qx9\n-----END OPENSSH PRIVATE KEY-----\n";
+
+/// The values a CI setup writes, one of them multi-line.
+fn secrets() -> Vec<(&'static str, SecretString)> {
+    vec![
+        ("DEPLOY_HOST", SecretString::from("203.0.113.10")),
+        ("DEPLOY_SSH_KEY", SecretString::from(SSH_KEY)),
+    ]
+}
+
+fn settings(fake: &FakeGithub, app: Option<GithubApp>, retry_secs: u64) -> GithubSettings {
+    GithubSettings {
+        api_url: ApiUrl::parse(&fake.api_url()).unwrap(),
+        app,
+        timeout_secs: 5,
+        retry_secs,
+    }
+}
+
+fn client(settings: &GithubSettings) -> SecretsClient {
+    SecretsClient::new(settings, Resolver::new(std::env::temp_dir())).unwrap()
+}
+
+fn repo(name: &str) -> RepoName {
+    RepoName::parse(name).unwrap()
+}
+
+fn token(fake: &FakeGithub) -> SecretString {
+    SecretString::from(fake.config().token.clone())
+}
+
+/// Opens a value the fake stored with PyNaCl, an implementation of
+/// libsodium's sealed boxes independent of ours: what GitHub would read.
+fn open_with_pynacl(fake: &FakeGithub, name: &str) -> String {
+    let stored = fake.secret(REPO, name).expect("the secret was stored");
+    assert_eq!(stored.key_id, KEY_ID);
+    let script = "import sys, base64\n\
+                  from nacl.public import PrivateKey, SealedBox\n\
+                  key = PrivateKey(base64.b64decode(sys.argv[1]))\n\
+                  sys.stdout.buffer.write(SealedBox(key).decrypt(base64.b64decode(sys.argv[2])))\n";
+    let output = std::process::Command::new("python3")
+        .args([
+            "-c",
+            script,
+            &fake.private_key_b64(),
+            &stored.encrypted_value,
+        ])
+        .output()
+        .expect("run python3 (PyNaCl is a test prerequisite)");
+    assert!(
+        output.status.success(),
+        "PyNaCl could not open {name}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Neither an error's text nor any URL the fake saw holds a credential or
+/// a value.
+fn assert_nothing_leaks(fake: &FakeGithub, error: Option<&GithubError>) {
+    let mut needles = vec![fake.config().token.clone(), "203.0.113.10".to_owned()];
+    needles.push("ci-key-Qx9".to_owned());
+    needles.extend(fake.credentials_seen());
+    let error = error.map(|e| format!("{e} {e:?}")).unwrap_or_default();
+    for needle in &needles {
+        assert!(!error.contains(needle.as_str()), "{error}");
+        for request in fake.requests() {
+            assert!(!request.uri.contains(needle.as_str()), "{}", request.uri);
+        }
+    }
+}
+
+/// An App the fake knows, its key as a `file:` reference in `dir`.
+fn app_pair(dir: &std::path::Path, token_lifetime: Duration) -> (FakeApp, GithubApp) {
+    let rsa = openssl::rsa::Rsa::generate(2048).unwrap();
+    std::fs::write(dir.join("app.pem"), rsa.private_key_to_pem().unwrap()).unwrap();
+    let fake = FakeApp {
+        app_id: 918273,
+        public_pem: rsa.public_key_to_pem().unwrap(),
+        token_lifetime,
+    };
+    let ours = GithubApp {
+        app_id: 918273,
+        private_key_ref: "file:app.pem".into(),
+    };
+    (fake, ours)
+}
+
+#[tokio::test]
+async fn secrets_written_with_a_token_open_with_libsodium_and_a_rewrite_updates_them() {
+    let fake = FakeGithub::start(FakeConfig::default()).await;
+    let client = client(&settings(&fake, None, 10));
+
+    let first = client
+        .write_secrets(&repo(REPO), &token(&fake), &secrets())
+        .await
+        .unwrap();
+    let second = client
+        .write_secrets(&repo(REPO), &token(&fake), &secrets())
+        .await
+        .unwrap();
+
+    assert_eq!(first, [Written::Created, Written::Created]);
+    assert_eq!(second, [Written::Updated, Written::Updated]);
+    assert_eq!(open_with_pynacl(&fake, "DEPLOY_HOST"), "203.0.113.10");
+    assert_eq!(open_with_pynacl(&fake, "DEPLOY_SSH_KEY"), SSH_KEY);
+    let expected_auth = format!("Bearer {}", fake.config().token);
+    for request in fake.requests() {
+        assert_eq!(
+            request.authorization.as_deref(),
+            Some(expected_auth.as_str())
+        );
+        assert_eq!(
+            request.accept.as_deref(),
+            Some("application/vnd.github+json")
+        );
+        assert_eq!(request.api_version.as_deref(), Some("2022-11-28"));
+    }
+    let answered: Vec<(String, u16)> = fake
+        .requests()
+        .iter()
+        .map(|r| (r.method.clone(), r.status))
+        .collect();
+    let expected = [
+        ("GET", 200),
+        ("PUT", 201),
+        ("PUT", 201),
+        ("GET", 200),
+        ("PUT", 204),
+        ("PUT", 204),
+    ];
+    let expected: Vec<(String, u16)> = expected.iter().map(|(m, s)| (m.to_string(), *s)).collect();
+    assert_eq!(answered, expected);
+    assert_nothing_leaks(&fake, None);
+}
+
+#[tokio::test]
+async fn an_app_mints_one_installation_token_and_reuses_it_while_it_is_fresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fake_app, app) = app_pair(dir.path(), Duration::from_secs(3600));
+    let fake = FakeGithub::start(FakeConfig {
+        app: Some(fake_app),
+        ..FakeConfig::default()
+    })
+    .await;
+    let settings = settings(&fake, Some(app), 10);
+    let client = SecretsClient::new(&settings, Resolver::new(dir.path().to_owned())).unwrap();
+    // Ignored when an App is configured.
+    let unused = SecretString::from("ghp_notUsedWithAnApp");
+
+    client
+        .write_secrets(&repo(REPO), &unused, &secrets())
+        .await
+        .unwrap();
+    client
+        .write_secrets(&repo(REPO), &unused, &secrets())
+        .await
+        .unwrap();
+
+    assert_eq!(fake.tokens_minted(), 1);
+    assert_eq!(open_with_pynacl(&fake, "DEPLOY_SSH_KEY"), SSH_KEY);
+    let requests = fake.requests();
+    assert!(requests.iter().all(|r| {
+        !r.authorization
+            .as_deref()
+            .unwrap_or("")
+            .contains("ghp_notUsed")
+    }));
+    assert_eq!(requests[0].uri, "/repos/acme/shop/installation");
+    assert_eq!(requests[1].uri, "/app/installations/4242/access_tokens");
+    assert!(requests.iter().all(|r| r.status < 300), "{requests:?}");
+    assert_nothing_leaks(&fake, None);
+}
+
+#[tokio::test]
+async fn an_installation_token_near_its_expiry_is_renewed() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two minutes: inside the client's renewal margin from the start.
+    let (fake_app, app) = app_pair(dir.path(), Duration::from_secs(120));
+    let fake = FakeGithub::start(FakeConfig {
+        app: Some(fake_app),
+        ..FakeConfig::default()
+    })
+    .await;
+    let settings = settings(&fake, Some(app), 10);
+    let client = SecretsClient::new(&settings, Resolver::new(dir.path().to_owned())).unwrap();
+
+    for _ in 0..2 {
+        client
+            .write_secrets(&repo(REPO), &token(&fake), &secrets())
+            .await
+            .unwrap();
+    }
+
+    assert_eq!(fake.tokens_minted(), 2);
+}
+
+#[tokio::test]
+async fn a_token_without_secrets_write_is_forbidden_and_says_so() {
+    let fake = FakeGithub::start(FakeConfig {
+        secrets_write: false,
+        ..FakeConfig::default()
+    })
+    .await;
+    let client = client(&settings(&fake, None, 10));
+
+    let e = client
+        .write_secrets(&repo(REPO), &token(&fake), &secrets())
+        .await
+        .unwrap_err();
+
+    assert!(matches!(e, GithubError::Forbidden { .. }), "{e:?}");
+    assert!(e.to_string().contains("secrets: write"), "{e}");
+    // Refusals are final: one PUT, no retry.
+    assert_eq!(fake.requests().len(), 2);
+    assert_nothing_leaks(&fake, Some(&e));
+}
+
+#[tokio::test]
+async fn a_missing_repository_is_not_found_for_a_token_and_for_an_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fake_app, app) = app_pair(dir.path(), Duration::from_secs(3600));
+    let fake = FakeGithub::start(FakeConfig {
+        app: Some(fake_app),
+        ..FakeConfig::default()
+    })
+    .await;
+    let with_token = client(&settings(&fake, None, 10));
+    let as_app = SecretsClient::new(
+        &settings(&fake, Some(app), 10),
+        Resolver::new(dir.path().to_owned()),
+    )
+    .unwrap();
+
+    for client in [with_token, as_app] {
+        let e = client
+            .write_secrets(&repo("acme/gone"), &token(&fake), &secrets())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, GithubError::NotFound { .. }), "{e:?}");
+        assert!(e.to_string().contains("acme/gone"), "{e}");
+        assert_nothing_leaks(&fake, Some(&e));
+    }
+}
+
+#[tokio::test]
+async fn a_secondary_rate_limit_is_waited_out_as_retry_after_says() {
+    let fake = FakeGithub::start(FakeConfig::default()).await;
+    let client = client(&settings(&fake, None, 10));
+    fake.fail_next(Failure::RetryAfter {
+        status: 429,
+        secs: 1,
+    });
+    fake.fail_next(Failure::RetryAfter {
+        status: 403,
+        secs: 1,
+    });
+    let started = Instant::now();
+
+    let written = client
+        .write_secrets(&repo(REPO), &token(&fake), &secrets())
+        .await
+        .unwrap();
+
+    assert_eq!(written, [Written::Created, Written::Created]);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(open_with_pynacl(&fake, "DEPLOY_HOST"), "203.0.113.10");
+}
+
+#[tokio::test]
+async fn an_exhausted_rate_limit_is_waited_out_until_its_reset() {
+    let fake = FakeGithub::start(FakeConfig::default()).await;
+    let client = client(&settings(&fake, None, 10));
+    fake.fail_next(Failure::PrimaryLimit { secs: 1 });
+
+    let written = client
+        .write_secrets(&repo(REPO), &token(&fake), &secrets())
+        .await
+        .unwrap();
+
+    assert_eq!(written, [Written::Created, Written::Created]);
+    let statuses: Vec<u16> = fake.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [403, 200, 201, 201]);
+}
+
+#[tokio::test]
+async fn a_rate_limit_past_the_deadline_fails_at_once() {
+    let fake = FakeGithub::start(FakeConfig::default()).await;
+    let client = client(&settings(&fake, None, 5));
+    fake.fail_next(Failure::RetryAfter {
+        status: 429,
+        secs: 3600,
+    });
+    let started = Instant::now();
+
+    let e = client
+        .write_secrets(&repo(REPO), &token(&fake), &secrets())
+        .await
+        .unwrap_err();
+
+    assert!(matches!(e, GithubError::RateLimited { .. }), "{e:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn server_errors_past_the_deadline_make_github_unavailable() {
+    let fake = FakeGithub::start(FakeConfig::default()).await;
+    let client = client(&settings(&fake, None, 2));
+    fake.set_down(Some(502));
+    let started = Instant::now();
+
+    let e = client
+        .write_secrets(&repo(REPO), &token(&fake), &secrets())
+        .await
+        .unwrap_err();
+
+    assert!(matches!(e, GithubError::Unavailable { .. }), "{e:?}");
+    assert!(e.to_string().contains("HTTP 502"), "{e}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    assert!(fake.requests().len() > 2, "retried with backoff");
+    assert_nothing_leaks(&fake, Some(&e));
+}
+
+#[tokio::test]
+async fn a_passing_outage_is_retried_to_success() {
+    let fake = FakeGithub::start(FakeConfig::default()).await;
+    let client = client(&settings(&fake, None, 10));
+    fake.fail_next(Failure::Server(503));
+    fake.fail_next(Failure::Server(500));
+
+    let written = client
+        .write_secrets(&repo(REPO), &token(&fake), &secrets())
+        .await
+        .unwrap();
+
+    assert_eq!(written, [Written::Created, Written::Created]);
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_unauthorized_without_echoing_it() {
+    let fake = FakeGithub::start(FakeConfig::default()).await;
+    let client = client(&settings(&fake, None, 10));
+    let wrong = SecretString::from("ghp_wrongTokenValue55");
+
+    let e = client
+        .write_secrets(&repo(REPO), &wrong, &secrets())
+        .await
+        .unwrap_err();
+
+    assert!(matches!(e, GithubError::Unauthorized { .. }), "{e:?}");
+    assert!(!format!("{e} {e:?}").contains("wrongTokenValue"), "{e}");
+}
+
+#[tokio::test]
+async fn a_revoked_installation_token_fails_one_write_and_the_next_mints_anew() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fake_app, app) = app_pair(dir.path(), Duration::from_secs(3600));
+    let fake = FakeGithub::start(FakeConfig {
+        app: Some(fake_app),
+        ..FakeConfig::default()
+    })
+    .await;
+    let settings = settings(&fake, Some(app), 10);
+    let client = SecretsClient::new(&settings, Resolver::new(dir.path().to_owned())).unwrap();
+    client
+        .write_secrets(&repo(REPO), &token(&fake), &secrets())
+        .await
+        .unwrap();
+    fake.revoke_tokens();
+
+    let refused = client
+        .write_secrets(&repo(REPO), &token(&fake), &secrets())
+        .await;
+    let again = client
+        .write_secrets(&repo(REPO), &token(&fake), &secrets())
+        .await;
+
+    assert!(
+        matches!(refused, Err(GithubError::Unauthorized { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(again.unwrap(), [Written::Updated, Written::Updated]);
+    assert_eq!(fake.tokens_minted(), 2);
+}
