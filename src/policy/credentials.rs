@@ -24,10 +24,12 @@ pub(crate) fn credential_settings(settings: &Settings) -> Vec<(&'static str, &st
         ("time4vps.password_ref", &settings.time4vps.password_ref),
     ];
     let vault = settings.vault.login_refs.iter();
+    let github_app = settings.github.app.as_ref();
     named
         .into_iter()
         .filter_map(|(key, reference)| reference.as_deref().map(|r| (key, r)))
         .chain(vault.map(|(key, reference)| (*key, reference.as_str())))
+        .chain(github_app.map(|app| ("github.app_private_key_ref", app.private_key_ref.as_str())))
         .collect()
 }
 
@@ -300,11 +302,22 @@ mod tests {
         let mut settings = settings_with("");
         settings.ansible.ssh_key_ref = Some("file:deploy_key".into());
         settings.time4vps.password_ref = Some("env:T4V_PASSWORD".into());
+        settings.github.app = Some(crate::config::GithubApp {
+            app_id: 1,
+            private_key_ref: "file:github/app.pem".into(),
+        });
         let keys: Vec<&str> = credential_settings(&settings)
             .into_iter()
             .map(|(key, _)| key)
             .collect();
-        assert_eq!(keys, ["ansible.ssh_key_ref", "time4vps.password_ref"]);
+        assert_eq!(
+            keys,
+            [
+                "ansible.ssh_key_ref",
+                "time4vps.password_ref",
+                "github.app_private_key_ref"
+            ]
+        );
     }
 
     #[test]
