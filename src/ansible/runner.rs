@@ -232,7 +232,6 @@ fn outcome_of(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
     use std::path::PathBuf;
     use std::sync::{Mutex, Once};
 
@@ -264,12 +263,37 @@ mod tests {
         runner: Runner,
     }
 
+    /// Writes a script through a child process, never through a file
+    /// descriptor of this one: another test thread forking while this
+    /// process held the file open for writing would keep that descriptor
+    /// in its child until the child execs, and running the script in that
+    /// window fails with ETXTBSY ("Text file busy"). Seen in CI.
+    fn write_executable(path: &Path, text: &str) {
+        use std::io::Write;
+        let mut writer = std::process::Command::new("sh")
+            .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
+            .arg(path)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        writer
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        assert!(
+            writer.wait().unwrap().success(),
+            "writing {}",
+            path.display()
+        );
+    }
+
     impl Fixture {
         fn new(script_body: &str) -> Fixture {
             let dir = tempfile::tempdir().unwrap();
             let bin = dir.path().join("fake-playbook");
-            std::fs::write(&bin, format!("#!/bin/sh\n{script_body}\n")).unwrap();
-            std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+            write_executable(&bin, &format!("#!/bin/sh\n{script_body}\n"));
             let settings = AnsibleSettings {
                 dir: dir.path().to_owned(),
                 playbook_bin: bin.to_string_lossy().into_owned(),
@@ -486,7 +510,10 @@ mod tests {
                 .await
         };
         let cancelled = tokio::time::timeout(Duration::from_millis(300), run).await;
-        assert!(cancelled.is_err(), "the run should still have been going");
+        assert!(
+            cancelled.is_err(),
+            "the run should still have been going: {cancelled:?}"
+        );
 
         let (run_dir, pgid) = seen.into_inner().unwrap().unwrap();
         assert!(!run_dir.exists());
