@@ -899,9 +899,16 @@ impl RawGithub {
         let api_url =
             ApiUrl::parse(&self.api_url).map_err(|e| unusable("github.api_url", "API URL", e))?;
         ensure(
-            self.timeout_secs > 0,
+            (1..=120).contains(&self.timeout_secs),
             "github.timeout_secs",
-            "must be at least 1",
+            "must be 1-120",
+        )?;
+        // Bounded, and below the 5 minutes an installation token is
+        // guaranteed to live when a write starts: it must not lapse mid-way.
+        ensure(
+            (1..=240).contains(&self.retry_secs),
+            "github.retry_secs",
+            "must be 1-240",
         )?;
         let key_ref = self
             .app_private_key_ref
@@ -1349,6 +1356,11 @@ mod tests {
             ),
             ("api_url = \"https://x:y@api.github.com\"", "github.api_url"),
             ("timeout_secs = 0", "github.timeout_secs"),
+            ("retry_secs = 100000", "github.retry_secs"),
+            (
+                "api_url = \"http://github.example.com/api/v3\"",
+                "github.api_url",
+            ),
         ] {
             let err = load_toml(&format!("{REQUIRED}[github]\n{lines}\n")).unwrap_err();
             assert!(

@@ -45,9 +45,22 @@ pub enum ApiUrlError {
     /// Another scheme than the API speaks.
     #[error("must be an http or https URL")]
     Scheme,
+    /// Tokens and secret values would cross the network in clear text.
+    #[error("must be https (plain http only to this machine)")]
+    Cleartext,
     /// A URL ends up in messages, and every path is joined onto it.
     #[error("must not carry credentials, a query or a fragment")]
     Extra,
+}
+
+/// `localhost` or a loopback address: plain http stays on this machine.
+fn is_loopback(url: &Url) -> bool {
+    let host = url.host_str().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host == "localhost",
+    }
 }
 
 impl ApiUrl {
@@ -56,6 +69,9 @@ impl ApiUrl {
         let mut url = Url::parse(text).map_err(|e| ApiUrlError::Parse(e.to_string()))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(ApiUrlError::Scheme);
+        }
+        if url.scheme() == "http" && !is_loopback(&url) {
+            return Err(ApiUrlError::Cleartext);
         }
         let credentials = !url.username().is_empty() || url.password().is_some();
         if credentials || url.query().is_some() || url.fragment().is_some() {
@@ -290,7 +306,8 @@ fn verdict(status: StatusCode, headers: &HeaderMap, now: u64) -> Verdict {
             .and_then(|v| v.trim().parse::<u64>().ok())
     };
     if let Some(seconds) = number("retry-after") {
-        return Verdict::Limited(Duration::from_secs(seconds));
+        // `retry-after: 0` must not turn into a loop of requests.
+        return Verdict::Limited(Duration::from_secs(seconds).max(FIRST_RETRY_DELAY));
     }
     if number("x-ratelimit-remaining") == Some(0)
         && let Some(reset) = number("x-ratelimit-reset")
@@ -326,6 +343,26 @@ mod tests {
                 Verdict::Limited(Duration::from_secs(7))
             );
         }
+    }
+
+    #[test]
+    fn a_zero_retry_after_still_waits_a_moment() {
+        let h = headers(&[("retry-after", "0")]);
+        assert_eq!(
+            verdict(StatusCode::TOO_MANY_REQUESTS, &h, 1000),
+            Verdict::Limited(FIRST_RETRY_DELAY)
+        );
+    }
+
+    #[test]
+    fn plain_http_is_accepted_only_to_this_machine() {
+        assert!(ApiUrl::parse("http://127.0.0.1:8080/api").is_ok());
+        assert!(ApiUrl::parse("http://localhost:8080").is_ok());
+        assert!(matches!(
+            ApiUrl::parse("http://github.example.com/api/v3"),
+            Err(ApiUrlError::Cleartext)
+        ));
+        assert!(ApiUrl::parse("https://github.example.com/api/v3").is_ok());
     }
 
     #[test]
