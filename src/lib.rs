@@ -49,6 +49,8 @@
 //!   one-line calls.
 //! - `shutdown`, `telemetry`: SIGTERM/SIGINT; tracing output.
 //! - `retry`: the backoff every "wait out the outage" loop uses.
+//! - `outbound`: what the HTTP clients that carry credentials (Vault,
+//!   GitHub) share: no redirects, no proxies, errors that quote no body.
 //! - `worker`: the read → run → publish → ack loop, and only the loop;
 //!   `worker::step` handles one entry start to ack, `worker::ledger` is the
 //!   jobs ledger's part of it, `worker::leases` keeps running entries'
@@ -138,6 +140,7 @@ pub(crate) mod http;
 pub mod job;
 pub(crate) mod metrics;
 pub mod operator;
+pub(crate) mod outbound;
 pub(crate) mod policy;
 pub mod provider;
 pub mod queue;

@@ -53,16 +53,6 @@ pub enum ApiUrlError {
     Extra,
 }
 
-/// `localhost` or a loopback address: plain http stays on this machine.
-fn is_loopback(url: &Url) -> bool {
-    let host = url.host_str().unwrap_or_default();
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip.is_loopback(),
-        Err(_) => host == "localhost",
-    }
-}
-
 impl ApiUrl {
     /// Checks `text` and adds the trailing `/` that `repos/...` is joined onto.
     pub fn parse(text: &str) -> Result<ApiUrl, ApiUrlError> {
@@ -70,7 +60,7 @@ impl ApiUrl {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(ApiUrlError::Scheme);
         }
-        if url.scheme() == "http" && !is_loopback(&url) {
+        if url.scheme() == "http" && !crate::outbound::is_loopback(&url) {
             return Err(ApiUrlError::Cleartext);
         }
         let credentials = !url.username().is_empty() || url.password().is_some();
@@ -157,12 +147,7 @@ impl Reply {
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, GithubError> {
         serde_json::from_slice(&self.body).map_err(|e| GithubError::Malformed {
             what: self.what.clone(),
-            problem: format!(
-                "{:?} error at line {} column {}",
-                e.classify(),
-                e.line(),
-                e.column()
-            ),
+            problem: crate::outbound::json_error_position(&e),
         })
     }
 }
@@ -188,15 +173,7 @@ pub(crate) struct Api {
 impl Api {
     /// A client for `root`, each request cut after `timeout`. No I/O.
     pub fn new(root: ApiUrl, timeout: Duration) -> Result<Api, GithubError> {
-        // No redirects: reqwest would carry the bearer token to wherever a
-        // redirect points. No proxy from the environment: the token goes to
-        // `github.api_url` only.
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .user_agent(concat!("infra-service/", env!("CARGO_PKG_VERSION")))
+        let http = crate::outbound::client_builder(timeout)
             .build()
             .map_err(|e| GithubError::Setup(crate::telemetry::error_chain(&e)))?;
         Ok(Api { http, root })

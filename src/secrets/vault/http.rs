@@ -67,13 +67,7 @@ impl VaultAddr {
     /// Plain `http` to anything but this machine: tokens and secrets would
     /// cross the network in clear text.
     pub fn is_cleartext_over_network(&self) -> bool {
-        let host = self.0.host_str().unwrap_or_default();
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let loopback = match host.parse::<std::net::IpAddr>() {
-            Ok(ip) => ip.is_loopback(),
-            Err(_) => host == "localhost",
-        };
-        self.0.scheme() == "http" && !loopback
+        self.0.scheme() == "http" && !crate::outbound::is_loopback(&self.0)
     }
 
     fn join(&self, path: &str) -> Result<Url, VaultError> {
@@ -198,12 +192,7 @@ impl Reply {
         serde_json::from_slice(&self.body).map_err(|e| VaultError::BadAnswer {
             what: self.what.clone(),
             status: self.status.as_u16(),
-            problem: format!(
-                "{:?} error at line {} column {}",
-                e.classify(),
-                e.line(),
-                e.column()
-            ),
+            problem: crate::outbound::json_error_position(&e),
         })
     }
 
@@ -233,15 +222,7 @@ impl Api {
         namespace: Option<&str>,
         timeout: Duration,
     ) -> Result<Api, VaultError> {
-        // No redirects: reqwest keeps `X-Vault-Token` (and a login's body)
-        // on a redirect to another host or from https to http. No proxy
-        // from the environment: the token goes to `vault.addr` only.
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .user_agent(concat!("infra-service/", env!("CARGO_PKG_VERSION")));
+        let mut builder = crate::outbound::client_builder(timeout);
         if let Some(ca) = ca_cert {
             builder = builder.tls_certs_only(ca.certs.iter().cloned());
         }
