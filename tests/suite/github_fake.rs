@@ -23,6 +23,8 @@ use crypto_box::SecretKey;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
+use crate::helpers::serve_on_loopback;
+
 /// The key id the fake's repository key has (GitHub's are digit strings).
 pub const KEY_ID: &str = "3380204578043523366";
 
@@ -129,15 +131,7 @@ impl FakeGithub {
             shared: Arc::new(Mutex::new(Shared::default())),
         };
         let router = Router::new().fallback(handle).with_state(app.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the fake GitHub API");
-        let addr = listener.local_addr().expect("fake API address");
-        let server = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .await
-                .expect("fake GitHub API stopped");
-        });
+        let (addr, server) = serve_on_loopback(router, "the fake GitHub API").await;
         FakeGithub { addr, app, server }
     }
 

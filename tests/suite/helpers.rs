@@ -11,6 +11,7 @@
 mod ansible_run;
 mod containers;
 mod db;
+mod fake_api;
 mod host;
 mod job_result;
 mod own_postgres;
@@ -28,6 +29,7 @@ pub use ansible_run::{
     PlaybookRun, StubState, give_to_login_user, install_stubs, login_user_dir, run_playbook,
 };
 pub use db::TestDb;
+pub use fake_api::serve_on_loopback;
 pub use host::TestHost;
 pub use job_result::JobResultExt;
 pub use own_postgres::OwnPostgres;

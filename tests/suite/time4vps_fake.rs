@@ -22,6 +22,8 @@ use base64::Engine;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
+use crate::helpers::serve_on_loopback;
+
 /// What the fake's reinstall task does when polled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskBehaviour {
@@ -115,15 +117,7 @@ impl FakeTime4vps {
             shared: shared.clone(),
         };
         let router = Router::new().fallback(handle).with_state(app);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the fake Time4VPS API");
-        let addr = listener.local_addr().expect("fake API address");
-        let server = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .await
-                .expect("fake Time4VPS API stopped");
-        });
+        let (addr, server) = serve_on_loopback(router, "the fake Time4VPS API").await;
         FakeTime4vps {
             addr,
             config,
