@@ -30,6 +30,7 @@ pub struct Settings {
     pub time4vps: Time4vpsSettings,
     pub vault: VaultSettings,
     pub github: GithubSettings,
+    pub ci: CiSettings,
     pub http: HttpSettings,
     pub heartbeat: HeartbeatSettings,
     pub policy: PolicySettings,
@@ -135,8 +136,14 @@ pub struct AnsibleSettings {
     pub deploy_playbook: PathBuf,
     pub provision_playbook: PathBuf,
     pub recovery_playbook: PathBuf,
+    /// The play that gives a repository's CI its key on a server.
+    pub ci_playbook: PathBuf,
     pub ssh_port: u16,
     pub ssh_user: String,
+    /// `ansible.become`: every play runs its tasks through sudo, for an
+    /// `ssh_user` that is not root (setup_server.yml's `deploy` user).
+    #[serde(rename = "become")]
+    pub become_root: bool,
     /// Secret reference of the private key used for deploys.
     pub ssh_key_ref: Option<String>,
 }
@@ -257,6 +264,15 @@ pub struct GithubSettings {
     pub retry_secs: u64,
 }
 
+/// The CI access `setup_ci` gives a repository (contract section 7).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CiSettings {
+    /// The login CI deploys as: in the `docker` group, no sudo, no
+    /// password; never root.
+    pub deploy_user: String,
+}
+
 /// `github.app_id` with `github.app_private_key_ref`: a reference, never
 /// the key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -364,8 +380,10 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("ansible.deploy_playbook", "playbooks/deploy_project.yml"),
     ("ansible.provision_playbook", "playbooks/setup_server.yml"),
     ("ansible.recovery_playbook", "playbooks/recovery.yml"),
+    ("ansible.ci_playbook", "playbooks/ci_access.yml"),
     ("ansible.ssh_port", "22"),
     ("ansible.ssh_user", "root"),
+    ("ansible.become", "false"),
     ("secrets.dir", "/run/secrets"),
     ("log.format", "pretty"),
     ("ssh.preflight", "true"),
@@ -391,6 +409,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("github.api_url", crate::github::DEFAULT_API_URL),
     ("github.timeout_secs", "10"),
     ("github.retry_secs", "60"),
+    ("ci.deploy_user", "ci"),
     ("log.level", "info"),
     ("http.listen", "127.0.0.1:9187"),
     ("heartbeat.path", "tmp/infra_service.heartbeat"),
@@ -468,6 +487,7 @@ struct RawSettings {
     time4vps: RawTime4vps,
     vault: RawVault,
     github: RawGithub,
+    ci: CiSettings,
     http: RawHttp,
     heartbeat: HeartbeatSettings,
     #[serde(default)]
@@ -595,6 +615,7 @@ impl RawSettings {
         let time4vps = self.time4vps.check()?;
         let vault = self.vault.check()?;
         let github = self.github.check()?;
+        self.ci.check()?;
         let http = self.http.check()?;
         let policy = self.policy.check()?;
         ensure(
@@ -614,6 +635,7 @@ impl RawSettings {
             time4vps,
             vault,
             github,
+            ci: self.ci,
             http,
             heartbeat: self.heartbeat,
             policy,
@@ -685,6 +707,25 @@ impl AnsibleSettings {
             "ansible.ssh_user",
             "must not be empty",
         )
+    }
+}
+
+impl CiSettings {
+    fn check(&self) -> Result<(), ConfigError> {
+        let user = &self.deploy_user;
+        let mut chars = user.chars();
+        let name = user.len() <= 32
+            && chars
+                .next()
+                .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        ensure(
+            name,
+            "ci.deploy_user",
+            "must be a login name: up to 32 of [a-z0-9_-], starting with a letter or _",
+        )?;
+        // The key CI holds must never carry root's powers.
+        ensure(user != "root", "ci.deploy_user", "must not be root")
     }
 }
 
@@ -1368,6 +1409,35 @@ mod tests {
                     .starts_with(&format!("configuration key `{key}`")),
                 "{lines}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn ci_deploys_as_ci_without_become_by_default() {
+        let s = load_toml(REQUIRED).unwrap();
+        assert_eq!(s.ci.deploy_user, "ci");
+        assert!(!s.ansible.become_root);
+        assert_eq!(
+            s.ansible.ci_playbook,
+            PathBuf::from("playbooks/ci_access.yml")
+        );
+        let s = load_toml(&format!("{REQUIRED}[ansible]\nbecome = true\n")).unwrap();
+        assert!(s.ansible.become_root);
+    }
+
+    #[test]
+    fn the_ci_user_is_a_login_name_and_never_root() {
+        for bad in ["root", "", "Ci", "1ci", "ci user", "ci;id", &"c".repeat(33)] {
+            let err = load_toml(&format!("{REQUIRED}[ci]\ndeploy_user = {bad:?}\n")).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with("configuration key `ci.deploy_user`"),
+                "{bad}: {err}"
+            );
+        }
+        for good in ["ci", "_ci", "deploy-ci2", &"c".repeat(32)] {
+            let s = load_toml(&format!("{REQUIRED}[ci]\ndeploy_user = {good:?}\n")).unwrap();
+            assert_eq!(s.ci.deploy_user, good);
         }
     }
 }

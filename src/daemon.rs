@@ -24,6 +24,8 @@ pub enum DaemonError {
     Worker(#[from] WorkerError),
     #[error(transparent)]
     Http(#[from] HttpError),
+    #[error(transparent)]
+    Github(#[from] crate::github::GithubError),
 }
 
 /// Connects, runs the worker until `stop` resolves, and returns once the
@@ -61,7 +63,7 @@ async fn run_worker(
     });
 
     let store = Store::connect_lazy(&settings.postgres.url, settings.worker.concurrency);
-    let ctx = Context::new(settings.clone(), store.clone());
+    let ctx = Context::new(settings.clone(), store.clone())?;
     ctx.policy.warn_if_unset();
     // HTTP and heartbeat outlive the drain; this guard stops them on every
     // way out of this function.

@@ -89,6 +89,11 @@
 //!   GitHub App (`github::app`: JWT, installation token cached until shortly
 //!   before it expires) or with the job's token; `github::api` honours
 //!   GitHub's rate limits and retries 5xx until a deadline.
+//! - `ci`: what `setup_ci` gives a repository (contract section 7): the
+//!   key pair made for it (`ci::key`), the secrets, `DEPLOY_KNOWN_HOSTS`
+//!   from the pinned host key, the result's `ci` object; pure data.
+//!   `workflow::ci` runs the steps after a successful deploy: key onto the
+//!   server, secrets into GitHub, older keys off.
 //!
 //! ## Invariants
 //!
@@ -114,6 +119,10 @@
 //!   Every text that leaves (output tail, failed task, progress events)
 //!   passes the job's `Redactor` first; progress events carry names and a
 //!   short failure message only, never task arguments or results.
+//! - A CI key's private half (`ci::CiKey`) is made in memory and leaves
+//!   the process only sealed for GitHub: never a file, an argument, a log
+//!   line or a playbook's input. The worker's own SSH key never goes to
+//!   CI, and the CI login is never root.
 //! - Progress is best effort: events are dropped (and counted), never
 //!   waited for, so a slow Redis cannot slow or fail a job or its result.
 //! - The Vault client logs in on first use, never at start (a worker whose
@@ -131,6 +140,7 @@
 //!   registers one. Queue depth is read from Redis at scrape time, not kept.
 
 pub(crate) mod ansible;
+pub mod ci;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -134,6 +134,7 @@ impl Runner {
             .arg(workspace.inventory_path())
             .arg("-e")
             .arg(vars_arg)
+            .args(become_vars(&self.settings))
             .arg(ansible_dir.join(&run.playbook))
             .current_dir(ansible_dir)
             .env_clear()
@@ -188,6 +189,16 @@ fn follow_events(
             tracing::warn!(error.message = %e, "cannot create the events file; progress not followed");
             None
         }
+    }
+}
+
+/// `-e {"infra_become": true}` when `ansible.become` is set: every playbook
+/// takes its `become` from that variable. Nothing secret, so argv is fine.
+fn become_vars(settings: &AnsibleSettings) -> Vec<&'static str> {
+    if settings.become_root {
+        vec!["-e", r#"{"infra_become": true}"#]
+    } else {
+        Vec::new()
     }
 }
 
@@ -300,8 +311,10 @@ mod tests {
                 deploy_playbook: "playbooks/deploy_project.yml".into(),
                 provision_playbook: "playbooks/setup_server.yml".into(),
                 recovery_playbook: "playbooks/recovery.yml".into(),
+                ci_playbook: "playbooks/ci_access.yml".into(),
                 ssh_port: 22,
                 ssh_user: "root".into(),
+                become_root: false,
                 ssh_key_ref: None,
             };
             let runner = Runner::new(settings, Duration::from_millis(300));
@@ -371,6 +384,21 @@ mod tests {
         let env = std::fs::read_to_string(fx.out("env")).unwrap();
         assert!(env.lines().any(|l| l == format!("DEPLOY_TOKEN={TOKEN}")));
         assert!(!run_dir.exists(), "run dir left behind");
+    }
+
+    #[tokio::test]
+    async fn with_become_every_play_is_told_so_in_one_more_extra_var() {
+        let mut fx = Fixture::new("printf '%s\\n' \"$@\" > \"$PWD/argv\"");
+        fx.runner.settings.become_root = true;
+        let (outcome, run_dir, _) = fx.run(playbook_run(Duration::from_secs(20))).await;
+
+        assert!(outcome.succeeded(), "{outcome:?}");
+        let argv = std::fs::read_to_string(fx.out("argv")).unwrap();
+        let expected = format!(
+            "-i\n{d}/inventory.json\n-e\n@{d}/vars.json\n-e\n{{\"infra_become\": true}}\n",
+            d = run_dir.display()
+        );
+        assert!(argv.starts_with(&expected), "{argv}");
     }
 
     #[tokio::test]

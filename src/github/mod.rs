@@ -74,6 +74,22 @@ pub enum GithubError {
 }
 
 impl GithubError {
+    /// One word for results' `details.reason`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            GithubError::Forbidden { .. } => "forbidden",
+            GithubError::NotFound { .. } => "not_found",
+            GithubError::Unauthorized { .. } => "unauthorized",
+            GithubError::RateLimited { .. } => "rate_limited",
+            GithubError::Unavailable { .. } => "unavailable",
+            GithubError::Malformed { .. } => "malformed",
+            GithubError::Unexpected { .. } => "unexpected",
+            GithubError::Credentials(_) => "credentials",
+            GithubError::BadName(_) => "bad_name",
+            GithubError::Setup(_) => "setup",
+        }
+    }
+
     /// The same error with every free text passed through `redactor`.
     fn redacted(self, redactor: &Redactor) -> GithubError {
         match self {
@@ -100,6 +116,32 @@ pub enum Written {
     Created,
     /// 204: an existing secret has a new value.
     Updated,
+}
+
+/// A write of several secrets that stopped: the ones stored before it, in
+/// order, and why it stopped.
+#[derive(Debug)]
+pub struct PartialWrite {
+    /// The names stored before the failure.
+    pub written: Vec<String>,
+    pub error: GithubError,
+}
+
+impl std::fmt::Display for PartialWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for PartialWrite {}
+
+impl From<GithubError> for PartialWrite {
+    fn from(error: GithubError) -> PartialWrite {
+        PartialWrite {
+            written: Vec::new(),
+            error,
+        }
+    }
 }
 
 /// How the client proves who it is.
@@ -139,14 +181,14 @@ impl SecretsClient {
 
     /// Writes `secrets` (name, value) to `repo`, one at a time, in order,
     /// within `github.retry_secs` in all. `token` is used only when no App
-    /// is configured. Stops at the first failure.
+    /// is configured. Stops at the first failure, saying which were stored.
     #[tracing::instrument(skip_all, fields(repo = %repo.as_str()))]
     pub async fn write_secrets(
         &self,
         repo: &RepoName,
         token: &SecretString,
         secrets: &[(&str, SecretString)],
-    ) -> Result<Vec<Written>, GithubError> {
+    ) -> Result<Vec<Written>, PartialWrite> {
         for (name, _) in secrets {
             check_name(name)?;
         }
@@ -156,10 +198,20 @@ impl SecretsClient {
         let outcome = self
             .write_all(repo, token, secrets, deadline, &mut involved)
             .await;
-        if let (Err(GithubError::Unauthorized { .. }), Login::App(app)) = (&outcome, &self.login) {
+        if let (
+            Err(PartialWrite {
+                error: GithubError::Unauthorized { .. },
+                ..
+            }),
+            Login::App(app),
+        ) = (&outcome, &self.login)
+        {
             app.forget(repo).await;
         }
-        outcome.map_err(|e| e.redacted(&Redactor::new(&involved)))
+        outcome.map_err(|failed| PartialWrite {
+            written: failed.written,
+            error: failed.error.redacted(&Redactor::new(&involved)),
+        })
     }
 
     async fn write_all(
@@ -169,7 +221,7 @@ impl SecretsClient {
         secrets: &[(&str, SecretString)],
         deadline: Instant,
         involved: &mut Vec<SecretString>,
-    ) -> Result<Vec<Written>, GithubError> {
+    ) -> Result<Vec<Written>, PartialWrite> {
         let token = match &self.login {
             Login::App(app) => app.token(&self.api, repo, deadline).await?,
             Login::Token => token.clone(),
@@ -178,7 +230,18 @@ impl SecretsClient {
         let key = self.public_key(repo, &token, deadline).await?;
         let mut written = Vec::with_capacity(secrets.len());
         for (name, value) in secrets {
-            written.push(self.put(repo, &token, &key, name, value, deadline).await?);
+            match self.put(repo, &token, &key, name, value, deadline).await {
+                Ok(done) => written.push(done),
+                Err(error) => {
+                    let names = secrets[..written.len()]
+                        .iter()
+                        .map(|(n, _)| (*n).to_owned());
+                    return Err(PartialWrite {
+                        written: names.collect(),
+                        error,
+                    });
+                }
+            }
         }
         Ok(written)
     }

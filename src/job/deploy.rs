@@ -22,6 +22,9 @@ pub struct DeployJob {
     pub modules: Vec<Module>,
     pub github_token_ref: SecretRef,
     pub secrets_ref: Option<SecretRef>,
+    /// After a successful deploy, give the repository's CI its own way in
+    /// (contract section 7).
+    pub setup_ci: bool,
 }
 
 /// The branch deployed when the payload names none.
@@ -33,7 +36,7 @@ impl DeployJob {
     /// Checks, first failure wins: size, UTF-8, JSON, object, then the fields
     /// in contract order (`request_id`, `project_id`, `project_name`,
     /// `repo_full_name`, `branch`, `server_ip`, `port`, `modules`,
-    /// `github_token_ref`, `secrets_ref`). Once `request_id` is valid, every
+    /// `github_token_ref`, `secrets_ref`, `setup_ci`). Once `request_id` is valid, every
     /// refusal carries it, including the size refusal.
     pub fn parse(payload: &[u8]) -> Result<DeployJob, InvalidPayload> {
         let object = payload::read_object(payload).map_err(|unusable| {
@@ -60,6 +63,7 @@ impl DeployJob {
         let modules = payload::list(object, "modules", Module::parse)?;
         let github_token_ref = payload::required(object, "github_token_ref", SecretRef::parse)?;
         let secrets_ref = payload::optional(object, "secrets_ref", SecretRef::parse)?;
+        let setup_ci = payload::flag(object, "setup_ci")?;
         Ok(DeployJob {
             request_id,
             project_id,
@@ -71,6 +75,7 @@ impl DeployJob {
             modules,
             github_token_ref,
             secrets_ref,
+            setup_ci,
         })
     }
 
@@ -192,6 +197,15 @@ mod tests {
         assert_eq!(job.branch.as_str(), "main");
         assert!(job.modules.is_empty());
         assert_eq!(job.secrets_ref, None);
+        assert!(!job.setup_ci);
+    }
+
+    #[test]
+    fn setup_ci_is_a_json_boolean() {
+        let job = DeployJob::parse(&with("setup_ci", json!(true))).unwrap();
+        assert!(job.setup_ci);
+        let reason = refused(&with("setup_ci", json!("yes")));
+        assert_eq!(reason, "setup_ci: must be true or false, got a string");
     }
 
     #[test]

@@ -7,8 +7,10 @@ use std::time::Instant;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
+use super::ci::CiSetup;
 use super::{Context, Report, millis, preflight, secret_error};
 use crate::ansible::{EventSink, PlaybookRun, SshTarget, Workspace};
+use crate::ci::CiReport;
 use crate::job::{DeployJob, ErrorCode, JobError};
 use crate::policy::ConnectTo;
 use crate::secrets::{Redactor, ResolveError};
@@ -20,9 +22,29 @@ pub const GITHUB_TOKEN_ENV: &str = "GITHUB_TOKEN";
 pub const PROJECT_ENV_ENV: &str = "PROJECT_ENV";
 
 /// Runs one deploy job to its report, connecting as `connect` says; the
-/// playbook's task progress goes to `events`.
+/// playbook's task progress goes to `events`. With `setup_ci`, a successful
+/// deploy goes on to CI access (`workflow::ci`); the report's `ci` says how
+/// that went, or that it was skipped.
 #[tracing::instrument(name = "deploy", skip_all)]
 pub async fn run(
+    ctx: &Context,
+    job: &DeployJob,
+    connect: ConnectTo,
+    events: Option<EventSink>,
+) -> Report {
+    let mut report = deploy(ctx, job, connect, events).await;
+    if job.setup_ci && !report.extra.contains_key(CI_FIELD) {
+        report
+            .extra
+            .insert(CI_FIELD.to_owned(), CiReport::skipped().to_value());
+    }
+    report
+}
+
+/// The deploy result's field for `setup_ci`.
+const CI_FIELD: &str = "ci";
+
+async fn deploy(
     ctx: &Context,
     job: &DeployJob,
     connect: ConnectTo,
@@ -105,11 +127,11 @@ async fn run_locked(
     let redactor = Redactor::new(secrets.values());
     let run = PlaybookRun {
         playbook: ctx.settings.ansible.deploy_playbook.clone(),
-        target,
+        target: target.clone(),
         extra_vars: job.extra_vars(),
         secret_env: secrets.env(),
         timeout: ctx.job_timeout(),
-        events,
+        events: events.clone(),
     };
     let workspace = match ctx.runner.workspace(&run) {
         Ok(workspace) => workspace,
@@ -138,7 +160,20 @@ async fn run_locked(
             if !probe && !pinned && outcome.succeeded() {
                 pin_first_key(ctx, &workspace, &address, port).await;
             }
-            report.with_playbook(outcome, ctx.job_timeout())
+            let mut report = report.with_playbook(outcome, ctx.job_timeout());
+            if job.setup_ci && report.error.is_none() {
+                let ci = CiSetup {
+                    ctx,
+                    job,
+                    workspace: &workspace,
+                    target,
+                    github_token: &secrets.github_token,
+                    events,
+                };
+                let ci = ci.run().await;
+                report.extra.insert(CI_FIELD.to_owned(), ci.to_value());
+            }
+            report
         }
         Err(e) => internal(report, &e),
     }

@@ -3,6 +3,7 @@
 //! task progress through the `EventSink` the worker passes in).
 
 mod admit;
+pub mod ci;
 pub mod deploy;
 pub mod preflight;
 pub mod provision;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use crate::ansible::{PlaybookOutcome, Runner};
 use crate::config::Settings;
+use crate::github::{GithubError, SecretsClient};
 use crate::job::{ErrorCode, FailedTask, HostStats, JobError};
 use crate::policy::Policy;
 use crate::retry;
@@ -31,21 +33,28 @@ pub struct Context {
     pub store: Store,
     /// What a job may name and where it may deploy.
     pub policy: Policy,
+    /// Writes CI deploy secrets; one per worker, so a GitHub App's
+    /// installation tokens are shared by every job.
+    pub github: Arc<SecretsClient>,
 }
 
 impl Context {
-    /// Builds the context from settings and the status store.
-    pub fn new(settings: Arc<Settings>, store: Store) -> Context {
-        Context {
+    /// Builds the context from settings and the status store; fails only
+    /// when no HTTP client for GitHub can be made (no TLS backend).
+    pub fn new(settings: Arc<Settings>, store: Store) -> Result<Context, GithubError> {
+        let resolver = Resolver::with_vault(settings.secrets.dir.clone(), &settings.vault);
+        let github = SecretsClient::new(&settings.github, resolver.clone())?;
+        Ok(Context {
             store,
             policy: Policy::new(&settings),
-            resolver: Resolver::with_vault(settings.secrets.dir.clone(), &settings.vault),
             runner: Runner::new(
                 settings.ansible.clone(),
                 Duration::from_secs(settings.worker.kill_grace_secs),
             ),
+            resolver,
+            github: Arc::new(github),
             settings,
-        }
+        })
     }
 
     /// Waits until no other job, in any worker, works on `server`, and
