@@ -99,7 +99,7 @@ async fn assert_target_refused(w: &World, result: &JobResult) {
 
 /// Lines of `value` worth searching for: a PEM key's body lines, or the
 /// value itself.
-fn fragments(value: &str) -> Vec<&str> {
+pub(crate) fn fragments(value: &str) -> Vec<&str> {
     let lines: Vec<&str> = value
         .lines()
         .map(str::trim)
@@ -109,7 +109,7 @@ fn fragments(value: &str) -> Vec<&str> {
 }
 
 /// Every text of `dir`'s files, recursively.
-fn files_text(dir: &Path) -> String {
+pub(crate) fn files_text(dir: &Path) -> String {
     let mut text = String::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(path) = pending.pop() {
@@ -125,7 +125,7 @@ fn files_text(dir: &Path) -> String {
 }
 
 /// Every entry of a stream under the test's prefix, its fields as stored.
-async fn stream_text(w: &World, stream: &str) -> String {
+pub(crate) async fn stream_text(w: &World, stream: &str) -> String {
     let mut text = String::new();
     for (_, fields) in w.queue.stream_entries(stream).await {
         for (name, value) in fields {

@@ -45,30 +45,9 @@ fn token(fake: &FakeGithub) -> SecretString {
     SecretString::from(fake.config().token.clone())
 }
 
-/// Opens a value the fake stored with PyNaCl, an implementation of
-/// libsodium's sealed boxes independent of ours: what GitHub would read.
+/// Opens a value the fake stored with PyNaCl: what GitHub would read.
 fn open_with_pynacl(fake: &FakeGithub, name: &str) -> String {
-    let stored = fake.secret(REPO, name).expect("the secret was stored");
-    assert_eq!(stored.key_id, KEY_ID);
-    let script = "import sys, base64\n\
-                  from nacl.public import PrivateKey, SealedBox\n\
-                  key = PrivateKey(base64.b64decode(sys.argv[1]))\n\
-                  sys.stdout.buffer.write(SealedBox(key).decrypt(base64.b64decode(sys.argv[2])))\n";
-    let output = std::process::Command::new("python3")
-        .args([
-            "-c",
-            script,
-            &fake.private_key_b64(),
-            &stored.encrypted_value,
-        ])
-        .output()
-        .expect("run python3 (PyNaCl is a test prerequisite)");
-    assert!(
-        output.status.success(),
-        "PyNaCl could not open {name}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
+    fake.open_secret(REPO, name)
 }
 
 /// Neither an error's text nor any URL the fake saw holds a credential or
@@ -223,7 +202,8 @@ async fn a_token_without_secrets_write_is_forbidden_and_says_so() {
     let e = client
         .write_secrets(&repo(REPO), &token(&fake), &secrets())
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .error;
 
     assert!(matches!(e, GithubError::Forbidden { .. }), "{e:?}");
     assert!(e.to_string().contains("secrets: write"), "{e}");
@@ -252,7 +232,8 @@ async fn a_missing_repository_is_not_found_for_a_token_and_for_an_app() {
         let e = client
             .write_secrets(&repo("acme/gone"), &token(&fake), &secrets())
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .error;
         assert!(matches!(e, GithubError::NotFound { .. }), "{e:?}");
         assert!(e.to_string().contains("acme/gone"), "{e}");
         assert_nothing_leaks(&fake, Some(&e));
@@ -316,7 +297,8 @@ async fn a_rate_limit_past_the_deadline_fails_at_once() {
     let e = client
         .write_secrets(&repo(REPO), &token(&fake), &secrets())
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .error;
 
     assert!(matches!(e, GithubError::RateLimited { .. }), "{e:?}");
     assert!(
@@ -336,7 +318,8 @@ async fn server_errors_past_the_deadline_make_github_unavailable() {
     let e = client
         .write_secrets(&repo(REPO), &token(&fake), &secrets())
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .error;
 
     assert!(matches!(e, GithubError::Unavailable { .. }), "{e:?}");
     assert!(e.to_string().contains("HTTP 502"), "{e}");
@@ -373,7 +356,8 @@ async fn a_wrong_token_is_unauthorized_without_echoing_it() {
     let e = client
         .write_secrets(&repo(REPO), &wrong, &secrets())
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .error;
 
     assert!(matches!(e, GithubError::Unauthorized { .. }), "{e:?}");
     assert!(!format!("{e} {e:?}").contains("wrongTokenValue"), "{e}");
@@ -404,7 +388,7 @@ async fn a_revoked_installation_token_fails_one_write_and_the_next_mints_anew() 
         .await;
 
     assert!(
-        matches!(refused, Err(GithubError::Unauthorized { .. })),
+        matches!(&refused, Err(failed) if matches!(failed.error, GithubError::Unauthorized { .. })),
         "{refused:?}"
     );
     assert_eq!(again.unwrap(), [Written::Updated, Written::Updated]);

@@ -163,6 +163,33 @@ impl FakeGithub {
             .cloned()
     }
 
+    /// Opens the secret `name` of `repo` with PyNaCl, an implementation of
+    /// libsodium's sealed boxes independent of ours: what GitHub would
+    /// read. Panics unless it was stored, for the key the fake handed out.
+    pub fn open_secret(&self, repo: &str, name: &str) -> String {
+        let stored = self.secret(repo, name).expect("the secret was stored");
+        assert_eq!(stored.key_id, KEY_ID);
+        let script = "import sys, base64\n\
+                      from nacl.public import PrivateKey, SealedBox\n\
+                      key = PrivateKey(base64.b64decode(sys.argv[1]))\n\
+                      sys.stdout.buffer.write(SealedBox(key).decrypt(base64.b64decode(sys.argv[2])))\n";
+        let output = std::process::Command::new("python3")
+            .args([
+                "-c",
+                script,
+                &self.private_key_b64(),
+                &stored.encrypted_value,
+            ])
+            .output()
+            .expect("run python3 (PyNaCl is a test prerequisite)");
+        assert!(
+            output.status.success(),
+            "PyNaCl could not open {name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
     /// How many installation tokens were minted.
     pub fn tokens_minted(&self) -> usize {
         self.app.shared.lock().unwrap().minted.len()

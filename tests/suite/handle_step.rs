@@ -69,7 +69,7 @@ async fn step() -> Step {
     let queue = infra_service::queue::Queue::connect(&settings.redis, CONSUMER.to_owned())
         .await
         .expect("queue");
-    let ctx = Context::new(settings.clone(), store.clone());
+    let ctx = Context::new(settings.clone(), store.clone()).expect("context");
     Step {
         worker: Worker::new(queue, ctx),
         settings,
