@@ -10,7 +10,9 @@
 //!   saw, so each test reads its own files.
 //!
 //! The login user is `infra-target` (shell `/bin/sh`, no rc files) when the
-//! tests run as root, else the current user. Its filesystem is this machine's.
+//! tests run as root, else the current user; as root it also gets
+//! passwordless sudo that keeps the stub PATH (for `infra_become=true`).
+//! Its filesystem is this machine's.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -25,6 +27,16 @@ use std::time::{Duration, Instant};
 const SSHD: &str = "/usr/sbin/sshd";
 const TARGET_USER: &str = "infra-target";
 const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Root for `TARGET_USER` through sudo. Debian's `secure_path` would replace
+/// the session's PATH (sudo otherwise keeps it: PATH is in the default
+/// env_keep), hiding the stubs under become. Same text as `.ci/run` writes.
+const TARGET_SUDOERS: &str = "/etc/sudoers.d/90-infra-target-test";
+const TARGET_SUDOERS_TEXT: &str = "\
+# infra-service tests: root for the test sshd login user (.ci/run, tests/suite/helpers/host.rs).
+Defaults:infra-target !secure_path
+Defaults:infra-target env_keep += \"INFRA_TEST_OUT\"
+infra-target ALL=(ALL:ALL) NOPASSWD: ALL
+";
 
 /// A running sshd and everything needed to log in to it.
 pub struct TestHost {
@@ -435,6 +447,7 @@ fn login_user() -> String {
         // sshd -D needs its privilege separation directory.
         std::fs::create_dir_all("/run/sshd").expect("mkdir /run/sshd");
         ensure_target_user();
+        ensure_target_sudo();
         TARGET_USER.to_owned()
     })
     .clone()
@@ -476,4 +489,30 @@ fn ensure_target_user() {
             .args(["--password", "*", TARGET_USER])
             .status();
     }
+}
+
+/// Writes `TARGET_SUDOERS` unless it already holds `TARGET_SUDOERS_TEXT`:
+/// validated by `visudo -cf`, then renamed into place (sudo skips names with
+/// a dot, so the temp file is never read half-written). Without sudo
+/// installed there is nothing to configure: plays with become fail, saying so.
+fn ensure_target_sudo() {
+    if std::fs::read_to_string(TARGET_SUDOERS).is_ok_and(|text| text == TARGET_SUDOERS_TEXT) {
+        return;
+    }
+    if !Path::new("/usr/sbin/visudo").exists() {
+        eprintln!("sudo is not installed: plays with infra_become=true cannot run");
+        return;
+    }
+    let tmp = format!("{TARGET_SUDOERS}.{}.tmp", std::process::id());
+    std::fs::write(&tmp, TARGET_SUDOERS_TEXT).expect("write the sudoers file");
+    set_mode(Path::new(&tmp), 0o440);
+    let valid = Command::new("/usr/sbin/visudo")
+        .args(["-c", "-q", "-f", &tmp])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !valid {
+        let _ = std::fs::remove_file(&tmp);
+        panic!("visudo rejects the test sudoers text:\n{TARGET_SUDOERS_TEXT}");
+    }
+    std::fs::rename(&tmp, TARGET_SUDOERS).expect("install the sudoers file");
 }
