@@ -6,7 +6,8 @@
 //! `World::provision` (or, enqueued first, `TestWorker::wait_deploy_result`);
 //! other waits are `eventually` (only starting and stopping the harness's
 //! own servers polls their child processes by hand).
-//! `run_playbook` runs the real `ansible/` content against a `TestHost`.
+//! `run_playbook` runs the real `ansible/` content against a `TestHost`;
+//! `SystemUser` names (and finally removes) an account a play creates.
 
 mod ansible_run;
 mod containers;
@@ -22,6 +23,7 @@ mod poll;
 mod ports;
 mod procs;
 mod redis;
+mod system_user;
 mod worker;
 mod world;
 
@@ -30,7 +32,7 @@ pub use ansible_run::{
 };
 pub use db::TestDb;
 pub use fake_api::serve_on_loopback;
-pub use host::TestHost;
+pub use host::{SshOutput, TestHost};
 pub use job_result::JobResultExt;
 pub use own_postgres::OwnPostgres;
 pub use own_redis::OwnRedis;
@@ -43,6 +45,7 @@ pub use poll::eventually;
 pub(crate) use ports::free_stable_port;
 pub use procs::{all_cmdlines, cmdline, descendants, pids_with_environ_containing};
 pub use redis::{Queue, TestRedis};
+pub use system_user::SystemUser;
 pub use worker::{
     PROJECT_ENV_VAR, RESULT_TIMEOUT, SSH_KEY_REF, START_TIMEOUT, TestWorker, TestWorkerBuilder,
     ansible_playbook_bin, infra_service, tail,

@@ -8,6 +8,7 @@ mod time4vps_fake;
 mod vault_fake;
 
 mod ansible_content;
+mod ci_access;
 mod ci_setup;
 mod cli;
 mod dead;

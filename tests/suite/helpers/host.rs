@@ -10,7 +10,11 @@
 //!   saw, so each test reads its own files.
 //!
 //! The login user is `infra-target` (shell `/bin/sh`, no rc files) when the
-//! tests run as root, else the current user. Its filesystem is this machine's.
+//! tests run as root, else the current user; as root it also gets
+//! passwordless sudo that keeps the stub PATH (for `infra_become=true`).
+//! Keys: the test's client key logs in as any user; each user's own
+//! `~/.ssh/authorized_keys` counts too (a CI user made by a play). The
+//! filesystem is this machine's.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -25,6 +29,40 @@ use std::time::{Duration, Instant};
 const SSHD: &str = "/usr/sbin/sshd";
 const TARGET_USER: &str = "infra-target";
 const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Root for `TARGET_USER` through sudo. Debian's `secure_path` would replace
+/// the session's PATH (sudo otherwise keeps it: PATH is in the default
+/// env_keep), hiding the stubs under become. Same text as `.ci/run` writes.
+const TARGET_SUDOERS: &str = "/etc/sudoers.d/90-infra-target-test";
+const TARGET_SUDOERS_TEXT: &str = "\
+# infra-service tests: root for the test sshd login user (.ci/run, tests/suite/helpers/host.rs).
+Defaults:infra-target !secure_path
+Defaults:infra-target env_keep += \"INFRA_TEST_OUT\"
+infra-target ALL=(ALL:ALL) NOPASSWD: ALL
+";
+
+/// How one `ssh` client run ended (see `TestHost::ssh_as`).
+pub struct SshOutput {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl SshOutput {
+    /// Whether the remote command ran and exited 0.
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+}
+
+impl std::fmt::Debug for SshOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ssh exited {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
 
 /// A running sshd and everything needed to log in to it.
 pub struct TestHost {
@@ -143,6 +181,16 @@ impl TestHost {
             .join(" ")
     }
 
+    /// The `known_hosts` line for this host: `[address]:port <host key>`.
+    pub fn known_hosts_line(&self) -> String {
+        format!(
+            "[{}]:{} {}",
+            self.address,
+            self.port,
+            self.host_public_key()
+        )
+    }
+
     /// First directory on the PATH of every SSH session: put stubs here.
     pub fn stub_bin_dir(&self) -> PathBuf {
         self.dir.path().join("bin")
@@ -238,6 +286,51 @@ impl TestHost {
         stdout
     }
 
+    /// Runs `command` over SSH as `user` with the private key file
+    /// `identity`, trusting only the host keys in `known_hosts`
+    /// (`StrictHostKeyChecking=yes`, no config file, no agent, batch mode);
+    /// `options` go before the destination (e.g. `-tt`). Never panics on a
+    /// refused login or a failed command: the caller asserts either way.
+    pub async fn ssh_as(
+        &self,
+        user: &str,
+        identity: &Path,
+        known_hosts: &Path,
+        options: &[&str],
+        command: &str,
+    ) -> SshOutput {
+        let out = tokio::process::Command::new("ssh")
+            .arg("-F")
+            .arg("/dev/null")
+            .arg("-i")
+            .arg(identity)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
+            .args([
+                "-o",
+                "IdentityAgent=none",
+                "-o",
+                "StrictHostKeyChecking=yes",
+            ])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+            .args(["-o", "GlobalKnownHostsFile=/dev/null"])
+            .args(["-o", "ConnectTimeout=10"])
+            .args(options)
+            .arg(format!("{user}@{}", self.address))
+            .arg(command)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("spawn ssh");
+        SshOutput {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     /// Options for an `ssh` client that trusts this host whatever its key.
     pub fn ssh_args(&self) -> Vec<String> {
         [
@@ -273,7 +366,7 @@ impl TestHost {
             "ListenAddress {addr}:{port}\n\
              HostKey {d}/host_key\n\
              PidFile {d}/sshd.pid\n\
-             AuthorizedKeysFile {d}/authorized_keys\n\
+             AuthorizedKeysFile {d}/authorized_keys .ssh/authorized_keys\n\
              PubkeyAuthentication yes\n\
              PasswordAuthentication no\n\
              KbdInteractiveAuthentication no\n\
@@ -435,6 +528,7 @@ fn login_user() -> String {
         // sshd -D needs its privilege separation directory.
         std::fs::create_dir_all("/run/sshd").expect("mkdir /run/sshd");
         ensure_target_user();
+        ensure_target_sudo();
         TARGET_USER.to_owned()
     })
     .clone()
@@ -476,4 +570,30 @@ fn ensure_target_user() {
             .args(["--password", "*", TARGET_USER])
             .status();
     }
+}
+
+/// Writes `TARGET_SUDOERS` unless it already holds `TARGET_SUDOERS_TEXT`:
+/// validated by `visudo -cf`, then renamed into place (sudo skips names with
+/// a dot, so the temp file is never read half-written). Without sudo
+/// installed there is nothing to configure: plays with become fail, saying so.
+fn ensure_target_sudo() {
+    if std::fs::read_to_string(TARGET_SUDOERS).is_ok_and(|text| text == TARGET_SUDOERS_TEXT) {
+        return;
+    }
+    if !Path::new("/usr/sbin/visudo").exists() {
+        eprintln!("sudo is not installed: plays with infra_become=true cannot run");
+        return;
+    }
+    let tmp = format!("{TARGET_SUDOERS}.{}.tmp", std::process::id());
+    std::fs::write(&tmp, TARGET_SUDOERS_TEXT).expect("write the sudoers file");
+    set_mode(Path::new(&tmp), 0o440);
+    let valid = Command::new("/usr/sbin/visudo")
+        .args(["-c", "-q", "-f", &tmp])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !valid {
+        let _ = std::fs::remove_file(&tmp);
+        panic!("visudo rejects the test sudoers text:\n{TARGET_SUDOERS_TEXT}");
+    }
+    std::fs::rename(&tmp, TARGET_SUDOERS).expect("install the sudoers file");
 }

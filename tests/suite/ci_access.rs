@@ -1,0 +1,262 @@
+//! `ansible/playbooks/ci_access.yml` run for real (`infra_become=true`, sudo
+//! on the test host) against a `TestHost`, creating a real CI account per
+//! test (`SystemUser`). What counts is what sshd does afterwards: which key
+//! logs in as whom, with a known_hosts holding only the host's key.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+const PROJECT: &str = "my-app";
+/// Another project whose name starts with `PROJECT`: its lines must survive.
+const OTHER_PROJECT_LINE: &str = "restrict ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtherProjectKeyOtherProjectKeyOtherProj infra-ci:my-app-2";
+/// A line nobody tagged (added by hand): never touched.
+const UNTAGGED_LINE: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIUntaggedKeyUntaggedKeyUntaggedKeyUntagged admin@laptop";
+
+/// A test host, the CI account's name and this test's key pairs.
+struct CiFixture {
+    // Before `user`: sshd and its sessions end before the account goes.
+    host: TestHost,
+    user: SystemUser,
+    dir: tempfile::TempDir,
+    known_hosts: PathBuf,
+}
+
+/// One key pair made by `ssh-keygen`.
+struct KeyPair {
+    private: PathBuf,
+    /// `ssh-ed25519 AAAA...`, no comment: the form the worker passes.
+    public: String,
+}
+
+impl CiFixture {
+    async fn new() -> CiFixture {
+        assert!(
+            Path::new("/usr/bin/sudo").exists(),
+            "ci_access.yml runs with become through sudo: install it (see .ci/run)"
+        );
+        let host = TestHost::start().await;
+        let user = SystemUser::unique("ci-test");
+        let dir = tempfile::tempdir().expect("temp dir for keys");
+        let known_hosts = dir.path().join("known_hosts");
+        std::fs::write(&known_hosts, host.known_hosts_line() + "\n").expect("known_hosts");
+        CiFixture {
+            host,
+            user,
+            dir,
+            known_hosts,
+        }
+    }
+
+    fn keygen(&self, name: &str) -> KeyPair {
+        let private = self.dir.path().join(name);
+        let status = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "ci@test", "-f"])
+            .arg(&private)
+            .stdin(Stdio::null())
+            .status()
+            .expect("run ssh-keygen");
+        assert!(status.success(), "ssh-keygen {name}");
+        let text = std::fs::read_to_string(private.with_extension("pub")).unwrap();
+        let public = text
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        KeyPair { private, public }
+    }
+
+    async fn ci_access(&self, action: &str, key: &KeyPair) -> PlaybookRun {
+        let vars = json!({
+            "ci_user": self.user.name(),
+            "project_name": PROJECT,
+            "ci_public_key": key.public,
+            "ci_action": action,
+            "infra_become": true,
+        });
+        run_playbook(&self.host, "ci_access.yml", &vars, &[], &[]).await
+    }
+
+    /// `command` over SSH as `user` with `key`, host key checked strictly.
+    async fn ssh(&self, user: &str, key: &Path, options: &[&str], command: &str) -> SshOutput {
+        self.host
+            .ssh_as(user, key, &self.known_hosts, options, command)
+            .await
+    }
+
+    /// Asserts that `key` logs in as the CI user.
+    async fn assert_logs_in(&self, key: &KeyPair) {
+        let out = self
+            .ssh(self.user.name(), &key.private, &[], "id -un")
+            .await;
+        assert!(out.success(), "{} must log in: {out:?}", key.public);
+        assert_eq!(out.stdout.trim(), self.user.name());
+    }
+
+    /// Asserts that sshd refuses `key` for `user`.
+    async fn assert_refused(&self, user: &str, key: &KeyPair) {
+        let out = self.ssh(user, &key.private, &[], "true").await;
+        assert!(
+            !out.success() && out.stderr.contains("Permission denied"),
+            "{} must not log in as {user}: {out:?}",
+            key.public
+        );
+    }
+
+    fn authorized_keys_path(&self) -> PathBuf {
+        self.user
+            .home()
+            .expect("the CI user exists")
+            .join(".ssh/authorized_keys")
+    }
+
+    fn authorized_keys(&self) -> Vec<String> {
+        std::fs::read_to_string(self.authorized_keys_path())
+            .expect("read authorized_keys")
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn line_for(&self, key: &KeyPair) -> String {
+        format!("restrict {} infra-ci:{PROJECT}", key.public)
+    }
+
+    /// Mode and owner uid of `path`.
+    fn mode_and_uid(path: &Path) -> (u32, u32) {
+        let meta = std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        (meta.permissions().mode() & 0o7777, meta.uid())
+    }
+
+    fn uid(&self) -> u32 {
+        let home = self.user.home().expect("the CI user exists");
+        std::fs::metadata(home).expect("home").uid()
+    }
+}
+
+#[tokio::test]
+async fn add_makes_a_docker_only_user_whose_restricted_key_logs_in_and_a_rerun_changes_nothing() {
+    // Arrange
+    let fx = CiFixture::new().await;
+    let key = fx.keygen("key1");
+
+    // Act
+    let first = fx.ci_access("add", &key).await;
+    let second = fx.ci_access("add", &key).await;
+
+    // Assert
+    assert_eq!(first.code, 0, "{first:?}");
+    assert!(first.changed().is_some_and(|n| n > 0), "{first:?}");
+    assert_eq!(second.code, 0, "{second:?}");
+    assert_eq!(
+        second.changed(),
+        Some(0),
+        "a rerun changed something: {second:?}"
+    );
+
+    let name = fx.user.name();
+    assert_eq!(fx.user.groups(), [name, "docker"], "groups of {name}");
+    assert_eq!(fx.user.shadow_password().as_deref(), Some("*"));
+    assert!(fx.uid() != 0);
+    assert_eq!(fx.authorized_keys(), [fx.line_for(&key)]);
+    let ssh_dir = fx.authorized_keys_path().parent().unwrap().to_owned();
+    assert_eq!(CiFixture::mode_and_uid(&ssh_dir), (0o700, fx.uid()));
+    assert_eq!(
+        CiFixture::mode_and_uid(&fx.authorized_keys_path()),
+        (0o600, fx.uid())
+    );
+
+    fx.assert_logs_in(&key).await;
+    fx.assert_refused("root", &key).await;
+    let sudo = fx.ssh(name, &key.private, &[], "sudo -n true").await;
+    assert!(!sudo.success(), "the CI user must not sudo: {sudo:?}");
+
+    // `restrict` forbids a pty (a forced `-tt` then gives up); the test's
+    // own unrestricted key gets one, so the check can tell the difference.
+    let tty = fx.ssh(name, &key.private, &["-tt"], "tty").await;
+    assert!(
+        !tty.stdout.contains("/dev/pts/") && tty.stderr.contains("PTY allocation request failed"),
+        "{tty:?}"
+    );
+    let control = fx
+        .ssh(fx.host.user(), &fx.host.client_key_path(), &["-tt"], "tty")
+        .await;
+    assert!(control.stdout.contains("/dev/pts/"), "{control:?}");
+}
+
+#[tokio::test]
+async fn rotation_retires_only_the_projects_old_key_and_revoke_removes_only_the_projects_lines() {
+    // Arrange: an account that exists already, locked (`!`), in group sudo,
+    // with a sudo grant, another project's key and an untagged key.
+    let fx = CiFixture::new().await;
+    let name = fx.user.name().to_owned();
+    let status = Command::new("useradd")
+        .args(["--create-home", "--shell", "/bin/sh", "--password", "!"])
+        .args(["--groups", "sudo", &name])
+        .status()
+        .expect("run useradd");
+    assert!(status.success(), "useradd {name}");
+    let grant = format!("/etc/sudoers.d/90-infra-{name}");
+    std::fs::write(&grant, format!("{name} ALL=(ALL:ALL) NOPASSWD: ALL\n")).unwrap();
+    std::fs::set_permissions(&grant, std::fs::Permissions::from_mode(0o440)).unwrap();
+    let home = fx.user.home().unwrap();
+    std::fs::create_dir(home.join(".ssh")).unwrap();
+    std::fs::write(
+        fx.authorized_keys_path(),
+        format!("{OTHER_PROJECT_LINE}\n{UNTAGGED_LINE}\n"),
+    )
+    .unwrap();
+    let chown = Command::new("chown")
+        .args(["-R", &format!("{name}:"), &home.to_string_lossy()])
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let (key1, key2) = (fx.keygen("key1"), fx.keygen("key2"));
+
+    // Act + Assert: add the first key.
+    let add1 = fx.ci_access("add", &key1).await;
+    assert_eq!(add1.code, 0, "{add1:?}");
+    assert_eq!(fx.user.groups(), [name.as_str(), "docker"]);
+    assert_eq!(fx.user.shadow_password().as_deref(), Some("*"));
+    assert!(!Path::new(&grant).exists(), "the sudo grant survived");
+    fx.assert_logs_in(&key1).await;
+    let sudo = fx.ssh(&name, &key1.private, &[], "sudo -n true").await;
+    assert!(!sudo.success(), "the CI user must not sudo: {sudo:?}");
+
+    // Rotation: the new key first, then the old one retired.
+    let add2 = fx.ci_access("add", &key2).await;
+    assert_eq!(add2.code, 0, "{add2:?}");
+    fx.assert_logs_in(&key1).await;
+    fx.assert_logs_in(&key2).await;
+    let retire = fx.ci_access("retire", &key2).await;
+    assert_eq!(retire.code, 0, "{retire:?}");
+    fx.assert_refused(&name, &key1).await;
+    fx.assert_logs_in(&key2).await;
+    assert_eq!(
+        fx.authorized_keys(),
+        [
+            OTHER_PROJECT_LINE.to_owned(),
+            UNTAGGED_LINE.to_owned(),
+            fx.line_for(&key2)
+        ]
+    );
+    assert_eq!(
+        CiFixture::mode_and_uid(&fx.authorized_keys_path()),
+        (0o600, fx.uid()),
+        "retire rewrote authorized_keys with another mode or owner"
+    );
+
+    // Revoke: the project's lines go, nothing else.
+    let revoke = fx.ci_access("revoke", &key2).await;
+    assert_eq!(revoke.code, 0, "{revoke:?}");
+    fx.assert_refused(&name, &key2).await;
+    assert_eq!(
+        fx.authorized_keys(),
+        [OTHER_PROJECT_LINE.to_owned(), UNTAGGED_LINE.to_owned()]
+    );
+}
