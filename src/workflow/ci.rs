@@ -170,18 +170,37 @@ impl CiSetup<'_> {
             .run_in(self.workspace, run, &redactor)
             .await
             .map_err(|e| JobError::new(ErrorCode::Internal, e.to_string()))?;
-        match Report::default()
-            .with_playbook(outcome, ctx.job_timeout())
-            .error
-        {
-            None => Ok(()),
-            Some(e) => Err(step(format!(
-                "the CI access play ({}): {}",
-                action.as_str(),
-                e.message
-            ))),
+        let report = Report::default().with_playbook(outcome, ctx.job_timeout());
+        let Some(error) = report.error else {
+            return Ok(());
+        };
+        let mut message = format!(
+            "the CI access play ({}): {}",
+            action.as_str(),
+            error.message
+        );
+        // No failed task (a play that did not parse, a role not found):
+        // what ansible-playbook said last is all there is to go on.
+        if report.failed_task.is_none() {
+            message.push_str(": ");
+            message.push_str(&last_lines(&report.output_tail, PLAY_LINES_SHOWN));
         }
+        Err(step(message))
     }
+}
+
+/// How many of the play's last output lines a failure without a failed
+/// task quotes.
+const PLAY_LINES_SHOWN: usize = 5;
+
+/// The last `n` non-blank lines of `text`, joined by ` | `.
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
 /// CI access failed; `written` names the secrets stored before it did.
@@ -191,5 +210,20 @@ fn failed(error: JobError, written: Vec<String>) -> CiReport {
         secrets: written,
         key_fingerprint: None,
         error: Some(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_without_a_task_quotes_the_last_lines_of_output() {
+        let text = "PLAY [x]\n\nERROR! the role 'ci_access' was not found\n  \nline 2\n";
+        assert_eq!(
+            last_lines(text, 2),
+            "ERROR! the role 'ci_access' was not found | line 2"
+        );
+        assert_eq!(last_lines("", 5), "");
     }
 }

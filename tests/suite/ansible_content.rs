@@ -132,7 +132,8 @@ async fn a_deploy_checks_out_the_branch_writes_a_private_env_and_starts_the_modu
 
     let env_file = fx.project_dir().join(".env");
     let mode = std::fs::metadata(&env_file).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600, "mode of .env is {mode:o}");
+    // Group-readable: setup_ci gives the CI user's group read access.
+    assert_eq!(mode, 0o640, "mode of .env is {mode:o}");
     let lines = fx.env_lines();
     for expected in [
         format!("PORT={}", fx.port),

@@ -77,6 +77,7 @@ impl CiFixture {
             "project_name": PROJECT,
             "ci_public_key": key.public,
             "ci_action": action,
+            "ci_access_project_dir": self.project_dir(),
             "infra_become": true,
         });
         run_playbook(&self.host, "ci_access.yml", &vars, &[], &[]).await
@@ -106,6 +107,22 @@ impl CiFixture {
             "{} must not log in as {user}: {out:?}",
             key.public
         );
+    }
+
+    /// The project's checkout on the "server": in the test's own directory.
+    fn project_dir(&self) -> PathBuf {
+        self.dir.path().join("project")
+    }
+
+    /// A deployed project's `.env` as a deploy leaves it: root's, 0640.
+    fn write_project_env(&self) -> PathBuf {
+        // The CI user must traverse the test's directory to reach it.
+        std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir(self.project_dir()).unwrap();
+        let env = self.project_dir().join(".env");
+        std::fs::write(&env, "POSTGRES_PASSWORD=for-compose-only\n").unwrap();
+        std::fs::set_permissions(&env, std::fs::Permissions::from_mode(0o640)).unwrap();
+        env
     }
 
     fn authorized_keys_path(&self) -> PathBuf {
@@ -144,6 +161,7 @@ async fn add_makes_a_docker_only_user_whose_restricted_key_logs_in_and_a_rerun_c
     // Arrange
     let fx = CiFixture::new().await;
     let key = fx.keygen("key1");
+    let env = fx.write_project_env();
 
     // Act
     let first = fx.ci_access("add", &key).await;
@@ -173,6 +191,13 @@ async fn add_makes_a_docker_only_user_whose_restricted_key_logs_in_and_a_rerun_c
 
     fx.assert_logs_in(&key).await;
     fx.assert_refused("root", &key).await;
+    // `docker compose` as the CI user reads the project's .env.
+    let env_text = fx
+        .ssh(name, &key.private, &[], &format!("cat {}", env.display()))
+        .await;
+    assert!(env_text.success(), "{env_text:?}");
+    assert_eq!(env_text.stdout, "POSTGRES_PASSWORD=for-compose-only\n");
+    assert_eq!(CiFixture::mode_and_uid(&env), (0o640, 0));
     let sudo = fx.ssh(name, &key.private, &[], "sudo -n true").await;
     assert!(!sudo.success(), "the CI user must not sudo: {sudo:?}");
 

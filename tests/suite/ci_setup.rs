@@ -13,12 +13,10 @@ use serde_json::{Value, json};
 
 use crate::exfiltration::{files_text, fragments, stream_text};
 use crate::github_fake::{FakeConfig, FakeGithub};
-use crate::helpers::host::{SshOutcome, TestHost};
-use crate::helpers::payload::{unique_request_id, valid_deploy_payload};
-use crate::helpers::redis::TestRedis;
-use crate::helpers::users::SystemUser;
-use crate::helpers::worker::GITHUB_TOKEN_VAR;
-use crate::helpers::world::World;
+use crate::helpers::{
+    GITHUB_TOKEN_VAR, SshOutput, SystemUser, TestHost, TestRedis, World, unique_request_id,
+    valid_deploy_payload,
+};
 
 const REPO: &str = "acme/shop";
 
@@ -36,6 +34,7 @@ const SECRETS: [&str; 7] = [
 /// A worker aimed at a fresh sshd whose CI login is a user of the test's
 /// own, writing to `fake`.
 struct CiWorld {
+    // Before `ci_user`: sshd and its sessions end before the account goes.
     w: World,
     fake: FakeGithub,
     ci_user: SystemUser,
@@ -44,7 +43,7 @@ struct CiWorld {
 
 async fn ci_world(config: FakeConfig) -> CiWorld {
     let fake = FakeGithub::start(config).await;
-    let ci_user = SystemUser::new("ci");
+    let ci_user = SystemUser::unique("ci");
     let host = TestHost::start().await;
     let real_play =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("ansible/playbooks/ci_access.yml");
@@ -104,7 +103,7 @@ impl Stored {
 impl CiWorld {
     /// Runs `command` as `user` over SSH the way a workflow would, with the
     /// stored key and the stored known_hosts as the only ones trusted.
-    async fn ssh_with(&self, stored: &Stored, user: &str, command: &str) -> SshOutcome {
+    async fn ssh_with(&self, stored: &Stored, user: &str, command: &str) -> SshOutput {
         let key = write_private(self.dir.path(), "deploy_key", stored.get("DEPLOY_SSH_KEY"));
         let known = write_private(
             self.dir.path(),
@@ -113,7 +112,7 @@ impl CiWorld {
         );
         assert_eq!(stored.get("DEPLOY_HOST"), self.w.host.address());
         assert_eq!(stored.get("DEPLOY_PORT"), self.w.host.port().to_string());
-        self.w.host.ssh_as(user, &key, &known, command).await
+        self.w.host.ssh_as(user, &key, &known, &[], command).await
     }
 }
 
@@ -146,7 +145,7 @@ async fn assert_key_nowhere(cw: &CiWorld, request_ids: &[&str], key: &str) {
     let worker_dir = w.worker.config_path().parent().unwrap().to_owned();
     places.push(("the worker's directory".into(), files_text(&worker_dir)));
     places.push(("the target's records".into(), files_text(&w.host.out_dir())));
-    for fragment in fragments(key) {
+    for fragment in private_fragments(key) {
         for (place, text) in &places {
             assert!(
                 !text.contains(fragment),
@@ -158,6 +157,15 @@ async fn assert_key_nowhere(cw: &CiWorld, request_ids: &[&str], key: &str) {
             "the CI private key is in a file under /tmp"
         );
     }
+}
+
+/// The lines of an OpenSSH private key that hold its private part: the
+/// first two lines of every unencrypted ed25519 key are the same header
+/// and the public key (the worker's own key shares the header).
+fn private_fragments(key: &str) -> Vec<&str> {
+    let body = fragments(key);
+    assert!(body.len() > 2, "not an OpenSSH key: {} lines", body.len());
+    body[2..].to_vec()
 }
 
 /// Whether a readable file under `/tmp` (but `except`, the test's own)
@@ -215,7 +223,7 @@ async fn setup_ci_gives_the_repository_a_restricted_key_of_its_own_and_a_second_
         "infra/compose.base.yml infra/compose.prod.yml"
     );
     let login = cw.ssh_with(&stored, &user, "id -un; id -Gn").await;
-    assert!(login.success, "{login:?}");
+    assert!(login.success(), "{login:?}");
     let mut lines = login.stdout.lines();
     assert_eq!(lines.next(), Some(user.as_str()));
     let groups: Vec<&str> = lines.next().unwrap().split(' ').collect();
@@ -224,10 +232,10 @@ async fn setup_ci_gives_the_repository_a_restricted_key_of_its_own_and_a_second_
         assert!(!groups.contains(&admin), "{groups:?}");
     }
     let sudo = cw.ssh_with(&stored, &user, "sudo -n true").await;
-    assert!(!sudo.success, "the CI user could sudo: {sudo:?}");
+    assert!(!sudo.success(), "the CI user could sudo: {sudo:?}");
     let as_root = cw.ssh_with(&stored, "root", "true").await;
     assert!(
-        !as_root.success,
+        !as_root.success(),
         "the CI key logged in as root: {as_root:?}"
     );
     assert!(as_root.stderr.contains("Permission denied"), "{as_root:?}");
@@ -247,11 +255,11 @@ async fn setup_ci_gives_the_repository_a_restricted_key_of_its_own_and_a_second_
     assert_ne!(ci.key_fingerprint.as_deref(), Some(fingerprint.as_str()));
     let old_login = cw.ssh_with(&stored, &user, "true").await;
     assert!(
-        !old_login.success,
+        !old_login.success(),
         "the old key still logs in: {old_login:?}"
     );
     let new_login = cw.ssh_with(&new, &user, "true").await;
-    assert!(new_login.success, "{new_login:?}");
+    assert!(new_login.success(), "{new_login:?}");
 
     let ids = [
         first["request_id"].as_str().unwrap(),

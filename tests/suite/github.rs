@@ -11,7 +11,7 @@ use infra_service::job::RepoName;
 use infra_service::secrets::Resolver;
 use secrecy::SecretString;
 
-use crate::github_fake::{Failure, FakeApp, FakeConfig, FakeGithub, KEY_ID};
+use crate::github_fake::{Failure, FakeApp, FakeConfig, FakeGithub};
 
 const REPO: &str = "acme/shop";
 const SSH_KEY: &str = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA-ci-key-Qx9\n-----END OPENSSH PRIVATE KEY-----\n";

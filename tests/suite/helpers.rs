@@ -47,7 +47,7 @@ pub use procs::{all_cmdlines, cmdline, descendants, pids_with_environ_containing
 pub use redis::{Queue, TestRedis};
 pub use system_user::SystemUser;
 pub use worker::{
-    PROJECT_ENV_VAR, RESULT_TIMEOUT, SSH_KEY_REF, START_TIMEOUT, TestWorker, TestWorkerBuilder,
-    ansible_playbook_bin, infra_service, tail,
+    GITHUB_TOKEN_VAR, PROJECT_ENV_VAR, RESULT_TIMEOUT, SSH_KEY_REF, START_TIMEOUT, TestWorker,
+    TestWorkerBuilder, ansible_playbook_bin, infra_service, tail,
 };
 pub use world::{World, world, world_on};
