@@ -327,6 +327,36 @@ async fn a_rate_limit_past_the_deadline_fails_at_once() {
 }
 
 #[tokio::test]
+async fn a_secondary_limit_named_only_in_a_403_message_is_rate_limited_not_forbidden() {
+    let fake = FakeGithub::start(FakeConfig::default()).await;
+    // Shorter than the minute GitHub asks for when it names no wait.
+    let client = client(&settings(&fake, None, 5));
+    fake.fail_next(Failure::SecondaryLimit);
+    let started = Instant::now();
+
+    let e = client
+        .write_secrets(&repo(REPO), &token(&fake), &secrets())
+        .await
+        .unwrap_err();
+
+    // GitHub's "at least one minute" for a limit that names no wait.
+    assert!(
+        matches!(e, GithubError::RateLimited { asked, .. } if asked == Duration::from_secs(60)),
+        "{e:?}"
+    );
+    assert!(!e.to_string().contains("secrets: write"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // The wait would pass the deadline: no second try.
+    let statuses: Vec<u16> = fake.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [403]);
+    assert_nothing_leaks(&fake, Some(&e));
+}
+
+#[tokio::test]
 async fn server_errors_past_the_deadline_make_github_unavailable() {
     let fake = FakeGithub::start(FakeConfig::default()).await;
     let client = client(&settings(&fake, None, 2));

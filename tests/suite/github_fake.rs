@@ -4,8 +4,9 @@
 //! updated, 422 for another `key_id`), the App's installation lookup and
 //! installation tokens (201 with `expires_at`), checked against an RS256
 //! JWT it verifies with OpenSSL, not with the crate that signed it. It can
-//! answer 403, 404, 429 with `retry-after` and 5xx on demand, records every
-//! request, and keeps every sealed value for the test to open with PyNaCl.
+//! answer 403, 404, 429 with `retry-after`, a secondary limit's 403 without
+//! headers and 5xx on demand, records every request, and keeps every sealed
+//! value for the test to open with PyNaCl.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -63,6 +64,9 @@ impl Default for FakeConfig {
     }
 }
 
+/// GitHub's message for a secondary rate limit that names no wait.
+const SECONDARY_LIMIT_MESSAGE: &str = "You have exceeded a secondary rate limit. Please wait a few minutes before you try again. If you reach out to GitHub Support for help, please include the request ID 0000:1111:2222:3333.";
+
 /// An answer forced on the next request, whatever it asks.
 #[derive(Debug, Clone, Copy)]
 pub enum Failure {
@@ -70,6 +74,8 @@ pub enum Failure {
     RetryAfter { status: u16, secs: u64 },
     /// 403 with `x-ratelimit-remaining: 0`, reset `secs` from now.
     PrimaryLimit { secs: u64 },
+    /// 403 with no rate limit header, only GitHub's secondary limit message.
+    SecondaryLimit,
     /// A 5xx status.
     Server(u16),
 }
@@ -287,6 +293,7 @@ fn forced(app: &App) -> Option<Response> {
                 ("x-ratelimit-reset", (now() + secs).to_string()),
             ],
         ),
+        Failure::SecondaryLimit => message(StatusCode::FORBIDDEN, SECONDARY_LIMIT_MESSAGE),
         Failure::Server(status) => message(StatusCode::from_u16(status).unwrap(), "Server Error"),
     })
 }
