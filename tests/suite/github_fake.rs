@@ -5,8 +5,8 @@
 //! installation tokens (201 with `expires_at`), checked against an RS256
 //! JWT it verifies with OpenSSL, not with the crate that signed it. It can
 //! answer 403, 404, 429 with `retry-after`, a secondary limit's 403 without
-//! headers and 5xx on demand, records every request, and keeps every sealed
-//! value for the test to open with PyNaCl.
+//! headers and 5xx on demand, can answer one path slowly, records every
+//! request, and keeps every sealed value for the test to open with PyNaCl.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -108,6 +108,8 @@ struct Shared {
     failures: VecDeque<Failure>,
     /// Every request answers this 5xx while set.
     down: Option<u16>,
+    /// Requests for these paths are answered only after this long.
+    slow: HashMap<String, Duration>,
     /// Installation tokens minted: token -> expiry (epoch seconds).
     minted: HashMap<String, u64>,
     /// JWTs seen on App endpoints (to prove none leaks elsewhere).
@@ -192,6 +194,13 @@ impl FakeGithub {
         self.app.shared.lock().unwrap().failures.push_back(failure);
     }
 
+    /// Every request for `path` (e.g. `/repos/acme/shop/installation`)
+    /// waits `by` before it is answered.
+    pub fn slow_down(&self, path: &str, by: Duration) {
+        let mut shared = self.app.shared.lock().unwrap();
+        shared.slow.insert(path.to_owned(), by);
+    }
+
     /// Every request answers `status` (a 5xx) until set to `None`.
     pub fn set_down(&self, status: Option<u16>) {
         self.app.shared.lock().unwrap().down = status;
@@ -219,6 +228,10 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let delay = app.shared.lock().unwrap().slow.get(uri.path()).copied();
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
     let response = answer(&app, &method, &uri, &headers, &body);
     let text = |name: &str| {
         headers
