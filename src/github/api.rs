@@ -1,7 +1,8 @@
 //! The GitHub REST API at one address: the headers every call carries, no
 //! redirects and no proxy, and waiting out what waiting can fix until a
-//! deadline: GitHub's rate limits (`retry-after`, `x-ratelimit-reset`) and
-//! its 5xx answers. Answer bodies are wiped when dropped and never logged.
+//! deadline: GitHub's rate limits (`retry-after`, `x-ratelimit-reset`, a
+//! secondary limit named only in a 403's `message`) and its 5xx answers.
+//! Answer bodies are wiped when dropped and never logged.
 
 use std::fmt;
 use std::time::Duration;
@@ -30,6 +31,11 @@ const FIRST_RETRY_DELAY: Duration = Duration::from_millis(200);
 /// GitHub's advice for a secondary rate limit that names no wait: "wait for
 /// at least one minute before retrying".
 const UNNAMED_LIMIT_WAIT: Duration = Duration::from_secs(60);
+
+/// Words in a 403's `message` that make it a rate limit, not a refusal
+/// (matched ignoring ASCII case): GitHub's "You have exceeded a secondary
+/// rate limit", and older GHES's "triggered an abuse detection mechanism".
+const LIMIT_MESSAGES: [&str; 2] = ["secondary rate limit", "abuse detection"];
 
 /// `github.api_url`: an absolute `http(s)` URL without credentials, query or
 /// fragment, its path ending in `/` (GitHub Enterprise's `/api/v3/` works).
@@ -133,8 +139,8 @@ impl<'a> Call<'a> {
     }
 }
 
-/// A final answer (not a rate limit, not 5xx): its status and its body,
-/// wiped on drop (an installation token travels in one).
+/// An answer: its status and its body, wiped on drop (an installation
+/// token travels in one). `Api::call` hands out only final ones.
 pub(crate) struct Reply {
     pub status: StatusCode,
     body: Zeroizing<Vec<u8>>,
@@ -188,7 +194,7 @@ impl Api {
         let mut backoff = Backoff::new(FIRST_RETRY_DELAY);
         loop {
             let (limit, last) = match self.once(&call, url.clone()).await {
-                Ok((reply, headers)) => match verdict(reply.status, &headers, now_epoch()) {
+                Ok((reply, headers)) => match verdict(&reply, &headers, now_epoch()) {
                     Verdict::Final => return Ok(reply),
                     Verdict::Limited(wait) if Instant::now() + wait > deadline => {
                         return Err(GithubError::RateLimited {
@@ -267,9 +273,11 @@ fn now_epoch() -> u64 {
 
 /// GitHub's rules for "try again later": `retry-after` seconds (secondary
 /// limits, on 403 or 429); `x-ratelimit-remaining: 0` until the
-/// `x-ratelimit-reset` epoch second; a bare 429 a minute; 5xx with backoff.
-/// A 403 without those headers is a refusal, final.
-fn verdict(status: StatusCode, headers: &HeaderMap, now: u64) -> Verdict {
+/// `x-ratelimit-reset` epoch second; a bare 429, or a 403 whose `message`
+/// names a secondary limit, a minute; 5xx with backoff. Any other 403 is a
+/// refusal, final.
+fn verdict(reply: &Reply, headers: &HeaderMap, now: u64) -> Verdict {
+    let status = reply.status;
     if status.is_server_error() {
         return Verdict::Down;
     }
@@ -293,15 +301,42 @@ fn verdict(status: StatusCode, headers: &HeaderMap, now: u64) -> Verdict {
         let wait = Duration::from_secs(reset.saturating_sub(now));
         return Verdict::Limited(wait.max(FIRST_RETRY_DELAY));
     }
-    if status == StatusCode::TOO_MANY_REQUESTS {
+    if status == StatusCode::TOO_MANY_REQUESTS || names_a_limit(&reply.body) {
         return Verdict::Limited(UNNAMED_LIMIT_WAIT);
     }
     Verdict::Final
 }
 
+/// Whether an error body's `message` says it is a rate limit. The message
+/// is read into a `SecretString` (wiped on drop like the body it comes
+/// from) and goes nowhere else; a body without one is no limit.
+fn names_a_limit(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct ErrorAnswer {
+        message: SecretString,
+    }
+    let Ok(answer) = serde_json::from_slice::<ErrorAnswer>(body) else {
+        return false;
+    };
+    let message = answer.message.expose_secret().as_bytes();
+    LIMIT_MESSAGES.iter().any(|words| {
+        message
+            .windows(words.len())
+            .any(|w| w.eq_ignore_ascii_case(words.as_bytes()))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn answer(status: StatusCode, body: &str) -> Reply {
+        Reply {
+            status,
+            body: Zeroizing::new(body.as_bytes().to_vec()),
+            what: "a test call".to_owned(),
+        }
+    }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -316,7 +351,7 @@ mod tests {
         let h = headers(&[("retry-after", "7")]);
         for status in [StatusCode::FORBIDDEN, StatusCode::TOO_MANY_REQUESTS] {
             assert_eq!(
-                verdict(status, &h, 1000),
+                verdict(&answer(status, ""), &h, 1000),
                 Verdict::Limited(Duration::from_secs(7))
             );
         }
@@ -326,7 +361,7 @@ mod tests {
     fn a_zero_retry_after_still_waits_a_moment() {
         let h = headers(&[("retry-after", "0")]);
         assert_eq!(
-            verdict(StatusCode::TOO_MANY_REQUESTS, &h, 1000),
+            verdict(&answer(StatusCode::TOO_MANY_REQUESTS, ""), &h, 1000),
             Verdict::Limited(FIRST_RETRY_DELAY)
         );
     }
@@ -349,12 +384,12 @@ mod tests {
             ("x-ratelimit-reset", "1030"),
         ]);
         assert_eq!(
-            verdict(StatusCode::FORBIDDEN, &h, 1000),
+            verdict(&answer(StatusCode::FORBIDDEN, ""), &h, 1000),
             Verdict::Limited(Duration::from_secs(30))
         );
         // A reset already past still waits a moment, never zero.
         assert_eq!(
-            verdict(StatusCode::FORBIDDEN, &h, 2000),
+            verdict(&answer(StatusCode::FORBIDDEN, ""), &h, 2000),
             Verdict::Limited(FIRST_RETRY_DELAY)
         );
     }
@@ -362,19 +397,76 @@ mod tests {
     #[test]
     fn a_plain_403_is_a_refusal_and_a_bare_429_waits_a_minute() {
         let h = headers(&[("x-ratelimit-remaining", "4999")]);
-        assert_eq!(verdict(StatusCode::FORBIDDEN, &h, 0), Verdict::Final);
         assert_eq!(
-            verdict(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new(), 0),
+            verdict(&answer(StatusCode::FORBIDDEN, ""), &h, 0),
+            Verdict::Final
+        );
+        assert_eq!(
+            verdict(
+                &answer(StatusCode::TOO_MANY_REQUESTS, ""),
+                &HeaderMap::new(),
+                0
+            ),
             Verdict::Limited(UNNAMED_LIMIT_WAIT)
+        );
+    }
+
+    #[test]
+    fn a_403_naming_a_secondary_limit_waits_a_minute() {
+        let none = HeaderMap::new();
+        for message in [
+            "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
+            "You have exceeded a SECONDARY RATE LIMIT and have been temporarily blocked",
+            "You have triggered an abuse detection mechanism. Please wait a few minutes before you try again.",
+        ] {
+            let body = serde_json::json!({"message": message}).to_string();
+            assert_eq!(
+                verdict(&answer(StatusCode::FORBIDDEN, &body), &none, 0),
+                Verdict::Limited(UNNAMED_LIMIT_WAIT),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_403_with_another_message_or_none_is_a_refusal() {
+        let none = HeaderMap::new();
+        for body in [
+            r#"{"message":"Resource not accessible by integration"}"#,
+            r#"{"message":"Must have admin rights to Repository."}"#,
+            r#"{"documentation_url":"https://docs.github.com/rest"}"#,
+            // The words outside `message` do not count.
+            r#"{"message":"Forbidden","hint":"secondary rate limit"}"#,
+            "secondary rate limit, but not JSON",
+            "",
+        ] {
+            assert_eq!(
+                verdict(&answer(StatusCode::FORBIDDEN, body), &none, 0),
+                Verdict::Final,
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn headers_name_the_wait_before_a_message_does() {
+        let h = headers(&[("retry-after", "7")]);
+        let body = r#"{"message":"You have exceeded a secondary rate limit."}"#;
+        assert_eq!(
+            verdict(&answer(StatusCode::FORBIDDEN, body), &h, 0),
+            Verdict::Limited(Duration::from_secs(7))
         );
     }
 
     #[test]
     fn server_errors_are_waited_out_and_other_answers_are_final() {
         let none = HeaderMap::new();
-        assert_eq!(verdict(StatusCode::BAD_GATEWAY, &none, 0), Verdict::Down);
         assert_eq!(
-            verdict(StatusCode::SERVICE_UNAVAILABLE, &none, 0),
+            verdict(&answer(StatusCode::BAD_GATEWAY, ""), &none, 0),
+            Verdict::Down
+        );
+        assert_eq!(
+            verdict(&answer(StatusCode::SERVICE_UNAVAILABLE, ""), &none, 0),
             Verdict::Down
         );
         for status in [
@@ -383,7 +475,7 @@ mod tests {
             StatusCode::NO_CONTENT,
             StatusCode::NOT_FOUND,
         ] {
-            assert_eq!(verdict(status, &none, 0), Verdict::Final);
+            assert_eq!(verdict(&answer(status, ""), &none, 0), Verdict::Final);
         }
     }
 

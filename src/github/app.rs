@@ -2,9 +2,11 @@
 //! key (read through the `Resolver` each time one is made, so a rotated key
 //! file is picked up), the repository's installation, and an installation
 //! token narrowed to that repository and `secrets: write`, cached per
-//! repository until shortly before it expires.
+//! repository until shortly before it expires. Writes to one repository
+//! share one token request; writes to others never wait for it.
 
 use std::collections::HashMap;
+use std::sync::{Arc, PoisonError};
 
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -35,13 +37,23 @@ const RENEW_MARGIN: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 pub(crate) struct AppLogin {
     app: GithubApp,
     resolver: Resolver,
-    /// By repository; the lock is held while a token is minted, so two
-    /// writes at once never mint two.
-    tokens: Mutex<HashMap<String, Installation>>,
+    tokens: TokenCache,
 }
 
+/// Installation tokens by repository, each in a slot of its own. The map's
+/// lock is held only to find or add a slot, never across I/O; a slot's lock
+/// is held while its token is minted (an installation lookup and a token
+/// request, each of which may wait out a rate limit), so writes to one
+/// repository share one mint and writes to others do not wait for it.
+#[derive(Default)]
+struct TokenCache {
+    slots: std::sync::Mutex<HashMap<String, Slot>>,
+}
+
+/// One repository's token, if one was minted and not forgotten.
+type Slot = Arc<Mutex<Option<Installation>>>;
+
 /// An installation token and when it stops working.
-#[derive(Clone)]
 struct Installation {
     token: SecretString,
     expires_at: DateTime<Utc>,
@@ -71,33 +83,28 @@ impl AppLogin {
         AppLogin {
             app,
             resolver,
-            tokens: Mutex::new(HashMap::new()),
+            tokens: TokenCache::default(),
         }
     }
 
     /// An installation token for `repo`: the cached one while it has more
-    /// than the margin left, else a new one.
+    /// than the margin left, else a new one (or the one another write to
+    /// `repo` is minting right now).
     pub async fn token(
         &self,
         api: &Api,
         repo: &RepoName,
         deadline: Instant,
     ) -> Result<SecretString, GithubError> {
-        let mut tokens = self.tokens.lock().await;
-        if let Some(cached) = tokens.get(repo.as_str())
-            && !renew_due(cached.expires_at, Utc::now())
-        {
-            return Ok(cached.token.clone());
-        }
-        let minted = self.mint(api, repo, deadline).await?;
-        tokens.insert(repo.as_str().to_owned(), minted.clone());
-        Ok(minted.token)
+        self.tokens
+            .get_or_mint(repo.as_str(), || self.mint(api, repo, deadline))
+            .await
     }
 
     /// Drops `repo`'s cached token: GitHub refused it (revoked, or the
     /// App's installation changed), so the next write mints a new one.
     pub async fn forget(&self, repo: &RepoName) {
-        self.tokens.lock().await.remove(repo.as_str());
+        self.tokens.forget(repo.as_str()).await;
     }
 
     /// JWT, installation, token: three steps, each a call of its own.
@@ -162,6 +169,51 @@ impl AppLogin {
     }
 }
 
+impl TokenCache {
+    /// `repo`'s token while it is fresh, else the one `mint` makes, kept.
+    /// One mint per repository at a time: a caller arriving during one
+    /// waits for it and takes its token. A mint that fails or is dropped
+    /// changes nothing cached, and the next caller waiting mints anew.
+    async fn get_or_mint<F, Fut>(&self, repo: &str, mint: F) -> Result<SecretString, GithubError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Installation, GithubError>>,
+    {
+        let slot = self.slot(repo);
+        let mut cached = slot.lock().await;
+        if let Some(installation) = cached.as_ref()
+            && !renew_due(installation.expires_at, Utc::now())
+        {
+            return Ok(installation.token.clone());
+        }
+        let minted = mint().await?;
+        let token = minted.token.clone();
+        *cached = Some(minted);
+        Ok(token)
+    }
+
+    /// Empties `repo`'s slot. Waits for a mint in flight for `repo`, so a
+    /// token it had just cached is dropped too: one mint too many, never a
+    /// refused token kept, and never two mints for one repository at once.
+    async fn forget(&self, repo: &str) {
+        let slot = self.map().get(repo).cloned();
+        if let Some(slot) = slot {
+            *slot.lock().await = None;
+        }
+    }
+
+    /// `repo`'s slot, added empty the first time.
+    fn slot(&self, repo: &str) -> Slot {
+        self.map().entry(repo.to_owned()).or_default().clone()
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        // Single lookups and inserts cannot leave the map half changed, so
+        // a lock poisoned by a panic elsewhere is still good.
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// Whether a token expiring at `expires_at` is too close to it to use.
 fn renew_due(expires_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
     expires_at - RENEW_MARGIN <= now
@@ -169,7 +221,131 @@ fn renew_due(expires_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use tokio::sync::Notify;
+
     use super::*;
+
+    /// A token good for an hour, named by `n`.
+    fn installation(n: usize) -> Installation {
+        Installation {
+            token: SecretString::from(format!("ghs_test{n}")),
+            expires_at: Utc::now() + chrono::TimeDelta::hours(1),
+        }
+    }
+
+    /// A mint that counts itself, takes a moment and makes a fresh token.
+    async fn counted(mints: &AtomicUsize) -> Result<Installation, GithubError> {
+        let n = mints.fetch_add(1, Ordering::SeqCst) + 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok(installation(n))
+    }
+
+    #[tokio::test]
+    async fn callers_for_one_repository_at_once_share_one_mint() {
+        let cache = TokenCache::default();
+        let mints = AtomicUsize::new(0);
+
+        let (a, b) = tokio::join!(
+            cache.get_or_mint("o/r", || counted(&mints)),
+            cache.get_or_mint("o/r", || counted(&mints)),
+        );
+
+        assert_eq!(mints.load(Ordering::SeqCst), 1);
+        assert_eq!(a.unwrap().expose_secret(), "ghs_test1");
+        assert_eq!(b.unwrap().expose_secret(), "ghs_test1");
+    }
+
+    #[tokio::test]
+    async fn a_mint_in_flight_for_one_repository_holds_up_only_that_repository() {
+        let cache = Arc::new(TokenCache::default());
+        let started = Arc::new(Notify::new());
+        let stuck = tokio::spawn({
+            let (cache, started) = (cache.clone(), started.clone());
+            async move {
+                let mint = || async move {
+                    started.notify_one();
+                    std::future::pending().await
+                };
+                cache.get_or_mint("o/slow", mint).await
+            }
+        });
+        started.notified().await;
+        let mints = AtomicUsize::new(0);
+
+        let other = tokio::time::timeout(
+            Duration::from_secs(5),
+            cache.get_or_mint("o/fast", || counted(&mints)),
+        )
+        .await;
+        let same = tokio::time::timeout(
+            Duration::from_millis(200),
+            cache.get_or_mint("o/slow", || counted(&mints)),
+        )
+        .await;
+
+        assert_eq!(other.unwrap().unwrap().expose_secret(), "ghs_test1");
+        assert!(same.is_err(), "waited for the mint in flight");
+        // A mint given up (its write cancelled) leaves nothing: the next
+        // caller mints.
+        stuck.abort();
+        let _ = stuck.await;
+        let after = cache.get_or_mint("o/slow", || counted(&mints)).await;
+        assert_eq!(after.unwrap().expose_secret(), "ghs_test2");
+    }
+
+    #[tokio::test]
+    async fn a_failed_mint_keeps_nothing_and_is_not_shared() {
+        let cache = TokenCache::default();
+        let mints = AtomicUsize::new(0);
+
+        let failed = cache
+            .get_or_mint("o/r", || async {
+                Err(GithubError::Credentials("no key".to_owned()))
+            })
+            .await;
+        let next = cache.get_or_mint("o/r", || counted(&mints)).await;
+
+        assert!(failed.is_err());
+        assert_eq!(next.unwrap().expose_secret(), "ghs_test1");
+    }
+
+    #[tokio::test]
+    async fn a_cached_token_is_reused_until_forgotten_and_forgetting_touches_one_repository() {
+        let cache = TokenCache::default();
+        let mints = AtomicUsize::new(0);
+        for repo in ["o/a", "o/b", "o/a", "o/b"] {
+            cache.get_or_mint(repo, || counted(&mints)).await.unwrap();
+        }
+        assert_eq!(mints.load(Ordering::SeqCst), 2);
+
+        cache.forget("o/a").await;
+        cache.forget("o/never-seen").await;
+        let a = cache.get_or_mint("o/a", || counted(&mints)).await.unwrap();
+        let b = cache.get_or_mint("o/b", || counted(&mints)).await.unwrap();
+
+        assert_eq!(a.expose_secret(), "ghs_test3");
+        assert_eq!(b.expose_secret(), "ghs_test2");
+    }
+
+    #[tokio::test]
+    async fn a_token_near_its_expiry_is_minted_anew() {
+        let cache = TokenCache::default();
+        let mints = AtomicUsize::new(0);
+        let expiring = || async {
+            Ok(Installation {
+                token: SecretString::from("ghs_expiring"),
+                expires_at: Utc::now() + chrono::TimeDelta::minutes(1),
+            })
+        };
+        cache.get_or_mint("o/r", expiring).await.unwrap();
+
+        let next = cache.get_or_mint("o/r", || counted(&mints)).await;
+
+        assert_eq!(next.unwrap().expose_secret(), "ghs_test1");
+    }
 
     #[test]
     fn a_token_is_renewed_within_five_minutes_of_its_expiry() {

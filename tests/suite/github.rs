@@ -191,6 +191,77 @@ async fn an_installation_token_near_its_expiry_is_renewed() {
 }
 
 #[tokio::test]
+async fn a_slow_installation_lookup_for_one_repository_does_not_hold_up_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fake_app, app) = app_pair(dir.path(), Duration::from_secs(3600));
+    let fake = FakeGithub::start(FakeConfig {
+        app: Some(fake_app),
+        repos: vec![REPO.to_owned(), "acme/blog".to_owned()],
+        ..FakeConfig::default()
+    })
+    .await;
+    fake.slow_down("/repos/acme/shop/installation", Duration::from_secs(4));
+    let settings = settings(&fake, Some(app), 10);
+    let client = SecretsClient::new(&settings, Resolver::new(dir.path().to_owned())).unwrap();
+    let started = Instant::now();
+
+    let slow = async {
+        let written = client
+            .write_secrets(&repo(REPO), &token(&fake), &secrets())
+            .await;
+        (written, started.elapsed())
+    };
+    let fast = async {
+        // Once the shop's token is being minted.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let written = client
+            .write_secrets(&repo("acme/blog"), &token(&fake), &secrets())
+            .await;
+        (written, started.elapsed())
+    };
+    let ((shop, shop_took), (blog, blog_took)) = tokio::join!(slow, fast);
+
+    assert_eq!(blog.unwrap(), [Written::Created, Written::Created]);
+    assert_eq!(shop.unwrap(), [Written::Created, Written::Created]);
+    assert!(shop_took >= Duration::from_secs(4), "{shop_took:?}");
+    assert!(
+        blog_took < Duration::from_secs(3),
+        "the blog waited for the shop's token: {blog_took:?}"
+    );
+    assert_eq!(fake.tokens_minted(), 2);
+}
+
+#[tokio::test]
+async fn concurrent_writes_to_one_repository_share_one_installation_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fake_app, app) = app_pair(dir.path(), Duration::from_secs(3600));
+    let fake = FakeGithub::start(FakeConfig {
+        app: Some(fake_app),
+        ..FakeConfig::default()
+    })
+    .await;
+    // Long enough for the second write to arrive during the first's mint.
+    fake.slow_down("/repos/acme/shop/installation", Duration::from_millis(500));
+    let settings = settings(&fake, Some(app), 10);
+    let client = SecretsClient::new(&settings, Resolver::new(dir.path().to_owned())).unwrap();
+
+    let (shop, unused, values) = (repo(REPO), token(&fake), secrets());
+
+    let (first, second) = tokio::join!(
+        client.write_secrets(&shop, &unused, &values),
+        client.write_secrets(&shop, &unused, &values),
+    );
+
+    first.unwrap();
+    second.unwrap();
+    assert_eq!(fake.tokens_minted(), 1);
+    let count = |uri: &str| fake.requests().iter().filter(|r| r.uri == uri).count();
+    assert_eq!(count("/repos/acme/shop/installation"), 1);
+    assert_eq!(count("/app/installations/4242/access_tokens"), 1);
+    assert_nothing_leaks(&fake, None);
+}
+
+#[tokio::test]
 async fn a_token_without_secrets_write_is_forbidden_and_says_so() {
     let fake = FakeGithub::start(FakeConfig {
         secrets_write: false,
@@ -306,6 +377,36 @@ async fn a_rate_limit_past_the_deadline_fails_at_once() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn a_secondary_limit_named_only_in_a_403_message_is_rate_limited_not_forbidden() {
+    let fake = FakeGithub::start(FakeConfig::default()).await;
+    // Shorter than the minute GitHub asks for when it names no wait.
+    let client = client(&settings(&fake, None, 5));
+    fake.fail_next(Failure::SecondaryLimit);
+    let started = Instant::now();
+
+    let e = client
+        .write_secrets(&repo(REPO), &token(&fake), &secrets())
+        .await
+        .unwrap_err();
+
+    // GitHub's "at least one minute" for a limit that names no wait.
+    assert!(
+        matches!(e, GithubError::RateLimited { asked, .. } if asked == Duration::from_secs(60)),
+        "{e:?}"
+    );
+    assert!(!e.to_string().contains("secrets: write"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // The wait would pass the deadline: no second try.
+    let statuses: Vec<u16> = fake.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [403]);
+    assert_nothing_leaks(&fake, Some(&e));
 }
 
 #[tokio::test]

@@ -4,7 +4,8 @@
 //! updated, 422 for another `key_id`), the App's installation lookup and
 //! installation tokens (201 with `expires_at`), checked against an RS256
 //! JWT it verifies with OpenSSL, not with the crate that signed it. It can
-//! answer 403, 404, 429 with `retry-after` and 5xx on demand, records every
+//! answer 403, 404, 429 with `retry-after`, a secondary limit's 403 without
+//! headers and 5xx on demand, can answer one path slowly, records every
 //! request, and keeps every sealed value for the test to open with PyNaCl.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -63,6 +64,9 @@ impl Default for FakeConfig {
     }
 }
 
+/// GitHub's message for a secondary rate limit that names no wait.
+const SECONDARY_LIMIT_MESSAGE: &str = "You have exceeded a secondary rate limit. Please wait a few minutes before you try again. If you reach out to GitHub Support for help, please include the request ID 0000:1111:2222:3333.";
+
 /// An answer forced on the next request, whatever it asks.
 #[derive(Debug, Clone, Copy)]
 pub enum Failure {
@@ -70,6 +74,8 @@ pub enum Failure {
     RetryAfter { status: u16, secs: u64 },
     /// 403 with `x-ratelimit-remaining: 0`, reset `secs` from now.
     PrimaryLimit { secs: u64 },
+    /// 403 with no rate limit header, only GitHub's secondary limit message.
+    SecondaryLimit,
     /// A 5xx status.
     Server(u16),
 }
@@ -102,6 +108,8 @@ struct Shared {
     failures: VecDeque<Failure>,
     /// Every request answers this 5xx while set.
     down: Option<u16>,
+    /// Requests for these paths are answered only after this long.
+    slow: HashMap<String, Duration>,
     /// Installation tokens minted: token -> expiry (epoch seconds).
     minted: HashMap<String, u64>,
     /// JWTs seen on App endpoints (to prove none leaks elsewhere).
@@ -213,6 +221,13 @@ impl FakeGithub {
         self.app.shared.lock().unwrap().failures.push_back(failure);
     }
 
+    /// Every request for `path` (e.g. `/repos/acme/shop/installation`)
+    /// waits `by` before it is answered.
+    pub fn slow_down(&self, path: &str, by: Duration) {
+        let mut shared = self.app.shared.lock().unwrap();
+        shared.slow.insert(path.to_owned(), by);
+    }
+
     /// Every request answers `status` (a 5xx) until set to `None`.
     pub fn set_down(&self, status: Option<u16>) {
         self.app.shared.lock().unwrap().down = status;
@@ -240,6 +255,10 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let delay = app.shared.lock().unwrap().slow.get(uri.path()).copied();
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
     let response = answer(&app, &method, &uri, &headers, &body);
     let text = |name: &str| {
         headers
@@ -314,6 +333,7 @@ fn forced(app: &App) -> Option<Response> {
                 ("x-ratelimit-reset", (now() + secs).to_string()),
             ],
         ),
+        Failure::SecondaryLimit => message(StatusCode::FORBIDDEN, SECONDARY_LIMIT_MESSAGE),
         Failure::Server(status) => message(StatusCode::from_u16(status).unwrap(), "Server Error"),
     })
 }
