@@ -408,7 +408,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("vault.kubernetes_mount", "kubernetes"),
     ("github.api_url", crate::github::DEFAULT_API_URL),
     ("github.timeout_secs", "10"),
-    ("github.retry_secs", "60"),
+    ("github.retry_secs", "120"),
     ("ci.deploy_user", "ci"),
     ("log.level", "info"),
     ("http.listen", "127.0.0.1:9187"),
@@ -1368,7 +1368,7 @@ mod tests {
         let s = load_toml(REQUIRED).unwrap();
         assert_eq!(s.github.api_url.as_str(), "https://api.github.com/");
         assert_eq!(s.github.app, None);
-        assert_eq!(s.github.retry_secs, 60);
+        assert_eq!(s.github.retry_secs, 120);
     }
 
     #[test]

@@ -390,7 +390,8 @@ async fn a_secondary_limit_named_only_in_a_403_message_is_rate_limited_not_forbi
     let e = client
         .write_secrets(&repo(REPO), &token(&fake), &secrets())
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .error;
 
     // GitHub's "at least one minute" for a limit that names no wait.
     assert!(
