@@ -114,6 +114,10 @@ pub struct EnqueueDeploy {
     /// Secret reference to the project's `.env`.
     #[arg(long)]
     pub secrets_ref: Option<String>,
+    /// After a successful deploy, give the repository's GitHub Actions a
+    /// deploy key of its own and the DEPLOY_* secrets.
+    #[arg(long)]
+    pub setup_ci: bool,
     #[command(flatten)]
     pub common: EnqueueCommon,
 }

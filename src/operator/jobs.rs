@@ -131,6 +131,9 @@ fn deploy_payload(args: &EnqueueDeploy) -> Result<(JobKind, Value, Option<String
     if let Some(reference) = &args.secrets_ref {
         payload["secrets_ref"] = json!(reference);
     }
+    if args.setup_ci {
+        payload["setup_ci"] = json!(true);
+    }
     DeployJob::parse(payload.to_string().as_bytes())
         .map_err(|e| OperatorError::Usage(format!("not a valid deploy job: {}", e.reason)))?;
     Ok((JobKind::Deploy, payload, Some(args.request_id.clone())))
@@ -449,6 +452,7 @@ mod tests {
             modules: vec!["backend".into()],
             github_token_ref: "env:GH".into(),
             secrets_ref: None,
+            setup_ci: false,
             common: EnqueueCommon {
                 wait: false,
                 timeout: 60,
@@ -466,6 +470,12 @@ mod tests {
         assert_eq!(payload["repo_full_name"], "acme/app");
         assert_eq!(payload["modules"], json!(["backend"]));
         assert!(payload.get("secrets_ref").is_none());
+        assert!(payload.get("setup_ci").is_none());
+        let with_ci = EnqueueDeploy {
+            setup_ci: true,
+            ..deploy_args(8080)
+        };
+        assert_eq!(deploy_payload(&with_ci).unwrap().1["setup_ci"], true);
     }
 
     #[test]
