@@ -98,6 +98,21 @@ impl DeployJob {
     }
 }
 
+/// A minimal valid job for `repo_full_name` to `server_ip`, for other
+/// modules' unit tests.
+#[cfg(test)]
+pub(crate) fn minimal_for_test(repo_full_name: &str, server_ip: &str) -> DeployJob {
+    let payload = json!({
+        "request_id": "dep-1",
+        "project_id": "6f1c2a9e-2b7d-4d8e-9a51-0c7e5b8f3a10",
+        "repo_full_name": repo_full_name,
+        "server_ip": server_ip,
+        "port": 8080,
+        "github_token_ref": "env:GITHUB_TOKEN",
+    });
+    DeployJob::parse(payload.to_string().as_bytes()).unwrap()
+}
+
 /// The request id of an oversized payload, when it has a valid one.
 fn read_request_id(object: &Object) -> Option<RequestId> {
     payload::required(object, "request_id", RequestId::parse).ok()

@@ -12,6 +12,8 @@ mod provision;
 mod result;
 
 pub use deploy::DeployJob;
+#[cfg(test)]
+pub(crate) use deploy::minimal_for_test;
 pub use entry::{Job, readable_request_id};
 pub use event::{EventKind, JobEvent};
 pub use fields::{InvalidPayload, RepoName, RequestId, SecretRef, ServerAddress, ServerHandle};

@@ -265,15 +265,7 @@ mod tests {
     use super::*;
 
     fn job(server_ip: &str) -> DeployJob {
-        let payload = json!({
-            "request_id": "dep-1",
-            "project_id": "6f1c2a9e-2b7d-4d8e-9a51-0c7e5b8f3a10",
-            "repo_full_name": "acme/app",
-            "server_ip": server_ip,
-            "port": 8080,
-            "github_token_ref": "env:GITHUB_TOKEN",
-        });
-        DeployJob::parse(payload.to_string().as_bytes()).unwrap()
+        crate::job::minimal_for_test("acme/app", server_ip)
     }
 
     #[test]

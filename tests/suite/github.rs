@@ -65,6 +65,19 @@ fn assert_nothing_leaks(fake: &FakeGithub, error: Option<&GithubError>) {
     }
 }
 
+/// A fake GitHub that knows an App whose tokens live `token_lifetime`, and
+/// our side of that App, its key a `file:` reference in the returned dir.
+async fn app_fake(token_lifetime: Duration) -> (tempfile::TempDir, FakeGithub, GithubApp) {
+    let dir = tempfile::tempdir().unwrap();
+    let (fake_app, app) = app_pair(dir.path(), token_lifetime);
+    let fake = FakeGithub::start(FakeConfig {
+        app: Some(fake_app),
+        ..FakeConfig::default()
+    })
+    .await;
+    (dir, fake, app)
+}
+
 /// An App the fake knows, its key as a `file:` reference in `dir`.
 fn app_pair(dir: &std::path::Path, token_lifetime: Duration) -> (FakeApp, GithubApp) {
     let rsa = openssl::rsa::Rsa::generate(2048).unwrap();
@@ -131,13 +144,7 @@ async fn secrets_written_with_a_token_open_with_libsodium_and_a_rewrite_updates_
 
 #[tokio::test]
 async fn an_app_mints_one_installation_token_and_reuses_it_while_it_is_fresh() {
-    let dir = tempfile::tempdir().unwrap();
-    let (fake_app, app) = app_pair(dir.path(), Duration::from_secs(3600));
-    let fake = FakeGithub::start(FakeConfig {
-        app: Some(fake_app),
-        ..FakeConfig::default()
-    })
-    .await;
+    let (dir, fake, app) = app_fake(Duration::from_secs(3600)).await;
     let settings = settings(&fake, Some(app), 10);
     let client = SecretsClient::new(&settings, Resolver::new(dir.path().to_owned())).unwrap();
     // Ignored when an App is configured.
@@ -233,13 +240,7 @@ async fn a_slow_installation_lookup_for_one_repository_does_not_hold_up_another(
 
 #[tokio::test]
 async fn concurrent_writes_to_one_repository_share_one_installation_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let (fake_app, app) = app_pair(dir.path(), Duration::from_secs(3600));
-    let fake = FakeGithub::start(FakeConfig {
-        app: Some(fake_app),
-        ..FakeConfig::default()
-    })
-    .await;
+    let (dir, fake, app) = app_fake(Duration::from_secs(3600)).await;
     // Long enough for the second write to arrive during the first's mint.
     fake.slow_down("/repos/acme/shop/installation", Duration::from_millis(500));
     let settings = settings(&fake, Some(app), 10);
@@ -285,13 +286,7 @@ async fn a_token_without_secrets_write_is_forbidden_and_says_so() {
 
 #[tokio::test]
 async fn a_missing_repository_is_not_found_for_a_token_and_for_an_app() {
-    let dir = tempfile::tempdir().unwrap();
-    let (fake_app, app) = app_pair(dir.path(), Duration::from_secs(3600));
-    let fake = FakeGithub::start(FakeConfig {
-        app: Some(fake_app),
-        ..FakeConfig::default()
-    })
-    .await;
+    let (dir, fake, app) = app_fake(Duration::from_secs(3600)).await;
     let with_token = client(&settings(&fake, None, 10));
     let as_app = SecretsClient::new(
         &settings(&fake, Some(app), 10),
@@ -467,13 +462,7 @@ async fn a_wrong_token_is_unauthorized_without_echoing_it() {
 
 #[tokio::test]
 async fn a_revoked_installation_token_fails_one_write_and_the_next_mints_anew() {
-    let dir = tempfile::tempdir().unwrap();
-    let (fake_app, app) = app_pair(dir.path(), Duration::from_secs(3600));
-    let fake = FakeGithub::start(FakeConfig {
-        app: Some(fake_app),
-        ..FakeConfig::default()
-    })
-    .await;
+    let (dir, fake, app) = app_fake(Duration::from_secs(3600)).await;
     let settings = settings(&fake, Some(app), 10);
     let client = SecretsClient::new(&settings, Resolver::new(dir.path().to_owned())).unwrap();
     client
