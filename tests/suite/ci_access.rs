@@ -144,15 +144,45 @@ impl CiFixture {
         format!("restrict {} infra-ci:{PROJECT}", key.public)
     }
 
-    /// Mode and owner uid of `path`.
-    fn mode_and_uid(path: &Path) -> (u32, u32) {
-        let meta = std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        (meta.permissions().mode() & 0o7777, meta.uid())
+    /// Mode, owner uid and group gid of `path` itself (a link is not
+    /// followed).
+    fn mode_and_owner(path: &Path) -> (u32, u32, u32) {
+        let meta =
+            std::fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        (meta.permissions().mode() & 0o7777, meta.uid(), meta.gid())
     }
 
+    /// The CI user's uid.
     fn uid(&self) -> u32 {
+        self.id("-u")
+    }
+
+    /// `id <flag> <user>` as a number.
+    fn id(&self, flag: &str) -> u32 {
+        let out = Command::new("id")
+            .args([flag, self.user.name()])
+            .output()
+            .expect("run id");
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    }
+
+    /// The CI user's own files: its home, `.ssh` and `authorized_keys` are
+    /// root's (it cannot point them elsewhere), `.docker` is its own.
+    fn assert_ssh_files_are_roots(&self) {
         let home = self.user.home().expect("the CI user exists");
-        std::fs::metadata(home).expect("home").uid()
+        let ssh_dir = home.join(".ssh");
+        assert_eq!(CiFixture::mode_and_owner(&home), (0o755, 0, 0), "home");
+        assert_eq!(CiFixture::mode_and_owner(&ssh_dir), (0o755, 0, 0), ".ssh");
+        assert_eq!(
+            CiFixture::mode_and_owner(&self.authorized_keys_path()),
+            (0o644, 0, 0),
+            "authorized_keys"
+        );
+        assert_eq!(
+            CiFixture::mode_and_owner(&home.join(".docker")),
+            (0o700, self.uid(), self.id("-g")),
+            ".docker"
+        );
     }
 }
 
@@ -182,12 +212,7 @@ async fn add_makes_a_docker_only_user_whose_restricted_key_logs_in_and_a_rerun_c
     assert_eq!(fx.user.shadow_password().as_deref(), Some("*"));
     assert!(fx.uid() != 0);
     assert_eq!(fx.authorized_keys(), [fx.line_for(&key)]);
-    let ssh_dir = fx.authorized_keys_path().parent().unwrap().to_owned();
-    assert_eq!(CiFixture::mode_and_uid(&ssh_dir), (0o700, fx.uid()));
-    assert_eq!(
-        CiFixture::mode_and_uid(&fx.authorized_keys_path()),
-        (0o600, fx.uid())
-    );
+    fx.assert_ssh_files_are_roots();
 
     fx.assert_logs_in(&key).await;
     fx.assert_refused("root", &key).await;
@@ -197,7 +222,7 @@ async fn add_makes_a_docker_only_user_whose_restricted_key_logs_in_and_a_rerun_c
         .await;
     assert!(env_text.success(), "{env_text:?}");
     assert_eq!(env_text.stdout, "POSTGRES_PASSWORD=for-compose-only\n");
-    assert_eq!(CiFixture::mode_and_uid(&env), (0o640, 0));
+    assert_eq!(CiFixture::mode_and_owner(&env), (0o640, 0, fx.id("-g")));
     let sudo = fx.ssh(name, &key.private, &[], "sudo -n true").await;
     assert!(!sudo.success(), "the CI user must not sudo: {sudo:?}");
 
@@ -216,13 +241,14 @@ async fn add_makes_a_docker_only_user_whose_restricted_key_logs_in_and_a_rerun_c
 
 #[tokio::test]
 async fn rotation_retires_only_the_projects_old_key_and_revoke_removes_only_the_projects_lines() {
-    // Arrange: an account that exists already, locked (`!`), in group sudo,
-    // with a sudo grant, another project's key and an untagged key.
+    // Arrange: an account that exists already, locked (`!`), with sudo as
+    // its primary group and as another, a sudo grant, another project's key
+    // and an untagged key, its SSH files its own.
     let fx = CiFixture::new().await;
     let name = fx.user.name().to_owned();
     let status = Command::new("useradd")
         .args(["--create-home", "--shell", "/bin/sh", "--password", "!"])
-        .args(["--groups", "sudo", &name])
+        .args(["--gid", "sudo", "--groups", "sudo", &name])
         .status()
         .expect("run useradd");
     assert!(status.success(), "useradd {name}");
@@ -246,7 +272,9 @@ async fn rotation_retires_only_the_projects_old_key_and_revoke_removes_only_the_
     // Act + Assert: add the first key.
     let add1 = fx.ci_access("add", &key1).await;
     assert_eq!(add1.code, 0, "{add1:?}");
+    // Its own group first: sudo is neither primary nor supplementary.
     assert_eq!(fx.user.groups(), [name.as_str(), "docker"]);
+    fx.assert_ssh_files_are_roots();
     assert_eq!(fx.user.shadow_password().as_deref(), Some("*"));
     assert!(!Path::new(&grant).exists(), "the sudo grant survived");
     fx.assert_logs_in(&key1).await;
@@ -258,6 +286,12 @@ async fn rotation_retires_only_the_projects_old_key_and_revoke_removes_only_the_
     assert_eq!(add2.code, 0, "{add2:?}");
     fx.assert_logs_in(&key1).await;
     fx.assert_logs_in(&key2).await;
+    // The new key's line without options, as a hand edit leaves it: `add`
+    // counts it as the key's line, so retire must keep it.
+    let bare = format!("{} infra-ci:{PROJECT}", key2.public);
+    let text = std::fs::read_to_string(fx.authorized_keys_path()).unwrap();
+    let text = text.replace(&fx.line_for(&key2), &bare);
+    std::fs::write(fx.authorized_keys_path(), text).unwrap();
     let retire = fx.ci_access("retire", &key2).await;
     assert_eq!(retire.code, 0, "{retire:?}");
     fx.assert_refused(&name, &key1).await;
@@ -267,12 +301,13 @@ async fn rotation_retires_only_the_projects_old_key_and_revoke_removes_only_the_
         [
             OTHER_PROJECT_LINE.to_owned(),
             UNTAGGED_LINE.to_owned(),
-            fx.line_for(&key2)
-        ]
+            bare
+        ],
+        "retire removed the kept key's line"
     );
     assert_eq!(
-        CiFixture::mode_and_uid(&fx.authorized_keys_path()),
-        (0o600, fx.uid()),
+        CiFixture::mode_and_owner(&fx.authorized_keys_path()),
+        (0o644, 0, 0),
         "retire rewrote authorized_keys with another mode or owner"
     );
 
@@ -284,4 +319,49 @@ async fn rotation_retires_only_the_projects_old_key_and_revoke_removes_only_the_
         fx.authorized_keys(),
         [OTHER_PROJECT_LINE.to_owned(), UNTAGGED_LINE.to_owned()]
     );
+}
+
+#[tokio::test]
+async fn add_refuses_an_authorized_keys_that_links_elsewhere_and_leaves_the_target_alone() {
+    // Arrange: an existing account whose authorized_keys is its own symlink
+    // to a file of the test's (as it could point one at root's).
+    let fx = CiFixture::new().await;
+    let name = fx.user.name().to_owned();
+    let status = Command::new("useradd")
+        .args([
+            "--create-home",
+            "--shell",
+            "/bin/sh",
+            "--password",
+            "*",
+            &name,
+        ])
+        .status()
+        .expect("run useradd");
+    assert!(status.success(), "useradd {name}");
+    let home = fx.user.home().unwrap();
+    std::fs::create_dir(home.join(".ssh")).unwrap();
+    let target = fx.dir.path().join("roots_authorized_keys");
+    std::fs::write(&target, format!("{UNTAGGED_LINE}\n")).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink(&target, fx.authorized_keys_path()).unwrap();
+    let chown = Command::new("chown")
+        .args(["-hR", &format!("{name}:"), &home.to_string_lossy()])
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let key = fx.keygen("key1");
+
+    // Act
+    let add = fx.ci_access("add", &key).await;
+
+    // Assert
+    assert_ne!(add.code, 0, "add wrote through a symlink: {add:?}");
+    assert!(add.output().contains("is a symlink"), "{add:?}");
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap(),
+        format!("{UNTAGGED_LINE}\n")
+    );
+    assert_eq!(CiFixture::mode_and_owner(&target), (0o600, 0, 0));
+    fx.assert_refused(&name, &key).await;
 }
