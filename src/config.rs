@@ -615,7 +615,7 @@ impl RawSettings {
         let time4vps = self.time4vps.check()?;
         let vault = self.vault.check()?;
         let github = self.github.check()?;
-        self.ci.check()?;
+        self.ci.check(&self.ansible)?;
         let http = self.http.check()?;
         let policy = self.policy.check()?;
         ensure(
@@ -710,8 +710,14 @@ impl AnsibleSettings {
     }
 }
 
+/// The sudo account `setup_server.yml` makes (`deploy_user_name` in
+/// `ansible/roles/deploy_user/defaults/main.yml`).
+const PROVISIONED_SUDO_USER: &str = "deploy";
+
 impl CiSettings {
-    fn check(&self) -> Result<(), ConfigError> {
+    /// A login name that is none of the accounts with root's powers: root,
+    /// the login the worker's plays use, the provisioned sudo account.
+    fn check(&self, ansible: &AnsibleSettings) -> Result<(), ConfigError> {
         let user = &self.deploy_user;
         let mut chars = user.chars();
         let name = user.len() <= 32
@@ -725,7 +731,19 @@ impl CiSettings {
             "must be a login name: up to 32 of [a-z0-9_-], starting with a letter or _",
         )?;
         // The key CI holds must never carry root's powers.
-        ensure(user != "root", "ci.deploy_user", "must not be root")
+        ensure(user != "root", "ci.deploy_user", "must not be root")?;
+        // The CI play would strip the worker's own login of its sudo, and
+        // the next provision would give every CI key passwordless sudo.
+        ensure(
+            *user != ansible.ssh_user,
+            "ci.deploy_user",
+            "must not be ansible.ssh_user (the login the worker's plays use)",
+        )?;
+        ensure(
+            user != PROVISIONED_SUDO_USER,
+            "ci.deploy_user",
+            "must not be `deploy`, setup_server.yml's passwordless sudo account",
+        )
     }
 }
 
@@ -1435,9 +1453,31 @@ mod tests {
                 "{bad}: {err}"
             );
         }
-        for good in ["ci", "_ci", "deploy-ci2", &"c".repeat(32)] {
+        for good in ["ci", "_ci", "deploy-ci2", "deployer", &"c".repeat(32)] {
             let s = load_toml(&format!("{REQUIRED}[ci]\ndeploy_user = {good:?}\n")).unwrap();
             assert_eq!(s.ci.deploy_user, good);
         }
+    }
+
+    #[test]
+    fn the_ci_user_is_never_the_plays_login_nor_the_provisioned_sudo_account() {
+        let cases = [
+            (
+                "[ansible]\nssh_user = \"admin\"\n[ci]\ndeploy_user = \"admin\"\n",
+                "ansible.ssh_user",
+            ),
+            ("[ci]\ndeploy_user = \"deploy\"\n", "sudo account"),
+        ];
+        for (lines, says) in cases {
+            let err = load_toml(&format!("{REQUIRED}{lines}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("configuration key `ci.deploy_user`") && err.contains(says),
+                "{lines}: {err}"
+            );
+        }
+        let s = load_toml(&format!("{REQUIRED}[ansible]\nssh_user = \"deploy\"\n")).unwrap();
+        assert_eq!(s.ci.deploy_user, "ci");
     }
 }
