@@ -1,8 +1,11 @@
 //! GitHub Actions repository secrets: the repository's public key, each
 //! value sealed for it (`seal`) and written with `PUT`, one at a time, as a
 //! GitHub App (`app`) when one is configured, else with the token the
-//! caller passes. `api` is the HTTP layer: headers, rate limits, retries.
-//! No error carries a token, a JWT, a value or an answer body.
+//! caller passes. An App writes only to a repository the caller's token
+//! may push to: the App reaches every repository it is installed on, the
+//! job names the repository. `api` is the HTTP layer: headers, rate
+//! limits, retries. No error carries a token, a JWT, a value or an answer
+//! body.
 
 mod api;
 mod app;
@@ -12,6 +15,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
+use serde::Deserialize;
 use tokio::time::Instant;
 
 pub use api::{ApiUrl, ApiUrlError, DEFAULT_API_URL};
@@ -36,6 +40,13 @@ pub enum GithubError {
         "GitHub found nothing for {what} (HTTP 404): no repository {repo}, or the credentials have no access to it"
     )]
     NotFound { what: String, repo: String },
+    /// With an App: the job's own token may not push to the repository
+    /// (its `GET /repos/{owner}/{repo}` says so, or refuses), so the App,
+    /// which could, does not write for it.
+    #[error(
+        "the job's GitHub token may not push to {repo} ({why}); the App writes secrets only for repositories the job's own token can push to"
+    )]
+    NotEntitled { repo: String, why: String },
     /// 401: a token that is wrong, expired or revoked, or a JWT refused.
     #[error("GitHub did not accept the credentials for {what} (HTTP 401)")]
     Unauthorized { what: String },
@@ -79,6 +90,7 @@ impl GithubError {
         match self {
             GithubError::Forbidden { .. } => "forbidden",
             GithubError::NotFound { .. } => "not_found",
+            GithubError::NotEntitled { .. } => "not_entitled",
             GithubError::Unauthorized { .. } => "unauthorized",
             GithubError::RateLimited { .. } => "rate_limited",
             GithubError::Unavailable { .. } => "unavailable",
@@ -223,7 +235,12 @@ impl SecretsClient {
         involved: &mut Vec<SecretString>,
     ) -> Result<Vec<Written>, PartialWrite> {
         let token = match &self.login {
-            Login::App(app) => app.token(&self.api, repo, deadline).await?,
+            Login::App(app) => {
+                // Before any token is minted: the App acts only for a job
+                // whose own token could write there itself.
+                self.check_entitled(repo, token, deadline).await?;
+                app.token(&self.api, repo, deadline).await?
+            }
             Login::Token => token.clone(),
         };
         involved.push(token.clone());
@@ -244,6 +261,45 @@ impl SecretsClient {
             }
         }
         Ok(written)
+    }
+
+    /// `Ok` when `token` may push to `repo`: `GET /repos/{owner}/{repo}`
+    /// answers 200 with `permissions.push`, `maintain` or `admin`. Any
+    /// other answer (read-only permissions, none given, 401, 404) refuses.
+    async fn check_entitled(
+        &self,
+        repo: &RepoName,
+        token: &SecretString,
+        deadline: Instant,
+    ) -> Result<(), GithubError> {
+        let what = format!("the job's token's access to {}", repo.as_str());
+        let path = format!("repos/{}", repo.as_str());
+        let reply = self
+            .api
+            .call(Call::new(Method::GET, path, token, what), deadline)
+            .await?;
+        let refused = |why: String| GithubError::NotEntitled {
+            repo: repo.as_str().to_owned(),
+            why,
+        };
+        match reply.status {
+            StatusCode::OK => {}
+            StatusCode::UNAUTHORIZED => {
+                return Err(refused("GitHub did not accept it: HTTP 401".to_owned()));
+            }
+            StatusCode::NOT_FOUND => {
+                return Err(refused(
+                    "the repository is missing or hidden from it: HTTP 404".to_owned(),
+                ));
+            }
+            other => return Err(refused(format!("GitHub answered HTTP {}", other.as_u16()))),
+        }
+        let answer: RepoAnswer = reply.json()?;
+        if answer.permissions.is_some_and(|p| p.can_push()) {
+            Ok(())
+        } else {
+            Err(refused("its permissions there are below push".to_owned()))
+        }
     }
 
     async fn public_key(
@@ -302,6 +358,32 @@ impl std::fmt::Debug for SecretsClient {
         f.debug_struct("SecretsClient")
             .field("login", &login)
             .finish()
+    }
+}
+
+/// The part of `GET /repos/{owner}/{repo}` the App's check reads.
+#[derive(Deserialize)]
+struct RepoAnswer {
+    /// What the caller's token may do there; GitHub gives it to a token
+    /// that can see the repository.
+    permissions: Option<RepoPermissions>,
+}
+
+/// `permissions` of a repository answer (`triage` and `pull` unread).
+#[derive(Deserialize)]
+struct RepoPermissions {
+    #[serde(default)]
+    admin: bool,
+    #[serde(default)]
+    maintain: bool,
+    #[serde(default)]
+    push: bool,
+}
+
+impl RepoPermissions {
+    /// Whether the token may write to the repository's contents.
+    fn can_push(&self) -> bool {
+        self.push || self.maintain || self.admin
     }
 }
 
@@ -375,6 +457,30 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn push_maintain_or_admin_entitles_and_pull_or_triage_does_not() {
+        let answer = |text: &str| serde_json::from_str::<RepoAnswer>(text).unwrap();
+        for yes in [
+            r#"{"permissions": {"admin": false, "maintain": false, "push": true, "triage": true, "pull": true}}"#,
+            r#"{"permissions": {"maintain": true}}"#,
+            r#"{"permissions": {"admin": true}}"#,
+        ] {
+            assert!(
+                answer(yes).permissions.is_some_and(|p| p.can_push()),
+                "{yes}"
+            );
+        }
+        for no in [
+            r#"{"permissions": {"admin": false, "maintain": false, "push": false, "triage": true, "pull": true}}"#,
+            r#"{"full_name": "o/r", "private": false}"#,
+        ] {
+            assert!(
+                !answer(no).permissions.is_some_and(|p| p.can_push()),
+                "{no}"
+            );
+        }
     }
 
     #[test]

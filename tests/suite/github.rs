@@ -11,7 +11,7 @@ use infra_service::job::RepoName;
 use infra_service::secrets::Resolver;
 use secrecy::SecretString;
 
-use crate::github_fake::{Failure, FakeApp, FakeConfig, FakeGithub};
+use crate::github_fake::{Failure, FakeApp, FakeConfig, FakeGithub, Role};
 
 const REPO: &str = "acme/shop";
 const SSH_KEY: &str = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA-ci-key-Qx9\n-----END OPENSSH PRIVATE KEY-----\n";
@@ -147,29 +147,30 @@ async fn an_app_mints_one_installation_token_and_reuses_it_while_it_is_fresh() {
     let (dir, fake, app) = app_fake(Duration::from_secs(3600)).await;
     let settings = settings(&fake, Some(app), 10);
     let client = SecretsClient::new(&settings, Resolver::new(dir.path().to_owned())).unwrap();
-    // Ignored when an App is configured.
-    let unused = SecretString::from("ghp_notUsedWithAnApp");
+    // The job's token only shows that the job may push to the repository.
+    let job_token = token(&fake);
 
     client
-        .write_secrets(&repo(REPO), &unused, &secrets())
+        .write_secrets(&repo(REPO), &job_token, &secrets())
         .await
         .unwrap();
     client
-        .write_secrets(&repo(REPO), &unused, &secrets())
+        .write_secrets(&repo(REPO), &job_token, &secrets())
         .await
         .unwrap();
 
     assert_eq!(fake.tokens_minted(), 1);
     assert_eq!(open_with_pynacl(&fake, "DEPLOY_SSH_KEY"), SSH_KEY);
     let requests = fake.requests();
-    assert!(requests.iter().all(|r| {
-        !r.authorization
-            .as_deref()
-            .unwrap_or("")
-            .contains("ghp_notUsed")
-    }));
-    assert_eq!(requests[0].uri, "/repos/acme/shop/installation");
-    assert_eq!(requests[1].uri, "/app/installations/4242/access_tokens");
+    let with_job_token: Vec<&str> = requests
+        .iter()
+        .filter(|r| r.authorization.as_deref() == Some(&format!("Bearer {}", fake.config().token)))
+        .map(|r| r.uri.as_str())
+        .collect();
+    assert_eq!(with_job_token, ["/repos/acme/shop", "/repos/acme/shop"]);
+    assert_eq!(requests[0].uri, "/repos/acme/shop");
+    assert_eq!(requests[1].uri, "/repos/acme/shop/installation");
+    assert_eq!(requests[2].uri, "/app/installations/4242/access_tokens");
     assert!(requests.iter().all(|r| r.status < 300), "{requests:?}");
     assert_nothing_leaks(&fake, None);
 }
@@ -285,7 +286,7 @@ async fn a_token_without_secrets_write_is_forbidden_and_says_so() {
 }
 
 #[tokio::test]
-async fn a_missing_repository_is_not_found_for_a_token_and_for_an_app() {
+async fn a_missing_repository_is_not_found_for_a_token_and_not_entitled_for_an_app() {
     let (dir, fake, app) = app_fake(Duration::from_secs(3600)).await;
     let with_token = client(&settings(&fake, None, 10));
     let as_app = SecretsClient::new(
@@ -294,16 +295,64 @@ async fn a_missing_repository_is_not_found_for_a_token_and_for_an_app() {
     )
     .unwrap();
 
-    for client in [with_token, as_app] {
+    for (client, reason) in [(with_token, "not_found"), (as_app, "not_entitled")] {
         let e = client
             .write_secrets(&repo("acme/gone"), &token(&fake), &secrets())
             .await
             .unwrap_err()
             .error;
-        assert!(matches!(e, GithubError::NotFound { .. }), "{e:?}");
+        assert_eq!(e.reason(), reason, "{e:?}");
         assert!(e.to_string().contains("acme/gone"), "{e}");
         assert_nothing_leaks(&fake, Some(&e));
     }
+    assert_eq!(fake.tokens_minted(), 0);
+}
+
+#[tokio::test]
+async fn an_app_writes_only_where_the_jobs_own_token_may_push() {
+    // Arrange: the App is installed on both; the job's token may push to
+    // the shop but only read the blog.
+    let dir = tempfile::tempdir().unwrap();
+    let (fake_app, app) = app_pair(dir.path(), Duration::from_secs(3600));
+    let blog = "acme/blog";
+    let fake = FakeGithub::start(FakeConfig {
+        app: Some(fake_app),
+        repos: vec![REPO.to_owned(), blog.to_owned()],
+        pat_roles: [(blog.to_owned(), Role::Read)].into(),
+        ..FakeConfig::default()
+    })
+    .await;
+    let settings = settings(&fake, Some(app), 10);
+    let client = SecretsClient::new(&settings, Resolver::new(dir.path().to_owned())).unwrap();
+
+    // Act
+    let refused = client
+        .write_secrets(&repo(blog), &token(&fake), &secrets())
+        .await
+        .unwrap_err();
+    let minted_for_the_blog = fake.tokens_minted();
+    let written = client
+        .write_secrets(&repo(REPO), &token(&fake), &secrets())
+        .await
+        .unwrap();
+
+    // Assert
+    let e = &refused.error;
+    assert!(matches!(e, GithubError::NotEntitled { .. }), "{e:?}");
+    assert_eq!(e.reason(), "not_entitled");
+    assert!(
+        e.to_string()
+            .contains("the job's GitHub token may not push to acme/blog"),
+        "{e}"
+    );
+    assert!(refused.written.is_empty());
+    assert_eq!(minted_for_the_blog, 0, "a token was minted for the blog");
+    for name in ["DEPLOY_HOST", "DEPLOY_SSH_KEY"] {
+        assert!(fake.secret(blog, name).is_none(), "{name} was written");
+    }
+    assert_eq!(written, [Written::Created, Written::Created]);
+    assert_eq!(fake.open_secret(REPO, "DEPLOY_SSH_KEY"), SSH_KEY);
+    assert_nothing_leaks(&fake, Some(e));
 }
 
 #[tokio::test]

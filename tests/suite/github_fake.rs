@@ -1,7 +1,9 @@
 //! A fake GitHub REST API on 127.0.0.1 for tests, following GitHub's
-//! documentation of the endpoints the secrets client calls: the Actions
-//! public key (`{"key_id", "key"}`), `PUT` of a secret (201 created, 204
-//! updated, 422 for another `key_id`), the App's installation lookup and
+//! documentation of the endpoints the secrets client calls: a repository
+//! (`{"full_name", "private", "permissions"}`, the PAT's role in it), the
+//! Actions public key (`{"key_id", "key"}`), `PUT` of a secret (201
+//! created, 204 updated, 422 for another `key_id`), the App's installation
+//! lookup and
 //! installation tokens (201 with `expires_at`), checked against an RS256
 //! JWT it verifies with OpenSSL, not with the crate that signed it. It can
 //! answer 403, 404, 429 with `retry-after`, a secondary limit's 403 without
@@ -51,6 +53,34 @@ pub struct FakeConfig {
     /// `false`: the credentials lack `secrets: write` (403 on every `PUT`).
     pub secrets_write: bool,
     pub app: Option<FakeApp>,
+    /// The PAT's role in a repository, by `owner/repo`; `Write` for one
+    /// not named here.
+    pub pat_roles: HashMap<String, Role>,
+}
+
+/// A token's role in a repository, as GitHub names them; it decides the
+/// `permissions` a repository answer shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Read,
+    Triage,
+    Write,
+    Maintain,
+    Admin,
+}
+
+impl Role {
+    /// The `permissions` object of `GET /repos/{owner}/{repo}`.
+    fn permissions(self) -> Value {
+        let at_least = |role: Role| self as u8 >= role as u8;
+        json!({
+            "admin": at_least(Role::Admin),
+            "maintain": at_least(Role::Maintain),
+            "push": at_least(Role::Write),
+            "triage": at_least(Role::Triage),
+            "pull": true,
+        })
+    }
 }
 
 impl Default for FakeConfig {
@@ -60,6 +90,7 @@ impl Default for FakeConfig {
             repos: vec!["acme/shop".to_owned()],
             secrets_write: true,
             app: None,
+            pat_roles: HashMap::new(),
         }
     }
 }
@@ -293,6 +324,9 @@ fn answer(app: &App, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8
             installation(app, &bearer, &format!("{owner}/{repo}"))
         }
         ("POST", ["app", "installations", id, "access_tokens"]) => access_token(app, &bearer, id),
+        ("GET", ["repos", owner, repo]) => with_repo(app, &bearer, owner, repo, |full| {
+            repository(app, &bearer, full)
+        }),
         ("GET", ["repos", owner, repo, "actions", "secrets", "public-key"]) => {
             with_repo(app, &bearer, owner, repo, |_| public_key(app))
         }
@@ -361,6 +395,27 @@ fn with_repo(
         return message(StatusCode::NOT_FOUND, "Not Found");
     }
     then(&full)
+}
+
+/// A repository as `GET /repos/{owner}/{repo}` shows it; `permissions`
+/// are the PAT's role there (an installation token gets none: the fake's
+/// App only ever writes secrets). One not in `repos` is 404 (`with_repo`).
+fn repository(app: &App, bearer: &str, full: &str) -> Response {
+    let mut answer = json!({
+        "full_name": full,
+        "name": full.split('/').nth(1),
+        "private": true,
+    });
+    if bearer == app.config.token {
+        let role = app
+            .config
+            .pat_roles
+            .get(full)
+            .copied()
+            .unwrap_or(Role::Write);
+        answer["permissions"] = role.permissions();
+    }
+    json_answer(StatusCode::OK, answer)
 }
 
 fn public_key(app: &App) -> Response {
