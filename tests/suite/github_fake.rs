@@ -8,7 +8,7 @@
 //! JWT it verifies with OpenSSL, not with the crate that signed it. It can
 //! answer 403, 404, 429 with `retry-after`, a secondary limit's 403 without
 //! headers and 5xx on demand, can answer one path slowly, records every
-//! request, and keeps every sealed value for the test to open with PyNaCl.
+//! request (and when one arrived), and keeps every sealed value for the test to open with PyNaCl.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -139,6 +139,8 @@ struct Shared {
     failures: VecDeque<Failure>,
     /// Every request answers this 5xx while set.
     down: Option<u16>,
+    /// The path of every request, as it arrived (before any slowness).
+    arrived: Vec<String>,
     /// Requests for these paths are answered only after this long.
     slow: HashMap<String, Duration>,
     /// Installation tokens minted: token -> expiry (epoch seconds).
@@ -263,6 +265,23 @@ impl FakeGithub {
     pub fn set_down(&self, status: Option<u16>) {
         self.app.shared.lock().unwrap().down = status;
     }
+
+    /// Waits until a request for `path` has arrived (it may still be being
+    /// answered); panics after ten seconds.
+    pub async fn received(&self, path: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let arrived = self.app.shared.lock().unwrap().arrived.clone();
+            if arrived.iter().any(|p| p == path) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no request for {path} arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 impl Drop for FakeGithub {
@@ -286,7 +305,11 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let delay = app.shared.lock().unwrap().slow.get(uri.path()).copied();
+    let delay = {
+        let mut shared = app.shared.lock().unwrap();
+        shared.arrived.push(uri.path().to_owned());
+        shared.slow.get(uri.path()).copied()
+    };
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
     }
