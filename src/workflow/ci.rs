@@ -6,6 +6,8 @@
 //! the deploy's server lock, in the deploy's run directory (its login key
 //! and the host key ssh checked).
 
+use std::time::Duration;
+
 use secrecy::SecretString;
 use serde_json::json;
 
@@ -94,8 +96,11 @@ impl CiSetup<'_> {
             // The new key stays on the server beside the old one: GitHub
             // holds one of the two, and either logs in. The next setup_ci
             // retires whichever is left over.
+            // The fingerprint lets an operator find the new key's line on
+            // the server: it stays there until the next setup_ci.
             let error = JobError::new(ErrorCode::ProviderError, partial.error.to_string())
-                .with_detail("reason", partial.error.reason());
+                .with_detail("reason", partial.error.reason())
+                .with_detail("key_fingerprint", key.fingerprint());
             return failed(error, partial.written);
         }
         let names = secrets.iter().map(|(name, _)| (*name).to_owned()).collect();
@@ -159,7 +164,7 @@ impl CiSetup<'_> {
             target: self.target.clone(),
             extra_vars,
             secret_env: Vec::new(),
-            timeout: ctx.job_timeout(),
+            timeout: play_timeout(ctx.job_timeout()),
             events: self.events.clone(),
         };
         // The play never sees the private half; should it ever show up,
@@ -170,7 +175,7 @@ impl CiSetup<'_> {
             .run_in(self.workspace, run, &redactor)
             .await
             .map_err(|e| JobError::new(ErrorCode::Internal, e.to_string()))?;
-        let report = Report::default().with_playbook(outcome, ctx.job_timeout());
+        let report = Report::default().with_playbook(outcome, play_timeout(ctx.job_timeout()));
         let Some(error) = report.error else {
             return Ok(());
         };
@@ -187,6 +192,19 @@ impl CiSetup<'_> {
         }
         Err(step(message))
     }
+}
+
+/// The longest one `ci_access` play may run. It edits one account and one
+/// file, a matter of seconds; one that runs longer is stuck (a hung SSH
+/// session, a sudo prompt), and it runs under the deploy's server lock:
+/// bounded by the whole job timeout (an hour by default) it would hold up
+/// every job for that server for as long.
+const CI_PLAY_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// The bound of one `ci_access` play: the job's, capped at
+/// [`CI_PLAY_TIMEOUT`].
+fn play_timeout(job_timeout: Duration) -> Duration {
+    job_timeout.min(CI_PLAY_TIMEOUT)
 }
 
 /// How many of the play's last output lines a failure without a failed
@@ -216,6 +234,18 @@ fn failed(error: JobError, written: Vec<String>) -> CiReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ci_play_is_bounded_by_ten_minutes_or_the_shorter_job_timeout() {
+        assert_eq!(
+            play_timeout(Duration::from_secs(3600)),
+            Duration::from_secs(600)
+        );
+        assert_eq!(
+            play_timeout(Duration::from_secs(30)),
+            Duration::from_secs(30)
+        );
+    }
 
     #[test]
     fn a_failure_without_a_task_quotes_the_last_lines_of_output() {
