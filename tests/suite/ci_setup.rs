@@ -50,7 +50,8 @@ async fn ci_world(config: FakeConfig) -> CiWorld {
     let w = World::start(host, TestRedis::new().await, |worker| {
         worker
             .set("github.api_url", fake.api_url())
-            .set("github.retry_secs", 5)
+            // Short: a test's outage ends past the deadline quickly.
+            .set("github.retry_secs", 3)
             .set("ansible.become", true)
             .set("ansible.ci_playbook", real_play.to_string_lossy())
             .set("ci.deploy_user", ci_user.name())
@@ -101,6 +102,29 @@ impl Stored {
 }
 
 impl CiWorld {
+    /// Fingerprints of the project's CI keys in the CI user's
+    /// authorized_keys on the server, as `ssh-keygen -l` gives them.
+    fn server_fingerprints(&self) -> Vec<String> {
+        let home = self.ci_user.home().expect("the CI user exists");
+        let text = std::fs::read_to_string(home.join(".ssh/authorized_keys")).unwrap();
+        text.lines()
+            .filter(|line| line.ends_with(" infra-ci:shop"))
+            .map(|line| {
+                let public = line.split_whitespace().skip(1).take(2).collect::<Vec<_>>();
+                let path = self.dir.path().join("server_key.pub");
+                std::fs::write(&path, public.join(" ") + "\n").unwrap();
+                let out = std::process::Command::new("ssh-keygen")
+                    .arg("-lf")
+                    .arg(&path)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{out:?}");
+                let text = String::from_utf8(out.stdout).unwrap();
+                text.split_whitespace().nth(1).unwrap().to_owned()
+            })
+            .collect()
+    }
+
     /// Runs `command` as `user` over SSH the way a workflow would, with the
     /// stored key and the stored known_hosts as the only ones trusted.
     async fn ssh_with(&self, stored: &Stored, user: &str, command: &str) -> SshOutput {
@@ -199,7 +223,8 @@ fn tmp_holds(needle: &str, except: &Path) -> bool {
 }
 
 #[tokio::test]
-async fn setup_ci_gives_the_repository_a_restricted_key_of_its_own_and_a_second_one_rotates_it() {
+async fn setup_ci_gives_the_repository_a_restricted_key_of_its_own_a_failed_rotation_keeps_it_and_the_next_rotates_it()
+ {
     // Arrange
     let cw = ci_world(FakeConfig::default()).await;
     let user = cw.ci_user.name().to_owned();
@@ -242,17 +267,61 @@ async fn setup_ci_gives_the_repository_a_restricted_key_of_its_own_and_a_second_
     let fingerprint = ssh_keygen_fingerprint(stored.get("DEPLOY_SSH_KEY"), cw.dir.path());
     assert_eq!(ci.key_fingerprint.as_deref(), Some(fingerprint.as_str()));
 
-    // Act: a second setup_ci rotates the key.
-    let second = payload(&cw.w, true);
-    let rotated = cw.w.deploy(&second).await;
+    assert_eq!(cw.server_fingerprints(), std::slice::from_ref(&fingerprint));
 
-    // Assert
+    // Act: a second setup_ci, GitHub failing the private key's PUT until
+    // past the deadline.
+    cw.fake.fail_secret("DEPLOY_SSH_KEY", Some(502));
+    let second = payload(&cw.w, true);
+    let unstored = cw.w.deploy(&second).await;
+
+    // Assert: CI failed, the deploy did not, and CI still holds a key that
+    // works: the first, beside the new one on the server.
+    assert_eq!(unstored.status, JobStatus::Success, "{unstored:?}");
+    let ci = ci_of(&unstored);
+    assert_eq!(ci.status, CiStatus::Failed, "{ci:?}");
+    assert_eq!(ci.secrets, SECRETS[..6]);
+    assert_eq!(ci.key_fingerprint, None);
+    let error = ci.error.unwrap();
+    assert_eq!(error.code, ErrorCode::ProviderError);
+    assert_eq!(error.details["reason"], "unavailable", "{error:?}");
+    let unstored_fingerprint = error.details["key_fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(unstored_fingerprint, fingerprint);
+    assert_eq!(
+        cw.server_fingerprints(),
+        [fingerprint.clone(), unstored_fingerprint.clone()]
+    );
+    let kept = Stored::read(&cw.fake);
+    assert_eq!(kept.get("DEPLOY_SSH_KEY"), stored.get("DEPLOY_SSH_KEY"));
+    let kept_login = cw.ssh_with(&kept, &user, "id -un").await;
+    assert!(
+        kept_login.success(),
+        "the stored key no longer logs in: {kept_login:?}"
+    );
+
+    // Act: a third setup_ci, GitHub well again, rotates the key.
+    cw.fake.fail_secret("DEPLOY_SSH_KEY", None);
+    let third = payload(&cw.w, true);
+    let rotated = cw.w.deploy(&third).await;
+
+    // Assert: only the newest key is left, and it logs in.
     assert_eq!(rotated.status, JobStatus::Success, "{rotated:?}");
     let ci = ci_of(&rotated);
     assert_eq!(ci.status, CiStatus::Success, "{ci:?}");
+    assert_eq!(ci.error, None);
     let new = Stored::read(&cw.fake);
     assert_ne!(new.get("DEPLOY_SSH_KEY"), stored.get("DEPLOY_SSH_KEY"));
-    assert_ne!(ci.key_fingerprint.as_deref(), Some(fingerprint.as_str()));
+    let new_fingerprint = ssh_keygen_fingerprint(new.get("DEPLOY_SSH_KEY"), cw.dir.path());
+    assert_eq!(
+        ci.key_fingerprint.as_deref(),
+        Some(new_fingerprint.as_str())
+    );
+    assert!(![&fingerprint, &unstored_fingerprint].contains(&&new_fingerprint));
+    // The unstored key's private half was never seen: its line is gone.
+    assert_eq!(cw.server_fingerprints(), [new_fingerprint]);
     let old_login = cw.ssh_with(&stored, &user, "true").await;
     assert!(
         !old_login.success(),
@@ -264,6 +333,7 @@ async fn setup_ci_gives_the_repository_a_restricted_key_of_its_own_and_a_second_
     let ids = [
         first["request_id"].as_str().unwrap(),
         second["request_id"].as_str().unwrap(),
+        third["request_id"].as_str().unwrap(),
     ];
     for key in [stored.get("DEPLOY_SSH_KEY"), new.get("DEPLOY_SSH_KEY")] {
         assert_key_nowhere(&cw, &ids, key).await;

@@ -7,8 +7,9 @@
 //! installation tokens (201 with `expires_at`), checked against an RS256
 //! JWT it verifies with OpenSSL, not with the crate that signed it. It can
 //! answer 403, 404, 429 with `retry-after`, a secondary limit's 403 without
-//! headers and 5xx on demand, can answer one path slowly, records every
-//! request (and when one arrived), and keeps every sealed value for the test to open with PyNaCl.
+//! headers and 5xx on demand (for every request, or for one secret's
+//! `PUT`), can answer one path slowly, records every request (and when one
+//! arrived), and keeps every sealed value for the test to open with PyNaCl.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -139,6 +140,8 @@ struct Shared {
     failures: VecDeque<Failure>,
     /// Every request answers this 5xx while set.
     down: Option<u16>,
+    /// The `PUT` of these secrets (by name) answers this 5xx.
+    failing_secrets: HashMap<String, u16>,
     /// The path of every request, as it arrived (before any slowness).
     arrived: Vec<String>,
     /// Requests for these paths are answered only after this long.
@@ -264,6 +267,17 @@ impl FakeGithub {
     /// Every request answers `status` (a 5xx) until set to `None`.
     pub fn set_down(&self, status: Option<u16>) {
         self.app.shared.lock().unwrap().down = status;
+    }
+
+    /// Every `PUT` of the secret `name` (of any repository) answers
+    /// `status` (a 5xx) until set to `None`; other requests are answered
+    /// as usual.
+    pub fn fail_secret(&self, name: &str, status: Option<u16>) {
+        let mut shared = self.app.shared.lock().unwrap();
+        match status {
+            Some(status) => shared.failing_secrets.insert(name.to_owned(), status),
+            None => shared.failing_secrets.remove(name),
+        };
     }
 
     /// Waits until a request for `path` has arrived (it may still be being
@@ -447,6 +461,16 @@ fn public_key(app: &App) -> Response {
 }
 
 fn put_secret(app: &App, repo: &str, name: &str, body: &[u8]) -> Response {
+    let failing = app
+        .shared
+        .lock()
+        .unwrap()
+        .failing_secrets
+        .get(name)
+        .copied();
+    if let Some(status) = failing {
+        return message(StatusCode::from_u16(status).unwrap(), "Server Error");
+    }
     if !app.config.secrets_write {
         return message(
             StatusCode::FORBIDDEN,
