@@ -63,6 +63,8 @@ pub enum Command {
 }
 
 /// `enqueue` subcommands.
+// One value per command line, parsed once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum EnqueueJob {
     /// A DeployJob on `ansible:deploy:queue`.
