@@ -94,7 +94,8 @@ impl DeployJob {
     }
 
     /// Every non-secret field under its contract name, `port` as
-    /// `service_port`: the playbook's extra vars.
+    /// `service_port` and `action` as `deploy_action`: the playbook's extra
+    /// vars.
     pub fn extra_vars(&self) -> serde_json::Value {
         // `port` is an Ansible connection keyword: as an extra var it would
         // redirect SSH to the service's port. The `*_ref` fields stay out:
@@ -108,7 +109,8 @@ impl DeployJob {
             "server_ip": self.server_ip,
             "modules": Value::from_iter(self.modules.iter().map(|m| m.as_str())),
             "service_port": self.port,
-            "action": self.action.as_str(),
+            // `action` is an Ansible keyword, as `port` is.
+            "deploy_action": self.action.as_str(),
         });
         // Absent, not null: the role tells "check the port" by its absence.
         if let Some(path) = &self.health_path {
@@ -353,7 +355,7 @@ mod tests {
         object.insert("action".into(), json!("restart"));
         object.insert("health_path".into(), json!("/healthz"));
         let job = DeployJob::parse(&serde_json::to_vec(&object).unwrap()).unwrap();
-        assert_eq!(job.extra_vars()["action"], "restart");
+        assert_eq!(job.extra_vars()["deploy_action"], "restart");
         assert_eq!(job.extra_vars()["health_path"], "/healthz");
     }
 
@@ -560,7 +562,7 @@ mod tests {
                 "server_ip": "203.0.113.10",
                 "modules": ["backend", "tg_bot"],
                 "service_port": 8080,
-                "action": "deploy",
+                "deploy_action": "deploy",
             })
         );
     }

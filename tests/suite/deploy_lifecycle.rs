@@ -93,7 +93,7 @@ impl Lifecycle {
             "server_ip": self.host.address(),
             "modules": ["backend"],
             "service_port": self.port,
-            "action": action,
+            "deploy_action": action,
             "services_root": self.dir.path().join("services"),
             "git_base_url": format!("file://{}", self.dir.path().join("git").display()),
             "deploy_wait_timeout": WAIT_HEALTHY,
@@ -536,4 +536,112 @@ fn bare_repository(dir: &Path) -> Vec<(&'static str, String)> {
         ],
     );
     commits
+}
+
+/// The same lifecycle through a real worker: what the play hands back with
+/// `set_stats` becomes the result's `revision`, `previous_revision` and
+/// `rollback`, and `logs` comes back in `output_tail` with the project's
+/// secret masked.
+#[tokio::test]
+async fn through_the_worker_the_result_carries_the_revisions_the_rollback_and_masked_logs() {
+    // Arrange: the real deploy playbook, the operator's extra vars pointing
+    // it at the test's repository and services root.
+    let host = TestHost::start().await;
+    let _stubs = install_stubs(&host);
+    let dir = tempfile::Builder::new()
+        .prefix("infra-lifecycle-")
+        .tempdir()
+        .unwrap();
+    let commits = bare_repository(dir.path());
+    let services = dir.path().join("services");
+    std::fs::create_dir(&services).unwrap();
+    give_to_login_user(&host, dir.path());
+    let commit = |branch: &str| {
+        let found = commits.iter().find(|(b, _)| *b == branch);
+        found.expect("a branch of the fixture repository").1.clone()
+    };
+    let port = free_port();
+    let playbook =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("ansible/playbooks/deploy_project.yml");
+    let git_base_url = format!("file://{}", dir.path().join("git").display());
+    let w = World::start(host, TestRedis::new().await, |worker| {
+        worker
+            .set("ansible.deploy_playbook", playbook.to_string_lossy())
+            .set(
+                "ansible.extra_vars.services_root",
+                services.to_string_lossy(),
+            )
+            .set("ansible.extra_vars.git_base_url", git_base_url)
+            .set("ansible.extra_vars.deploy_wait_timeout", WAIT_HEALTHY)
+            .set("ansible.extra_vars.deploy_health_interval", 1)
+    })
+    .await;
+    let job = |branch: &str, action: &str| {
+        let mut payload = valid_deploy_payload(&unique_request_id("life"), w.host.address(), port);
+        payload["repo_full_name"] = json!(REPO);
+        payload["project_name"] = json!(PROJECT);
+        payload["branch"] = json!(branch);
+        payload["action"] = json!(action);
+        payload
+    };
+
+    // Act
+    let first = w.deploy(&job(GOOD, "deploy")).await;
+    let broken = w.deploy(&job(BROKEN, "deploy")).await;
+    let logs = w.deploy(&job(GOOD, "logs")).await;
+
+    // Assert: a first deploy.
+    assert_eq!(
+        first.status,
+        infra_service::job::JobStatus::Success,
+        "{first:?}"
+    );
+    assert_eq!(first.extra["action"], "deploy");
+    assert_eq!(first.extra["revision"], json!(commit(GOOD)));
+    assert_eq!(first.extra["previous_revision"], Value::Null);
+    assert!(first.extra.get("rollback").is_none());
+
+    // A broken one: failed, rolled back, and says so.
+    assert_eq!(
+        broken.status,
+        infra_service::job::JobStatus::Failed,
+        "{broken:?}"
+    );
+    let error = broken.error.as_ref().unwrap();
+    assert_eq!(error.code, infra_service::job::ErrorCode::PlaybookFailed);
+    assert!(
+        error.message.contains("failed its health check"),
+        "{}",
+        error.message
+    );
+    assert_eq!(broken.extra["revision"], json!(commit(BROKEN)));
+    assert_eq!(broken.extra["previous_revision"], json!(commit(GOOD)));
+    assert_eq!(
+        broken.extra["rollback"],
+        json!({"performed": true, "revision": commit(GOOD), "status": "success"})
+    );
+    assert_eq!(http_get(port, "/").await, Some((200, commit(GOOD))));
+
+    // Logs: the service's lines, its secret masked; no revision fields.
+    assert_eq!(
+        logs.status,
+        infra_service::job::JobStatus::Success,
+        "{logs:?}"
+    );
+    assert_eq!(logs.extra["action"], "logs");
+    assert!(logs.extra.get("revision").is_none());
+    let secret = w
+        .worker
+        .env_value(PROJECT_ENV_VAR)
+        .lines()
+        .find_map(|l| l.strip_prefix("APP_SECRET="));
+    let secret = secret
+        .expect("the test worker's .env has an APP_SECRET")
+        .to_owned();
+    assert!(
+        logs.output_tail.contains("APP_SECRET=***"),
+        "{}",
+        logs.output_tail
+    );
+    assert!(!logs.output_tail.contains(&secret), "{}", logs.output_tail);
 }
