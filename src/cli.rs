@@ -63,6 +63,8 @@ pub enum Command {
 }
 
 /// `enqueue` subcommands.
+// One value per command line, parsed once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum EnqueueJob {
     /// A DeployJob on `ansible:deploy:queue`.
@@ -108,9 +110,17 @@ pub struct EnqueueDeploy {
     /// A docker compose profile to enable; repeat for several.
     #[arg(long = "module", value_name = "MODULE")]
     pub modules: Vec<String>,
-    /// Secret reference to the GitHub token, e.g. `vault:secret/github#token`.
+    /// Secret reference to the GitHub token, e.g. `vault:secret/github#token`;
+    /// needed for `--action deploy` only.
     #[arg(long)]
-    pub github_token_ref: String,
+    pub github_token_ref: Option<String>,
+    /// What to do: deploy, restart, stop, remove or logs.
+    #[arg(long, default_value = "deploy")]
+    pub action: String,
+    /// HTTP path that answers 2xx/3xx when the service is healthy (e.g.
+    /// `/healthz`); without it, healthy means the port accepts connections.
+    #[arg(long)]
+    pub health_path: Option<String>,
     /// Secret reference to the project's `.env`.
     #[arg(long)]
     pub secrets_ref: Option<String>,

@@ -146,6 +146,11 @@ pub struct AnsibleSettings {
     pub become_root: bool,
     /// Secret reference of the private key used for deploys.
     pub ssh_key_ref: Option<String>,
+    /// Variables every playbook gets, after the job's (so they win), e.g.
+    /// `git_base_url` for GitHub Enterprise or `services_root`. Nothing
+    /// secret: they are on the command line.
+    #[serde(default)]
+    pub extra_vars: serde_json::Map<String, serde_json::Value>,
 }
 
 /// How every job checks that its server answers SSH before a playbook.
@@ -706,7 +711,20 @@ impl AnsibleSettings {
             !self.ssh_user.is_empty(),
             "ansible.ssh_user",
             "must not be empty",
-        )
+        )?;
+        for name in self.extra_vars.keys() {
+            let identifier = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            // How to reach the host and as whom is the worker's to say: the
+            // host key pin and the run's key file depend on it.
+            let reserved = name.starts_with("ansible_") || name == "infra_become";
+            ensure(
+                identifier && !reserved,
+                "ansible.extra_vars",
+                "names must be Ansible variable names, not ansible_* nor infra_become",
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -1479,5 +1497,26 @@ mod tests {
         }
         let s = load_toml(&format!("{REQUIRED}[ansible]\nssh_user = \"deploy\"\n")).unwrap();
         assert_eq!(s.ci.deploy_user, "ci");
+    }
+
+    #[test]
+    fn operator_extra_vars_are_variable_names_that_leave_the_connection_alone() {
+        let s = load_toml(&format!(
+            "{REQUIRED}[ansible.extra_vars]\ngit_base_url = \"https://ghe.example.com\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            s.ansible.extra_vars["git_base_url"],
+            "https://ghe.example.com"
+        );
+        for bad in ["ansible_host", "infra_become", "1x", "a-b"] {
+            let err =
+                load_toml(&format!("{REQUIRED}[ansible.extra_vars]\n\"{bad}\" = 1\n")).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with("configuration key `ansible.extra_vars`"),
+                "{bad}: {err}"
+            );
+        }
     }
 }

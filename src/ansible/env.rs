@@ -24,13 +24,16 @@ pub(crate) const INHERITED_VARS: [&str; 7] =
 /// A child's environment: variable names to values.
 pub(crate) type EnvMap = BTreeMap<OsString, OsString>;
 
-/// Where the `infra_events` plugin is and the file it writes to.
+/// Where the `infra_events` plugin is and the files it writes to.
 #[derive(Debug)]
 pub(crate) struct EventsPlugin {
     /// The directory holding `infra_events.py`.
     pub(crate) plugin_dir: PathBuf,
-    /// The run's events file the plugin appends to.
-    pub(crate) file: PathBuf,
+    /// The run's events file the plugin appends to, when progress is
+    /// followed.
+    pub(crate) file: Option<PathBuf>,
+    /// Where the plugin writes the play's `set_stats` data at the end.
+    pub(crate) stats: PathBuf,
 }
 
 /// The paths of one run that its child's environment names.
@@ -40,7 +43,7 @@ pub(crate) struct RunPaths<'a> {
     pub(crate) ansible_cfg: Option<&'a Path>,
     /// Where ssh puts the run's ControlPath sockets.
     pub(crate) control_path_dir: &'a Path,
-    /// The events plugin, when progress is followed.
+    /// The events plugin, when the Ansible dir has it.
     pub(crate) events: Option<&'a EventsPlugin>,
 }
 
@@ -109,7 +112,10 @@ fn add_events_plugin(env: &mut EnvMap, plugin: &EventsPlugin) {
         ":",
         plugin.plugin_dir.as_os_str(),
     );
-    env.insert(events::EVENTS_FILE_VAR.into(), plugin.file.clone().into());
+    if let Some(file) = &plugin.file {
+        env.insert(events::EVENTS_FILE_VAR.into(), file.clone().into());
+    }
+    env.insert(events::STATS_FILE_VAR.into(), plugin.stats.clone().into());
 }
 
 /// `name=item`, or `name=<old><sep>item` when the operator set it.
@@ -281,7 +287,8 @@ mod tests {
     fn followed_progress_adds_the_events_plugin_to_the_operators_callbacks() {
         let plugin = EventsPlugin {
             plugin_dir: "/srv/ansible/plugins/callback".into(),
-            file: "/tmp/ia-x/events.jsonl".into(),
+            file: Some("/tmp/ia-x/events.jsonl".into()),
+            stats: "/tmp/ia-x/stats.json".into(),
         };
         let followed = RunPaths {
             events: Some(&plugin),
@@ -299,6 +306,10 @@ mod tests {
         assert_eq!(
             get(&plain, "INFRA_EVENTS_FILE").as_deref(),
             Some("/tmp/ia-x/events.jsonl")
+        );
+        assert_eq!(
+            get(&plain, "INFRA_STATS_FILE").as_deref(),
+            Some("/tmp/ia-x/stats.json")
         );
         assert_eq!(
             get(&plain, "ANSIBLE_STDOUT_CALLBACK"),

@@ -24,6 +24,9 @@ use crate::secrets::Redactor;
 
 /// The variable naming the events file in the child's environment.
 pub(crate) const EVENTS_FILE_VAR: &str = "INFRA_EVENTS_FILE";
+/// The variable naming the file the plugin writes the play's `set_stats`
+/// data to (a JSON object), once, when the playbook ends.
+pub(crate) const STATS_FILE_VAR: &str = "INFRA_STATS_FILE";
 /// The plugin's name, for `ANSIBLE_CALLBACKS_ENABLED`.
 pub(crate) const PLUGIN_NAME: &str = "infra_events";
 /// Where the plugin lives, relative to `ansible.dir`.

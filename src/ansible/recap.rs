@@ -1,13 +1,16 @@
-//! Parsing `PLAY RECAP` lines and the first failed task out of the output.
+//! Parsing `PLAY RECAP` lines and the failed task out of the output.
 //!
 //! Reads the text of Ansible's default stdout callback (ansible-core 2.19,
-//! no colour) one line at a time, as it streams by, so the first failure is
-//! kept even when it scrolls out of the output tail. Pure: no I/O.
+//! no colour) one line at a time, as it streams by, so the failure is kept
+//! even when it scrolls out of the output tail. Pure: no I/O.
 //!
-//! Known limits: a failure later handled by a `rescue:` block looks like any
-//! other in the output; it is dropped only when the recap shows its host
-//! clean (`failed=0 unreachable=0`). Other stdout callbacks or forced colour
-//! (`ANSIBLE_STDOUT_CALLBACK`, `ANSIBLE_FORCE_COLOR`) are not understood.
+//! The failed task of a host is its last failure that was not ignored: a
+//! failure stops the host, so the last one is what stopped it. One handled
+//! by a `rescue:` block looks like any other in the output; a later failure
+//! (the rescue's own `fail`, with its message) replaces it, and a host the
+//! recap shows clean (`failed=0 unreachable=0`) has none. Other stdout
+//! callbacks or forced colour (`ANSIBLE_STDOUT_CALLBACK`,
+//! `ANSIBLE_FORCE_COLOR`) are not understood.
 
 use std::collections::BTreeMap;
 
@@ -20,7 +23,7 @@ pub(crate) const MAX_MESSAGE_BYTES: usize = 2048;
 /// A multi-line result (`{` ... `}`) is collected up to this many bytes.
 const MAX_RESULT_BYTES: usize = 64 * 1024;
 
-/// Failures remembered at most (the first per host).
+/// Hosts whose failure is remembered, at most (the last one per host).
 const MAX_HOSTS_WITH_FAILURES: usize = 256;
 
 /// One `fatal:`/`failed:` line, before we know whether it was ignored.
@@ -39,7 +42,7 @@ pub(crate) struct RecapScanner {
     /// Failures of the current task; confirmed when the task ends unless a
     /// `...ignoring` line follows their host's result.
     pending: Vec<Failure>,
-    /// First confirmed failure per host, in order of appearance.
+    /// Last confirmed failure per host, hosts in order of first failure.
     confirmed: Vec<Failure>,
     /// Host of the latest result line: the one a `...ignoring` refers to.
     last_result_host: Option<String>,
@@ -129,7 +132,7 @@ impl RecapScanner {
         }
     }
 
-    /// The recap (if one was printed) and the first failure that counts.
+    /// The recap (if one was printed) and the failure that counts.
     pub(crate) fn finish(
         mut self,
         redactor: &Redactor,
@@ -138,25 +141,27 @@ impl RecapScanner {
             self.pending.push(open);
         }
         self.end_task();
-        let failed_task = first_counting_failure(&self.confirmed, self.stats.as_ref())
+        let failed_task = counting_failure(&self.confirmed, self.stats.as_ref())
             .map(|failure| failed_task(failure, redactor));
         (self.stats, failed_task)
     }
 
     fn end_task(&mut self) {
         for failure in self.pending.drain(..) {
-            let known = self.confirmed.iter().any(|f| f.host == failure.host);
-            if !known && self.confirmed.len() < MAX_HOSTS_WITH_FAILURES {
-                self.confirmed.push(failure);
+            let room = self.confirmed.len() < MAX_HOSTS_WITH_FAILURES;
+            match self.confirmed.iter_mut().find(|f| f.host == failure.host) {
+                Some(earlier) => *earlier = failure,
+                None if room => self.confirmed.push(failure),
+                None => {}
             }
         }
     }
 }
 
-/// The first failure whose host the recap does not show clean; a host that
-/// ends with `failed=0 unreachable=0` had its failure rescued. Without a
-/// recap (timeout, crash) the first failure counts.
-fn first_counting_failure<'a>(
+/// The failure of the first failing host the recap does not show clean; a
+/// host that ends with `failed=0 unreachable=0` had its failure rescued.
+/// Without a recap (timeout, crash) the first failing host counts.
+fn counting_failure<'a>(
     confirmed: &'a [Failure],
     stats: Option<&BTreeMap<String, HostStats>>,
 ) -> Option<&'a Failure> {
@@ -397,13 +402,13 @@ bad                        : ok=0    changed=0    unreachable=1    failed=0    s
 
     #[test]
     fn ignored_and_rescued_failures_do_not_count_when_a_later_task_fails() {
-        // web1 has failed=1, so its first unignored failure is reported; the
-        // rescued one cannot be told apart (documented limit).
+        // web1 has failed=1: the failure that stopped it is its last one,
+        // not the rescued one before it.
         let (_, failed) = scan(IGNORED_RESCUED_THEN_FAILED);
         let failed = failed.unwrap();
         assert_eq!(failed.host, "web1");
-        assert_eq!(failed.task, "in block");
-        assert_eq!(failed.message, "blockfail");
+        assert_eq!(failed.task, "last");
+        assert_eq!(failed.message, "final fail");
     }
 
     #[test]

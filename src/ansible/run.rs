@@ -62,6 +62,9 @@ pub struct PlaybookOutcome {
     pub failed_task: Option<FailedTask>,
     /// From the spawn to the end of the cleanup.
     pub duration: Duration,
+    /// What the play handed back with `set_stats` (run-wide, not per
+    /// host); empty when it set none. Data from the server: check it.
+    pub custom_stats: serde_json::Map<String, serde_json::Value>,
 }
 
 impl PlaybookOutcome {
@@ -103,6 +106,7 @@ mod tests {
             stats: None,
             failed_task: None,
             duration: Duration::ZERO,
+            custom_stats: serde_json::Map::new(),
         };
         assert!(outcome(Some(0), false).succeeded());
         assert!(!outcome(Some(0), true).succeeded());

@@ -80,9 +80,8 @@ impl Runner {
     ) -> Result<PlaybookOutcome, RunError> {
         let started = Instant::now();
         let ansible_dir = std::path::absolute(&self.settings.dir).map_err(RunError::Workspace)?;
-        let progress = follow_events(run.events.clone(), &ansible_dir, workspace, redactor);
-        let plugin = progress.as_ref().map(|(plugin, _)| plugin);
-        let mut child = self.spawn(&run, &ansible_dir, workspace, plugin)?;
+        let (plugin, events) = plugin_for(run.events.clone(), &ansible_dir, workspace, redactor);
+        let mut child = self.spawn(&run, &ansible_dir, workspace, plugin.as_ref())?;
         let pgid = child_pgid(&child)?;
         let root = Proc::of(pgid)
             .ok_or_else(|| RunError::Wait(std::io::Error::other("the playbook is not in /proc")))?;
@@ -92,7 +91,6 @@ impl Runner {
         observe(workspace.path(), pgid);
         tracing::info!(pid = pgid, "playbook started");
 
-        let events = progress.map(|(_, tail)| tail);
         let mut output = Output::new(&mut child, redactor.longest_needle(), events);
         let (status, timed_out) = supervise(
             &mut child,
@@ -107,7 +105,11 @@ impl Runner {
         output.drain().await;
         // The plugin's last lines were written before the playbook exited.
         output.poll_events();
-        Ok(outcome_of(output, status, timed_out, started, redactor))
+        let custom_stats = plugin.map(|p| read_stats(&p.stats)).unwrap_or_default();
+        Ok(PlaybookOutcome {
+            custom_stats,
+            ..outcome_of(output, status, timed_out, started, redactor)
+        })
     }
 
     /// Starts `<bin> -i inventory.json -e @vars.json <playbook>` in the
@@ -134,6 +136,7 @@ impl Runner {
             .arg(workspace.inventory_path())
             .arg("-e")
             .arg(vars_arg)
+            .args(operator_vars(&self.settings))
             .args(become_vars(&self.settings))
             .arg(ansible_dir.join(&run.playbook))
             .current_dir(ansible_dir)
@@ -162,34 +165,82 @@ impl Runner {
 }
 
 /// When the run wants its progress and the plugin is installed: the
-/// plugin's directory and a tail of the run's new events file.
-fn follow_events(
+/// The `infra_events` plugin for this run, when the Ansible dir has it: it
+/// always writes the play's `set_stats` data; with a `sink`, it also
+/// appends task progress to a file that the returned tail follows.
+fn plugin_for(
     sink: Option<EventSink>,
     ansible_dir: &Path,
     workspace: &Workspace,
     redactor: &Redactor,
-) -> Option<(EventsPlugin, EventTail)> {
-    let sink = sink?;
+) -> (Option<EventsPlugin>, Option<EventTail>) {
     let plugin_dir = ansible_dir.join(events::PLUGIN_DIR);
     if !plugin_dir
         .join(format!("{}.py", events::PLUGIN_NAME))
         .is_file()
     {
-        tracing::debug!(dir = %plugin_dir.display(), "no events plugin; progress not followed");
-        return None;
+        tracing::debug!(dir = %plugin_dir.display(), "no events plugin; no progress, no stats");
+        return (None, None);
     }
-    let followed = workspace.create_events_file().and_then(|file| {
-        let tail = EventTail::open(&file, sink, redactor.clone())?;
-        Ok((EventsPlugin { plugin_dir, file }, tail))
-    });
-    match followed {
-        Ok(followed) => Some(followed),
+    let stats = match workspace.reset_stats_file() {
+        Ok(stats) => stats,
         Err(e) => {
+            tracing::warn!(error.message = %e, "cannot prepare the stats file; events plugin off");
+            return (None, None);
+        }
+    };
+    let followed = sink.map(|sink| {
+        workspace.create_events_file().and_then(|file| {
+            let tail = EventTail::open(&file, sink, redactor.clone())?;
+            Ok((file, tail))
+        })
+    });
+    let (file, tail) = match followed {
+        Some(Ok((file, tail))) => (Some(file), Some(tail)),
+        Some(Err(e)) => {
             // Progress is a convenience: the job runs without it.
             tracing::warn!(error.message = %e, "cannot create the events file; progress not followed");
-            None
+            (None, None)
         }
+        None => (None, None),
+    };
+    let plugin = EventsPlugin {
+        plugin_dir,
+        file,
+        stats,
+    };
+    (Some(plugin), tail)
+}
+
+/// The longest stats file read back: revisions and a rollback are a few
+/// hundred bytes; anything far larger is not ours.
+const MAX_STATS_BYTES: u64 = 64 * 1024;
+
+/// The `set_stats` data the plugin wrote, or nothing (no file: the play
+/// ended before its stats, or set none).
+fn read_stats(path: &Path) -> serde_json::Map<String, serde_json::Value> {
+    let read = std::fs::metadata(path)
+        .ok()
+        .filter(|meta| meta.len() <= MAX_STATS_BYTES)
+        .and_then(|_| std::fs::read(path).ok());
+    match read.map(|bytes| serde_json::from_slice(&bytes)) {
+        Some(Ok(serde_json::Value::Object(stats))) => stats,
+        Some(_) => {
+            tracing::warn!(path = %path.display(), "the playbook's stats are not a JSON object; ignored");
+            serde_json::Map::new()
+        }
+        None => serde_json::Map::new(),
     }
+}
+
+/// `-e <ansible.extra_vars as JSON>` when the operator set any; after the
+/// job's file, so they win.
+fn operator_vars(settings: &AnsibleSettings) -> Vec<String> {
+    if settings.extra_vars.is_empty() {
+        return Vec::new();
+    }
+    let vars = serde_json::Value::Object(settings.extra_vars.clone());
+    vec!["-e".to_owned(), vars.to_string()]
 }
 
 /// `-e {"infra_become": true}` when `ansible.become` is set: every playbook
@@ -228,6 +279,7 @@ fn outcome_of(
         stats,
         failed_task,
         duration: started.elapsed(),
+        custom_stats: serde_json::Map::new(),
     };
     tracing::info!(
         exit_code = outcome.exit_code,
@@ -316,6 +368,7 @@ mod tests {
                 ssh_user: "root".into(),
                 become_root: false,
                 ssh_key_ref: None,
+                extra_vars: serde_json::Map::new(),
             };
             let runner = Runner::new(settings, Duration::from_millis(300));
             Fixture { dir, runner }
@@ -387,15 +440,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn with_become_every_play_is_told_so_in_one_more_extra_var() {
+    async fn operator_vars_then_become_follow_the_jobs_vars_so_they_win() {
         let mut fx = Fixture::new("printf '%s\\n' \"$@\" > \"$PWD/argv\"");
         fx.runner.settings.become_root = true;
+        fx.runner.settings.extra_vars = json!({"git_base_url": "https://ghe.example.com"})
+            .as_object()
+            .unwrap()
+            .clone();
         let (outcome, run_dir, _) = fx.run(playbook_run(Duration::from_secs(20))).await;
 
         assert!(outcome.succeeded(), "{outcome:?}");
         let argv = std::fs::read_to_string(fx.out("argv")).unwrap();
         let expected = format!(
-            "-i\n{d}/inventory.json\n-e\n@{d}/vars.json\n-e\n{{\"infra_become\": true}}\n",
+            "-i\n{d}/inventory.json\n-e\n@{d}/vars.json\n\
+             -e\n{{\"git_base_url\":\"https://ghe.example.com\"}}\n-e\n{{\"infra_become\": true}}\n",
             d = run_dir.display()
         );
         assert!(argv.starts_with(&expected), "{argv}");
@@ -761,6 +819,7 @@ mod tests {
             fx.out("playbooks/site.yml"),
             "- hosts: all\n  connection: local\n  gather_facts: false\n  tasks:\n\
              \x20   - name: greet\n      debug:\n        msg: \"hello {{ project_name }}\"\n\
+             \x20   - name: hand back a revision\n      set_stats:\n        per_host: false\n        aggregate: false\n        data:\n          revision: \"{{ project_name }}-1\"\n\
              \x20   - name: ignored\n      fail:\n        msg: not counted\n      ignore_errors: true\n\
              \x20   - name: check the token\n      fail:\n        msg: \"bad token {{ lookup('env', 'DEPLOY_TOKEN') }}\"\n\
              \x20   - name: never reached\n      debug:\n        msg: unreachable\n",
@@ -786,7 +845,12 @@ mod tests {
         assert!(!outcome.output_tail.contains(TOKEN));
         let stats = outcome.stats.expect("a recap");
         let web1 = &stats["web1"];
-        assert_eq!((web1.ok, web1.failed, web1.ignored), (2, 1, 1), "{web1:?}");
+        assert_eq!((web1.ok, web1.failed, web1.ignored), (3, 1, 1), "{web1:?}");
+        // A play that fails after set_stats still hands its data back.
+        assert_eq!(
+            serde_json::Value::Object(outcome.custom_stats.clone()),
+            json!({"revision": "demo-1"})
+        );
         let failed = outcome.failed_task.expect("a failed task");
         assert_eq!(failed.host, "web1");
         assert_eq!(failed.task, "check the token");
@@ -805,15 +869,17 @@ mod tests {
             [
                 (1, "playbook_on_task_start", "greet"),
                 (2, "runner_on_ok", "greet"),
-                (3, "playbook_on_task_start", "ignored"),
-                (4, "runner_on_failed", "ignored"),
-                (5, "playbook_on_task_start", "check the token"),
-                (6, "runner_on_failed", "check the token"),
+                (3, "playbook_on_task_start", "hand back a revision"),
+                (4, "runner_on_ok", "hand back a revision"),
+                (5, "playbook_on_task_start", "ignored"),
+                (6, "runner_on_failed", "ignored"),
+                (7, "playbook_on_task_start", "check the token"),
+                (8, "runner_on_failed", "check the token"),
             ]
         );
-        assert!(seen[3].ignored && !seen[5].ignored);
+        assert!(seen[5].ignored && !seen[7].ignored);
         assert_eq!(seen[1].host.as_deref(), Some("web1"));
-        assert_eq!(seen[5].message.as_deref(), Some("bad token ***"));
+        assert_eq!(seen[7].message.as_deref(), Some("bad token ***"));
         assert!(seen.iter().all(|e| !e.to_json().contains(TOKEN)));
         assert!(
             !outcome.output_tail.contains("infra_events"),

@@ -96,6 +96,16 @@ impl Workspace {
         Ok(path)
     }
 
+    /// Where the plugin writes the play's `set_stats` data; emptied first,
+    /// so a second run in the same directory reads only its own.
+    pub(crate) fn reset_stats_file(&self) -> io::Result<PathBuf> {
+        let path = self.path().join("stats.json");
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(path),
+        }
+    }
+
     /// Where ssh keeps its ControlPath sockets for this run.
     pub(crate) fn control_path_dir(&self) -> PathBuf {
         self.path().join("cp")

@@ -20,11 +20,15 @@ pub struct DeployJob {
     pub server_ip: ServerAddress,
     pub port: u16,
     pub modules: Vec<Module>,
-    pub github_token_ref: SecretRef,
+    /// Given for every `deploy`; the other actions need no token.
+    pub github_token_ref: Option<SecretRef>,
     pub secrets_ref: Option<SecretRef>,
+    pub action: DeployAction,
     /// After a successful deploy, give the repository's CI its own way in
     /// (contract section 7).
     pub setup_ci: bool,
+    /// Healthy means HTTP 2xx/3xx here; without it, the port accepts TCP.
+    pub health_path: Option<HealthPath>,
 }
 
 /// The branch deployed when the payload names none.
@@ -36,7 +40,9 @@ impl DeployJob {
     /// Checks, first failure wins: size, UTF-8, JSON, object, then the fields
     /// in contract order (`request_id`, `project_id`, `project_name`,
     /// `repo_full_name`, `branch`, `server_ip`, `port`, `modules`,
-    /// `github_token_ref`, `secrets_ref`, `setup_ci`). Once `request_id` is valid, every
+    /// `github_token_ref`, `secrets_ref`, `action`, `setup_ci`,
+    /// `health_path`; then `github_token_ref` again if `action` is
+    /// `deploy` and it was not given). Once `request_id` is valid, every
     /// refusal carries it, including the size refusal.
     pub fn parse(payload: &[u8]) -> Result<DeployJob, InvalidPayload> {
         let object = payload::read_object(payload).map_err(|unusable| {
@@ -61,9 +67,15 @@ impl DeployJob {
         let server_ip = payload::required(object, "server_ip", ServerAddress::parse)?;
         let port = payload::port(object, "port")?;
         let modules = payload::list(object, "modules", Module::parse)?;
-        let github_token_ref = payload::required(object, "github_token_ref", SecretRef::parse)?;
+        let github_token_ref = payload::optional(object, "github_token_ref", SecretRef::parse)?;
         let secrets_ref = payload::optional(object, "secrets_ref", SecretRef::parse)?;
+        let action = payload::optional(object, "action", DeployAction::parse)?;
+        let action = action.unwrap_or(DeployAction::Deploy);
         let setup_ci = payload::flag(object, "setup_ci")?;
+        let health_path = payload::optional(object, "health_path", HealthPath::parse)?;
+        if action == DeployAction::Deploy && github_token_ref.is_none() {
+            return Err("github_token_ref: is required for action deploy".to_owned());
+        }
         Ok(DeployJob {
             request_id,
             project_id,
@@ -75,17 +87,20 @@ impl DeployJob {
             modules,
             github_token_ref,
             secrets_ref,
+            action,
             setup_ci,
+            health_path,
         })
     }
 
     /// Every non-secret field under its contract name, `port` as
-    /// `service_port`: the playbook's extra vars.
+    /// `service_port` and `action` as `deploy_action`: the playbook's extra
+    /// vars.
     pub fn extra_vars(&self) -> serde_json::Value {
         // `port` is an Ansible connection keyword: as an extra var it would
         // redirect SSH to the service's port. The `*_ref` fields stay out:
         // playbooks get secrets only through GITHUB_TOKEN and PROJECT_ENV.
-        json!({
+        let mut vars = json!({
             "request_id": self.request_id,
             "project_id": self.project_id.hyphenated().to_string(),
             "project_name": self.project_name,
@@ -94,7 +109,14 @@ impl DeployJob {
             "server_ip": self.server_ip,
             "modules": Value::from_iter(self.modules.iter().map(|m| m.as_str())),
             "service_port": self.port,
-        })
+            // `action` is an Ansible keyword, as `port` is.
+            "deploy_action": self.action.as_str(),
+        });
+        // Absent, not null: the role tells "check the port" by its absence.
+        if let Some(path) = &self.health_path {
+            vars["health_path"] = json!(path);
+        }
+        vars
     }
 }
 
@@ -193,7 +215,13 @@ mod tests {
         assert_eq!(job.port, 8080);
         let modules: Vec<&str> = job.modules.iter().map(Module::as_str).collect();
         assert_eq!(modules, ["backend", "tg_bot"]);
-        assert_eq!(job.github_token_ref.as_str(), "vault:secret/github#token");
+        assert_eq!(
+            job.github_token_ref
+                .as_ref()
+                .map(SecretRef::as_str)
+                .unwrap(),
+            "vault:secret/github#token"
+        );
         assert_eq!(
             job.secrets_ref.as_ref().map(SecretRef::as_str),
             Some("vault:secret/projects/my-project")
@@ -286,19 +314,49 @@ mod tests {
 
     #[test]
     fn each_missing_required_field_is_named_with_the_request_id() {
-        for field in [
-            "project_id",
-            "repo_full_name",
-            "server_ip",
-            "port",
-            "github_token_ref",
-        ] {
+        for field in ["project_id", "repo_full_name", "server_ip", "port"] {
             assert_eq!(refused(&without(field)), format!("{field}: is required"));
             assert_eq!(
                 refused(&with(field, Value::Null)),
                 format!("{field}: is required")
             );
         }
+    }
+
+    #[test]
+    fn the_github_token_is_required_for_a_deploy_only() {
+        assert_eq!(
+            refused(&without("github_token_ref")),
+            "github_token_ref: is required for action deploy"
+        );
+        for action in ["restart", "stop", "remove", "logs"] {
+            let mut object = example();
+            object.remove("github_token_ref");
+            object.insert("action".into(), json!(action));
+            let job = DeployJob::parse(&serde_json::to_vec(&object).unwrap()).unwrap();
+            assert_eq!(job.action.as_str(), action);
+            assert_eq!(job.github_token_ref, None);
+        }
+    }
+
+    #[test]
+    fn action_and_health_path_are_checked_and_reach_the_playbook() {
+        let reason = refused(&with("action", json!("delete")));
+        assert!(
+            reason.starts_with("action: must be one of deploy"),
+            "{reason}"
+        );
+        let reason = refused(&with("health_path", json!("healthz")));
+        assert!(
+            reason.starts_with("health_path: must be an HTTP path"),
+            "{reason}"
+        );
+        let mut object = example();
+        object.insert("action".into(), json!("restart"));
+        object.insert("health_path".into(), json!("/healthz"));
+        let job = DeployJob::parse(&serde_json::to_vec(&object).unwrap()).unwrap();
+        assert_eq!(job.extra_vars()["deploy_action"], "restart");
+        assert_eq!(job.extra_vars()["health_path"], "/healthz");
     }
 
     #[test]
@@ -504,6 +562,7 @@ mod tests {
                 "server_ip": "203.0.113.10",
                 "modules": ["backend", "tg_bot"],
                 "service_port": 8080,
+                "deploy_action": "deploy",
             })
         );
     }

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Why a payload was refused, and the request id if one could be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -365,6 +365,82 @@ impl SecretRef {
     }
 }
 
+/// What a DeployJob does on the server (contract section 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeployAction {
+    /// Check out, write `.env`, pull, `up -d`, wait until healthy, roll back.
+    Deploy,
+    /// `docker compose restart`, wait until healthy.
+    Restart,
+    /// `docker compose stop`; the files stay.
+    Stop,
+    /// `down --volumes`, the directory, the port and CI keys go.
+    Remove,
+    /// The compose logs' tail, in `output_tail`.
+    Logs,
+}
+
+impl DeployAction {
+    /// Every action, in the contract's order.
+    pub const ALL: [DeployAction; 5] = [
+        DeployAction::Deploy,
+        DeployAction::Restart,
+        DeployAction::Stop,
+        DeployAction::Remove,
+        DeployAction::Logs,
+    ];
+
+    /// One of the contract's names.
+    pub fn parse(s: &str) -> Result<DeployAction, String> {
+        DeployAction::ALL
+            .into_iter()
+            .find(|action| action.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "must be one of deploy, restart, stop, remove, logs, got {}",
+                    shown(s)
+                )
+            })
+    }
+
+    /// The name as the contract spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeployAction::Deploy => "deploy",
+            DeployAction::Restart => "restart",
+            DeployAction::Stop => "stop",
+            DeployAction::Remove => "remove",
+            DeployAction::Logs => "logs",
+        }
+    }
+}
+
+/// An HTTP path starting with `/`, at most 512 characters of the URL path
+/// and query alphabet: it is put into a URL on the server, so no spaces,
+/// no `#`, no control characters, nothing to percent-decode into them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct HealthPath(String);
+impl HealthPath {
+    /// Accepts `/` followed by 0-511 of `[A-Za-z0-9._~!$&'()*+,;=:@%/?-]`.
+    pub fn parse(s: &str) -> Result<HealthPath, String> {
+        let ok = |b: u8| b.is_ascii_alphanumeric() || b"._~!$&'()*+,;=:@%/?-".contains(&b);
+        if s.starts_with('/') && is_run_of(s, 1, 512, ok) {
+            Ok(HealthPath(s.to_owned()))
+        } else {
+            Err(format!(
+                "must be an HTTP path starting with / (at most 512 of [A-Za-z0-9._~!$&'()*+,;=:@%/?-]), got {}",
+                shown(s)
+            ))
+        }
+    }
+    /// The path as received.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// `Display` shows the value as received, so ids and names go into
 /// tracing fields with `%`. A `SecretRef` is a name, not a secret.
 macro_rules! display_as_str {
@@ -384,7 +460,8 @@ display_as_str!(
     GitRef,
     ServerAddress,
     Module,
-    SecretRef
+    SecretRef,
+    HealthPath
 );
 
 #[cfg(test)]
@@ -726,6 +803,36 @@ mod tests {
         for bad in ["ghp_SECRETTOKEN", "env:SECRET TOKEN", &"S".repeat(2000)] {
             let err = SecretRef::parse(bad).unwrap_err();
             assert!(!err.contains("SECRET") && !err.contains("SSSS"), "{err}");
+        }
+    }
+
+    // DeployAction and HealthPath
+
+    #[test]
+    fn the_five_actions_parse_by_their_contract_names_and_nothing_else() {
+        for action in DeployAction::ALL {
+            assert_eq!(DeployAction::parse(action.as_str()), Ok(action));
+        }
+        for bad in ["", "Deploy", "restart ", "delete", "logs;id"] {
+            let e = DeployAction::parse(bad).unwrap_err();
+            assert!(e.starts_with("must be one of deploy, restart"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_health_path_is_a_url_path_that_cannot_break_out_of_the_url() {
+        for good in [
+            "/",
+            "/healthz",
+            "/api/v1/health?full=1",
+            "/a%20b",
+            "/x-y_z.~",
+        ] {
+            assert_eq!(HealthPath::parse(good).unwrap().as_str(), good);
+        }
+        let long = format!("/{}", "a".repeat(512));
+        for bad in ["", "healthz", "/a b", "/a#b", "/a\nb", "/\"", &long] {
+            assert!(HealthPath::parse(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -16,7 +16,10 @@ pub use deploy::DeployJob;
 pub(crate) use deploy::minimal_for_test;
 pub use entry::{Job, readable_request_id};
 pub use event::{EventKind, JobEvent};
-pub use fields::{InvalidPayload, RepoName, RequestId, SecretRef, ServerAddress, ServerHandle};
+pub use fields::{
+    DeployAction, HealthPath, InvalidPayload, RepoName, RequestId, SecretRef, ServerAddress,
+    ServerHandle,
+};
 pub use provision::ProvisionJob;
 pub use result::{
     ErrorCode, FailedTask, HostStats, JobError, JobKind, JobResult, JobStatus, StoredResult,

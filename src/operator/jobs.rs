@@ -123,8 +123,14 @@ fn deploy_payload(args: &EnqueueDeploy) -> Result<(JobKind, Value, Option<String
         "server_ip": args.server_ip,
         "port": args.port,
         "modules": args.modules,
-        "github_token_ref": args.github_token_ref,
+        "action": args.action,
     });
+    if let Some(reference) = &args.github_token_ref {
+        payload["github_token_ref"] = json!(reference);
+    }
+    if let Some(path) = &args.health_path {
+        payload["health_path"] = json!(path);
+    }
     if let Some(name) = &args.project_name {
         payload["project_name"] = json!(name);
     }
@@ -450,7 +456,9 @@ mod tests {
             server_ip: "203.0.113.10".into(),
             port,
             modules: vec!["backend".into()],
-            github_token_ref: "env:GH".into(),
+            github_token_ref: Some("env:GH".into()),
+            action: "deploy".into(),
+            health_path: None,
             secrets_ref: None,
             setup_ci: false,
             common: EnqueueCommon {
@@ -476,6 +484,26 @@ mod tests {
             ..deploy_args(8080)
         };
         assert_eq!(deploy_payload(&with_ci).unwrap().1["setup_ci"], true);
+    }
+
+    #[test]
+    fn an_action_other_than_deploy_needs_no_token_and_a_deploy_does() {
+        let restart = EnqueueDeploy {
+            action: "restart".into(),
+            github_token_ref: None,
+            health_path: Some("/healthz".into()),
+            ..deploy_args(8080)
+        };
+        let (_, payload, _) = deploy_payload(&restart).unwrap();
+        assert_eq!(payload["action"], "restart");
+        assert_eq!(payload["health_path"], "/healthz");
+        assert!(payload.get("github_token_ref").is_none());
+        let tokenless = EnqueueDeploy {
+            github_token_ref: None,
+            ..deploy_args(8080)
+        };
+        let err = deploy_payload(&tokenless).unwrap_err();
+        assert!(err.to_string().contains("github_token_ref"), "{err}");
     }
 
     #[test]

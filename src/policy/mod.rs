@@ -92,7 +92,7 @@ impl Policy {
         let fields = [
             (
                 "github_token_ref",
-                Some(&job.github_token_ref),
+                job.github_token_ref.as_ref(),
                 &self.settings.github_token_ref,
             ),
             (

@@ -8,10 +8,11 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use super::ci::CiSetup;
+use super::lifecycle::Lifecycle;
 use super::{Context, Report, millis, preflight, secret_error};
 use crate::ansible::{EventSink, PlaybookRun, SshTarget, Workspace};
 use crate::ci::CiReport;
-use crate::job::{DeployJob, ErrorCode, JobError};
+use crate::job::{DeployAction, DeployJob, ErrorCode, JobError};
 use crate::policy::ConnectTo;
 use crate::secrets::{Redactor, ResolveError};
 use crate::ssh::ProbeFailure;
@@ -33,7 +34,7 @@ pub async fn run(
     events: Option<EventSink>,
 ) -> Report {
     let mut report = deploy(ctx, job, connect, events).await;
-    if job.setup_ci && !report.extra.contains_key(CI_FIELD) {
+    if wants_ci(job) && !report.extra.contains_key(CI_FIELD) {
         report
             .extra
             .insert(CI_FIELD.to_owned(), CiReport::skipped().to_value());
@@ -128,7 +129,7 @@ async fn run_locked(
     let run = PlaybookRun {
         playbook: ctx.settings.ansible.deploy_playbook.clone(),
         target: target.clone(),
-        extra_vars: job.extra_vars(),
+        extra_vars: playbook_vars(ctx, job),
         secret_env: secrets.env(),
         timeout: ctx.job_timeout(),
         events: events.clone(),
@@ -160,14 +161,17 @@ async fn run_locked(
             if !probe && !pinned && outcome.succeeded() {
                 pin_first_key(ctx, &workspace, &address, port).await;
             }
+            let lifecycle = Lifecycle::from_stats(&outcome.custom_stats);
             let mut report = report.with_playbook(outcome, ctx.job_timeout());
-            if job.setup_ci && report.error.is_none() {
+            lifecycle.report_into(job, &mut report.extra);
+            let ci_token = secrets.github_token.as_ref().filter(|_| wants_ci(job));
+            if let (Some(github_token), None) = (ci_token, &report.error) {
                 let ci = CiSetup {
                     ctx,
                     job,
                     workspace: &workspace,
                     target,
-                    github_token: &secrets.github_token,
+                    github_token,
                     events,
                 };
                 let ci = ci.run().await;
@@ -200,28 +204,49 @@ async fn pin_first_key(ctx: &Context, workspace: &Workspace, address: &str, port
     }
 }
 
-/// The values a deploy needs, each held as a secret.
+/// `setup_ci` asks for CI access after a `deploy`; other actions skip it.
+fn wants_ci(job: &DeployJob) -> bool {
+    job.setup_ci && job.action == DeployAction::Deploy
+}
+
+/// The playbook's extra vars: the job's, and the CI login whose keys
+/// `remove` takes away.
+fn playbook_vars(ctx: &Context, job: &DeployJob) -> Value {
+    let mut vars = job.extra_vars();
+    vars["ci_user"] = json!(ctx.settings.ci.deploy_user);
+    vars
+}
+
+/// The values a job needs, each held as a secret.
 struct DeploySecrets {
-    github_token: SecretString,
+    action: DeployAction,
+    /// Resolved for `deploy` only: the other actions clone nothing.
+    github_token: Option<SecretString>,
+    /// The `.env` a `deploy` writes; for `logs`, what to mask in them.
     project_env: Option<SecretString>,
     ssh_key: Option<SecretString>,
 }
 
 impl DeploySecrets {
     fn values(&self) -> impl Iterator<Item = &SecretString> {
-        std::iter::once(&self.github_token)
+        (self.github_token.iter())
             .chain(self.project_env.as_ref())
             .chain(self.ssh_key.as_ref())
     }
 
-    /// What the playbook child gets in its environment. The key is not
+    /// What the playbook child gets in its environment: the token and the
+    /// `.env` for a `deploy`, nothing for the other actions. The key is not
     /// here: it reaches ssh as a 0600 file in the run's private directory.
     fn env(&self) -> Vec<(String, SecretString)> {
-        let mut env = vec![(GITHUB_TOKEN_ENV.to_owned(), self.github_token.clone())];
-        if let Some(project_env) = &self.project_env {
-            env.push((PROJECT_ENV_ENV.to_owned(), project_env.clone()));
+        if self.action != DeployAction::Deploy {
+            return Vec::new();
         }
-        env
+        let token = self.github_token.iter().map(|t| (GITHUB_TOKEN_ENV, t));
+        let project_env = self.project_env.iter().map(|e| (PROJECT_ENV_ENV, e));
+        token
+            .chain(project_env)
+            .map(|(name, value)| (name.to_owned(), value.clone()))
+            .collect()
     }
 }
 
@@ -229,16 +254,21 @@ async fn resolve_secrets(ctx: &Context, job: &DeployJob) -> Result<DeploySecrets
     // Before anything is resolved: no secret store hears of a reference
     // the policy refuses.
     ctx.policy.check_references(job, &ctx.store).await?;
-    let github_token = ctx.resolver.resolve(&job.github_token_ref).await?;
-    let project_env = match &job.secrets_ref {
-        Some(reference) => Some(ctx.resolver.resolve_env_file(reference).await?),
-        None => None,
+    let deploy = job.action == DeployAction::Deploy;
+    let github_token = match (&job.github_token_ref, deploy) {
+        (Some(reference), true) => Some(ctx.resolver.resolve(reference).await?),
+        _ => None,
+    };
+    let project_env = match (&job.secrets_ref, deploy || job.action == DeployAction::Logs) {
+        (Some(reference), true) => Some(ctx.resolver.resolve_env_file(reference).await?),
+        _ => None,
     };
     let ssh_key = match &ctx.settings.ansible.ssh_key_ref {
         Some(reference) => Some(ctx.resolver.resolve_str(reference).await?),
         None => None,
     };
     Ok(DeploySecrets {
+        action: job.action,
         github_token,
         project_env,
         ssh_key,
@@ -251,6 +281,7 @@ fn result_fields(job: &DeployJob) -> serde_json::Map<String, Value> {
     let url_host = job.server_ip.url_host();
     let Value::Object(fields) = json!({
         "project_id": job.project_id.to_string(),
+        "action": job.action.as_str(),
         "server_ip": host,
         "port": job.port,
         "url": format!("http://{url_host}:{}", job.port),

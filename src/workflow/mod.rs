@@ -5,6 +5,7 @@
 mod admit;
 pub mod ci;
 pub mod deploy;
+mod lifecycle;
 pub mod preflight;
 pub mod provision;
 

@@ -14,6 +14,7 @@ mod cli;
 mod dead;
 mod delivery;
 mod deploy;
+mod deploy_lifecycle;
 mod drain;
 mod exfiltration;
 mod github;

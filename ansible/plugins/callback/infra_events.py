@@ -12,6 +12,11 @@
 # failures a short message (the worker redacts it; none under no_log).
 # Never task arguments or results. A write that fails turns the plugin off
 # for the rest of the run: progress must never fail or slow a playbook.
+#
+# When the playbook ends, the data its tasks handed back with set_stats
+# (run-wide, per_host: false) is written as one JSON object to the file
+# named by INFRA_STATS_FILE: structured results such as the revision a
+# deploy checked out, read by the worker instead of scraping output.
 
 from __future__ import annotations
 
@@ -28,11 +33,14 @@ DOCUMENTATION = """
       - Appends one JSON line per task start and per task result to the file
         named by the environment variable C(INFRA_EVENTS_FILE).
       - Does nothing when the variable is unset.
+      - Writes the run-wide set_stats data as one JSON object to the file
+        named by C(INFRA_STATS_FILE) when the playbook ends.
     requirements:
       - enabled through C(callbacks_enabled)
 """
 
 EVENTS_FILE_VAR = "INFRA_EVENTS_FILE"
+STATS_FILE_VAR = "INFRA_STATS_FILE"
 # Bounds on what one line may carry; names longer than this are cut.
 MAX_NAME = 512
 MAX_MESSAGE = 300
@@ -144,3 +152,20 @@ class CallbackModule(CallbackBase):
 
     def v2_playbook_on_stats(self, stats):
         self._close()
+        self._write_stats(stats)
+
+    def _write_stats(self, stats):
+        path = os.environ.get(STATS_FILE_VAR)
+        custom = getattr(stats, "custom", None) or {}
+        data = custom.get("_run") or {}
+        if not path or not isinstance(data, dict):
+            return
+        text = json.dumps(data, ensure_ascii=False, default=str).encode("utf-8", "replace")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, text)
+            finally:
+                os.close(fd)
+        except OSError as error:
+            self._display.warning(f"infra_events: writing the stats failed: {error.strerror}")
