@@ -64,7 +64,10 @@
 //!   contract spells them, parsed back by every reader.
 //! - `workflow`: what each job kind does, step by step; `workflow::admit`
 //!   decides, before a claimed job runs, whether its deploy target is
-//!   allowed and which address its ssh connects to.
+//!   allowed and which address its ssh connects to; `workflow::lifecycle`
+//!   checks what a deploy's play hands back with `set_stats` (revisions, a
+//!   rollback), which the `infra_events` plugin writes to a file of the
+//!   run's private directory: structured data, never scraped output.
 //! - `policy`: what a job may name and where it may deploy: reference
 //!   patterns per payload field (`pattern`), the worker's own credentials,
 //!   gathered from the settings in one place and compared by what they

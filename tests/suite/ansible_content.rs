@@ -141,6 +141,8 @@ async fn a_deploy_checks_out_the_branch_writes_a_private_env_and_starts_the_modu
         format!("TG_BOT_IMAGE=ghcr.io/acme/{PROJECT}-tg-bot:latest"),
         "POSTGRES_DB=shop_api".to_owned(),
         "POSTGRES_USER=postgres".to_owned(),
+        // CI's own `docker compose` in that directory enables the same.
+        "COMPOSE_PROFILES=backend,tg_bot".to_owned(),
         format!("SENTRY_DSN=https://{}@sentry.example/1", fx.secret),
         "FEATURE_FLAGS=a,b".to_owned(),
     ] {
