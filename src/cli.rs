@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::job::JobKind;
+use crate::job::{DeployAction, HealthPath, JobKind};
 
 /// infra-service: runs deploy and provisioning jobs from Redis Streams with Ansible.
 #[derive(Debug, Parser)]
@@ -115,12 +115,12 @@ pub struct EnqueueDeploy {
     #[arg(long)]
     pub github_token_ref: Option<String>,
     /// What to do: deploy, restart, stop, remove or logs.
-    #[arg(long, default_value = "deploy")]
-    pub action: String,
+    #[arg(long, default_value = "deploy", value_parser = DeployAction::parse)]
+    pub action: DeployAction,
     /// HTTP path that answers 2xx/3xx when the service is healthy (e.g.
     /// `/healthz`); without it, healthy means the port accepts connections.
-    #[arg(long)]
-    pub health_path: Option<String>,
+    #[arg(long, value_parser = HealthPath::parse)]
+    pub health_path: Option<HealthPath>,
     /// Secret reference to the project's `.env`.
     #[arg(long)]
     pub secrets_ref: Option<String>,

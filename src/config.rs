@@ -146,9 +146,9 @@ pub struct AnsibleSettings {
     pub become_root: bool,
     /// Secret reference of the private key used for deploys.
     pub ssh_key_ref: Option<String>,
-    /// Variables every playbook gets, after the job's (so they win), e.g.
-    /// `git_base_url` for GitHub Enterprise or `services_root`. Nothing
-    /// secret: they are on the command line.
+    /// Variables every playbook gets, before the job's (a job's own fields
+    /// stay its own), e.g. `git_base_url` for GitHub Enterprise or
+    /// `services_root`. Nothing secret: they are on the command line.
     #[serde(default)]
     pub extra_vars: serde_json::Map<String, serde_json::Value>,
 }

@@ -15,6 +15,7 @@ mod runner;
 mod stop;
 mod supervise;
 mod tree;
+mod vars;
 mod workspace;
 
 pub use events::{EventCounts, EventSink, EventStream, channel as event_channel};

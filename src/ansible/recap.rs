@@ -8,7 +8,9 @@
 //! failure stops the host, so the last one is what stopped it. One handled
 //! by a `rescue:` block looks like any other in the output; a later failure
 //! (the rescue's own `fail`, with its message) replaces it, and a host the
-//! recap shows clean (`failed=0 unreachable=0`) has none. Other stdout
+//! recap shows clean (`failed=0 unreachable=0`) has none. Known limit: a
+//! task of an `always:` section that fails after the real failure is
+//! reported instead of it. Other stdout
 //! callbacks or forced colour (`ANSIBLE_STDOUT_CALLBACK`,
 //! `ANSIBLE_FORCE_COLOR`) are not understood.
 

@@ -112,7 +112,8 @@ impl Runner {
         })
     }
 
-    /// Starts `<bin> -i inventory.json -e @vars.json <playbook>` in the
+    /// Starts `<bin> -i inventory.json [-e <operator's>] -e @vars.yml
+    /// [-e <become>] <playbook>` in the
     /// Ansible dir, in a process group of its own.
     fn spawn(
         &self,
@@ -134,9 +135,9 @@ impl Runner {
         command
             .arg("-i")
             .arg(workspace.inventory_path())
+            .args(operator_vars(&self.settings))
             .arg("-e")
             .arg(vars_arg)
-            .args(operator_vars(&self.settings))
             .args(become_vars(&self.settings))
             .arg(ansible_dir.join(&run.playbook))
             .current_dir(ansible_dir)
@@ -219,22 +220,30 @@ const MAX_STATS_BYTES: u64 = 64 * 1024;
 /// The `set_stats` data the plugin wrote, or nothing (no file: the play
 /// ended before its stats, or set none).
 fn read_stats(path: &Path) -> serde_json::Map<String, serde_json::Value> {
-    let read = std::fs::metadata(path)
-        .ok()
-        .filter(|meta| meta.len() <= MAX_STATS_BYTES)
-        .and_then(|_| std::fs::read(path).ok());
-    match read.map(|bytes| serde_json::from_slice(&bytes)) {
-        Some(Ok(serde_json::Value::Object(stats))) => stats,
-        Some(_) => {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return serde_json::Map::new();
+    };
+    if meta.len() > MAX_STATS_BYTES {
+        tracing::warn!(
+            len = meta.len(),
+            "the playbook's stats are far larger than ours; ignored"
+        );
+        return serde_json::Map::new();
+    }
+    match std::fs::read(path).map(|bytes| serde_json::from_slice(&bytes)) {
+        Ok(Ok(serde_json::Value::Object(stats))) => stats,
+        Ok(_) => {
             tracing::warn!(path = %path.display(), "the playbook's stats are not a JSON object; ignored");
             serde_json::Map::new()
         }
-        None => serde_json::Map::new(),
+        Err(_) => serde_json::Map::new(),
     }
 }
 
-/// `-e <ansible.extra_vars as JSON>` when the operator set any; after the
-/// job's file, so they win.
+/// `-e <ansible.extra_vars as JSON>` when the operator set any; before the
+/// job's file, so a job's own fields stay its own (the operator's are
+/// other names: `services_root`, `git_base_url`). The operator's are
+/// trusted: they may be templates.
 fn operator_vars(settings: &AnsibleSettings) -> Vec<String> {
     if settings.extra_vars.is_empty() {
         return Vec::new();
@@ -429,7 +438,7 @@ mod tests {
         let argv = std::fs::read_to_string(fx.out("argv")).unwrap();
         let ansible_dir = fx.dir.path().display();
         let expected = format!(
-            "-i\n{d}/inventory.json\n-e\n@{d}/vars.json\n{ansible_dir}/playbooks/site.yml\n",
+            "-i\n{d}/inventory.json\n-e\n@{d}/vars.yml\n{ansible_dir}/playbooks/site.yml\n",
             d = run_dir.display()
         );
         assert_eq!(argv, expected);
@@ -440,7 +449,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn operator_vars_then_become_follow_the_jobs_vars_so_they_win() {
+    async fn operator_vars_come_before_the_jobs_and_become_after() {
         let mut fx = Fixture::new("printf '%s\\n' \"$@\" > \"$PWD/argv\"");
         fx.runner.settings.become_root = true;
         fx.runner.settings.extra_vars = json!({"git_base_url": "https://ghe.example.com"})
@@ -452,8 +461,8 @@ mod tests {
         assert!(outcome.succeeded(), "{outcome:?}");
         let argv = std::fs::read_to_string(fx.out("argv")).unwrap();
         let expected = format!(
-            "-i\n{d}/inventory.json\n-e\n@{d}/vars.json\n\
-             -e\n{{\"git_base_url\":\"https://ghe.example.com\"}}\n-e\n{{\"infra_become\": true}}\n",
+            "-i\n{d}/inventory.json\n-e\n{{\"git_base_url\":\"https://ghe.example.com\"}}\n\
+             -e\n@{d}/vars.yml\n-e\n{{\"infra_become\": true}}\n",
             d = run_dir.display()
         );
         assert!(argv.starts_with(&expected), "{argv}");
@@ -818,7 +827,7 @@ mod tests {
         std::fs::write(
             fx.out("playbooks/site.yml"),
             "- hosts: all\n  connection: local\n  gather_facts: false\n  tasks:\n\
-             \x20   - name: greet\n      debug:\n        msg: \"hello {{ project_name }}\"\n\
+             \x20   - name: greet\n      debug:\n        msg: \"hello {{ project_name }} on {{ branch }}\"\n\
              \x20   - name: hand back a revision\n      set_stats:\n        per_host: false\n        aggregate: false\n        data:\n          revision: \"{{ project_name }}-1\"\n\
              \x20   - name: ignored\n      fail:\n        msg: not counted\n      ignore_errors: true\n\
              \x20   - name: check the token\n      fail:\n        msg: \"bad token {{ lookup('env', 'DEPLOY_TOKEN') }}\"\n\
@@ -829,8 +838,12 @@ mod tests {
         runner.settings.playbook_bin = "ansible-playbook".into();
         let fx = Fixture { runner, ..fx };
         let (sink, mut events) = events::channel(64);
+        // A payload's value that is a template is data, never run.
+        let pwned = fx.out("pwned");
+        let branch = format!("{{{{ lookup('pipe', 'touch {}') }}}}", pwned.display());
         let run = PlaybookRun {
             events: Some(sink),
+            extra_vars: json!({"project_name": "demo", "branch": branch}),
             ..playbook_run(Duration::from_secs(120))
         };
 
@@ -838,10 +851,13 @@ mod tests {
 
         assert_eq!(outcome.exit_code, Some(2), "{}", outcome.output_tail);
         assert!(
-            outcome.output_tail.contains("hello demo"),
+            outcome
+                .output_tail
+                .contains(&format!("hello demo on {branch}")),
             "{}",
             outcome.output_tail
         );
+        assert!(!pwned.exists(), "a job's value was rendered as a template");
         assert!(!outcome.output_tail.contains(TOKEN));
         let stats = outcome.stats.expect("a recap");
         let web1 = &stats["web1"];

@@ -17,6 +17,7 @@ use serde_json::json;
 use tempfile::TempDir;
 
 use super::run::SshTarget;
+use super::vars::unsafe_yaml;
 
 /// Unix socket paths are limited to 108 bytes and ssh appends a 40-char hash
 /// plus a temporary suffix under `cp/`, so a longer `$TMPDIR` is not used.
@@ -57,7 +58,7 @@ impl Workspace {
         if let Some(lines) = &target.known_hosts {
             write_private(&workspace.known_hosts_path(), &with_final_newline(lines))?;
         }
-        write_private(&workspace.vars_path(), &extra_vars.to_string())?;
+        write_private(&workspace.vars_path(), &unsafe_yaml(extra_vars))?;
         let inventory = workspace.inventory(target).to_string();
         write_private(&workspace.inventory_path(), &inventory)?;
         Ok(workspace)
@@ -73,9 +74,10 @@ impl Workspace {
         self.path().join("inventory.json")
     }
 
-    /// `vars.json`, passed as `-e @vars.json`.
+    /// `vars.yml`, passed as `-e @vars.yml`: every string `!unsafe`
+    /// (see `vars`).
     pub(crate) fn vars_path(&self) -> PathBuf {
-        self.path().join("vars.json")
+        self.path().join("vars.yml")
     }
 
     /// `events.jsonl`, where the `infra_events` plugin appends progress.
@@ -116,7 +118,7 @@ impl Workspace {
     pub fn rewrite_extra_vars(&self, extra_vars: &serde_json::Value) -> io::Result<()> {
         let path = self.vars_path();
         std::fs::remove_file(&path)?;
-        write_private(&path, &extra_vars.to_string())
+        write_private(&path, &unsafe_yaml(extra_vars))
     }
 
     /// The private key file, if the target has a key.
@@ -291,10 +293,11 @@ mod tests {
     }
 
     #[test]
-    fn extra_vars_are_written_as_json_and_must_be_an_object() {
+    fn extra_vars_are_written_as_unsafe_yaml_and_must_be_an_object() {
         let vars = json!({"project_name": "my-project", "port": 8080});
         let ws = Workspace::create(&target(None, None), &vars).unwrap();
-        assert_eq!(read_json(&ws.vars_path()), vars);
+        let written = std::fs::read_to_string(ws.vars_path()).unwrap();
+        assert_eq!(written, super::unsafe_yaml(&vars));
         assert_eq!(mode(&ws.vars_path()), 0o600);
         let err = Workspace::create(&target(None, None), &json!([1])).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);

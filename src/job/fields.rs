@@ -233,6 +233,13 @@ fn git_ref_violation(s: &str) -> Option<&'static str> {
         Some("contains ..")
     } else if s.contains("@{") {
         Some("contains @{")
+    } else if ["{{", "{%", "{#"]
+        .iter()
+        .any(|delimiter| s.contains(delimiter))
+    {
+        // Git allows them; no branch needs them, and a template delimiter
+        // in a value Ansible sees is one mistake away from running.
+        Some("contains a template delimiter {{, {% or {#")
     } else if s.starts_with('/') || s.ends_with('/') || s.contains("//") {
         Some("starts or ends with / or contains //")
     } else if s.ends_with('.') {
@@ -634,8 +641,17 @@ mod tests {
             "a.b",
             "a@b",
             "ünï",
+            "a{b}",
         ] {
             assert!(GitRef::parse(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn a_ref_holding_a_template_delimiter_is_refused() {
+        for bad in ["{{lookup('pipe','id')}}", "a{%b", "x{#y"] {
+            let err = GitRef::parse(bad).unwrap_err();
+            assert!(err.contains("template delimiter"), "{bad}: {err}");
         }
     }
 

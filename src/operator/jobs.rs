@@ -123,13 +123,13 @@ fn deploy_payload(args: &EnqueueDeploy) -> Result<(JobKind, Value, Option<String
         "server_ip": args.server_ip,
         "port": args.port,
         "modules": args.modules,
-        "action": args.action,
+        "action": args.action.as_str(),
     });
     if let Some(reference) = &args.github_token_ref {
         payload["github_token_ref"] = json!(reference);
     }
     if let Some(path) = &args.health_path {
-        payload["health_path"] = json!(path);
+        payload["health_path"] = json!(path.as_str());
     }
     if let Some(name) = &args.project_name {
         payload["project_name"] = json!(name);
@@ -405,6 +405,7 @@ impl View {
 mod tests {
     use super::*;
     use crate::cli::EnqueueCommon;
+    use crate::job::{DeployAction, HealthPath};
 
     fn event(kind: EventKind) -> JobEvent {
         JobEvent {
@@ -457,7 +458,7 @@ mod tests {
             port,
             modules: vec!["backend".into()],
             github_token_ref: Some("env:GH".into()),
-            action: "deploy".into(),
+            action: DeployAction::Deploy,
             health_path: None,
             secrets_ref: None,
             setup_ci: false,
@@ -489,9 +490,9 @@ mod tests {
     #[test]
     fn an_action_other_than_deploy_needs_no_token_and_a_deploy_does() {
         let restart = EnqueueDeploy {
-            action: "restart".into(),
+            action: DeployAction::Restart,
             github_token_ref: None,
-            health_path: Some("/healthz".into()),
+            health_path: Some(HealthPath::parse("/healthz").unwrap()),
             ..deploy_args(8080)
         };
         let (_, payload, _) = deploy_payload(&restart).unwrap();

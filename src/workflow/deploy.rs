@@ -34,7 +34,8 @@ pub async fn run(
     events: Option<EventSink>,
 ) -> Report {
     let mut report = deploy(ctx, job, connect, events).await;
-    if wants_ci(job) && !report.extra.contains_key(CI_FIELD) {
+    // Asked for and not done (a failed deploy, or another action): skipped.
+    if job.setup_ci && !report.extra.contains_key(CI_FIELD) {
         report
             .extra
             .insert(CI_FIELD.to_owned(), CiReport::skipped().to_value());

@@ -80,15 +80,15 @@ fn is_commit(text: &str) -> bool {
 fn rollback(value: &Value) -> Option<Rollback> {
     let revision = value.get("revision").and_then(Value::as_str)?;
     let status = match value.get("status").and_then(Value::as_str) {
-        Some("success") => RollbackStatus::Success,
-        Some("failed") => RollbackStatus::Failed,
-        _ => None?,
+        Some("success") => Some(RollbackStatus::Success),
+        Some("failed") => Some(RollbackStatus::Failed),
+        _ => None,
     };
     let performed = value.get("performed").and_then(Value::as_bool) == Some(true);
-    if !performed || !is_commit(revision) {
+    let (true, Some(status)) = (performed && is_commit(revision), status) else {
         tracing::warn!("the playbook's rollback is not what the contract says; left out");
         return None;
-    }
+    };
     Some(Rollback {
         performed,
         revision: revision.to_ascii_lowercase(),
