@@ -416,8 +416,10 @@ async fn a_rate_limit_past_the_deadline_fails_at_once() {
         .error;
 
     assert!(matches!(e, GithubError::RateLimited { .. }), "{e:?}");
+    // At once: far from the wait asked for (a bound for a loaded machine,
+    // not a speed check).
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(30),
         "{:?}",
         started.elapsed()
     );
@@ -443,8 +445,10 @@ async fn a_secondary_limit_named_only_in_a_403_message_is_rate_limited_not_forbi
         "{e:?}"
     );
     assert!(!e.to_string().contains("secrets: write"), "{e}");
+    // At once: far from the wait asked for (a bound for a loaded machine,
+    // not a speed check).
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(30),
         "{:?}",
         started.elapsed()
     );
@@ -471,7 +475,9 @@ async fn server_errors_past_the_deadline_make_github_unavailable() {
     assert!(e.to_string().contains("HTTP 502"), "{e}");
     let waited = started.elapsed();
     assert!(
-        waited >= Duration::from_secs(2) && waited < Duration::from_secs(5),
+        // Until the deadline, and not for ever after it (a loaded machine's
+        // bound, not a speed check).
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(30),
         "{waited:?}"
     );
     assert!(fake.requests().len() > 2, "retried with backoff");

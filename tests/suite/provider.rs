@@ -193,7 +193,9 @@ async fn a_task_that_never_completes_ends_in_a_deadline_error() {
         matches!(&error, ProviderError::Deadline { .. }),
         "{error:?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(2));
+    // Stopped at the deadline, not the reinstall's whole wait (a bound for
+    // a loaded machine, not a speed check).
+    assert!(started.elapsed() < Duration::from_secs(30));
     assert!(fake.task_polls() >= 3, "polled {} times", fake.task_polls());
     assert!(
         error.message().contains("did not complete"),

@@ -443,7 +443,8 @@ async fn a_vault_that_stays_sealed_past_retry_secs_is_unavailable() {
     assert_eq!(e.reason(), FailureReason::Unavailable, "{e}");
     assert!(e.to_string().contains("HTTP 503"), "{e}");
     assert!(waited >= Duration::from_secs(1), "gave up after {waited:?}");
-    assert!(waited < Duration::from_secs(4), "gave up after {waited:?}");
+    // Not long after retry_secs (a bound for a loaded machine).
+    assert!(waited < Duration::from_secs(30), "gave up after {waited:?}");
     assert!(
         fake.answered("/login", 503).len() >= 3,
         "{:#?}",
