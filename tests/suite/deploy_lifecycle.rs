@@ -331,11 +331,12 @@ async fn stop_restart_logs_and_remove_act_on_a_deployed_project() {
     let restart = fx.action("restart", json!({})).await;
     let after_restart = fx.get("/").await;
     let logs = fx.action("logs", json!({})).await;
-    // The CI user's authorized_keys is its own: root edits it.
+    // The CI user's authorized_keys is its own: root edits it. The job names
+    // the SSH port: the port closed is the one of the project's .env.
     let remove = fx
         .action(
             "remove",
-            json!({"ci_user": ci.name(), "infra_become": true}),
+            json!({"ci_user": ci.name(), "infra_become": true, "service_port": 22}),
         )
         .await;
     let after_remove = fx.get("/").await;
@@ -389,9 +390,14 @@ async fn stop_restart_logs_and_remove_act_on_a_deployed_project() {
     compose("logs --no-color --tail 100");
     compose("down --volumes --remove-orphans");
     let port_rule = format!("{}/tcp", fx.port);
-    assert!(
-        calls.contains(&format!("ufw delete allow {port_rule}")),
-        "{calls:#?}"
+    let deletes: Vec<&String> = calls
+        .iter()
+        .filter(|c| c.starts_with("ufw delete"))
+        .collect();
+    assert_eq!(
+        deletes,
+        [&format!("ufw delete allow {port_rule}")],
+        "remove closes the .env's port, and only it"
     );
     let rules = std::fs::read_to_string(fx.host.out_dir().join("stub-state/ufw_rules")).unwrap();
     assert!(!rules.lines().any(|r| r == port_rule), "{rules}");
@@ -399,10 +405,11 @@ async fn stop_restart_logs_and_remove_act_on_a_deployed_project() {
 
 #[tokio::test]
 async fn stop_and_remove_of_an_absent_project_succeed_and_restart_and_logs_fail_as_not_deployed() {
-    // Arrange: nothing deployed; a CI user name no account has.
+    // Arrange: nothing deployed; a CI user name no account has; remove
+    // names the SSH port.
     let fx = Lifecycle::new().await;
     let ci = SystemUser::unique("ci-none");
-    let absent_user = json!({"ci_user": ci.name()});
+    let absent_user = json!({"ci_user": ci.name(), "service_port": 22});
 
     // Act
     let stop = fx.action("stop", json!({})).await;
@@ -418,8 +425,8 @@ async fn stop_and_remove_of_an_absent_project_succeed_and_restart_and_logs_fail_
     }
     let calls = fx.stubs.calls();
     assert!(
-        calls.contains(&format!("ufw delete allow {}/tcp", fx.port)),
-        "remove closes the port anyway: {calls:#?}"
+        !calls.iter().any(|c| c.starts_with("ufw")),
+        "remove of an absent project touched UFW: {calls:#?}"
     );
     assert!(
         !calls.iter().any(|c| c.starts_with("docker compose")),
