@@ -20,6 +20,9 @@ use crate::helpers::*;
 
 const REPO: &str = "acme/lifecycle-app";
 const PROJECT: &str = "lifecycle-app";
+/// The project_id of the jobs, and one of another project.
+const PROJECT_ID: &str = "6f1c2a9e-2b7d-4d8e-9a51-0c7e5b8f3a10";
+const OTHER_PROJECT_ID: &str = "0b8e4d2c-7a41-4f3e-8c5d-2e9f6a1b7c30";
 /// Branches of the bare repository: a healthy revision, one that never
 /// listens, one whose service answers 500 (both children of the first).
 const GOOD: &str = "main";
@@ -86,7 +89,7 @@ impl Lifecycle {
     fn vars(&self, action: &str, branch: &str, extra: Value) -> Value {
         let mut vars = json!({
             "request_id": unique_request_id("lifecycle"),
-            "project_id": "6f1c2a9e-2b7d-4d8e-9a51-0c7e5b8f3a10",
+            "project_id": PROJECT_ID,
             "project_name": PROJECT,
             "repo_full_name": REPO,
             "branch": branch,
@@ -307,7 +310,7 @@ async fn a_health_path_answering_500_is_not_healthy_and_the_deploy_rolls_back_to
 }
 
 #[tokio::test]
-async fn stop_restart_logs_and_remove_act_on_a_deployed_project() {
+async fn stop_restart_logs_and_remove_act_on_a_deployed_project_of_their_own_project_only() {
     // Arrange: a deployed project, and a CI user with a key of this project
     // and one of another.
     let fx = Lifecycle::new().await;
@@ -323,7 +326,11 @@ async fn stop_restart_logs_and_remove_act_on_a_deployed_project() {
         ],
     );
 
-    // Act
+    // Act: another project's job first.
+    let foreign_stop = fx
+        .action("stop", json!({"project_id": OTHER_PROJECT_ID}))
+        .await;
+    let after_foreign_stop = fx.get("/").await;
     let stop = fx.action("stop", json!({})).await;
     let after_stop = fx.get("/").await;
     let files_after_stop =
@@ -341,7 +348,17 @@ async fn stop_restart_logs_and_remove_act_on_a_deployed_project() {
         .await;
     let after_remove = fx.get("/").await;
 
-    // Assert: stop leaves the files.
+    // Assert: another project's job may not touch it.
+    assert_ne!(foreign_stop.code, 0, "{foreign_stop:?}");
+    assert!(
+        foreign_stop.output().contains(&format!(
+            "{PROJECT} belongs to another project (project_id {OTHER_PROJECT_ID}"
+        )),
+        "{foreign_stop:?}"
+    );
+    assert_eq!(after_foreign_stop, Some((200, fx.commit(GOOD).to_owned())));
+
+    // stop leaves the files.
     assert_eq!(stop.code, 0, "{stop:?}");
     assert_eq!(after_stop, None, "the port still answers after stop");
     assert_eq!(files_after_stop, [true; 3], "stop removed files");
@@ -586,6 +603,7 @@ async fn through_the_worker_the_result_carries_the_revisions_the_rollback_and_ma
     let job = |branch: &str, action: &str| {
         let mut payload = valid_deploy_payload(&unique_request_id("life"), w.host.address(), port);
         payload["repo_full_name"] = json!(REPO);
+        payload["project_id"] = json!(PROJECT_ID);
         payload["project_name"] = json!(PROJECT);
         payload["branch"] = json!(branch);
         payload["action"] = json!(action);
