@@ -435,11 +435,13 @@ async fn stop_restart_logs_and_remove_act_on_a_deployed_project_of_their_own_pro
     let keys = std::fs::read_to_string(&authorized_keys).unwrap();
     assert_eq!(keys.lines().collect::<Vec<_>>(), [other_line.as_str()]);
 
+    // The actions run compose without the job's modules (the .env's
+    // COMPOSE_PROFILES applies).
     let calls = fx.stubs.calls();
     let compose = |tail: &str| {
         let wanted = format!(
             "docker compose --project-name {PROJECT} --env-file {}/.env \
-             -f infra/compose.base.yml -f infra/compose.prod.yml --profile backend {tail}",
+             -f infra/compose.base.yml -f infra/compose.prod.yml {tail}",
             fx.project_dir().display()
         );
         assert!(
@@ -447,6 +449,7 @@ async fn stop_restart_logs_and_remove_act_on_a_deployed_project_of_their_own_pro
             "no `{wanted}` among the stub calls: {calls:#?}"
         );
     };
+    compose("ps --quiet --status running --status restarting");
     compose("stop");
     compose("restart");
     compose("logs --no-color --tail 100");
