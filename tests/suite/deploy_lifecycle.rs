@@ -621,7 +621,6 @@ async fn through_the_worker_the_result_carries_the_revisions_the_rollback_and_ma
     // Arrange: the real deploy playbook, the operator's extra vars pointing
     // it at the test's repository and services root.
     let host = TestHost::start().await;
-    let _stubs = install_stubs(&host);
     let dir = tempfile::Builder::new()
         .prefix("infra-lifecycle-")
         .tempdir()
@@ -654,6 +653,9 @@ async fn through_the_worker_the_result_carries_the_revisions_the_rollback_and_ma
             .set("ansible.extra_vars.deploy_health_interval", 1)
     })
     .await;
+    // After `w`, so dropped before it: dropping it stops the stub's listener,
+    // whose pid file goes with the host's directory.
+    let _stubs = install_stubs(&w.host);
     let job = |branch: &str, action: &str| {
         let mut payload = valid_deploy_payload(&unique_request_id("life"), w.host.address(), port);
         payload["repo_full_name"] = json!(REPO);
