@@ -2,8 +2,9 @@
 //! (the `deploy` role's `action`s), run for real over SSH against a
 //! `TestHost`. The `docker` stub's `compose up` starts a real HTTP listener
 //! on the project's port for a healthy revision, none for one holding
-//! `BROKEN`, and answers `HEALTH_STATUS` when the checkout has one; a local
-//! bare repository holds one branch per kind of revision.
+//! `BROKEN`, one beside a restarting container for one holding
+//! `BROKEN_CRASHLOOP`, and answers `HEALTH_STATUS` when the checkout has one;
+//! a local bare repository holds one branch per kind of revision.
 //!
 //! What the worker reads back, the play's `set_stats`, is read here from the
 //! default callback's `CUSTOM STATS` block (`ANSIBLE_SHOW_CUSTOM_STATS=1`):
@@ -20,13 +21,19 @@ use crate::helpers::*;
 
 const REPO: &str = "acme/lifecycle-app";
 const PROJECT: &str = "lifecycle-app";
+/// The project_id of the jobs, and one of another project.
+const PROJECT_ID: &str = "6f1c2a9e-2b7d-4d8e-9a51-0c7e5b8f3a10";
+const OTHER_PROJECT_ID: &str = "0b8e4d2c-7a41-4f3e-8c5d-2e9f6a1b7c30";
 /// Branches of the bare repository: a healthy revision, one that never
-/// listens, one whose service answers 500 (both children of the first).
+/// listens, one whose service answers 500, one whose container crash-loops
+/// behind a port that accepts connections (all children of the first).
 const GOOD: &str = "main";
 const BROKEN: &str = "broken";
 const UNHEALTHY: &str = "unhealthy";
-/// Seconds a deploy waits until healthy: long enough for a python listener
-/// to start on a busy machine; a run that must find no health waits it out.
+const CRASHLOOP: &str = "crashloop";
+/// Seconds a deploy (and a rollback) waits until healthy: long enough for a
+/// python listener to start on a busy machine; a run that must find no
+/// health waits its own budget out, WAIT_UNHEALTHY.
 const WAIT_HEALTHY: u32 = 20;
 const WAIT_UNHEALTHY: u32 = 5;
 
@@ -86,7 +93,7 @@ impl Lifecycle {
     fn vars(&self, action: &str, branch: &str, extra: Value) -> Value {
         let mut vars = json!({
             "request_id": unique_request_id("lifecycle"),
-            "project_id": "6f1c2a9e-2b7d-4d8e-9a51-0c7e5b8f3a10",
+            "project_id": PROJECT_ID,
             "project_name": PROJECT,
             "repo_full_name": REPO,
             "branch": branch,
@@ -97,6 +104,7 @@ impl Lifecycle {
             "services_root": self.dir.path().join("services"),
             "git_base_url": format!("file://{}", self.dir.path().join("git").display()),
             "deploy_wait_timeout": WAIT_HEALTHY,
+            "deploy_rollback_wait_timeout": WAIT_HEALTHY,
             "deploy_health_interval": 1,
         });
         let map = vars.as_object_mut().unwrap();
@@ -139,6 +147,18 @@ impl Lifecycle {
     async fn get(&self, path: &str) -> Option<(u16, String)> {
         http_get(self.port, path).await
     }
+
+    /// The commit checked out in the project's directory.
+    fn head(&self) -> String {
+        let out = Command::new("git")
+            .args(["-c", "safe.directory=*", "-C"])
+            .arg(self.project_dir())
+            .args(["rev-parse", "HEAD"])
+            .output()
+            .expect("run git");
+        assert!(out.status.success(), "git rev-parse: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
 }
 
 /// The play's run-wide `set_stats` data, from the `CUSTOM STATS` block.
@@ -165,21 +185,35 @@ fn custom_stats_or_empty(run: &PlaybookRun) -> Value {
 }
 
 #[tokio::test]
-async fn a_deploy_reports_its_revision_a_rerun_changes_nothing_and_a_broken_one_is_rolled_back() {
+async fn a_deploy_reports_its_revision_a_rerun_changes_nothing_and_a_broken_one_is_rolled_back_to_the_last_healthy_one()
+ {
     // Arrange
     let fx = Lifecycle::new().await;
-    let (good, broken) = (fx.commit(GOOD).to_owned(), fx.commit(BROKEN).to_owned());
+    let (good, unhealthy, broken) = (
+        fx.commit(GOOD).to_owned(),
+        fx.commit(UNHEALTHY).to_owned(),
+        fx.commit(CRASHLOOP).to_owned(),
+    );
 
-    // Act: a first deploy, the same again, then a broken revision whose
-    // PROJECT_ENV differs.
+    // Act: a first deploy, the same again; a deploy whose `up` fails after
+    // its checkout (HEAD moves to a commit that never ran), then a revision
+    // whose container crash-loops behind an open port; each of the last two
+    // with another PROJECT_ENV.
     let first = fx.deploy(GOOD, json!({})).await;
     let first_answer = fx.get("/").await;
     let second = fx.deploy(GOOD, json!({})).await;
     let env_before = fx.env_text();
+    let up_fail_secret = format!("upf{}", uuid::Uuid::new_v4().simple());
+    fx.stubs.set("compose_up_fail", "");
+    let up_failed = fx
+        .run_with(&fx.vars("deploy", UNHEALTHY, json!({})), &up_fail_secret)
+        .await;
+    let head_after_up_failed = fx.head();
+    std::fs::remove_file(fx.host.out_dir().join("stub-state/compose_up_fail")).unwrap();
     let broken_secret = format!("new{}", uuid::Uuid::new_v4().simple());
     let vars = fx.vars(
         "deploy",
-        BROKEN,
+        CRASHLOOP,
         json!({"deploy_wait_timeout": WAIT_UNHEALTHY}),
     );
     let third = fx.run_with(&vars, &broken_secret).await;
@@ -204,8 +238,17 @@ async fn a_deploy_reports_its_revision_a_rerun_changes_nothing_and_a_broken_one_
         json!({"revision": good, "previous_revision": good})
     );
 
-    // The broken deploy: failed, rolled back, the first revision answers
-    // again with the .env it ran with.
+    // The deploy whose `up` failed: it still reports both revisions, the
+    // previous one being the one that passed its health check.
+    assert_ne!(up_failed.code, 0, "{up_failed:?}");
+    assert_eq!(
+        custom_stats(&up_failed),
+        json!({"revision": unhealthy, "previous_revision": good})
+    );
+    assert_eq!(head_after_up_failed, unhealthy);
+
+    // The broken deploy: failed, rolled back to the last healthy revision
+    // (not HEAD), which answers again with the .env it ran with.
     assert_ne!(third.code, 0, "{third:?}");
     assert_eq!(
         custom_stats(&third),
@@ -225,7 +268,10 @@ async fn a_deploy_reports_its_revision_a_rerun_changes_nothing_and_a_broken_one_
     assert_eq!(env_mode, 0o640);
     let output = third.output();
     for expected in [
-        format!("{PROJECT} {broken} failed its health check: nothing accepted a TCP connection"),
+        format!(
+            "{PROJECT} {broken} failed its health check: \
+             containers restarting or exited with an error: stub-backend-1"
+        ),
         format!("Rolled back to {good}: healthy again."),
         "backend-1  | stub log line".to_owned(),
         // The broken revision's logs, with its .env values masked.
@@ -234,10 +280,12 @@ async fn a_deploy_reports_its_revision_a_rerun_changes_nothing_and_a_broken_one_
     ] {
         assert!(output.contains(&expected), "no `{expected}`: {third:?}");
     }
-    assert!(
-        !output.contains(&broken_secret),
-        "the failure message shows the .env's secret"
-    );
+    for secret in [&broken_secret, &up_fail_secret] {
+        assert!(
+            !output.contains(secret.as_str()),
+            "the failure message shows a .env's secret"
+        );
+    }
 }
 
 #[tokio::test]
@@ -307,7 +355,7 @@ async fn a_health_path_answering_500_is_not_healthy_and_the_deploy_rolls_back_to
 }
 
 #[tokio::test]
-async fn stop_restart_logs_and_remove_act_on_a_deployed_project() {
+async fn stop_restart_logs_and_remove_act_on_a_deployed_project_of_their_own_project_only() {
     // Arrange: a deployed project, and a CI user with a key of this project
     // and one of another.
     let fx = Lifecycle::new().await;
@@ -323,7 +371,11 @@ async fn stop_restart_logs_and_remove_act_on_a_deployed_project() {
         ],
     );
 
-    // Act
+    // Act: another project's job first.
+    let foreign_stop = fx
+        .action("stop", json!({"project_id": OTHER_PROJECT_ID}))
+        .await;
+    let after_foreign_stop = fx.get("/").await;
     let stop = fx.action("stop", json!({})).await;
     let after_stop = fx.get("/").await;
     let files_after_stop =
@@ -331,16 +383,27 @@ async fn stop_restart_logs_and_remove_act_on_a_deployed_project() {
     let restart = fx.action("restart", json!({})).await;
     let after_restart = fx.get("/").await;
     let logs = fx.action("logs", json!({})).await;
-    // The CI user's authorized_keys is its own: root edits it.
+    // The CI user's authorized_keys is its own: root edits it. The job names
+    // the SSH port: the port closed is the one of the project's .env.
     let remove = fx
         .action(
             "remove",
-            json!({"ci_user": ci.name(), "infra_become": true}),
+            json!({"ci_user": ci.name(), "infra_become": true, "service_port": 22}),
         )
         .await;
     let after_remove = fx.get("/").await;
 
-    // Assert: stop leaves the files.
+    // Assert: another project's job may not touch it.
+    assert_ne!(foreign_stop.code, 0, "{foreign_stop:?}");
+    assert!(
+        foreign_stop.output().contains(&format!(
+            "{PROJECT} belongs to another project (project_id {OTHER_PROJECT_ID}"
+        )),
+        "{foreign_stop:?}"
+    );
+    assert_eq!(after_foreign_stop, Some((200, fx.commit(GOOD).to_owned())));
+
+    // stop leaves the files.
     assert_eq!(stop.code, 0, "{stop:?}");
     assert_eq!(after_stop, None, "the port still answers after stop");
     assert_eq!(files_after_stop, [true; 3], "stop removed files");
@@ -372,11 +435,13 @@ async fn stop_restart_logs_and_remove_act_on_a_deployed_project() {
     let keys = std::fs::read_to_string(&authorized_keys).unwrap();
     assert_eq!(keys.lines().collect::<Vec<_>>(), [other_line.as_str()]);
 
+    // The actions run compose without the job's modules (the .env's
+    // COMPOSE_PROFILES applies).
     let calls = fx.stubs.calls();
     let compose = |tail: &str| {
         let wanted = format!(
             "docker compose --project-name {PROJECT} --env-file {}/.env \
-             -f infra/compose.base.yml -f infra/compose.prod.yml --profile backend {tail}",
+             -f infra/compose.base.yml -f infra/compose.prod.yml {tail}",
             fx.project_dir().display()
         );
         assert!(
@@ -384,14 +449,20 @@ async fn stop_restart_logs_and_remove_act_on_a_deployed_project() {
             "no `{wanted}` among the stub calls: {calls:#?}"
         );
     };
+    compose("ps --quiet --status running --status restarting");
     compose("stop");
     compose("restart");
     compose("logs --no-color --tail 100");
     compose("down --volumes --remove-orphans");
     let port_rule = format!("{}/tcp", fx.port);
-    assert!(
-        calls.contains(&format!("ufw delete allow {port_rule}")),
-        "{calls:#?}"
+    let deletes: Vec<&String> = calls
+        .iter()
+        .filter(|c| c.starts_with("ufw delete"))
+        .collect();
+    assert_eq!(
+        deletes,
+        [&format!("ufw delete allow {port_rule}")],
+        "remove closes the .env's port, and only it"
     );
     let rules = std::fs::read_to_string(fx.host.out_dir().join("stub-state/ufw_rules")).unwrap();
     assert!(!rules.lines().any(|r| r == port_rule), "{rules}");
@@ -399,10 +470,11 @@ async fn stop_restart_logs_and_remove_act_on_a_deployed_project() {
 
 #[tokio::test]
 async fn stop_and_remove_of_an_absent_project_succeed_and_restart_and_logs_fail_as_not_deployed() {
-    // Arrange: nothing deployed; a CI user name no account has.
+    // Arrange: nothing deployed; a CI user name no account has; remove
+    // names the SSH port.
     let fx = Lifecycle::new().await;
     let ci = SystemUser::unique("ci-none");
-    let absent_user = json!({"ci_user": ci.name()});
+    let absent_user = json!({"ci_user": ci.name(), "service_port": 22});
 
     // Act
     let stop = fx.action("stop", json!({})).await;
@@ -418,8 +490,8 @@ async fn stop_and_remove_of_an_absent_project_succeed_and_restart_and_logs_fail_
     }
     let calls = fx.stubs.calls();
     assert!(
-        calls.contains(&format!("ufw delete allow {}/tcp", fx.port)),
-        "remove closes the port anyway: {calls:#?}"
+        !calls.iter().any(|c| c.starts_with("ufw")),
+        "remove of an absent project touched UFW: {calls:#?}"
     );
     assert!(
         !calls.iter().any(|c| c.starts_with("docker compose")),
@@ -486,8 +558,8 @@ fn create_ci_user(user: &SystemUser, lines: &[&str]) -> PathBuf {
 }
 
 /// A bare repository `<dir>/git/<REPO>.git`: `GOOD` holds the compose files,
-/// `BROKEN` and `UNHEALTHY` each add one file to it (`BROKEN`,
-/// `HEALTH_STATUS` 500). Returns each branch's commit.
+/// `BROKEN`, `UNHEALTHY` and `CRASHLOOP` each add one file to it (`BROKEN`,
+/// `HEALTH_STATUS` 500, `BROKEN_CRASHLOOP`). Returns each branch's commit.
 fn bare_repository(dir: &Path) -> Vec<(&'static str, String)> {
     let src = dir.join("src");
     let bare = dir.join("git").join(format!("{REPO}.git"));
@@ -516,6 +588,7 @@ fn bare_repository(dir: &Path) -> Vec<(&'static str, String)> {
     for (branch, file, content) in [
         (BROKEN, "BROKEN", ""),
         (UNHEALTHY, "HEALTH_STATUS", "500\n"),
+        (CRASHLOOP, "BROKEN_CRASHLOOP", ""),
     ] {
         git(&src, &["checkout", "-q", "-b", branch, GOOD]);
         std::fs::write(src.join(file), content).unwrap();
@@ -533,6 +606,7 @@ fn bare_repository(dir: &Path) -> Vec<(&'static str, String)> {
             GOOD,
             BROKEN,
             UNHEALTHY,
+            CRASHLOOP,
         ],
     );
     commits
@@ -547,7 +621,6 @@ async fn through_the_worker_the_result_carries_the_revisions_the_rollback_and_ma
     // Arrange: the real deploy playbook, the operator's extra vars pointing
     // it at the test's repository and services root.
     let host = TestHost::start().await;
-    let _stubs = install_stubs(&host);
     let dir = tempfile::Builder::new()
         .prefix("infra-lifecycle-")
         .tempdir()
@@ -573,21 +646,29 @@ async fn through_the_worker_the_result_carries_the_revisions_the_rollback_and_ma
             )
             .set("ansible.extra_vars.git_base_url", git_base_url)
             .set("ansible.extra_vars.deploy_wait_timeout", WAIT_HEALTHY)
+            .set(
+                "ansible.extra_vars.deploy_rollback_wait_timeout",
+                WAIT_HEALTHY,
+            )
             .set("ansible.extra_vars.deploy_health_interval", 1)
     })
     .await;
+    // After `w`, so dropped before it: dropping it stops the stub's listener,
+    // whose pid file goes with the host's directory.
+    let _stubs = install_stubs(&w.host);
     let job = |branch: &str, action: &str| {
         let mut payload = valid_deploy_payload(&unique_request_id("life"), w.host.address(), port);
         payload["repo_full_name"] = json!(REPO);
+        payload["project_id"] = json!(PROJECT_ID);
         payload["project_name"] = json!(PROJECT);
         payload["branch"] = json!(branch);
         payload["action"] = json!(action);
         payload
     };
 
-    // Act
+    // Act: the broken revision crash-loops, which needs no wait to see.
     let first = w.deploy(&job(GOOD, "deploy")).await;
-    let broken = w.deploy(&job(BROKEN, "deploy")).await;
+    let broken = w.deploy(&job(CRASHLOOP, "deploy")).await;
     let logs = w.deploy(&job(GOOD, "logs")).await;
 
     // Assert: a first deploy.
@@ -614,7 +695,7 @@ async fn through_the_worker_the_result_carries_the_revisions_the_rollback_and_ma
         "{}",
         error.message
     );
-    assert_eq!(broken.extra["revision"], json!(commit(BROKEN)));
+    assert_eq!(broken.extra["revision"], json!(commit(CRASHLOOP)));
     assert_eq!(broken.extra["previous_revision"], json!(commit(GOOD)));
     assert_eq!(
         broken.extra["rollback"],
