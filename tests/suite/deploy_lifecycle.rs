@@ -470,10 +470,12 @@ async fn stop_restart_logs_and_remove_act_on_a_deployed_project_of_their_own_pro
 
 #[tokio::test]
 async fn stop_and_remove_of_an_absent_project_succeed_and_restart_and_logs_fail_as_not_deployed() {
-    // Arrange: nothing deployed; a CI user name no account has; remove
-    // names the SSH port.
+    // Arrange: nothing deployed here; a CI user holding a key of a project
+    // of that name (deployed on another server); remove names the SSH port.
     let fx = Lifecycle::new().await;
     let ci = SystemUser::unique("ci-none");
+    let key_line = format!("restrict {} infra-ci:{PROJECT}", test_key('A'));
+    let authorized_keys = create_ci_user(&ci, &[&key_line]);
     let absent_user = json!({"ci_user": ci.name(), "service_port": 22});
 
     // Act
@@ -492,6 +494,11 @@ async fn stop_and_remove_of_an_absent_project_succeed_and_restart_and_logs_fail_
     assert!(
         !calls.iter().any(|c| c.starts_with("ufw")),
         "remove of an absent project touched UFW: {calls:#?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&authorized_keys).unwrap(),
+        format!("{key_line}\n"),
+        "remove of a project not here revoked its CI key"
     );
     assert!(
         !calls.iter().any(|c| c.starts_with("docker compose")),
