@@ -6,7 +6,6 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use base64::Engine;
 use serde_json::json;
@@ -32,15 +31,10 @@ struct DeployFixture {
 
 impl DeployFixture {
     async fn new() -> DeployFixture {
-        let host = TestHost::start().await;
-        let stubs = install_stubs(&host);
-        let dir = tempfile::Builder::new()
-            .prefix("infra-content-")
-            .tempdir()
-            .unwrap();
-        bare_repository(dir.path(), REPO, BRANCH);
-        // git refuses a repository another user owns ("dubious ownership").
-        give_to_login_user(&host, dir.path());
+        let (host, stubs, dir, ()) = stubbed_host("infra-content-", |dir| {
+            bare_repository(dir, REPO, BRANCH);
+        })
+        .await;
         let token = format!("ghp_{}", uuid::Uuid::new_v4().simple());
         let secret = format!("dsn{}", uuid::Uuid::new_v4().simple());
         DeployFixture {
@@ -445,38 +439,13 @@ fn srv_dir_exists(dir: &tempfile::TempDir, sub: &str) -> bool {
     dir.path().join("srv").join(sub).is_dir()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// A bare repository `<dir>/git/<repo>.git` whose default branch `main` and
 /// whose `branch` hold different `infra/compose.prod.yml` files.
 fn bare_repository(dir: &Path, repo: &str, branch: &str) {
     let src = dir.join("src");
     let bare = dir.join("git").join(format!("{repo}.git"));
-    std::fs::create_dir_all(src.join("infra")).unwrap();
     std::fs::create_dir_all(&bare).unwrap();
-    let git = |cwd: &Path, args: &[&str]| {
-        let out = Command::new("git")
-            .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
-            .args(args)
-            .current_dir(cwd)
-            .output()
-            .expect("run git");
-        assert!(out.status.success(), "git {args:?}: {out:?}");
-    };
-    git(&src, &["init", "-q", "-b", "main"]);
-    std::fs::write(
-        src.join("infra/compose.base.yml"),
-        "services:\n  backend:\n    image: ${BACKEND_IMAGE}\n    profiles: [backend]\n",
-    )
-    .unwrap();
-    std::fs::write(src.join("infra/compose.prod.yml"), "# main branch\n").unwrap();
-    git(&src, &["add", "."]);
-    git(&src, &["commit", "-q", "-m", "main"]);
+    compose_work_tree(&src, "main", "# main branch\n");
     git(&src, &["checkout", "-q", "-b", branch]);
     std::fs::write(src.join("infra/compose.prod.yml"), "# release branch\n").unwrap();
     git(&src, &["commit", "-q", "-am", branch]);

@@ -54,16 +54,7 @@ struct Lifecycle {
 
 impl Lifecycle {
     async fn new() -> Lifecycle {
-        let host = TestHost::start().await;
-        let stubs = install_stubs(&host);
-        let dir = tempfile::Builder::new()
-            .prefix("infra-lifecycle-")
-            .tempdir()
-            .unwrap();
-        let commits = bare_repository(dir.path());
-        std::fs::create_dir(dir.path().join("services")).unwrap();
-        // git refuses a repository another user owns ("dubious ownership").
-        give_to_login_user(&host, dir.path());
+        let (host, stubs, dir, commits) = stubbed_host("infra-lifecycle-", project_dirs).await;
         Lifecycle {
             stubs,
             host,
@@ -535,17 +526,17 @@ async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body.to_owned()))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// A syntactically valid ed25519 public key (type and base64) unique to `c`.
 fn test_key(c: char) -> String {
     let filler: String = std::iter::repeat_n(c, 43).collect();
     format!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{filler}")
+}
+
+/// The test's directory: the bare repository and an empty services root.
+fn project_dirs(dir: &Path) -> Vec<(&'static str, String)> {
+    let commits = bare_repository(dir);
+    std::fs::create_dir(dir.join("services")).unwrap();
+    commits
 }
 
 /// Creates the account `user` with `lines` in its `~/.ssh/authorized_keys`;
@@ -570,28 +561,8 @@ fn create_ci_user(user: &SystemUser, lines: &[&str]) -> PathBuf {
 fn bare_repository(dir: &Path) -> Vec<(&'static str, String)> {
     let src = dir.join("src");
     let bare = dir.join("git").join(format!("{REPO}.git"));
-    std::fs::create_dir_all(src.join("infra")).unwrap();
     std::fs::create_dir_all(&bare).unwrap();
-    let git = |cwd: &Path, args: &[&str]| -> String {
-        let out = Command::new("git")
-            .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
-            .args(args)
-            .current_dir(cwd)
-            .output()
-            .expect("run git");
-        assert!(out.status.success(), "git {args:?}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
-    git(&src, &["init", "-q", "-b", GOOD]);
-    std::fs::write(
-        src.join("infra/compose.base.yml"),
-        "services:\n  backend:\n    image: ${BACKEND_IMAGE}\n    profiles: [backend]\n",
-    )
-    .unwrap();
-    std::fs::write(src.join("infra/compose.prod.yml"), "# production\n").unwrap();
-    git(&src, &["add", "."]);
-    git(&src, &["commit", "-q", "-m", "a healthy revision"]);
-    let mut commits = vec![(GOOD, git(&src, &["rev-parse", "HEAD"]))];
+    let mut commits = vec![(GOOD, compose_work_tree(&src, GOOD, "# production\n"))];
     for (branch, file, content) in [
         (BROKEN, "BROKEN", ""),
         (UNHEALTHY, "HEALTH_STATUS", "500\n"),
@@ -632,9 +603,8 @@ async fn through_the_worker_the_result_carries_the_revisions_the_rollback_and_ma
         .prefix("infra-lifecycle-")
         .tempdir()
         .unwrap();
-    let commits = bare_repository(dir.path());
+    let commits = project_dirs(dir.path());
     let services = dir.path().join("services");
-    std::fs::create_dir(&services).unwrap();
     give_to_login_user(&host, dir.path());
     let commit = |branch: &str| {
         let found = commits.iter().find(|(b, _)| *b == branch);

@@ -28,7 +28,8 @@ mod worker;
 mod world;
 
 pub use ansible_run::{
-    PlaybookRun, StubState, give_to_login_user, install_stubs, login_user_dir, run_playbook,
+    PlaybookRun, StubState, compose_work_tree, free_port, git, give_to_login_user, install_stubs,
+    login_user_dir, run_playbook, stubbed_host,
 };
 pub use db::TestDb;
 pub use fake_api::serve_on_loopback;

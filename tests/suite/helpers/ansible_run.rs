@@ -119,6 +119,62 @@ pub fn login_user_dir(host: &TestHost) -> tempfile::TempDir {
     dir
 }
 
+/// A test host with the stubs first on its PATH, and a directory of the
+/// test's own (named `<prefix>...`) that `fill` populates (a git remote, a
+/// services root) before it goes to the host's login user: git refuses a
+/// repository another user owns ("dubious ownership").
+pub async fn stubbed_host<T>(
+    prefix: &str,
+    fill: impl FnOnce(&Path) -> T,
+) -> (TestHost, StubState, tempfile::TempDir, T) {
+    let host = TestHost::start().await;
+    let stubs = install_stubs(&host);
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("temp dir for the project");
+    let filled = fill(dir.path());
+    give_to_login_user(&host, dir.path());
+    (host, stubs, dir, filled)
+}
+
+/// `git <args>` in `cwd`, as a test author; panics unless it succeeds;
+/// returns its stdout, trimmed.
+pub fn git(cwd: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run git");
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A new work tree `src` on `branch` with the compose files a deploy reads
+/// (`prod` is `infra/compose.prod.yml`), committed; returns the commit.
+pub fn compose_work_tree(src: &Path, branch: &str, prod: &str) -> String {
+    std::fs::create_dir_all(src.join("infra")).expect("the work tree");
+    git(src, &["init", "-q", "-b", branch]);
+    std::fs::write(
+        src.join("infra/compose.base.yml"),
+        "services:\n  backend:\n    image: ${BACKEND_IMAGE}\n    profiles: [backend]\n",
+    )
+    .expect("compose.base.yml");
+    std::fs::write(src.join("infra/compose.prod.yml"), prod).expect("compose.prod.yml");
+    git(src, &["add", "."]);
+    git(src, &["commit", "-q", "-m", branch]);
+    git(src, &["rev-parse", "HEAD"])
+}
+
+/// A free TCP port on 127.0.0.1, for a project's service.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 /// `chown -R` of `path` to the host's login user; 0755 on `path` itself.
 pub fn give_to_login_user(host: &TestHost, path: &Path) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
