@@ -11,21 +11,40 @@ pub use key::{CiKey, KeyError};
 
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use crate::job::{DeployJob, JobError};
 
-/// Where every project lives on its server (the deploy role's
-/// `services_root`).
-pub const SERVICES_ROOT: &str = "/opt/services";
+/// Where projects live on a server: the deploy play's `services_root`,
+/// unless the operator set another in `ansible.extra_vars`.
+const SERVICES_ROOT: &str = "/opt/services";
 
-/// The compose files CI deploys with, as the deploy role uses them.
-pub const COMPOSE_FILES: &str = "infra/compose.base.yml infra/compose.prod.yml";
+/// The compose files CI deploys with: the deploy role's
+/// `deploy_compose_files`, unless the operator set others.
+const COMPOSE_FILES: [&str; 2] = ["infra/compose.base.yml", "infra/compose.prod.yml"];
 
-/// The comment that tags a project's CI keys in `authorized_keys`, so a
-/// rotation removes that project's lines and no other (the `ci_access`
-/// role writes and matches it).
-pub fn key_tag(job: &DeployJob) -> String {
-    format!("infra-ci:{}", job.project_name.as_str())
+/// The project's directory on the server, as the deploy play computes it
+/// from `services_root` (the operator's, or the play's default).
+fn project_path(operator_vars: &Map<String, Value>, job: &DeployJob) -> String {
+    let root = operator_vars.get("services_root").and_then(Value::as_str);
+    let root = root.unwrap_or(SERVICES_ROOT).trim_end_matches('/');
+    format!("{root}/{}", job.project_name.as_str())
+}
+
+/// The compose files the deploy role uses (`deploy_compose_files`, the
+/// operator's or the role's default), space-separated.
+fn compose_files(operator_vars: &Map<String, Value>) -> String {
+    let files = operator_vars
+        .get("deploy_compose_files")
+        .and_then(Value::as_array);
+    match files {
+        Some(files) => files
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(" "),
+        None => COMPOSE_FILES.join(" "),
+    }
 }
 
 /// What CI gets for one project on one server.
@@ -38,6 +57,9 @@ pub struct Access<'a> {
     /// `known_hosts` lines for `server_ip` ([`known_hosts_for`]).
     pub known_hosts: String,
     pub key: &'a CiKey,
+    /// `ansible.extra_vars`: where the deploy put the project, if the
+    /// operator moved it.
+    pub operator_vars: &'a Map<String, Value>,
 }
 
 impl Access<'_> {
@@ -54,12 +76,12 @@ impl Access<'_> {
             ("DEPLOY_KNOWN_HOSTS", plain(self.known_hosts.clone())),
             (
                 "DEPLOY_PROJECT_PATH",
-                plain(format!(
-                    "{SERVICES_ROOT}/{}",
-                    self.job.project_name.as_str()
-                )),
+                plain(project_path(self.operator_vars, self.job)),
             ),
-            ("DEPLOY_COMPOSE_FILES", plain(COMPOSE_FILES.to_owned())),
+            (
+                "DEPLOY_COMPOSE_FILES",
+                plain(compose_files(self.operator_vars)),
+            ),
             ("DEPLOY_SSH_KEY", self.key.private_openssh().clone()),
         ]
     }
@@ -152,6 +174,7 @@ mod tests {
             user: "ci",
             known_hosts: "[203.0.113.10]:2222 ssh-ed25519 AAAA\n".into(),
             key: &key,
+            operator_vars: &Map::new(),
         };
         let secrets = access.secrets();
         let shown: Vec<(&str, &str)> = secrets
@@ -177,7 +200,16 @@ mod tests {
         );
         assert_eq!(shown[6].0, "DEPLOY_SSH_KEY");
         assert_eq!(shown[6].1, key.private_openssh().expose_secret());
-        assert_eq!(key_tag(&job), "infra-ci:my-app");
+    }
+
+    #[test]
+    fn the_project_path_and_compose_files_follow_the_operators_vars() {
+        let job = job("203.0.113.10");
+        let moved =
+            json!({"services_root": "/srv/apps/", "deploy_compose_files": ["a.yml", "b.yml"]});
+        let moved = moved.as_object().unwrap();
+        assert_eq!(project_path(moved, &job), "/srv/apps/my-app");
+        assert_eq!(compose_files(moved), "a.yml b.yml");
     }
 
     #[test]
