@@ -84,6 +84,7 @@ impl CiSetup<'_> {
             user: &self.ctx.settings.ci.deploy_user,
             known_hosts,
             key: &key,
+            operator_vars: &self.ctx.settings.ansible.extra_vars,
         };
         let secrets = access.secrets();
         let repo = &self.job.repo_full_name;
@@ -153,18 +154,19 @@ impl CiSetup<'_> {
             "ci_public_key": key.public(),
             "ci_action": action.as_str(),
         });
-        let step = |message: String| {
-            JobError::new(ErrorCode::PlaybookFailed, message).with_detail("step", action.as_str())
-        };
         if let Err(e) = self.workspace.rewrite_extra_vars(&extra_vars) {
-            return Err(step(format!("preparing the CI access play: {e}")));
+            let message = format!("preparing the CI access play: {e}");
+            return Err(
+                JobError::new(ErrorCode::Internal, message).with_detail("step", action.as_str())
+            );
         }
+        let timeout = play_timeout(ctx.job_timeout());
         let run = PlaybookRun {
             playbook: ctx.settings.ansible.ci_playbook.clone(),
             target: self.target.clone(),
             extra_vars,
             secret_env: Vec::new(),
-            timeout: play_timeout(ctx.job_timeout()),
+            timeout,
             events: self.events.clone(),
         };
         // The play never sees the private half; should it ever show up,
@@ -175,22 +177,19 @@ impl CiSetup<'_> {
             .run_in(self.workspace, run, &redactor)
             .await
             .map_err(|e| JobError::new(ErrorCode::Internal, e.to_string()))?;
-        let report = Report::default().with_playbook(outcome, play_timeout(ctx.job_timeout()));
-        let Some(error) = report.error else {
-            return Ok(());
-        };
-        let mut message = format!(
-            "the CI access play ({}): {}",
-            action.as_str(),
-            error.message
-        );
-        // No failed task (a play that did not parse, a role not found):
-        // what ansible-playbook said last is all there is to go on.
-        if report.failed_task.is_none() {
-            message.push_str(": ");
-            message.push_str(&last_lines(&report.output_tail, PLAY_LINES_SHOWN));
+        match Report::default().with_playbook(outcome, timeout).error {
+            None => Ok(()),
+            // Its code (a timeout stays `timeout`) and details, with the step.
+            Some(error) => Err(JobError {
+                message: format!(
+                    "the CI access play ({}): {}",
+                    action.as_str(),
+                    error.message
+                ),
+                ..error
+            }
+            .with_detail("step", action.as_str())),
         }
-        Err(step(message))
     }
 }
 
@@ -205,20 +204,6 @@ const CI_PLAY_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// [`CI_PLAY_TIMEOUT`].
 fn play_timeout(job_timeout: Duration) -> Duration {
     job_timeout.min(CI_PLAY_TIMEOUT)
-}
-
-/// How many of the play's last output lines a failure without a failed
-/// task quotes.
-const PLAY_LINES_SHOWN: usize = 5;
-
-/// The last `n` non-blank lines of `text`, joined by ` | `.
-fn last_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
 /// CI access failed; `written` names the secrets stored before it did.
@@ -245,15 +230,5 @@ mod tests {
             play_timeout(Duration::from_secs(30)),
             Duration::from_secs(30)
         );
-    }
-
-    #[test]
-    fn a_failure_without_a_task_quotes_the_last_lines_of_output() {
-        let text = "PLAY [x]\n\nERROR! the role 'ci_access' was not found\n  \nline 2\n";
-        assert_eq!(
-            last_lines(text, 2),
-            "ERROR! the role 'ci_access' was not found | line 2"
-        );
-        assert_eq!(last_lines("", 5), "");
     }
 }

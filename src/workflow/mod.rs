@@ -143,7 +143,12 @@ fn playbook_error(outcome: &PlaybookOutcome, timeout: Duration) -> Option<JobErr
             "task `{}` failed on {}: {}",
             task.task, task.host, task.message
         ),
-        (None, Some(code)) => format!("ansible-playbook exited with code {code}"),
+        // No failed task (a play that did not parse, a role not found):
+        // what ansible-playbook said last is all there is to go on.
+        (None, Some(code)) => format!(
+            "ansible-playbook exited with code {code}: {}",
+            last_lines(&outcome.output_tail, LINES_QUOTED)
+        ),
         (None, None) => "ansible-playbook was killed by a signal".to_owned(),
     };
     let mut error = JobError::new(ErrorCode::PlaybookFailed, message);
@@ -151,6 +156,21 @@ fn playbook_error(outcome: &PlaybookOutcome, timeout: Duration) -> Option<JobErr
         error = error.with_detail("exit_code", code);
     }
     Some(error)
+}
+
+/// How many of the output's last lines a failure without a failed task
+/// quotes.
+const LINES_QUOTED: usize = 5;
+
+/// The last `n` non-blank lines of `text` (already redacted), joined by
+/// ` | `.
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
 /// `secret_unresolved`, naming the reference and never a value.
@@ -163,4 +183,19 @@ pub fn secret_error(e: &crate::secrets::ResolveError) -> JobError {
 /// Whole milliseconds, saturating.
 pub fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_without_a_task_quotes_the_last_lines_of_output() {
+        let text = "PLAY [x]\n\nERROR! the role 'ci_access' was not found\n  \nline 2\n";
+        assert_eq!(
+            last_lines(text, 2),
+            "ERROR! the role 'ci_access' was not found | line 2"
+        );
+        assert_eq!(last_lines("", 5), "");
+    }
 }
