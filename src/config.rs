@@ -713,8 +713,7 @@ impl AnsibleSettings {
             "must not be empty",
         )?;
         for name in self.extra_vars.keys() {
-            let identifier = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            let identifier = crate::secrets::is_variable_name(name);
             // How to reach the host and as whom is the worker's to say: the
             // host key pin and the run's key file depend on it.
             let reserved = name.starts_with("ansible_") || name == "infra_become";

@@ -106,10 +106,14 @@ impl Runner {
         // The plugin's last lines were written before the playbook exited.
         output.poll_events();
         let custom_stats = plugin.map(|p| read_stats(&p.stats)).unwrap_or_default();
-        Ok(PlaybookOutcome {
+        Ok(outcome_of(
+            output,
+            status,
+            timed_out,
+            started,
             custom_stats,
-            ..outcome_of(output, status, timed_out, started, redactor)
-        })
+            redactor,
+        ))
     }
 
     /// Starts `<bin> -i inventory.json [-e <operator's>] -e @vars.yml
@@ -278,6 +282,7 @@ fn outcome_of(
     status: ExitStatus,
     timed_out: bool,
     started: Instant,
+    custom_stats: serde_json::Map<String, serde_json::Value>,
     redactor: &Redactor,
 ) -> PlaybookOutcome {
     let (stats, failed_task) = output.scanner.finish(redactor);
@@ -288,7 +293,7 @@ fn outcome_of(
         stats,
         failed_task,
         duration: started.elapsed(),
-        custom_stats: serde_json::Map::new(),
+        custom_stats,
     };
     tracing::info!(
         exit_code = outcome.exit_code,

@@ -8,4 +8,5 @@ mod resolve;
 pub mod vault;
 
 pub use redact::Redactor;
+pub(crate) use resolve::is_variable_name;
 pub use resolve::{FailureReason, LocalSecrets, ResolveError, Resolver};
