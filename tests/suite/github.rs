@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use infra_service::config::{GithubApp, GithubSettings};
-use infra_service::github::{ApiUrl, GithubError, SecretsClient, Written};
+use infra_service::github::{ApiUrl, GithubError, PartialWrite, SecretsClient, Written};
 use infra_service::job::RepoName;
 use infra_service::secrets::Resolver;
 use secrecy::SecretString;
@@ -43,6 +43,13 @@ fn repo(name: &str) -> RepoName {
 
 fn token(fake: &FakeGithub) -> SecretString {
     SecretString::from(fake.config().token.clone())
+}
+
+/// Writes `secrets()` to the shop with the fake's token.
+async fn write(client: &SecretsClient, fake: &FakeGithub) -> Result<Vec<Written>, PartialWrite> {
+    client
+        .write_secrets(&repo(REPO), &token(fake), &secrets())
+        .await
 }
 
 /// Opens a value the fake stored with PyNaCl: what GitHub would read.
@@ -99,14 +106,8 @@ async fn secrets_written_with_a_token_open_with_libsodium_and_a_rewrite_updates_
     let fake = FakeGithub::start(FakeConfig::default()).await;
     let client = client(&settings(&fake, None, 10));
 
-    let first = client
-        .write_secrets(&repo(REPO), &token(&fake), &secrets())
-        .await
-        .unwrap();
-    let second = client
-        .write_secrets(&repo(REPO), &token(&fake), &secrets())
-        .await
-        .unwrap();
+    let first = write(&client, &fake).await.unwrap();
+    let second = write(&client, &fake).await.unwrap();
 
     assert_eq!(first, [Written::Created, Written::Created]);
     assert_eq!(second, [Written::Updated, Written::Updated]);
@@ -189,10 +190,7 @@ async fn an_installation_token_near_its_expiry_is_renewed() {
     let client = SecretsClient::new(&settings, Resolver::new(dir.path().to_owned())).unwrap();
 
     for _ in 0..2 {
-        client
-            .write_secrets(&repo(REPO), &token(&fake), &secrets())
-            .await
-            .unwrap();
+        write(&client, &fake).await.unwrap();
     }
 
     assert_eq!(fake.tokens_minted(), 2);
@@ -214,9 +212,7 @@ async fn a_slow_installation_lookup_for_one_repository_does_not_hold_up_another(
     let client = SecretsClient::new(&settings, Resolver::new(dir.path().to_owned())).unwrap();
 
     let slow = async {
-        let written = client
-            .write_secrets(&repo(REPO), &token(&fake), &secrets())
-            .await;
+        let written = write(&client, &fake).await;
         (written, Instant::now())
     };
     let fast = async {
@@ -272,11 +268,7 @@ async fn a_token_without_secrets_write_is_forbidden_and_says_so() {
     .await;
     let client = client(&settings(&fake, None, 10));
 
-    let e = client
-        .write_secrets(&repo(REPO), &token(&fake), &secrets())
-        .await
-        .unwrap_err()
-        .error;
+    let e = write(&client, &fake).await.unwrap_err().error;
 
     assert!(matches!(e, GithubError::Forbidden { .. }), "{e:?}");
     assert!(e.to_string().contains("secrets: write"), "{e}");
@@ -331,10 +323,7 @@ async fn an_app_writes_only_where_the_jobs_own_token_may_push() {
         .await
         .unwrap_err();
     let minted_for_the_blog = fake.tokens_minted();
-    let written = client
-        .write_secrets(&repo(REPO), &token(&fake), &secrets())
-        .await
-        .unwrap();
+    let written = write(&client, &fake).await.unwrap();
 
     // Assert
     let e = &refused.error;
@@ -369,10 +358,7 @@ async fn a_secondary_rate_limit_is_waited_out_as_retry_after_says() {
     });
     let started = Instant::now();
 
-    let written = client
-        .write_secrets(&repo(REPO), &token(&fake), &secrets())
-        .await
-        .unwrap();
+    let written = write(&client, &fake).await.unwrap();
 
     assert_eq!(written, [Written::Created, Written::Created]);
     assert!(
@@ -389,10 +375,7 @@ async fn an_exhausted_rate_limit_is_waited_out_until_its_reset() {
     let client = client(&settings(&fake, None, 10));
     fake.fail_next(Failure::PrimaryLimit { secs: 1 });
 
-    let written = client
-        .write_secrets(&repo(REPO), &token(&fake), &secrets())
-        .await
-        .unwrap();
+    let written = write(&client, &fake).await.unwrap();
 
     assert_eq!(written, [Written::Created, Written::Created]);
     let statuses: Vec<u16> = fake.requests().iter().map(|r| r.status).collect();
@@ -409,11 +392,7 @@ async fn a_rate_limit_past_the_deadline_fails_at_once() {
     });
     let started = Instant::now();
 
-    let e = client
-        .write_secrets(&repo(REPO), &token(&fake), &secrets())
-        .await
-        .unwrap_err()
-        .error;
+    let e = write(&client, &fake).await.unwrap_err().error;
 
     assert!(matches!(e, GithubError::RateLimited { .. }), "{e:?}");
     // At once: far from the wait asked for (a bound for a loaded machine,
@@ -433,11 +412,7 @@ async fn a_secondary_limit_named_only_in_a_403_message_is_rate_limited_not_forbi
     fake.fail_next(Failure::SecondaryLimit);
     let started = Instant::now();
 
-    let e = client
-        .write_secrets(&repo(REPO), &token(&fake), &secrets())
-        .await
-        .unwrap_err()
-        .error;
+    let e = write(&client, &fake).await.unwrap_err().error;
 
     // GitHub's "at least one minute" for a limit that names no wait.
     assert!(
@@ -465,11 +440,7 @@ async fn server_errors_past_the_deadline_make_github_unavailable() {
     fake.set_down(Some(502));
     let started = Instant::now();
 
-    let e = client
-        .write_secrets(&repo(REPO), &token(&fake), &secrets())
-        .await
-        .unwrap_err()
-        .error;
+    let e = write(&client, &fake).await.unwrap_err().error;
 
     assert!(matches!(e, GithubError::Unavailable { .. }), "{e:?}");
     assert!(e.to_string().contains("HTTP 502"), "{e}");
@@ -491,10 +462,7 @@ async fn a_passing_outage_is_retried_to_success() {
     fake.fail_next(Failure::Server(503));
     fake.fail_next(Failure::Server(500));
 
-    let written = client
-        .write_secrets(&repo(REPO), &token(&fake), &secrets())
-        .await
-        .unwrap();
+    let written = write(&client, &fake).await.unwrap();
 
     assert_eq!(written, [Written::Created, Written::Created]);
 }
@@ -520,18 +488,11 @@ async fn a_revoked_installation_token_fails_one_write_and_the_next_mints_anew() 
     let (dir, fake, app) = app_fake(Duration::from_secs(3600)).await;
     let settings = settings(&fake, Some(app), 10);
     let client = SecretsClient::new(&settings, Resolver::new(dir.path().to_owned())).unwrap();
-    client
-        .write_secrets(&repo(REPO), &token(&fake), &secrets())
-        .await
-        .unwrap();
+    write(&client, &fake).await.unwrap();
     fake.revoke_tokens();
 
-    let refused = client
-        .write_secrets(&repo(REPO), &token(&fake), &secrets())
-        .await;
-    let again = client
-        .write_secrets(&repo(REPO), &token(&fake), &secrets())
-        .await;
+    let refused = write(&client, &fake).await;
+    let again = write(&client, &fake).await;
 
     assert!(
         matches!(&refused, Err(failed) if matches!(failed.error, GithubError::Unauthorized { .. })),
