@@ -69,9 +69,17 @@ fn approle_resolver(
     Resolver::with_vault(secrets.to_owned(), &s)
 }
 
+/// The stand-in's GitHub token, the reference most tests read.
+const GITHUB_TOKEN_REF: &str = "vault:secret/ci/github#token";
+
 async fn one(resolver: &Resolver, reference: &str) -> Result<String, ResolveError> {
     let value = resolver.resolve_str(reference).await?;
     Ok(value.expose_secret().to_owned())
+}
+
+/// The GitHub token the stand-in holds, resolved; panics on failure.
+async fn github_token(resolver: &Resolver) -> String {
+    one(resolver, GITHUB_TOKEN_REF).await.unwrap()
 }
 
 async fn env_file(resolver: &Resolver, reference: &str) -> Result<String, ResolveError> {
@@ -109,9 +117,7 @@ async fn an_approle_login_reads_one_field_and_a_whole_secret_as_sorted_env_lines
     );
 
     // Act
-    let token = one(&resolver, "vault:secret/ci/github#token")
-        .await
-        .unwrap();
+    let token = github_token(&resolver).await;
     let env = env_file(&resolver, "vault:secret/projects/x")
         .await
         .unwrap();
@@ -155,10 +161,8 @@ async fn a_kubernetes_login_sends_the_role_and_the_service_account_token() {
     );
     let wrong_role = Resolver::with_vault(dir.path().to_owned(), &settings(&fake, auth("other")));
 
-    let token = one(&good, "vault:secret/ci/github#token").await.unwrap();
-    let refused = one(&wrong_role, "vault:secret/ci/github#token")
-        .await
-        .unwrap_err();
+    let token = one(&good, GITHUB_TOKEN_REF).await.unwrap();
+    let refused = one(&wrong_role, GITHUB_TOKEN_REF).await.unwrap_err();
 
     assert_eq!(token, TOKEN);
     assert_eq!(fake.answered("/v1/auth/kubernetes/login", 200).len(), 1);
@@ -182,9 +186,7 @@ async fn a_token_file_is_read_again_when_it_changes_as_a_vault_agent_sink_rewrit
         token_ref: "file:vault-token".into(),
     };
     let resolver = Resolver::with_vault(dir.path().to_owned(), &settings(&fake, auth));
-    one(&resolver, "vault:secret/ci/github#token")
-        .await
-        .unwrap();
+    github_token(&resolver).await;
 
     // Act: the agent writes a new token (a new file renamed over the old
     // one) and the old one is revoked.
@@ -193,9 +195,7 @@ async fn a_token_file_is_read_again_when_it_changes_as_a_vault_agent_sink_rewrit
     std::fs::write(&staged, format!("{second}\n")).unwrap();
     std::fs::rename(&staged, dir.path().join("vault-token")).unwrap();
     fake.revoke_all_but(&second);
-    let token = one(&resolver, "vault:secret/ci/github#token")
-        .await
-        .unwrap();
+    let token = github_token(&resolver).await;
 
     // Assert: the new token was looked up and used, without a 403 first.
     assert_eq!(token, TOKEN);
@@ -214,18 +214,14 @@ async fn the_token_is_renewed_before_its_lease_ends_so_no_new_login_is_needed() 
     .await;
     let dir = tempfile::tempdir().unwrap();
     let resolver = approle_resolver(&fake, dir.path(), |_| {});
-    one(&resolver, "vault:secret/ci/github#token")
-        .await
-        .unwrap();
+    github_token(&resolver).await;
 
     // Act: wait past the first lease (a second renewal comes after it).
     let renewed = eventually(Duration::from_secs(30), || async {
         (fake.renewals() >= 2).then_some(())
     })
     .await;
-    let token = one(&resolver, "vault:secret/ci/github#token")
-        .await
-        .unwrap();
+    let token = github_token(&resolver).await;
 
     // Assert
     assert!(renewed.is_some(), "{:#?}", fake.requests());
@@ -252,18 +248,14 @@ async fn at_the_max_ttl_the_client_logs_in_again_before_the_token_dies() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let resolver = approle_resolver(&fake, dir.path(), |_| {});
-    one(&resolver, "vault:secret/ci/github#token")
-        .await
-        .unwrap();
+    github_token(&resolver).await;
 
     // Act
     let relogged = eventually(Duration::from_secs(30), || async {
         (fake.logins() >= 2).then_some(())
     })
     .await;
-    let token = one(&resolver, "vault:secret/ci/github#token")
-        .await
-        .unwrap();
+    let token = github_token(&resolver).await;
 
     // Assert: renewed first, then a new login; the read needed no 403.
     assert!(relogged.is_some(), "{:#?}", fake.requests());
@@ -283,18 +275,14 @@ async fn a_refused_renewal_means_a_new_login() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let resolver = approle_resolver(&fake, dir.path(), |_| {});
-    one(&resolver, "vault:secret/ci/github#token")
-        .await
-        .unwrap();
+    github_token(&resolver).await;
     fake.refuse_renewals();
 
     let relogged = eventually(Duration::from_secs(30), || async {
         (fake.logins() >= 2).then_some(())
     })
     .await;
-    let token = one(&resolver, "vault:secret/ci/github#token")
-        .await
-        .unwrap();
+    let token = github_token(&resolver).await;
 
     assert!(relogged.is_some(), "{:#?}", fake.requests());
     assert!(!fake.answered("/v1/auth/token/renew-self", 403).is_empty());
@@ -311,14 +299,10 @@ async fn a_403_on_a_read_costs_one_new_login_and_one_more_read() {
     let fake = fake_with(FakeConfig::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let resolver = approle_resolver(&fake, dir.path(), |_| {});
-    one(&resolver, "vault:secret/ci/github#token")
-        .await
-        .unwrap();
+    github_token(&resolver).await;
     fake.revoke_all();
 
-    let token = one(&resolver, "vault:secret/ci/github#token")
-        .await
-        .unwrap();
+    let token = github_token(&resolver).await;
 
     assert_eq!(token, TOKEN);
     let refused = fake.answered("/v1/secret/data/ci/github", 403);
@@ -435,9 +419,7 @@ async fn a_vault_that_stays_sealed_past_retry_secs_is_unavailable() {
     fake.seal();
 
     let started = Instant::now();
-    let e = one(&resolver, "vault:secret/ci/github#token")
-        .await
-        .unwrap_err();
+    let e = one(&resolver, GITHUB_TOKEN_REF).await.unwrap_err();
     let waited = started.elapsed();
 
     assert_eq!(e.reason(), FailureReason::Unavailable, "{e}");
@@ -457,16 +439,14 @@ async fn an_outage_shorter_than_retry_secs_costs_a_delay_not_the_read() {
     let fake = fake_with(FakeConfig::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let resolver = approle_resolver(&fake, dir.path(), |s| s.retry_secs = 10);
-    one(&resolver, "vault:secret/ci/github#token")
-        .await
-        .unwrap();
+    github_token(&resolver).await;
 
     fake.seal_for(3);
     let started = Instant::now();
-    let sealed = one(&resolver, "vault:secret/ci/github#token").await;
+    let sealed = one(&resolver, GITHUB_TOKEN_REF).await;
     let waited = started.elapsed();
     fake.fail_next(429, 1);
-    let limited = one(&resolver, "vault:secret/ci/github#token").await;
+    let limited = one(&resolver, GITHUB_TOKEN_REF).await;
 
     assert_eq!(sealed.unwrap(), TOKEN);
     assert_eq!(limited.unwrap(), TOKEN);
@@ -502,15 +482,13 @@ async fn a_namespace_is_sent_on_every_request_and_scopes_the_login_the_token_and
     let token_without_namespace = Resolver::with_vault(dir.path().to_owned(), &token_settings);
 
     // Act
-    let token = one(&scoped, "vault:secret/ci/github#token").await.unwrap();
+    let token = one(&scoped, GITHUB_TOKEN_REF).await.unwrap();
     let renewed = eventually(Duration::from_secs(30), || async {
         (fake.renewals() >= 1).then_some(())
     })
     .await;
-    let outside = one(&unscoped, "vault:secret/ci/github#token")
-        .await
-        .unwrap_err();
-    let header_missing = one(&token_without_namespace, "vault:secret/ci/github#token")
+    let outside = one(&unscoped, GITHUB_TOKEN_REF).await.unwrap_err();
+    let header_missing = one(&token_without_namespace, GITHUB_TOKEN_REF)
         .await
         .unwrap_err();
 
@@ -560,12 +538,8 @@ async fn over_https_the_private_ca_is_trusted_and_nothing_else_is() {
     let trusting = approle_resolver(&fake, dir.path(), |s| s.ca_cert = Some(ca));
     let system_roots = approle_resolver(&fake, dir.path(), |s| s.retry_secs = 0);
 
-    let token = one(&trusting, "vault:secret/ci/github#token")
-        .await
-        .unwrap();
-    let refused = one(&system_roots, "vault:secret/ci/github#token")
-        .await
-        .unwrap_err();
+    let token = github_token(&trusting).await;
+    let refused = one(&system_roots, GITHUB_TOKEN_REF).await.unwrap_err();
 
     assert_eq!(token, TOKEN);
     assert!(fake.addr().starts_with("https://"));
