@@ -47,8 +47,7 @@ impl Runner {
     /// The run's private directory, for a caller that needs its key and
     /// known_hosts before and after the playbook (SSH probe, host key pin).
     pub fn workspace(&self, run: &PlaybookRun) -> Result<Workspace, RunError> {
-        let workspace =
-            Workspace::create(&run.target, &run.extra_vars).map_err(RunError::Workspace)?;
+        let workspace = Workspace::create(&run.target).map_err(RunError::Workspace)?;
         tracing::debug!(dir = %workspace.path().display(), "run directory ready");
         Ok(workspace)
     }
@@ -80,6 +79,9 @@ impl Runner {
     ) -> Result<PlaybookOutcome, RunError> {
         let started = Instant::now();
         let ansible_dir = std::path::absolute(&self.settings.dir).map_err(RunError::Workspace)?;
+        workspace
+            .write_extra_vars(&run.extra_vars)
+            .map_err(RunError::Workspace)?;
         let (plugin, events) = plugin_for(run.events.clone(), &ansible_dir, workspace, redactor);
         let mut child = self.spawn(&run, &ansible_dir, workspace, plugin.as_ref())?;
         let pgid = child_pgid(&child)?;

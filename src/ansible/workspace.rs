@@ -30,17 +30,10 @@ pub struct Workspace {
 }
 
 impl Workspace {
-    /// Creates the directory and writes every file the run needs.
-    pub(crate) fn create(
-        target: &SshTarget,
-        extra_vars: &serde_json::Value,
-    ) -> io::Result<Workspace> {
-        if !extra_vars.is_object() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "extra vars must be a JSON object",
-            ));
-        }
+    /// Creates the directory and writes the files of the target: key,
+    /// known_hosts, inventory. Each run writes its own extra vars
+    /// ([`Workspace::write_extra_vars`]).
+    pub(crate) fn create(target: &SshTarget) -> io::Result<Workspace> {
         let dir = tempfile::Builder::new()
             .prefix("ia-")
             .permissions(Permissions::from_mode(0o700))
@@ -58,7 +51,6 @@ impl Workspace {
         if let Some(lines) = &target.known_hosts {
             write_private(&workspace.known_hosts_path(), &with_final_newline(lines))?;
         }
-        write_private(&workspace.vars_path(), &unsafe_yaml(extra_vars))?;
         let inventory = workspace.inventory(target).to_string();
         write_private(&workspace.inventory_path(), &inventory)?;
         Ok(workspace)
@@ -113,11 +105,20 @@ impl Workspace {
         self.path().join("cp")
     }
 
-    /// Replaces the extra vars, for values learnt after creation (such as
-    /// the public half of the key in this directory).
-    pub fn rewrite_extra_vars(&self, extra_vars: &serde_json::Value) -> io::Result<()> {
+    /// Writes a run's extra vars, replacing the previous run's: a JSON
+    /// object, written as YAML with every string `!unsafe`.
+    pub(crate) fn write_extra_vars(&self, extra_vars: &serde_json::Value) -> io::Result<()> {
+        if !extra_vars.is_object() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "extra vars must be a JSON object",
+            ));
+        }
         let path = self.vars_path();
-        std::fs::remove_file(&path)?;
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         write_private(&path, &unsafe_yaml(extra_vars))
     }
 
@@ -234,7 +235,7 @@ mod tests {
 
     #[test]
     fn the_directory_is_private_and_removed_on_drop() {
-        let ws = Workspace::create(&target(None, None), &json!({})).unwrap();
+        let ws = Workspace::create(&target(None, None)).unwrap();
         let path = ws.path().to_owned();
         assert_eq!(mode(&path), 0o700);
         assert_eq!(mode(&ws.control_path_dir()), 0o700);
@@ -245,7 +246,7 @@ mod tests {
 
     #[test]
     fn the_inventory_names_the_host_and_its_ssh_settings() {
-        let ws = Workspace::create(&target(Some("KEY"), None), &json!({})).unwrap();
+        let ws = Workspace::create(&target(Some("KEY"), None)).unwrap();
         let inventory = read_json(&ws.inventory_path());
         let host = &inventory["all"]["hosts"]["203.0.113.10"];
         assert_eq!(host["ansible_host"], "203.0.113.10");
@@ -263,7 +264,7 @@ mod tests {
 
     #[test]
     fn the_key_is_0600_and_ends_in_a_newline() {
-        let ws = Workspace::create(&target(Some("-----KEY-----"), None), &json!({})).unwrap();
+        let ws = Workspace::create(&target(Some("-----KEY-----"), None)).unwrap();
         let key = ws.path().join("id_key");
         assert_eq!(mode(&key), 0o600);
         assert_eq!(std::fs::read_to_string(key).unwrap(), "-----KEY-----\n");
@@ -271,7 +272,7 @@ mod tests {
 
     #[test]
     fn without_a_key_no_key_file_is_named_or_written() {
-        let ws = Workspace::create(&target(None, None), &json!({})).unwrap();
+        let ws = Workspace::create(&target(None, None)).unwrap();
         let inventory = read_json(&ws.inventory_path());
         let host = &inventory["all"]["hosts"]["203.0.113.10"];
         assert!(host.get("ansible_ssh_private_key_file").is_none());
@@ -281,7 +282,7 @@ mod tests {
     #[test]
     fn pinned_host_keys_are_written_and_required() {
         let line = "203.0.113.10 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample";
-        let ws = Workspace::create(&target(None, Some(line)), &json!({})).unwrap();
+        let ws = Workspace::create(&target(None, Some(line))).unwrap();
         let written = std::fs::read_to_string(ws.path().join("known_hosts")).unwrap();
         assert_eq!(written, format!("{line}\n"));
         let inventory = read_json(&ws.inventory_path());
@@ -295,11 +296,12 @@ mod tests {
     #[test]
     fn extra_vars_are_written_as_unsafe_yaml_and_must_be_an_object() {
         let vars = json!({"project_name": "my-project", "port": 8080});
-        let ws = Workspace::create(&target(None, None), &vars).unwrap();
+        let ws = Workspace::create(&target(None, None)).unwrap();
+        ws.write_extra_vars(&vars).unwrap();
         let written = std::fs::read_to_string(ws.vars_path()).unwrap();
         assert_eq!(written, super::unsafe_yaml(&vars));
         assert_eq!(mode(&ws.vars_path()), 0o600);
-        let err = Workspace::create(&target(None, None), &json!([1])).unwrap_err();
+        let err = ws.write_extra_vars(&json!([1])).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 }

@@ -154,12 +154,6 @@ impl CiSetup<'_> {
             "ci_public_key": key.public(),
             "ci_action": action.as_str(),
         });
-        if let Err(e) = self.workspace.rewrite_extra_vars(&extra_vars) {
-            let message = format!("preparing the CI access play: {e}");
-            return Err(
-                JobError::new(ErrorCode::Internal, message).with_detail("step", action.as_str())
-            );
-        }
         let timeout = play_timeout(ctx.job_timeout());
         let run = PlaybookRun {
             playbook: ctx.settings.ansible.ci_playbook.clone(),

@@ -168,10 +168,8 @@ impl Flow<'_> {
             Ok(public_key) => public_key,
             Err(error) => return Err(self.fail(ServerStatus::Failed, error).await),
         };
+        // The run writes its vars into the directory when it starts.
         run.extra_vars["deploy_authorized_key"] = json!(public_key);
-        workspace
-            .rewrite_extra_vars(&run.extra_vars)
-            .map_err(internal)?;
         Ok(Prepared {
             run,
             workspace,
