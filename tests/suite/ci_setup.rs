@@ -11,11 +11,10 @@ use infra_service::ci::{CiReport, CiStatus};
 use infra_service::job::{ErrorCode, JobResult, JobStatus};
 use serde_json::{Value, json};
 
-use crate::exfiltration::{files_text, fragments, stream_text};
 use crate::github_fake::{FakeConfig, FakeGithub};
 use crate::helpers::{
-    GITHUB_TOKEN_VAR, SshOutput, SystemUser, TestHost, TestRedis, World, unique_request_id,
-    valid_deploy_payload,
+    GITHUB_TOKEN_VAR, SshOutput, SystemUser, TestHost, TestRedis, World, files_text, fragments,
+    stream_text, unique_request_id, valid_deploy_payload,
 };
 
 const REPO: &str = "acme/shop";

@@ -7,7 +7,7 @@
 //! runs, by a worker whose Vault is down.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use infra_service::job::{ErrorCode, JobKind, JobResult, JobStatus};
@@ -44,18 +44,6 @@ fn payload(label: &str, server_ip: &str, changes: Value) -> Value {
 
 fn id(payload: &Value) -> &str {
     payload["request_id"].as_str().unwrap()
-}
-
-/// Enqueues every payload first, then waits for each result, in order.
-async fn deploy_all(w: &World, payloads: &[Value]) -> Vec<JobResult> {
-    for payload in payloads {
-        w.queue.enqueue_deploy(payload).await;
-    }
-    let mut results = Vec::new();
-    for payload in payloads {
-        results.push(w.worker.wait_deploy_result(&w.queue, id(payload)).await);
-    }
-    results
 }
 
 /// A reference the policy refused: `secret_unresolved`, `not_allowed`,
@@ -95,44 +83,6 @@ async fn assert_target_refused(w: &World, result: &JobResult) {
         "no dead letter for {}: {dead:?}",
         result.request_id
     );
-}
-
-/// Lines of `value` worth searching for: a PEM key's body lines, or the
-/// value itself.
-pub(crate) fn fragments(value: &str) -> Vec<&str> {
-    let lines: Vec<&str> = value
-        .lines()
-        .map(str::trim)
-        .filter(|line| line.len() >= 16 && !line.starts_with("-----"))
-        .collect();
-    if lines.is_empty() { vec![value] } else { lines }
-}
-
-/// Every text of `dir`'s files, recursively.
-pub(crate) fn files_text(dir: &Path) -> String {
-    let mut text = String::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(path) = pending.pop() {
-        if path.is_dir() {
-            for entry in std::fs::read_dir(&path).unwrap() {
-                pending.push(entry.unwrap().path());
-            }
-        } else if let Ok(bytes) = std::fs::read(&path) {
-            text.push_str(&String::from_utf8_lossy(&bytes));
-        }
-    }
-    text
-}
-
-/// Every entry of a stream under the test's prefix, its fields as stored.
-pub(crate) async fn stream_text(w: &World, stream: &str) -> String {
-    let mut text = String::new();
-    for (_, fields) in w.queue.stream_entries(stream).await {
-        for (name, value) in fields {
-            text.push_str(&format!("{name}={value}\n"));
-        }
-    }
-    text
 }
 
 /// `value` is in none of the places a job's words go: its result (key and
@@ -225,7 +175,7 @@ async fn the_deploy_key_sent_to_a_host_outside_the_allowed_ranges_is_refused_bef
     let connections = w.host.connections();
 
     // Act
-    let results = deploy_all(&w, &[steal.clone(), by_name.clone()]).await;
+    let results = w.deploy_all(&[steal.clone(), by_name.clone()]).await;
 
     // Assert
     for result in &results {
@@ -275,7 +225,7 @@ async fn the_deploy_key_under_other_spellings_or_through_a_symlink_is_not_allowe
     let connections = w.host.connections();
 
     // Act
-    let results = deploy_all(&w, &payloads).await;
+    let results = w.deploy_all(&payloads).await;
 
     // Assert
     for (result, (_, reference)) in results.iter().zip(attempts) {
@@ -340,7 +290,7 @@ async fn the_workers_environment_is_not_allowed_whatever_the_patterns_and_patter
         unlisted,
         unlisted_token,
     ];
-    let results = deploy_all(&w, &payloads).await;
+    let results = w.deploy_all(&payloads).await;
 
     // Assert
     assert_not_allowed(&results[0], "env:INFRA__POSTGRES__URL");
@@ -400,7 +350,7 @@ async fn a_registered_servers_key_is_not_allowed_and_an_unregistered_target_is_r
     let connections = w.host.connections();
 
     // Act
-    let results = deploy_all(&w, &[steal.clone(), unregistered.clone()]).await;
+    let results = w.deploy_all(&[steal.clone(), unregistered.clone()]).await;
 
     // Assert
     assert_not_allowed(&results[0], "file:servers//vps-1.key");

@@ -53,19 +53,6 @@ fn vault_deploy(w: &World, label: &str) -> Value {
     payload
 }
 
-/// Enqueues every payload first, then waits for each result, in order.
-async fn deploy_all(w: &World, payloads: &[Value]) -> Vec<JobResult> {
-    for payload in payloads {
-        w.queue.enqueue_deploy(payload).await;
-    }
-    let mut results = Vec::new();
-    for payload in payloads {
-        let id = payload["request_id"].as_str().unwrap();
-        results.push(w.worker.wait_deploy_result(&w.queue, id).await);
-    }
-    results
-}
-
 fn assert_secret_unresolved(w: &World, result: &JobResult, reference: &str, reason: &str) {
     assert_eq!(
         result.code(),
@@ -188,7 +175,7 @@ async fn a_deploy_gets_its_token_and_env_from_vault_and_rides_out_an_outage_and_
         .iter()
         .map(|(field, reference, reason)| with(reason, field, reference))
         .collect();
-    let results = deploy_all(&w, &payloads).await;
+    let results = w.deploy_all(&payloads).await;
 
     // Assert 3: the contract's reasons, before any playbook; the denied
     // read, with a token Vault still accepted, was not tried again.
@@ -372,7 +359,7 @@ async fn a_provision_takes_the_servers_key_from_vault_and_no_job_may_name_it_or_
         .collect();
 
     // Act
-    let results = deploy_all(&w, &payloads).await;
+    let results = w.deploy_all(&payloads).await;
     let asked_before_the_provision = fake.requests();
     let request_id = unique_request_id("vault-prov");
     let result = w

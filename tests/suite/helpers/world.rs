@@ -59,6 +59,22 @@ impl World {
             .await
     }
 
+    /// Enqueues every DeployJob first, then returns their results in order:
+    /// the jobs run side by side.
+    pub async fn deploy_all(&self, payloads: &[Value]) -> Vec<JobResult> {
+        for payload in payloads {
+            self.queue.enqueue_deploy(payload).await;
+        }
+        let mut results = Vec::new();
+        for payload in payloads {
+            let waited = self
+                .worker
+                .wait_deploy_result(&self.queue, request_id(payload));
+            results.push(waited.await);
+        }
+        results
+    }
+
     /// Enqueues a ProvisionJob and returns its published result.
     pub async fn provision(&self, payload: &Value) -> JobResult {
         self.queue.enqueue_provision(payload).await;
