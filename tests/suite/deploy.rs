@@ -406,7 +406,7 @@ async fn the_secret_never_appears_in_command_lines_logs_results_or_dead_letters(
         }
         let running = descendants(worker.pid() as i32)
             .into_iter()
-            .any(|pid| cmdline(pid).contains("ansible-playbook"));
+            .any(is_playbook_run);
         saw_playbook |= running;
         if running && !sleep_starts(&w.host, &request_id).is_empty() {
             saw_token_in_an_environment |= !pids_with_environ_containing(&token).is_empty();

@@ -65,6 +65,35 @@ pub fn cmdline(pid: i32) -> String {
         .unwrap_or_default()
 }
 
+/// The warm controller's script, as it shows in the command line of the
+/// controller and of every run forked from it.
+const CONTROLLER_SCRIPT: &str = "infra_controller.py";
+
+/// Whether `pid` is a playbook run: a cold `ansible-playbook`, or a run
+/// forked from the warm controller (it keeps the controller's command line
+/// but leads a session of its own, which the controller never does).
+pub fn is_playbook_run(pid: i32) -> bool {
+    let argv = cmdline(pid);
+    argv.contains("ansible-playbook") || (argv.contains(CONTROLLER_SCRIPT) && leads_session(pid))
+}
+
+/// Whether `pid` is the warm controller itself (not a run forked from it).
+pub fn is_warm_controller(pid: i32) -> bool {
+    cmdline(pid).contains(CONTROLLER_SCRIPT) && !leads_session(pid)
+}
+
+/// Whether `pid` is its session's leader (field 6 of `/proc/<pid>/stat`).
+fn leads_session(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // Fields after the parenthesised command: state ppid pgrp session ...
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return false;
+    };
+    rest.split_whitespace().nth(3).and_then(|s| s.parse().ok()) == Some(pid)
+}
+
 fn pids() -> impl Iterator<Item = i32> {
     std::fs::read_dir("/proc")
         .into_iter()
