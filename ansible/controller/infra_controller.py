@@ -377,6 +377,8 @@ def _remember_import_state():
     # run, so a child reuses the parse instead of reading it again.
     _IMPORT_STATE["base_defs"] = C.config._base_defs
     _IMPORT_STATE["keep_remote_files"] = C.DEFAULT_KEEP_REMOTE_FILES
+    _remember_builtin_routing()
+    _remember_plugin_config_defs(C, loader)
     # Legacy plugin modules in sys.modules: a run that resolves one of these
     # names to another file must load that file, as a cold run would.
     _IMPORT_STATE["preloaded_legacy"] = {
@@ -384,10 +386,47 @@ def _remember_import_state():
         for name, module in sys.modules.items()
         if name.startswith("ansible.plugins.") and name.count(".") == 3
     }
-    # The controller never asks a loader for anything: their caches are empty.
+
+
+def _remember_builtin_routing():
+    """ansible.builtin's routing (a large YAML file every run parses when the
+    collection loader first loads ansible.builtin), parsed once here."""
+    import ansible
+    from ansible.utils.collection_loader import _collection_meta
+
+    path = os.path.join(os.path.dirname(ansible.__file__), "config", "ansible_builtin_runtime.yml")
+    with open(path, "rb") as source:
+        raw = source.read()
+    _IMPORT_STATE["builtin_routing"] = (raw, _collection_meta._meta_yml_to_dict(raw, ("ansible.builtin", "runtime.yml")))
+
+
+def _remember_plugin_config_defs(C, loader):
+    """The option definitions each preloaded configurable plugin registers
+    when a run loads it (parsing its DOCUMENTATION and doc fragments: most of
+    a warm run's CPU otherwise), computed with the loaders' own code. The
+    loaders and the configuration are then left as they were."""
+    cache = {}
+    for name, module in list(sys.modules.items()):
+        parts = name.split(".")
+        if len(parts) != 4 or parts[:2] != ["ansible", "plugins"]:
+            continue
+        plugin_loader = getattr(loader, f"{parts[2]}_loader", None)
+        path = getattr(module, "__file__", None)
+        if not isinstance(plugin_loader, loader.PluginLoader) or not path or not plugin_loader.class_name:
+            continue
+        type_name = loader.get_plugin_class(plugin_loader.class_name)
+        if type_name not in C.CONFIGURABLE_PLUGINS:
+            continue
+        plugin_loader._load_config_defs(parts[3], module, path)
+        defs = C.config._plugins.get(type_name, {}).pop(parts[3], None)
+        if defs is not None:
+            cache[(type_name, path)] = (getattr(module, "DOCUMENTATION", ""), defs)
+    C.config._plugins.clear()
+    _IMPORT_STATE["plugin_config_defs"] = cache
+    _IMPORT_STATE["fragment_paths"] = list(loader.fragment_loader.config)
+    # Resolving doc fragments filled loader caches: empty them again.
     for name in LOADER_PATH_SETTINGS:
-        if getattr(loader, name)._paths is not None:
-            raise SelfCheckFailed(f"{name} was used before the runs")
+        getattr(loader, name)._clear_caches()
 
 
 # --- the run child --------------------------------------------------------------
@@ -683,6 +722,56 @@ def _reset_loaders():
         plugin_loader._clear_caches()
         plugin_loader._searched_paths = set()
     _guard_preloaded_plugins(loader)
+    _serve_remembered_config_defs(loader)
+    _serve_remembered_routing()
+
+
+def _serve_remembered_config_defs(loader):
+    """A plugin's option definitions from the controller's parse when the
+    run loads the same file with the same doc fragment search path (else the
+    loader parses, as cold). Each is served once: a second load parses again,
+    giving a new object as a cold run's would."""
+    import ansible.constants as C
+
+    remembered = dict(_IMPORT_STATE["plugin_config_defs"])
+    fragment_paths = _IMPORT_STATE["fragment_paths"]
+    original = loader.PluginLoader._load_config_defs
+
+    def load_config_defs(self, name, module, path):
+        if self.class_name:
+            type_name = loader.get_plugin_class(self.class_name)
+            entry = remembered.get((type_name, path))
+            if (
+                entry is not None
+                and entry[0] == getattr(module, "DOCUMENTATION", "")
+                and loader.fragment_loader.config == fragment_paths
+                and not loader.fragment_loader._extra_dirs
+                and not C.config.has_configuration_definition(type_name, name)
+            ):
+                del remembered[(type_name, path)]
+                C.config.initialize_plugin_configuration_definitions(type_name, name, entry[1])
+                loader.display.debug("Loaded config def from plugin (%s/%s)" % (type_name, name))
+                return None
+        return original(self, name, module, path)
+
+    loader.PluginLoader._load_config_defs = load_config_defs
+
+
+def _serve_remembered_routing():
+    """ansible.builtin's routing from the controller's parse, once, when the
+    run's collection loader reads the same bytes."""
+    from ansible.utils.collection_loader import _collection_finder
+
+    raw, parsed = _IMPORT_STATE["builtin_routing"]
+    remembered = [parsed]
+    original = _collection_finder._meta_yml_to_dict
+
+    def meta_yml_to_dict(yaml_string_data, content_id):
+        if remembered and content_id == ("ansible.builtin", "runtime.yml") and yaml_string_data == raw:
+            return remembered.pop()
+        return original(yaml_string_data, content_id)
+
+    _collection_finder._meta_yml_to_dict = meta_yml_to_dict
 
 
 def _guard_preloaded_plugins(loader):
