@@ -966,8 +966,12 @@ def main():
 
 if __name__ == "__main__":
     try:
-        sys.exit(main())
+        status = main()
     except OSError as error:
-        if error.errno in (errno.EPIPE, errno.ECONNRESET):
-            sys.exit(0)
-        raise
+        if error.errno not in (errno.EPIPE, errno.ECONNRESET):
+            raise
+        status = 0
+    # At once, without tearing down the heap of a preloaded Ansible (the
+    # worker may be waiting to restart it); nothing is buffered.
+    sys.stderr.flush()
+    os._exit(status)
