@@ -83,7 +83,9 @@
 //!   `recap`), stopping and reaping its whole process tree (`stop`, `tree`,
 //!   `masters`); `ansible::reaper` is the process-wide subreaper and its
 //!   orphan loop, which ends after the drain.
-//! - `ssh`: reachability probe, failure classes, retry policy.
+//! - `ssh`: reachability probe (a run's probe leaves its connection as the
+//!   run's ControlMaster, which the playbook reuses), failure classes,
+//!   retry policy.
 //! - `store`: Postgres (servers, host keys, the jobs ledger with its
 //!   `JobState`, server locks).
 //! - `provider`: the Time4VPS API client.

@@ -37,6 +37,7 @@ pub async fn reach(
         known_hosts_file: workspace.known_hosts_path(),
         strict_host_key: target.known_hosts.is_some(),
         connect_timeout: Duration::from_secs(ctx.settings.ssh.connect_timeout_secs),
+        control_path: None,
     };
     let (attempts, outcome) = ssh::probe_with_retries(&probe, policy).await;
     let Err(failure) = outcome else {
