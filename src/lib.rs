@@ -112,7 +112,8 @@
 //! - At most one job per server address runs at a time, across workers;
 //!   a lock's session closes with its job, even one cancelled mid-wait.
 //! - No process of a playbook run outlives it: its group, its descendants
-//!   in other sessions and its ControlMasters are stopped and reaped.
+//!   in other sessions and its ControlMasters (the SSH probe's among them,
+//!   closed with the workspace if no playbook ran) are stopped and reaped.
 //! - No payload reference is resolved before the policy has checked it,
 //!   and no job may name the worker's own credentials, whatever the
 //!   policy's lists say; no deploy connects before its target is checked,
