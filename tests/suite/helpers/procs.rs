@@ -65,6 +65,14 @@ pub fn cmdline(pid: i32) -> String {
         .unwrap_or_default()
 }
 
+/// The state letter of `/proc/<pid>/stat` (`Z` for a zombie); `None` once
+/// the pid is gone.
+pub fn state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: parse after the last ')'.
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
 fn pids() -> impl Iterator<Item = i32> {
     std::fs::read_dir("/proc")
         .into_iter()
