@@ -393,9 +393,7 @@ async fn sigterm_lets_a_running_job_finish_within_the_grace_period_and_exits_0()
     // Draining, not stopping: the job's playbook still runs (a stop that
     // cut the job short would have killed it), and so does the worker. Its
     // end file cannot tell: the fixture writes none before the release.
-    let playbook_runs = descendants(w.pid() as i32)
-        .into_iter()
-        .any(is_playbook_run);
+    let playbook_runs = descendants(w.pid() as i32).into_iter().any(is_playbook_run);
     assert!(playbook_runs, "the job's playbook is gone:\n{}", w.logs());
     w.assert_running().await;
     release_sleepers(&f.host);

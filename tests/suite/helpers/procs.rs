@@ -82,16 +82,24 @@ pub fn is_warm_controller(pid: i32) -> bool {
     cmdline(pid).contains(CONTROLLER_SCRIPT) && !leads_session(pid)
 }
 
-/// Whether `pid` is its session's leader (field 6 of `/proc/<pid>/stat`).
+/// The state letter of `/proc/<pid>/stat` (`Z` for a zombie); `None` once
+/// the pid is gone.
+pub fn state(pid: i32) -> Option<char> {
+    stat_fields(pid)?.first()?.chars().next()
+}
+
+/// Whether `pid` is its session's leader.
 fn leads_session(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // Fields after the parenthesised command: state ppid pgrp session ...
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-        return false;
-    };
-    rest.split_whitespace().nth(3).and_then(|s| s.parse().ok()) == Some(pid)
+    stat_fields(pid).and_then(|fields| fields.get(3)?.parse().ok()) == Some(pid)
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name: state ppid
+/// pgrp session ...
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: parse after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
 }
 
 fn pids() -> impl Iterator<Item = i32> {
