@@ -964,6 +964,16 @@ mod tests {
     /// callback plugin reports every task, redacted, in order.
     #[tokio::test]
     async fn a_real_playbook_run_gives_stats_the_failed_task_and_progress() {
+        real_playbook_run(false).await;
+    }
+
+    /// The same through the shipped warm controller.
+    #[tokio::test]
+    async fn a_real_warm_playbook_run_gives_the_same_stats_failed_task_and_progress() {
+        real_playbook_run(true).await;
+    }
+
+    async fn real_playbook_run(warm: bool) {
         let fx = Fixture::new("");
         std::fs::create_dir(fx.out("playbooks")).unwrap();
         std::fs::create_dir_all(fx.out(events::PLUGIN_DIR)).unwrap();
@@ -982,8 +992,23 @@ mod tests {
              \x20   - name: never reached\n      debug:\n        msg: unreachable\n",
         )
         .unwrap();
-        let mut runner = fx.runner.clone();
-        runner.settings.playbook_bin = "ansible-playbook".into();
+        let mut settings = fx.runner.settings.clone();
+        settings.playbook_bin = "ansible-playbook".into();
+        if warm {
+            std::fs::create_dir(fx.out("controller")).unwrap();
+            let shipped = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("ansible")
+                .join(super::super::controller::SCRIPT);
+            std::fs::copy(shipped, fx.out(super::super::controller::SCRIPT)).unwrap();
+            settings.controller = ControllerMode::Warm;
+        }
+        let runner = Runner::new(settings, Duration::from_millis(300));
+        assert_eq!(
+            runner.wait_for_controller(Duration::from_secs(60)).await,
+            warm,
+            "the warm controller is ready exactly when asked for"
+        );
+        let warm_before = warm_runs();
         let fx = Fixture { runner, ..fx };
         let (sink, mut events) = events::channel(64);
         // A payload's value that is a template is data, never run.
@@ -1050,6 +1075,9 @@ mod tests {
             "no plugin warning: {}",
             outcome.output_tail
         );
+        if warm {
+            assert!(warm_runs() > warm_before, "the run did not go warm");
+        }
     }
 
     /// Warm runs counted so far (by every test of this process).
