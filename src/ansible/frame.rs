@@ -1,8 +1,7 @@
 //! The private channel to the warm controller: frames of a 4-byte
 //! big-endian length and that many bytes of JSON, both ways (issue 15).
-//! A run's frame carries
-//! its three pipe ends as one `SCM_RIGHTS` message on the `sendmsg` of its
-//! first byte. The messages themselves are typed here ([`ToController`],
+//! A run's frame carries its three pipe ends as one `SCM_RIGHTS` message
+//! on the `sendmsg` of its first byte. The messages themselves are typed here ([`ToController`],
 //! [`FromController`]); nothing else knows their spelling.
 
 use std::collections::BTreeMap;
