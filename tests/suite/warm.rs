@@ -4,10 +4,14 @@
 //!
 //! Parity runs the fixture `parity.yml` through two workers, one per mode,
 //! side by side: three jobs each (success with play stats, a failing task,
-//! a timeout), six real playbook runs in all.
+//! a timeout), six real playbook runs in all. A controller killed by SIGKILL
+//! is replaced for the next job (the fixtures' Ansible dir links the
+//! shipped controller).
 
 use std::collections::HashMap;
+use std::time::Duration;
 
+use infra_service::job::JobStatus;
 use serde_json::Value;
 
 use crate::helpers::*;
@@ -31,6 +35,10 @@ async fn parity_run(mode: &str, project_id: &str) -> Vec<(Value, Vec<Value>)> {
             .set("worker.kill_grace_secs", 1)
     })
     .await;
+    // Jobs that come before the controller is ready run cold.
+    w.worker
+        .wait_log("warm controller ready", usize::from(mode == "warm"), START_TIMEOUT)
+        .await;
     let payloads: Vec<Value> = BRANCHES
         .iter()
         .map(|branch| {
@@ -140,4 +148,58 @@ async fn the_fixture_playbooks_give_the_same_results_and_events_warm_and_cold() 
             "branch {branch}: too few events to compare: {cold_events:#?}"
         );
     }
+}
+
+/// The worker's warm controller process, if it runs.
+fn controller_of(worker_pid: u32) -> Option<i32> {
+    descendants(worker_pid as i32)
+        .into_iter()
+        .find(|&pid| is_warm_controller(pid))
+}
+
+/// The `controller` field of every "playbook started" line so far.
+fn run_modes(w: &World) -> Vec<String> {
+    w.worker
+        .log_entries("playbook started")
+        .iter()
+        .map(|e| e["controller"].as_str().unwrap_or("?").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn deploys_run_warm_and_a_killed_controller_is_replaced_for_the_next_job() {
+    // Arrange
+    let w = world("deploy_digest.yml", 2).await;
+    w.worker
+        .wait_log("warm controller ready", 1, Duration::from_secs(60))
+        .await;
+    let first_controller = controller_of(w.worker.pid()).expect("a controller process");
+
+    // Act: one job, then the controller killed, then another job.
+    let first = w
+        .deploy(&valid_deploy_payload(
+            &unique_request_id("warm1"),
+            w.host.address(),
+            8080,
+        ))
+        .await;
+    // SAFETY: kill(2) of the controller process found above.
+    unsafe { libc::kill(first_controller, libc::SIGKILL) };
+    w.worker
+        .wait_log("warm controller ready", 2, Duration::from_secs(60))
+        .await;
+    let second = w
+        .deploy(&valid_deploy_payload(
+            &unique_request_id("warm2"),
+            w.host.address(),
+            8080,
+        ))
+        .await;
+
+    // Assert
+    assert_eq!(first.status, JobStatus::Success, "{first:#?}");
+    assert_eq!(second.status, JobStatus::Success, "{second:#?}");
+    assert_eq!(run_modes(&w), ["warm", "warm"]);
+    let second_controller = controller_of(w.worker.pid()).expect("a new controller");
+    assert_ne!(second_controller, first_controller);
 }
