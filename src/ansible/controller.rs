@@ -99,7 +99,9 @@ impl Live {
 
 /// Where the controller stands, as runs see it.
 enum State {
-    /// Starting, or waiting to restart: runs go cold meanwhile.
+    /// Importing Ansible: a run waits for it (see [`Controller::ready`]).
+    Starting,
+    /// Waiting to restart after a loss or a failed start: runs go cold.
     Down,
     Ready(Live),
     /// Its self-check failed (or it cannot start at all): cold for good.
@@ -111,6 +113,8 @@ enum State {
 /// What the controller task shares with the runs.
 struct Shared {
     state: Mutex<State>,
+    /// Told of every change of `state`.
+    changed: tokio::sync::Notify,
     stop: CancellationToken,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Controllers started after the first (the metric is process-wide).
@@ -120,6 +124,7 @@ struct Shared {
 impl Shared {
     fn set(&self, state: State) {
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state;
+        self.changed.notify_waiters();
     }
 }
 
@@ -174,7 +179,8 @@ impl Controller {
         };
         let stop = CancellationToken::new();
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::Down),
+            state: Mutex::new(State::Starting),
+            changed: tokio::sync::Notify::new(),
             stop: stop.clone(),
             task: Mutex::new(None),
             restarts: 0.into(),
@@ -193,6 +199,27 @@ impl Controller {
         match &*self.shared.state.lock().unwrap_or_else(|p| p.into_inner()) {
             State::Ready(live) => Some(live.clone()),
             _ => None,
+        }
+    }
+
+    /// The connection to a ready controller, waiting up to `within` while
+    /// one is starting; `None` when it is not ready by then, restarting
+    /// after a loss, unusable or stopped. Waiting is no slower than a cold
+    /// run, which pays the same import the controller is paying, and the
+    /// first jobs of a new worker then run warm too.
+    pub(crate) async fn ready(&self, within: Duration) -> Option<Live> {
+        let deadline = Instant::now() + within;
+        loop {
+            let changed = self.shared.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the state is read: no change is missed.
+            changed.as_mut().enable();
+            match &*self.shared.state.lock().unwrap_or_else(|p| p.into_inner()) {
+                State::Ready(live) => return Some(live.clone()),
+                State::Starting => {}
+                State::Down | State::Unusable | State::Stopped => return None,
+            }
+            tokio::time::timeout_at(deadline, changed).await.ok()?;
         }
     }
 
@@ -277,6 +304,7 @@ async fn keep_running(shared: Arc<Shared>, spec: Spec, backoff: Backoff) {
             metrics::controller_restarted();
         }
         started_before = true;
+        shared.set(State::Starting);
         match start_one(&spec, &shared.stop).await {
             Ok((child, reader, live)) => {
                 let ready_at = Instant::now();
@@ -298,6 +326,7 @@ async fn keep_running(shared: Arc<Shared>, spec: Spec, backoff: Backoff) {
                 return;
             }
             Err(StartError::Failed(why)) => {
+                shared.set(State::Down);
                 tracing::warn!(error.message = %why, "the warm controller did not start; runs go cold until it does");
             }
         }

@@ -27,6 +27,10 @@ use crate::config::{AnsibleSettings, ControllerMode};
 use crate::metrics;
 use crate::secrets::Redactor;
 
+/// How long a run waits for a controller that is starting (at the worker's
+/// start, or restarting) before it runs cold.
+const WAIT_FOR_STARTING_CONTROLLER: Duration = Duration::from_secs(15);
+
 /// Runs playbooks with the configured binary and content directory.
 #[derive(Debug, Clone)]
 pub struct Runner {
@@ -191,7 +195,11 @@ impl Runner {
         let args = self.args(run, ansible_dir, workspace);
         let env = env::child_env(self.worker_env(), paths, &run.secret_env);
         tracing::debug!(secret_env = run.secret_env.len(), "command prepared");
-        if let Some(live) = self.controller.as_ref().and_then(Controller::live) {
+        let live = match &self.controller {
+            Some(controller) => controller.ready(WAIT_FOR_STARTING_CONTROLLER).await,
+            None => None,
+        };
+        if let Some(live) = live {
             match self
                 .start_warm(&live, &args, &env, ansible_dir, workspace)
                 .await

@@ -89,7 +89,7 @@ impl RunGuard {
     ) -> RunGuard {
         RunGuard {
             pgid,
-            tree: Some(RunTree::new(root, workspace.path())),
+            tree: Some(RunTree::new(root, workspace.path(), workspace.created())),
             control_path_dir: workspace.control_path_dir(),
             kill_grace,
             armed: true,

@@ -108,6 +108,22 @@ fn parse_stat(text: &[u8]) -> Option<Stat> {
     })
 }
 
+/// Now, in the clock ticks since boot that `/proc/<pid>/stat` gives a
+/// process's start in (rounded down, as the kernel rounds those).
+pub(crate) fn boot_ticks_now() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only to `now`.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) };
+    // SAFETY: sysconf only reads a constant of the system.
+    let hz = u128::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
+    let nanos = u128::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000
+        + u128::try_from(now.tv_nsec).unwrap_or(0);
+    u64::try_from(nanos * hz / 1_000_000_000).unwrap_or(u64::MAX)
+}
+
 /// Who is whose child, as of one look.
 pub(super) enum Family {
     /// The kernel's child lists (`/proc/<pid>/task/<tid>/children`).
@@ -200,11 +216,16 @@ pub(crate) struct RunTree {
     marker: Vec<u8>,
     /// Every process found, the root aside.
     known: HashSet<Proc>,
+    /// No process that started before this (clock ticks since boot) is the
+    /// run's: when its directory was made, so the preflight probe's
+    /// ControlMaster, made before the playbook, counts.
+    since: u64,
 }
 
 impl RunTree {
-    /// The run of playbook `root`, whose private directory is `run_dir`.
-    pub(crate) fn new(root: Proc, run_dir: &Path) -> RunTree {
+    /// The run of playbook `root`, whose private directory `run_dir` was
+    /// made at `since` ([`boot_ticks_now`]).
+    pub(crate) fn new(root: Proc, run_dir: &Path, since: u64) -> RunTree {
         ROOTS
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -212,6 +233,7 @@ impl RunTree {
         let mut marker = run_dir.as_os_str().as_bytes().to_vec();
         marker.push(b'/');
         RunTree {
+            since: since.min(root.start),
             root,
             marker,
             known: HashSet::new(),
@@ -255,12 +277,13 @@ impl RunTree {
         }
     }
 
-    /// A process the run left: started with or after the playbook, and in
-    /// its group or marked. The start time is read first (one small file):
-    /// only those are worth reading the command line and environment of.
+    /// A process the run left: started with or after its directory, and in
+    /// the playbook's group or marked. The start time is read first (one
+    /// small file): only those are worth reading the command line and
+    /// environment of.
     fn is_leftover(&self, pid: i32) -> bool {
         stat(pid).is_some_and(|s| {
-            s.start >= self.root.start && (s.pgrp == self.root.pid || self.is_marked(pid))
+            s.start >= self.since && (s.pgrp == self.root.pid || self.is_marked(pid))
         })
     }
 
@@ -366,6 +389,24 @@ fn reap_step(pending: &mut HashSet<Proc>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The floor a run's processes are held to: one started after the
+    /// reading never starts before it, one that ran before does.
+    #[test]
+    fn boot_ticks_order_processes_started_before_and_after() {
+        let me = Proc::of(std::process::id() as i32).unwrap();
+        let before = boot_ticks_now();
+        let mut child = std::process::Command::new("sleep")
+            .arg("1")
+            .spawn()
+            .unwrap();
+        let started = Proc::of(child.id() as i32).unwrap().start;
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        assert!(started >= before, "{started} < {before}");
+        assert!(me.start <= before, "{} > {before}", me.start);
+    }
 
     #[test]
     fn stat_fields_are_counted_from_the_last_parenthesis() {

@@ -19,6 +19,7 @@ use tempfile::TempDir;
 
 use super::masters;
 use super::run::SshTarget;
+use super::tree;
 use super::vars::unsafe_yaml;
 
 /// Unix socket paths are limited to 108 bytes and ssh appends a 40-char hash
@@ -29,6 +30,9 @@ const MAX_BASE_DIR_LEN: usize = 32;
 #[derive(Debug)]
 pub struct Workspace {
     dir: TempDir,
+    /// When it was made, in [`tree::boot_ticks_now`]'s ticks: the run's
+    /// processes start no earlier.
+    created: u64,
 }
 
 impl Workspace {
@@ -40,7 +44,10 @@ impl Workspace {
             .prefix("ia-")
             .permissions(Permissions::from_mode(0o700))
             .tempdir_in(base_dir())?;
-        let workspace = Workspace { dir };
+        let workspace = Workspace {
+            created: tree::boot_ticks_now(),
+            dir,
+        };
         DirBuilder::new()
             .mode(0o700)
             .create(workspace.control_path_dir())?;
@@ -56,6 +63,11 @@ impl Workspace {
         let inventory = workspace.inventory(target).to_string();
         write_private(&workspace.inventory_path(), &inventory)?;
         Ok(workspace)
+    }
+
+    /// When it was made ([`tree::boot_ticks_now`]).
+    pub(crate) fn created(&self) -> u64 {
+        self.created
     }
 
     /// The directory itself.

@@ -622,9 +622,12 @@ async fn a_deploy_authenticates_once_its_playbook_reusing_the_probes_connection(
 
 #[tokio::test]
 async fn a_deploy_that_ends_after_the_probe_without_a_playbook_leaves_no_master() {
-    // Arrange: the probe succeeds, then the playbook cannot start.
+    // Arrange: the probe succeeds, then the playbook cannot start (cold:
+    // a warm run does not start `playbook_bin`).
     let w = World::start(TestHost::start().await, TestRedis::new().await, |worker| {
-        worker.set("ansible.playbook_bin", "/nonexistent/ansible-playbook")
+        worker
+            .set("ansible.controller", "cold")
+            .set("ansible.playbook_bin", "/nonexistent/ansible-playbook")
     })
     .await;
     let id = unique_request_id("nomaster");

@@ -35,10 +35,6 @@ async fn parity_run(mode: &str, project_id: &str) -> Vec<(Value, Vec<Value>)> {
             .set("worker.kill_grace_secs", 1)
     })
     .await;
-    // Jobs that come before the controller is ready run cold.
-    w.worker
-        .wait_log("warm controller ready", usize::from(mode == "warm"), START_TIMEOUT)
-        .await;
     let payloads: Vec<Value> = BRANCHES
         .iter()
         .map(|branch| {
@@ -51,6 +47,7 @@ async fn parity_run(mode: &str, project_id: &str) -> Vec<(Value, Vec<Value>)> {
         .collect();
 
     let results = w.deploy_all(&payloads).await;
+    assert_eq!(run_modes(&w), [mode; BRANCHES.len()], "every run {mode}");
 
     let mut seen = Vec::new();
     for (payload, result) in payloads.iter().zip(results) {
