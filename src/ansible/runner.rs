@@ -585,6 +585,20 @@ mod tests {
         rc == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
     }
 
+    /// [`group_is_gone`] for a warm run: its leader, the controller's child,
+    /// is reaped by the controller a moment after it exited (a zombie still
+    /// counts as a member), so this waits up to 2 s for that.
+    async fn warm_group_is_gone(pgid: i32) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !group_is_gone(pgid) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     #[tokio::test]
     async fn the_secret_reaches_the_env_but_not_the_argv_and_the_run_dir_is_removed() {
         let fx = Fixture::new("printf '%s\\n' \"$@\" > \"$PWD/argv\"; env > \"$PWD/env\"");
@@ -1140,7 +1154,7 @@ mod tests {
         assert_eq!(warm_text, cold_text);
         assert!(warm_text.contains("to-stderr") && warm_text.contains("DEPLOY_TOKEN=***"));
         assert!(!warm_dir.exists());
-        assert!(group_is_gone(pgid));
+        assert!(warm_group_is_gone(pgid).await);
     }
 
     #[tokio::test]
@@ -1188,7 +1202,7 @@ mod tests {
 
         assert_eq!(outcome.exit_code, Some(4), "{outcome:?}");
         assert!(outcome.output_tail.contains("done"));
-        assert!(group_is_gone(pgid));
+        assert!(warm_group_is_gone(pgid).await);
         let deadline = Instant::now() + Duration::from_secs(10);
         while fx.runner.controller_pid().is_none_or(|pid| pid == first) {
             assert!(Instant::now() < deadline, "no new controller");
@@ -1217,7 +1231,10 @@ mod tests {
         assert_eq!(outcome.exit_code, None, "killed by a signal");
         assert!(outcome.output_tail.contains("started"));
         assert!(outcome.duration < Duration::from_secs(10));
-        assert!(group_is_gone(pgid), "processes of group {pgid} remain");
+        assert!(
+            warm_group_is_gone(pgid).await,
+            "processes of group {pgid} remain"
+        );
         assert!(!run_dir.exists());
     }
 

@@ -5,8 +5,8 @@
 //! Parity runs the fixture `parity.yml` through two workers, one per mode,
 //! side by side: three jobs each (success with play stats, a failing task,
 //! a timeout), six real playbook runs in all. A controller killed by SIGKILL
-//! is replaced for the next job (the fixtures' Ansible dir links the
-//! shipped controller).
+//! under two runs leaves them to finish, and is replaced for the next job
+//! (the fixtures' Ansible dir links the shipped controller).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -164,39 +164,49 @@ fn run_modes(w: &World) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn deploys_run_warm_and_a_killed_controller_is_replaced_for_the_next_job() {
-    // Arrange
-    let w = world("deploy_digest.yml", 2).await;
-    w.worker
-        .wait_log("warm controller ready", 1, Duration::from_secs(60))
-        .await;
+async fn runs_in_flight_outlive_a_killed_controller_and_the_next_job_runs_on_a_new_one() {
+    // Arrange: two jobs hold their playbooks open on the target.
+    let w = world("deploy_sleep.yml", 2).await;
+    let payload =
+        |label: &str| valid_deploy_payload(&unique_request_id(label), w.host.address(), 8080);
+    let in_flight = [payload("inflight1"), payload("inflight2")];
+    for job in &in_flight {
+        w.queue.enqueue_deploy(job).await;
+    }
+    let ids: Vec<String> = in_flight
+        .iter()
+        .map(|job| job["request_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        wait_sleepers_started(&w.host, &ids, START_TIMEOUT).await,
+        "the two playbooks did not start:\n{}",
+        w.worker.logs()
+    );
     let first_controller = controller_of(w.worker.pid()).expect("a controller process");
 
-    // Act: one job, then the controller killed, then another job.
-    let first = w
-        .deploy(&valid_deploy_payload(
-            &unique_request_id("warm1"),
-            w.host.address(),
-            8080,
-        ))
-        .await;
+    // Act: SIGKILL the controller under its two runs, then let them end.
     // SAFETY: kill(2) of the controller process found above.
     unsafe { libc::kill(first_controller, libc::SIGKILL) };
     w.worker
         .wait_log("warm controller ready", 2, Duration::from_secs(60))
         .await;
-    let second = w
-        .deploy(&valid_deploy_payload(
-            &unique_request_id("warm2"),
-            w.host.address(),
-            8080,
-        ))
-        .await;
+    release_sleepers(&w.host);
+    let mut results = Vec::new();
+    for id in &ids {
+        results.push(w.worker.wait_deploy_result(&w.queue, id).await);
+    }
+    let next = w.deploy(&payload("after")).await;
 
-    // Assert
-    assert_eq!(first.status, JobStatus::Success, "{first:#?}");
-    assert_eq!(second.status, JobStatus::Success, "{second:#?}");
-    assert_eq!(run_modes(&w), ["warm", "warm"]);
+    // Assert: both runs finished as if nothing happened; the next job ran
+    // warm, forked by the new controller.
+    for result in results.iter().chain([&next]) {
+        assert_eq!(result.status, JobStatus::Success, "{result:#?}");
+        assert!(
+            result.output_tail.contains("Record the end time"),
+            "{result:#?}"
+        );
+    }
+    assert_eq!(run_modes(&w), ["warm", "warm", "warm"]);
     let second_controller = controller_of(w.worker.pid()).expect("a new controller");
     assert_ne!(second_controller, first_controller);
 }
