@@ -545,20 +545,59 @@ mod tests {
 
         /// Runs and returns the outcome, the run directory and the group id.
         async fn run(&self, run: PlaybookRun) -> (PlaybookOutcome, PathBuf, i32) {
-            let seen = Mutex::new(None);
-            let redactor = Redactor::new(run.secret_env.iter().map(|(_, v)| v));
-            let workspace = self.runner.workspace(&run).unwrap();
-            let outcome = self
-                .runner
-                .run_observed(&workspace, run, &redactor, |dir, pgid| {
-                    *seen.lock().unwrap() = Some((dir.to_owned(), pgid));
-                })
-                .await
-                .unwrap();
-            drop(workspace);
-            let (dir, pgid) = seen.into_inner().unwrap().unwrap();
-            (outcome, dir, pgid)
+            run_on(&self.runner, run).await
         }
+
+        /// A fixture for the real `ansible-playbook`: `playbook` as
+        /// `playbooks/site.yml`, the shipped events plugin and the shipped
+        /// warm controller (used by a runner from [`Fixture::real_runner`]).
+        fn real(playbook: &str) -> Fixture {
+            let fx = Fixture::new("");
+            let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("ansible");
+            std::fs::create_dir(fx.out("playbooks")).unwrap();
+            std::fs::write(fx.out("playbooks/site.yml"), playbook).unwrap();
+            std::fs::create_dir_all(fx.out(events::PLUGIN_DIR)).unwrap();
+            let plugin = Path::new(events::PLUGIN_DIR).join("infra_events.py");
+            std::fs::copy(shipped.join(&plugin), fx.dir.path().join(&plugin)).unwrap();
+            std::fs::create_dir(fx.out("controller")).unwrap();
+            let script = super::super::controller::SCRIPT;
+            std::fs::copy(shipped.join(script), fx.out(script)).unwrap();
+            fx
+        }
+
+        /// A runner of the real `ansible-playbook` on this fixture's dir,
+        /// warm (its controller ready) or cold.
+        async fn real_runner(&self, warm: bool) -> Runner {
+            let mut settings = self.runner.settings.clone();
+            settings.playbook_bin = "ansible-playbook".into();
+            if warm {
+                settings.controller = ControllerMode::Warm;
+            }
+            let runner = Runner::new(settings, Duration::from_millis(300));
+            assert_eq!(
+                runner.wait_for_controller(Duration::from_secs(60)).await,
+                warm,
+                "the warm controller is ready exactly when asked for"
+            );
+            runner
+        }
+    }
+
+    /// Runs on `runner` and returns the outcome, the run directory and the
+    /// group id.
+    async fn run_on(runner: &Runner, run: PlaybookRun) -> (PlaybookOutcome, PathBuf, i32) {
+        let seen = Mutex::new(None);
+        let redactor = Redactor::new(run.secret_env.iter().map(|(_, v)| v));
+        let workspace = runner.workspace(&run).unwrap();
+        let outcome = runner
+            .run_observed(&workspace, run, &redactor, |dir, pgid| {
+                *seen.lock().unwrap() = Some((dir.to_owned(), pgid));
+            })
+            .await
+            .unwrap();
+        drop(workspace);
+        let (dir, pgid) = seen.into_inner().unwrap().unwrap();
+        (outcome, dir, pgid)
     }
 
     fn playbook_run(timeout: Duration) -> PlaybookRun {
@@ -996,40 +1035,15 @@ mod tests {
     }
 
     async fn real_playbook_run(warm: bool) {
-        let fx = Fixture::new("");
-        std::fs::create_dir(fx.out("playbooks")).unwrap();
-        std::fs::create_dir_all(fx.out(events::PLUGIN_DIR)).unwrap();
-        let shipped = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("ansible")
-            .join(events::PLUGIN_DIR)
-            .join("infra_events.py");
-        std::fs::copy(shipped, fx.out("plugins/callback/infra_events.py")).unwrap();
-        std::fs::write(
-            fx.out("playbooks/site.yml"),
+        let fx = Fixture::real(
             "- hosts: all\n  connection: local\n  gather_facts: false\n  tasks:\n\
              \x20   - name: greet\n      debug:\n        msg: \"hello {{ project_name }} on {{ branch }}\"\n\
              \x20   - name: hand back a revision\n      set_stats:\n        per_host: false\n        aggregate: false\n        data:\n          revision: \"{{ project_name }}-1\"\n\
              \x20   - name: ignored\n      fail:\n        msg: not counted\n      ignore_errors: true\n\
              \x20   - name: check the token\n      fail:\n        msg: \"bad token {{ lookup('env', 'DEPLOY_TOKEN') }}\"\n\
              \x20   - name: never reached\n      debug:\n        msg: unreachable\n",
-        )
-        .unwrap();
-        let mut settings = fx.runner.settings.clone();
-        settings.playbook_bin = "ansible-playbook".into();
-        if warm {
-            std::fs::create_dir(fx.out("controller")).unwrap();
-            let shipped = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("ansible")
-                .join(super::super::controller::SCRIPT);
-            std::fs::copy(shipped, fx.out(super::super::controller::SCRIPT)).unwrap();
-            settings.controller = ControllerMode::Warm;
-        }
-        let runner = Runner::new(settings, Duration::from_millis(300));
-        assert_eq!(
-            runner.wait_for_controller(Duration::from_secs(60)).await,
-            warm,
-            "the warm controller is ready exactly when asked for"
         );
+        let runner = fx.real_runner(warm).await;
         let warm_before = warm_runs();
         let fx = Fixture { runner, ..fx };
         let (sink, mut events) = events::channel(64);
@@ -1108,6 +1122,148 @@ mod tests {
             .lines()
             .find_map(|l| l.strip_prefix("infra_playbook_runs_total{controller=\"warm\"} "))
             .map_or(0, |n| n.parse().unwrap())
+    }
+
+    /// A playbook that writes to `report` what its run sees (two secrets,
+    /// settings as the config and the ssh plugin read them, the Ansible and
+    /// ssh environment, the CLI's defaults) and its ancestors, after it
+    /// touched `mine` and waited for `theirs` (so two runs really overlap).
+    const ISOLATION_PLAYBOOK: &str = r#"- hosts: all
+  connection: local
+  gather_facts: false
+  vars:
+    ansible_python_interpreter: "{{ ansible_playbook_python }}"
+    env_cmd: "env | grep -E '^(ANSIBLE|ISO|INFRA)_' | sort"
+    ancestors_cmd: "p=$$; while [ \"$p\" -gt 1 ]; do echo $p; p=$(ps -o ppid= -p $p | tr -d ' '); done"
+  tasks:
+    - name: say this run started
+      file:
+        path: "{{ mine }}"
+        state: touch
+    - name: wait for the other run
+      wait_for:
+        path: "{{ theirs }}"
+        timeout: 60
+    - name: write down what this run sees
+      copy:
+        dest: "{{ report }}"
+        content: "{{ seen | to_nice_json }}"
+      vars:
+        seen:
+          iso_a: "{{ lookup('env', 'ISO_A') }}"
+          iso_b: "{{ lookup('env', 'ISO_B') }}"
+          timeout: "{{ lookup('config', 'DEFAULT_TIMEOUT') }}"
+          ssh_timeout: "{{ lookup('config', 'timeout', plugin_type='connection', plugin_name='ssh') }}"
+          control_path_dir: "{{ lookup('config', 'control_path_dir', plugin_type='connection', plugin_name='ssh') | replace(inventory_dir, '<run>') }}"
+          forks: "{{ lookup('config', 'DEFAULT_FORKS') }}"
+          cli_forks: "{{ ansible_forks }}"
+          callbacks: "{{ lookup('config', 'CALLBACKS_ENABLED') }}"
+          callback_paths: "{{ lookup('config', 'DEFAULT_CALLBACK_PLUGIN_PATH') }}"
+          host_key_checking: "{{ lookup('config', 'HOST_KEY_CHECKING') }}"
+          nocolor: "{{ lookup('config', 'ANSIBLE_NOCOLOR') }}"
+          config_file: "{{ ansible_config_file }}"
+          python: "{{ ansible_playbook_python }}"
+          cwd: "{{ lookup('pipe', 'pwd') }}"
+          env: "{{ lookup('pipe', env_cmd) | replace(inventory_dir, '<run>') }}"
+          ancestors: "{{ lookup('pipe', ancestors_cmd).split() | map('int') | list }}"
+"#;
+
+    /// Two concurrent runs, then a third: A (`ISO_A` and `ANSIBLE_TIMEOUT=7`
+    /// of its own), B (`ISO_B`) and C (no secrets): the reports of A, B, C.
+    async fn isolation_runs(fx: &Fixture, runner: &Runner, phase: &str) -> [serde_json::Value; 3] {
+        let dir = fx.out(phase);
+        std::fs::create_dir(&dir).unwrap();
+        let job = |name: &str, theirs: &str, secrets: &[(&str, &str)]| PlaybookRun {
+            extra_vars: json!({
+                "report": dir.join(format!("{name}.json")),
+                "mine": dir.join(format!("{name}.started")),
+                "theirs": dir.join(format!("{theirs}.started")),
+            }),
+            secret_env: secrets
+                .iter()
+                .map(|&(k, v)| (k.to_owned(), SecretString::from(v)))
+                .collect(),
+            ..playbook_run(Duration::from_secs(120))
+        };
+        let a = job(
+            "a",
+            "b",
+            &[("ISO_A", "secret-of-a"), ("ANSIBLE_TIMEOUT", "7")],
+        );
+        let b = job("b", "a", &[("ISO_B", "secret-of-b")]);
+        let c = job("c", "c", &[]);
+
+        let ((a, _, _), (b, _, _)) = tokio::join!(run_on(runner, a), run_on(runner, b));
+        let (c, _, _) = run_on(runner, c).await;
+
+        for (name, outcome) in [("a", a), ("b", b), ("c", c)] {
+            assert!(outcome.succeeded(), "{phase} {name}: {outcome:?}");
+        }
+        ["a", "b", "c"].map(|name| {
+            let text = std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap();
+            serde_json::from_str(&text).unwrap()
+        })
+    }
+
+    /// Six real `ansible-playbook` runs (about a second of CPU each, less
+    /// warm): what a warm run sees is what the cold run of the same job
+    /// sees, its own secrets and settings only, whatever ran beside it or
+    /// before it on the same controller.
+    #[tokio::test]
+    async fn concurrent_warm_runs_see_only_their_own_secrets_and_settings_as_cold_ones_do() {
+        let fx = Fixture::real(ISOLATION_PLAYBOOK);
+        let shipped_cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("ansible/ansible.cfg");
+        std::fs::copy(shipped_cfg, fx.out("ansible.cfg")).unwrap();
+        let warm = fx.real_runner(true).await;
+        let controller = warm.controller_pid().unwrap();
+        let warm_before = warm_runs();
+
+        let warm_seen = isolation_runs(&fx, &warm, "warm").await;
+        let warm_after = warm_runs();
+        let cold_seen = isolation_runs(&fx, &fx.real_runner(false).await, "cold").await;
+
+        assert!(warm_after - warm_before >= 3, "not every run went warm");
+        let ancestors = |seen: &serde_json::Value| -> Vec<u64> {
+            serde_json::from_value(seen["ancestors"].clone()).unwrap()
+        };
+        for (name, (warm, cold)) in ["a", "b", "c"].iter().zip(warm_seen.iter().zip(&cold_seen)) {
+            assert!(
+                ancestors(warm).contains(&u64::from(controller)),
+                "{name} ran warm: {warm:#}"
+            );
+            assert!(!ancestors(cold).contains(&u64::from(controller)));
+            let (mut warm, mut cold) = (warm.clone(), cold.clone());
+            warm["ancestors"].take();
+            cold["ancestors"].take();
+            assert_eq!(warm, cold, "{name}: warm (left) against cold (right)");
+        }
+        let [a, b, c] = &warm_seen;
+        let cfg = fx.out("ansible.cfg").display().to_string();
+        assert_eq!(a["config_file"], json!(cfg));
+        assert_eq!(
+            (&a["iso_a"], &a["iso_b"]),
+            (&json!("secret-of-a"), &json!(""))
+        );
+        assert_eq!(
+            (&b["iso_a"], &b["iso_b"]),
+            (&json!(""), &json!("secret-of-b"))
+        );
+        assert_eq!((&c["iso_a"], &c["iso_b"]), (&json!(""), &json!("")));
+        // ansible.cfg says 30; A's own ANSIBLE_TIMEOUT says 7, for A alone.
+        assert_eq!((&a["timeout"], &a["ssh_timeout"]), (&json!(7), &json!(7)));
+        for other in [b, c] {
+            assert_eq!(
+                (&other["timeout"], &other["ssh_timeout"]),
+                (&json!(30), &json!(30))
+            );
+            assert!(
+                !other["env"].as_str().unwrap().contains("ANSIBLE_TIMEOUT"),
+                "{other:#}"
+            );
+        }
+        assert_eq!(a["control_path_dir"], json!("<run>/cp"));
+        assert_eq!(c["callbacks"], json!(["infra_events"]));
+        assert_eq!((&c["forks"], &c["cli_forks"]), (&json!(10), &json!(10)));
     }
 
     /// What a fake playbook sees of itself: argv, environment, cwd,
