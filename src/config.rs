@@ -151,6 +151,23 @@ pub struct AnsibleSettings {
     /// `services_root`. Nothing secret: they are on the command line.
     #[serde(default)]
     pub extra_vars: serde_json::Map<String, serde_json::Value>,
+    /// How `ansible-playbook` is started: forked from a warm controller
+    /// that imported Ansible once, or as a fresh process each run.
+    pub controller: ControllerMode,
+    /// The interpreter that imports Ansible; the warm controller is
+    /// `<python> <dir>/controller/infra_controller.py`.
+    pub python: String,
+}
+
+/// `ansible.controller`: how each playbook run is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ControllerMode {
+    /// Forked from a long-lived Python controller (falls back to `cold`
+    /// while it is down, or for good when its self-check fails).
+    Warm,
+    /// A fresh `ansible-playbook` process per run.
+    Cold,
 }
 
 /// How every job checks that its server answers SSH before a playbook.
@@ -389,6 +406,8 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("ansible.ssh_port", "22"),
     ("ansible.ssh_user", "root"),
     ("ansible.become", "false"),
+    ("ansible.controller", "warm"),
+    ("ansible.python", "python3"),
     ("secrets.dir", "/run/secrets"),
     ("log.format", "pretty"),
     ("ssh.preflight", "true"),
@@ -710,6 +729,11 @@ impl AnsibleSettings {
         ensure(
             !self.ssh_user.is_empty(),
             "ansible.ssh_user",
+            "must not be empty",
+        )?;
+        ensure(
+            !self.python.is_empty(),
+            "ansible.python",
             "must not be empty",
         )?;
         for name in self.extra_vars.keys() {
@@ -1044,6 +1068,20 @@ mod tests {
 
     const REQUIRED: &str = "[redis]\nurl = \"redis://127.0.0.1:6379\"\n\
                             [postgres]\nurl = \"postgres://infra@127.0.0.1/infra\"\n";
+
+    #[test]
+    fn the_controller_is_warm_by_default_and_cold_when_asked() {
+        let s = load_toml(REQUIRED).unwrap();
+        assert_eq!(s.ansible.controller, ControllerMode::Warm);
+        assert_eq!(s.ansible.python, "python3");
+
+        let s = load_toml(&format!("{REQUIRED}[ansible]\ncontroller = \"cold\"\n")).unwrap();
+        assert_eq!(s.ansible.controller, ControllerMode::Cold);
+
+        let err =
+            load_toml(&format!("{REQUIRED}[ansible]\ncontroller = \"lukewarm\"\n")).unwrap_err();
+        assert!(err.to_string().contains("controller"), "{err}");
+    }
 
     #[test]
     fn defaults_fill_everything_but_the_two_urls() {

@@ -84,8 +84,13 @@ async fn run_worker(
             services.clone(),
         ));
     }
+    // The worker owns the context; the controller is stopped through a
+    // clone once no run is left to fork.
+    let runner = ctx.runner.clone();
     let worker = Worker::new(queue, ctx);
-    worker.run(shutdown).await?;
+    let ran = worker.run(shutdown).await;
+    runner.stop_controller().await;
+    ran?;
     stop_after_the_drain(&settings, services, server).await;
     tracing::info!("worker stopped");
     Ok(())

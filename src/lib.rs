@@ -82,7 +82,10 @@
 //!   reading its output (`runner`, `supervise`, `output`, `events`,
 //!   `recap`), stopping and reaping its whole process tree (`stop`, `tree`,
 //!   `masters`); `ansible::reaper` is the process-wide subreaper and its
-//!   orphan loop, which ends after the drain.
+//!   orphan loop, which ends after the drain. A run starts warm (forked by
+//!   the long-lived Python controller: `controller` starts, pings and
+//!   restarts it, `frame` is its channel, `warm` one forked run) or cold;
+//!   `launch` is either, so supervision and the stop are one path.
 //! - `ssh`: reachability probe, failure classes, retry policy.
 //! - `store`: Postgres (servers, host keys, the jobs ledger with its
 //!   `JobState`, server locks).

@@ -54,6 +54,9 @@ struct Metrics {
     status_write_failures: IntCounterVec,
     stream_pending: IntGaugeVec,
     stream_lag: IntGaugeVec,
+    playbook_runs: IntCounterVec,
+    controller_restarts: IntCounter,
+    controller_rss: IntGauge,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -88,11 +91,12 @@ impl Metrics {
         registry
             .register(Box::new(job_duration.clone()))
             .expect("unique name");
-        let jobs_in_flight = IntGauge::new("infra_jobs_in_flight", "Jobs running in this worker.")
-            .expect("a valid metric");
-        registry
-            .register(Box::new(jobs_in_flight.clone()))
-            .expect("unique name");
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("a valid metric");
+            registry.register(Box::new(g.clone())).expect("unique name");
+            g
+        };
+        let jobs_in_flight = gauge("infra_jobs_in_flight", "Jobs running in this worker.");
         Metrics {
             jobs_finished: counter_vec(
                 "infra_jobs_finished_total",
@@ -136,6 +140,19 @@ impl Metrics {
                 "infra_stream_lag_entries",
                 "Entries not yet delivered to the consumer group, per queue stream (read at scrape; Redis 7+).",
                 &["stream"],
+            ),
+            playbook_runs: counter_vec(
+                "infra_playbook_runs_total",
+                "Playbook runs started, by how: forked from the warm controller or a fresh process.",
+                &["controller"],
+            ),
+            controller_restarts: counter(
+                "infra_ansible_controller_restarts_total",
+                "Warm Ansible controllers started again after one exited, hung or did not come up.",
+            ),
+            controller_rss: gauge(
+                "infra_ansible_controller_rss_bytes",
+                "Resident memory of the warm Ansible controller, as of its last pong.",
             ),
             registry,
         }
@@ -205,6 +222,45 @@ pub fn status_write_failed(write: StatusWrite) {
         .status_write_failures
         .with_label_values(&[write.as_str()])
         .inc();
+}
+
+/// How a playbook run was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunMode {
+    /// Forked from the warm controller.
+    Warm,
+    /// A fresh `ansible-playbook` process.
+    Cold,
+}
+
+impl RunMode {
+    /// The `controller` label's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunMode::Warm => "warm",
+            RunMode::Cold => "cold",
+        }
+    }
+}
+
+/// Counts a playbook run started `mode`.
+pub fn playbook_started(mode: RunMode) {
+    METRICS
+        .playbook_runs
+        .with_label_values(&[mode.as_str()])
+        .inc();
+}
+
+/// Counts a restart of the warm controller.
+pub fn controller_restarted() {
+    METRICS.controller_restarts.inc();
+}
+
+/// The warm controller's resident memory, in bytes.
+pub fn set_controller_rss(bytes: u64) {
+    METRICS
+        .controller_rss
+        .set(i64::try_from(bytes).unwrap_or(i64::MAX));
 }
 
 /// Replaces the per-stream gauges with what Redis said just now; `None`

@@ -93,6 +93,8 @@ fn run_settings(concurrency: usize, bin: &str, dir: &Path, playbook: &str) -> Se
 fn stub_settings(concurrency: usize, stub: &Path, dir: &Path) -> Settings {
     let mut settings = run_settings(concurrency, &stub.to_string_lossy(), dir, "noop.yml");
     settings.push(("ssh.preflight", "false".into()));
+    // A stub is not Ansible: the warm controller would not run it.
+    settings.push(("ansible.controller", q("cold")));
     settings
 }
 

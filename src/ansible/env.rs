@@ -54,8 +54,8 @@ pub(crate) fn child_env(
     paths: RunPaths<'_>,
     secrets: &[(String, SecretString)],
 ) -> EnvMap {
-    let mut env = inherited(worker_env);
-    add_defaults(&mut env, paths);
+    let mut env = shared_env(worker_env, paths.ansible_cfg);
+    add_run_settings(&mut env, paths);
     if let Some(plugin) = paths.events {
         add_events_plugin(&mut env, plugin);
     }
@@ -63,6 +63,18 @@ pub(crate) fn child_env(
     for (name, value) in secrets {
         env.insert(name.into(), value.expose_secret().into());
     }
+    env
+}
+
+/// The part of every run's environment that does not depend on the run:
+/// the inherited variables and our defaults. The warm controller starts
+/// with exactly this, so what it reads at import is what a cold run reads.
+pub(crate) fn shared_env(
+    worker_env: impl IntoIterator<Item = (OsString, OsString)>,
+    ansible_cfg: Option<&Path>,
+) -> EnvMap {
+    let mut env = inherited(worker_env);
+    add_defaults(&mut env, ansible_cfg);
     env
 }
 
@@ -79,8 +91,8 @@ fn inherited(worker_env: impl IntoIterator<Item = (OsString, OsString)>) -> EnvM
 
 /// Our defaults where the operator set none, then what the runner relies on
 /// whatever the operator set.
-fn add_defaults(env: &mut EnvMap, paths: RunPaths<'_>) {
-    if let Some(cfg) = paths.ansible_cfg {
+fn add_defaults(env: &mut EnvMap, ansible_cfg: Option<&Path>) {
+    if let Some(cfg) = ansible_cfg {
         env.entry("ANSIBLE_CONFIG".into()).or_insert(cfg.into());
     }
     // Colour codes would break the recap parsing; retry files would litter.
@@ -89,6 +101,10 @@ fn add_defaults(env: &mut EnvMap, paths: RunPaths<'_>) {
         .or_insert("0".into());
     // Output arrives as it happens, not in 4 KiB blocks at exit.
     env.insert("PYTHONUNBUFFERED".into(), "1".into());
+}
+
+/// What one run relies on whatever the operator set.
+fn add_run_settings(env: &mut EnvMap, paths: RunPaths<'_>) {
     // The sockets must live in the run's directory: they are how its
     // ControlMasters are found and told to exit.
     env.insert(
@@ -281,6 +297,24 @@ mod tests {
 
         assert_eq!(get(&env, "DEPLOY_TOKEN").as_deref(), Some("ghp_job"));
         assert_eq!(get(&env, "ANSIBLE_VAULT_PASSWORD").as_deref(), Some("v"));
+    }
+
+    #[test]
+    fn the_shared_part_is_the_run_environment_without_its_paths_and_secrets() {
+        let cfg = Path::new("/srv/ansible/ansible.cfg");
+        let worker_env = worker(&[("PATH", "/usr/bin"), ("ANSIBLE_FORKS", "3"), ("X", "y")]);
+        let secrets = vec![("DEPLOY_TOKEN".to_owned(), SecretString::from("t"))];
+        let run = RunPaths {
+            ansible_cfg: Some(cfg),
+            ..paths()
+        };
+
+        let mut shared = shared_env(worker_env.clone(), Some(cfg));
+        let full = child_env(worker_env, run, &secrets);
+
+        shared.insert("ANSIBLE_SSH_CONTROL_PATH_DIR".into(), "/run/ia-x/cp".into());
+        shared.insert("DEPLOY_TOKEN".into(), "t".into());
+        assert_eq!(shared, full);
     }
 
     #[test]

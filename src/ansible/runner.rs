@@ -9,18 +9,22 @@ use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::time::Instant;
 
-use super::env::{self, EventsPlugin, RunPaths};
+use super::controller::Controller;
+use super::env::{self, EnvMap, EventsPlugin, RunPaths};
 use super::events::{self, EventSink, EventTail};
+use super::launch::Launched;
 use super::run::{PlaybookOutcome, PlaybookRun, RunError};
 use super::stop::RunGuard;
 use super::supervise::{Output, supervise};
 use super::tree::Proc;
+use super::warm;
 use super::workspace::Workspace;
 
-use crate::config::AnsibleSettings;
+use crate::config::{AnsibleSettings, ControllerMode};
+use crate::metrics;
 use crate::secrets::Redactor;
 
 /// Runs playbooks with the configured binary and content directory.
@@ -31,16 +35,52 @@ pub struct Runner {
     /// Stands in for the worker's environment in tests; `None` reads the real
     /// one at each run.
     worker_env: Option<Vec<(OsString, OsString)>>,
+    /// The warm controller runs fork from, when `ansible.controller` is
+    /// `warm`; shared by every clone.
+    controller: Option<Controller>,
 }
 
 impl Runner {
     /// A runner for `settings`; a timed-out playbook gets `kill_grace` between
-    /// SIGTERM and SIGKILL.
+    /// SIGTERM and SIGKILL. With `ansible.controller = "warm"` it starts the
+    /// warm controller: call it inside the tokio runtime.
     pub fn new(settings: AnsibleSettings, kill_grace: Duration) -> Runner {
+        let controller = (settings.controller == ControllerMode::Warm)
+            .then(|| Controller::start(&settings, std::env::vars_os()));
         Runner {
             settings,
             kill_grace,
             worker_env: None,
+            controller,
+        }
+    }
+
+    /// The warm controller's pid while it is ready (tests kill it).
+    pub fn controller_pid(&self) -> Option<u32> {
+        self.controller.as_ref().and_then(Controller::pid)
+    }
+
+    /// Waits up to `within` for the warm controller to be ready; false if
+    /// it is not (cold mode, starting, or unusable).
+    pub async fn wait_for_controller(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.controller_pid().is_some() {
+                return true;
+            }
+            let unusable = self.controller.as_ref().is_none_or(Controller::is_unusable);
+            if unusable || Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the warm controller (after the drain): its channel closes and
+    /// it exits; runs still going are not touched.
+    pub async fn stop_controller(&self) {
+        if let Some(controller) = &self.controller {
+            controller.stop().await;
         }
     }
 
@@ -83,15 +123,28 @@ impl Runner {
             .write_extra_vars(&run.extra_vars)
             .map_err(RunError::Workspace)?;
         let (plugin, events) = plugin_for(run.events.clone(), &ansible_dir, workspace, redactor);
-        let mut child = self.spawn(&run, &ansible_dir, workspace, plugin.as_ref())?;
+        let mut child = self
+            .launch(&run, &ansible_dir, workspace, plugin.as_ref())
+            .await?;
         let pgid = child_pgid(&child)?;
-        let root = Proc::of(pgid)
-            .ok_or_else(|| RunError::Wait(std::io::Error::other("the playbook is not in /proc")))?;
+        let root = match (Proc::of(pgid), &child) {
+            (Some(root), _) => root,
+            // A warm run may have exited and been reaped by the controller
+            // already; its exit code is on its status pipe.
+            (None, Launched::Warm(_)) => Proc::exited(pgid),
+            (None, Launched::Cold(_)) => {
+                return Err(RunError::Wait(std::io::Error::other(
+                    "the playbook is not in /proc",
+                )));
+            }
+        };
         // Declared after `child` so it is dropped first: the group is killed
         // while its leader's pid is still ours (not yet reaped).
         let mut guard = RunGuard::new(pgid, root, workspace, self.kill_grace);
         observe(workspace.path(), pgid);
-        tracing::info!(pid = pgid, "playbook started");
+        let mode = child.mode();
+        metrics::playbook_started(mode);
+        tracing::info!(pid = pgid, controller = mode.as_str(), "playbook started");
 
         let mut output = Output::new(&mut child, redactor.longest_needle(), events);
         let (status, timed_out) = supervise(
@@ -119,15 +172,15 @@ impl Runner {
     }
 
     /// Starts `<bin> -i inventory.json [-e <operator's>] -e @vars.yml
-    /// [-e <become>] <playbook>` in the
-    /// Ansible dir, in a process group of its own.
-    fn spawn(
+    /// [-e <become>] <playbook>` in the Ansible dir, in a process group of
+    /// its own: forked by the warm controller when it is ready, else cold.
+    async fn launch(
         &self,
         run: &PlaybookRun,
         ansible_dir: &Path,
         workspace: &Workspace,
         plugin: Option<&EventsPlugin>,
-    ) -> Result<Child, RunError> {
+    ) -> Result<Launched, RunError> {
         let ansible_cfg = Some(ansible_dir.join("ansible.cfg")).filter(|cfg| cfg.is_file());
         let control_path_dir = workspace.control_path_dir();
         let paths = RunPaths {
@@ -135,27 +188,94 @@ impl Runner {
             control_path_dir: &control_path_dir,
             events: plugin,
         };
+        let args = self.args(run, ansible_dir, workspace);
+        let env = env::child_env(self.worker_env(), paths, &run.secret_env);
+        tracing::debug!(secret_env = run.secret_env.len(), "command prepared");
+        if let Some(live) = self.controller.as_ref().and_then(Controller::live) {
+            match self
+                .start_warm(&live, &args, &env, ansible_dir, workspace)
+                .await
+            {
+                Ok(child) => return Ok(Launched::Warm(child)),
+                Err(e) => {
+                    tracing::warn!(error.message = %e, "the warm controller did not start the run; running it cold");
+                }
+            }
+        }
+        self.spawn_cold(&args, env, ansible_dir).map(Launched::Cold)
+    }
+
+    /// The arguments after the program's name, the same warm or cold.
+    fn args(&self, run: &PlaybookRun, ansible_dir: &Path, workspace: &Workspace) -> Vec<OsString> {
         let mut vars_arg = OsString::from("@");
         vars_arg.push(workspace.vars_path());
+        let mut args = vec!["-i".into(), workspace.inventory_path().into()];
+        args.extend(
+            operator_vars(&self.settings)
+                .into_iter()
+                .map(OsString::from),
+        );
+        args.extend(["-e".into(), vars_arg]);
+        args.extend(become_vars(&self.settings).into_iter().map(OsString::from));
+        args.push(ansible_dir.join(&run.playbook).into());
+        args
+    }
+
+    /// Hands the run to the warm controller: argv[0] is the cold program's
+    /// name, the rest and the environment exactly the cold run's.
+    async fn start_warm(
+        &self,
+        live: &super::controller::Live,
+        args: &[OsString],
+        env: &EnvMap,
+        ansible_dir: &Path,
+        workspace: &Workspace,
+    ) -> Result<warm::WarmChild, warm::NotWarm> {
+        let utf8 = |s: &std::ffi::OsStr| {
+            s.to_str()
+                .map(str::to_owned)
+                .ok_or_else(|| warm::NotWarm::Garbled(format!("not UTF-8: {}", s.display())))
+        };
+        let argv = std::iter::once(Ok(self.settings.playbook_bin.clone()))
+            .chain(args.iter().map(|a| utf8(a)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let env = env
+            .iter()
+            .map(|(k, v)| Ok((utf8(k)?, utf8(v)?)))
+            .collect::<Result<_, warm::NotWarm>>()?;
+        let cwd = utf8(ansible_dir.as_os_str())?;
+        let id = workspace
+            .path()
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let request = warm::Request {
+            id: &id,
+            argv: &argv,
+            env: &env,
+            cwd: &cwd,
+        };
+        warm::start(live, &request).await
+    }
+
+    /// A fresh `ansible-playbook` process.
+    fn spawn_cold(
+        &self,
+        args: &[OsString],
+        env: EnvMap,
+        ansible_dir: &Path,
+    ) -> Result<tokio::process::Child, RunError> {
         let mut command = Command::new(&self.settings.playbook_bin);
         command
-            .arg("-i")
-            .arg(workspace.inventory_path())
-            .args(operator_vars(&self.settings))
-            .arg("-e")
-            .arg(vars_arg)
-            .args(become_vars(&self.settings))
-            .arg(ansible_dir.join(&run.playbook))
+            .args(args)
             .current_dir(ansible_dir)
             .env_clear()
-            .envs(env::child_env(self.worker_env(), paths, &run.secret_env))
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // Its own group, so the playbook and every fork are signalled together.
             .process_group(0)
             .kill_on_drop(true);
-        tracing::debug!(secret_env = run.secret_env.len(), "command prepared");
         command.spawn().map_err(|source| RunError::Spawn {
             bin: self.settings.playbook_bin.clone(),
             source,
@@ -269,13 +389,12 @@ fn become_vars(settings: &AnsibleSettings) -> Vec<&'static str> {
 }
 
 /// The playbook's pid, which is also its process group's id.
-fn child_pgid(child: &Child) -> Result<i32, RunError> {
-    let pid = child.id().ok_or_else(|| {
+fn child_pgid(child: &Launched) -> Result<i32, RunError> {
+    child.pid().ok_or_else(|| {
         RunError::Wait(std::io::Error::other(
             "the child was reaped before its pid was read",
         ))
-    })?;
-    i32::try_from(pid).map_err(|_| RunError::Wait(std::io::Error::other("pid out of range")))
+    })
 }
 
 /// What the run came to, its texts redacted; logged.
@@ -385,9 +504,31 @@ mod tests {
                 become_root: false,
                 ssh_key_ref: None,
                 extra_vars: serde_json::Map::new(),
+                // A fake script is not Ansible: no warm controller.
+                controller: ControllerMode::Cold,
+                python: "python3".into(),
             };
             let runner = Runner::new(settings, Duration::from_millis(300));
             Fixture { dir, runner }
+        }
+
+        /// [`Fixture::new`] with the warm controller: the test stand-in
+        /// (`tests/fixtures/warm_stand_in.py`, no Ansible) in `mode`
+        /// (`ok`, `fail`), or no controller script at all (`None`).
+        async fn warm(script_body: &str, mode: Option<&str>) -> Fixture {
+            let fx = Fixture::new(script_body);
+            if let Some(mode) = mode {
+                let dir = fx.out("controller");
+                std::fs::create_dir(&dir).unwrap();
+                let stand_in =
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/warm_stand_in.py");
+                std::fs::copy(stand_in, dir.join("infra_controller.py")).unwrap();
+                std::fs::write(dir.join("mode"), mode).unwrap();
+            }
+            let mut settings = fx.runner.settings.clone();
+            settings.controller = ControllerMode::Warm;
+            let runner = Runner::new(settings, Duration::from_millis(300));
+            Fixture { runner, ..fx }
         }
 
         fn out(&self, name: &str) -> PathBuf {
@@ -823,6 +964,16 @@ mod tests {
     /// callback plugin reports every task, redacted, in order.
     #[tokio::test]
     async fn a_real_playbook_run_gives_stats_the_failed_task_and_progress() {
+        real_playbook_run(false).await;
+    }
+
+    /// The same through the shipped warm controller.
+    #[tokio::test]
+    async fn a_real_warm_playbook_run_gives_the_same_stats_failed_task_and_progress() {
+        real_playbook_run(true).await;
+    }
+
+    async fn real_playbook_run(warm: bool) {
         let fx = Fixture::new("");
         std::fs::create_dir(fx.out("playbooks")).unwrap();
         std::fs::create_dir_all(fx.out(events::PLUGIN_DIR)).unwrap();
@@ -841,8 +992,23 @@ mod tests {
              \x20   - name: never reached\n      debug:\n        msg: unreachable\n",
         )
         .unwrap();
-        let mut runner = fx.runner.clone();
-        runner.settings.playbook_bin = "ansible-playbook".into();
+        let mut settings = fx.runner.settings.clone();
+        settings.playbook_bin = "ansible-playbook".into();
+        if warm {
+            std::fs::create_dir(fx.out("controller")).unwrap();
+            let shipped = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("ansible")
+                .join(super::super::controller::SCRIPT);
+            std::fs::copy(shipped, fx.out(super::super::controller::SCRIPT)).unwrap();
+            settings.controller = ControllerMode::Warm;
+        }
+        let runner = Runner::new(settings, Duration::from_millis(300));
+        assert_eq!(
+            runner.wait_for_controller(Duration::from_secs(60)).await,
+            warm,
+            "the warm controller is ready exactly when asked for"
+        );
+        let warm_before = warm_runs();
         let fx = Fixture { runner, ..fx };
         let (sink, mut events) = events::channel(64);
         // A payload's value that is a template is data, never run.
@@ -909,5 +1075,158 @@ mod tests {
             "no plugin warning: {}",
             outcome.output_tail
         );
+        if warm {
+            assert!(warm_runs() > warm_before, "the run did not go warm");
+        }
+    }
+
+    /// Warm runs counted so far (by every test of this process).
+    fn warm_runs() -> u64 {
+        crate::metrics::render()
+            .lines()
+            .find_map(|l| l.strip_prefix("infra_playbook_runs_total{controller=\"warm\"} "))
+            .map_or(0, |n| n.parse().unwrap())
+    }
+
+    /// What a fake playbook sees of itself: argv, environment, cwd,
+    /// output on both pipes and an exit code, with the run directory
+    /// (different for each run) written as `<run>`.
+    const SELF_REPORT: &str =
+        "printf '%s\\n' \"$0\" \"$@\"\nenv | sort\npwd\necho to-stderr >&2\nexit 3";
+
+    fn normalized(outcome: &PlaybookOutcome, run_dir: &Path) -> String {
+        outcome
+            .output_tail
+            .replace(&run_dir.display().to_string(), "<run>")
+            .lines()
+            // The shell's own bookkeeping, which differs by parent.
+            .filter(|l| !l.starts_with("SHLVL=") && !l.starts_with("_="))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[tokio::test]
+    async fn a_warm_run_sees_the_same_argv_env_cwd_pipes_and_exit_as_a_cold_one() {
+        let cold = Fixture::new(SELF_REPORT);
+        let warm = Fixture::warm(SELF_REPORT, Some("ok")).await;
+        assert!(
+            warm.runner
+                .wait_for_controller(Duration::from_secs(10))
+                .await
+        );
+        let warm_before = warm_runs();
+
+        let (cold_outcome, cold_dir, _) = cold.run(playbook_run(Duration::from_secs(20))).await;
+        let (warm_outcome, warm_dir, pgid) = warm.run(playbook_run(Duration::from_secs(20))).await;
+
+        assert!(warm_runs() > warm_before, "the run did not go warm");
+        assert_eq!(warm_outcome.exit_code, Some(3));
+        assert_eq!(cold_outcome.exit_code, Some(3));
+        let (cold_text, warm_text) = (
+            normalized(&cold_outcome, &cold_dir),
+            normalized(&warm_outcome, &warm_dir),
+        );
+        // The fixtures' own directories differ; the rest must not.
+        let warm_text = warm_text.replace(&warm.dir.path().display().to_string(), "<dir>");
+        let cold_text = cold_text.replace(&cold.dir.path().display().to_string(), "<dir>");
+        assert_eq!(warm_text, cold_text);
+        assert!(warm_text.contains("to-stderr") && warm_text.contains("DEPLOY_TOKEN=***"));
+        assert!(!warm_dir.exists());
+        assert!(group_is_gone(pgid));
+    }
+
+    #[tokio::test]
+    async fn without_a_controller_script_runs_go_cold() {
+        let fx = Fixture::warm("echo cold-anyway", None).await;
+
+        assert!(!fx.runner.wait_for_controller(Duration::from_secs(5)).await);
+        let (outcome, _, _) = fx.run(playbook_run(Duration::from_secs(20))).await;
+
+        assert!(outcome.succeeded(), "{outcome:?}");
+        assert!(outcome.output_tail.contains("cold-anyway"));
+    }
+
+    #[tokio::test]
+    async fn a_failed_self_check_leaves_the_runner_cold_for_good() {
+        let fx = Fixture::warm("echo cold-anyway", Some("fail")).await;
+
+        assert!(!fx.runner.wait_for_controller(Duration::from_secs(10)).await);
+        let controller = fx.runner.controller.as_ref().unwrap();
+        assert!(controller.is_unusable());
+        let (outcome, _, _) = fx.run(playbook_run(Duration::from_secs(20))).await;
+
+        assert!(outcome.succeeded(), "{outcome:?}");
+        assert_eq!(
+            controller.restarts(),
+            0,
+            "no restart after a failed self-check"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_killed_controller_leaves_its_runs_their_results_and_is_replaced() {
+        become_subreaper();
+        let fx = Fixture::warm("sleep 1\necho done\nexit 4", Some("ok")).await;
+        assert!(fx.runner.wait_for_controller(Duration::from_secs(10)).await);
+        let first = fx.runner.controller_pid().unwrap();
+
+        let run = fx.run(playbook_run(Duration::from_secs(20)));
+        let kill = async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            // SAFETY: kill(2) of the controller this test started.
+            unsafe { libc::kill(first as i32, libc::SIGKILL) };
+        };
+        let ((outcome, _, pgid), ()) = tokio::join!(run, kill);
+
+        assert_eq!(outcome.exit_code, Some(4), "{outcome:?}");
+        assert!(outcome.output_tail.contains("done"));
+        assert!(group_is_gone(pgid));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while fx.runner.controller_pid().is_none_or(|pid| pid == first) {
+            assert!(Instant::now() < deadline, "no new controller");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(fx.runner.controller.as_ref().unwrap().restarts() >= 1);
+        let warm_before = warm_runs();
+        let (next, _, _) = fx.run(playbook_run(Duration::from_secs(20))).await;
+        assert_eq!(next.exit_code, Some(4));
+        assert!(warm_runs() > warm_before, "the next run did not go warm");
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_warm_run_is_killed_with_its_whole_group() {
+        become_subreaper();
+        let fx = Fixture::warm(
+            "trap '' TERM\necho started\nsleep 30 &\nsleep 30",
+            Some("ok"),
+        )
+        .await;
+        assert!(fx.runner.wait_for_controller(Duration::from_secs(10)).await);
+
+        let (outcome, run_dir, pgid) = fx.run(playbook_run(Duration::from_millis(500))).await;
+
+        assert!(outcome.timed_out && !outcome.succeeded());
+        assert_eq!(outcome.exit_code, None, "killed by a signal");
+        assert!(outcome.output_tail.contains("started"));
+        assert!(outcome.duration < Duration::from_secs(10));
+        assert!(group_is_gone(pgid), "processes of group {pgid} remain");
+        assert!(!run_dir.exists());
+    }
+
+    #[tokio::test]
+    async fn the_stopped_controller_exits_and_runs_go_cold() {
+        let fx = Fixture::warm("exit 0", Some("ok")).await;
+        assert!(fx.runner.wait_for_controller(Duration::from_secs(10)).await);
+        let pid = fx.runner.controller_pid().unwrap() as i32;
+
+        fx.runner.stop_controller().await;
+
+        assert_eq!(fx.runner.controller_pid(), None);
+        assert!(
+            Proc::of(pid).is_none_or(|p| !p.is_running()),
+            "the controller still runs"
+        );
+        let (outcome, _, _) = fx.run(playbook_run(Duration::from_secs(20))).await;
+        assert!(outcome.succeeded(), "{outcome:?}");
     }
 }

@@ -6,10 +6,10 @@
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use tokio::process::{Child, ChildStderr, ChildStdout};
 use tokio::time::Instant;
 
 use super::events::EventTail;
+use super::launch::{Launched, Pipe};
 use super::output::{LineReader, OutputTail, TAIL_BYTES};
 use super::recap::RecapScanner;
 use super::run::RunError;
@@ -28,7 +28,7 @@ const EVENTS_POLL: Duration = Duration::from_millis(200);
 /// gone or `kill_grace` passed; then collects again and sends SIGKILL.
 /// Returns the exit status and whether the timeout struck.
 pub(super) async fn supervise(
-    child: &mut Child,
+    child: &mut Launched,
     output: &mut Output,
     pgid: i32,
     tree: &mut RunTree,
@@ -77,8 +77,8 @@ enum Stream {
 /// Both pipes and what their lines feed (the tail and the recap scanner),
 /// and the events file when progress is followed.
 pub(super) struct Output {
-    stdout: LineReader<ChildStdout>,
-    stderr: LineReader<ChildStderr>,
+    stdout: LineReader<Pipe>,
+    stderr: LineReader<Pipe>,
     stdout_done: bool,
     stderr_done: bool,
     /// The last [`TAIL_BYTES`] of both pipes, raw until the end.
@@ -91,9 +91,8 @@ pub(super) struct Output {
 impl Output {
     /// Takes the child's pipes. `margin`: the longest secret needle, kept
     /// beyond the tail until redaction.
-    pub(super) fn new(child: &mut Child, margin: usize, events: Option<EventTail>) -> Output {
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let stderr = child.stderr.take().expect("stderr is piped");
+    pub(super) fn new(child: &mut Launched, margin: usize, events: Option<EventTail>) -> Output {
+        let (stdout, stderr) = child.take_pipes();
         Output {
             stdout: LineReader::new(stdout),
             stderr: LineReader::new(stderr),

@@ -56,6 +56,15 @@ impl Proc {
         })
     }
 
+    /// A process that already exited and was reaped before it was looked
+    /// at: it matches no process, now or later.
+    pub(crate) fn exited(pid: i32) -> Proc {
+        Proc {
+            pid,
+            start: u64::MAX,
+        }
+    }
+
     /// Its `/proc` record, if the pid still names this very process.
     fn stat(&self) -> Option<Stat> {
         stat(self.pid).filter(|s| s.start == self.start)

@@ -644,6 +644,8 @@ async fn with_ssh_preflight_off_a_deploy_to_a_host_where_nothing_listens_runs_it
     let w = World::start(TestHost::start().await, TestRedis::new().await, |worker| {
         worker
             .set("ansible.playbook_bin", stub.to_string_lossy())
+            // A stub is not Ansible: the warm controller would not run it.
+            .set("ansible.controller", "cold")
             .set("ansible.ssh_port", 1)
             .set("ssh.preflight", false)
     })

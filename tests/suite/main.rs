@@ -28,3 +28,4 @@ mod provision;
 mod server_lock;
 mod vault;
 mod vault_jobs;
+mod warm;
