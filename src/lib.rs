@@ -86,7 +86,9 @@
 //!   the long-lived Python controller: `controller` starts, pings and
 //!   restarts it, `frame` is its channel, `warm` one forked run) or cold;
 //!   `launch` is either, so supervision and the stop are one path.
-//! - `ssh`: reachability probe, failure classes, retry policy.
+//! - `ssh`: reachability probe (a run's probe leaves its connection as the
+//!   run's ControlMaster, which the playbook reuses), failure classes,
+//!   retry policy.
 //! - `store`: Postgres (servers, host keys, the jobs ledger with its
 //!   `JobState`, server locks).
 //! - `provider`: the Time4VPS API client.
@@ -113,7 +115,8 @@
 //! - At most one job per server address runs at a time, across workers;
 //!   a lock's session closes with its job, even one cancelled mid-wait.
 //! - No process of a playbook run outlives it: its group, its descendants
-//!   in other sessions and its ControlMasters are stopped and reaped.
+//!   in other sessions and its ControlMasters (the SSH probe's among them,
+//!   closed with the workspace if no playbook ran) are stopped and reaped.
 //! - No payload reference is resolved before the policy has checked it,
 //!   and no job may name the worker's own credentials, whatever the
 //!   policy's lists say; no deploy connects before its target is checked,

@@ -1,7 +1,10 @@
 //! SSH reachability: a real handshake and `true` on the target, classified
-//! failures, and the retry policy for unreachable hosts.
+//! failures, and the retry policy for unreachable hosts. A probe made for a
+//! playbook run leaves its connection behind as the run's ControlMaster, so
+//! the playbook does not shake hands again.
 
-use std::path::PathBuf;
+use std::io::{Read, Seek};
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -28,7 +31,26 @@ pub struct ProbeTarget {
     pub strict_host_key: bool,
     /// ssh's `ConnectTimeout` (whole seconds, at least one).
     pub connect_timeout: Duration,
+    /// The ControlPath (`<dir>/%C`) the playbook's ssh will use: a
+    /// successful probe leaves its connection there as a ControlMaster
+    /// (see [`MASTER_OPTIONS`]); `None`: the connection ends with the probe.
+    pub control_path: Option<PathBuf>,
 }
+
+/// How a probe's ControlMaster is made: as `ssh_args` in `ansible.cfg`
+/// makes the playbook's own (persistence, compression, keepalives), so a
+/// playbook on the probe's connection sees the connection it would have
+/// made. A test holds them to `ansible.cfg`.
+pub const MASTER_OPTIONS: [&str; 5] = [
+    "ControlMaster=auto",
+    "ControlPersist=60s",
+    "Compression=yes",
+    "ServerAliveInterval=15",
+    "ServerAliveCountMax=4",
+];
+
+/// How long `ssh -O exit` may take to close a failed probe's master.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a probe failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -115,36 +137,91 @@ pub fn classify(stderr: &str) -> ProbeFailure {
     }
 }
 
-/// One SSH handshake and `true` on the target.
+/// One SSH handshake and `true` on the target. With a control path, a
+/// success leaves the connection open there; a failure leaves none.
 pub async fn probe(target: &ProbeTarget) -> Result<(), ProbeFailure> {
-    let mut cmd = Command::new("ssh");
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", std::env::var_os("HOME").unwrap_or_default())
-        .args(["-F", "/dev/null", "-T"])
-        .args(ssh_options(target))
-        .arg("-p")
-        .arg(target.port.to_string())
-        .arg("-l")
-        .arg(&target.user)
+    let outcome = handshake(target).await;
+    if let (Err(_), Some(control_path)) = (&outcome, &target.control_path) {
+        // A master made before `true` failed, or before the deadline struck,
+        // must not serve the next try or the playbook.
+        close_master(target, control_path).await;
+    }
+    outcome
+}
+
+/// The ssh command of a probe, run to its exit.
+async fn handshake(target: &ProbeTarget) -> Result<(), ProbeFailure> {
+    // A file, not a pipe: a ControlPersist master (an older ssh's at least)
+    // keeps the stderr it was started with, so a pipe's EOF would come
+    // only when the master exits.
+    let mut stderr = tempfile::tempfile()
+        .map_err(|e| ProbeFailure::Other(format!("cannot make ssh's stderr file: {e}")))?;
+    let stderr_for_ssh = stderr
+        .try_clone()
+        .map_err(|e| ProbeFailure::Other(format!("cannot make ssh's stderr file: {e}")))?;
+    let mut cmd = ssh_command(target);
+    cmd.args(ssh_options(target))
         .arg("--")
         .arg(&target.address)
         .arg("true")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(stderr_for_ssh)
         .kill_on_drop(true);
     let deadline = target.connect_timeout * 2 + Duration::from_secs(5);
-    let output = match tokio::time::timeout(deadline, cmd.output()).await {
+    let status = match tokio::time::timeout(deadline, cmd.status()).await {
         Err(_) => return Err(ProbeFailure::TimedOut),
         Ok(Err(e)) => return Err(ProbeFailure::Other(format!("cannot run ssh: {e}"))),
-        Ok(Ok(output)) => output,
+        Ok(Ok(status)) => status,
     };
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(classify(&String::from_utf8_lossy(&output.stderr)))
+    if status.success() {
+        return Ok(());
     }
+    let mut text = Vec::new();
+    // A few lines of ssh's in a file of our own: no reason to go off-thread.
+    let read = stderr
+        .rewind()
+        .and_then(|()| stderr.take(64 * 1024).read_to_end(&mut text));
+    if let Err(e) = read {
+        return Err(ProbeFailure::Other(format!(
+            "cannot read ssh's stderr: {e}"
+        )));
+    }
+    Err(classify(&String::from_utf8_lossy(&text)))
+}
+
+/// `ssh` with a cleared environment, no configuration of the worker's, and
+/// the target's port and user.
+fn ssh_command(target: &ProbeTarget) -> Command {
+    let mut cmd = Command::new("ssh");
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", std::env::var_os("HOME").unwrap_or_default())
+        .args(["-F", "/dev/null", "-T"])
+        .arg("-p")
+        .arg(target.port.to_string())
+        .arg("-l")
+        .arg(&target.user);
+    cmd
+}
+
+/// Asks the master at `control_path` for this target (if any) to exit:
+/// `ssh -O exit`, given up on after [`CLOSE_TIMEOUT`].
+async fn close_master(target: &ProbeTarget, control_path: &Path) {
+    let mut control = std::ffi::OsString::from("ControlPath=");
+    control.push(control_path);
+    let mut cmd = ssh_command(target);
+    cmd.args(["-o", "BatchMode=yes", "-O", "exit", "-o"])
+        .arg(control)
+        .arg("--")
+        .arg(&target.address)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    // Without a master this fails at once; that is the usual case.
+    let status = tokio::time::timeout(CLOSE_TIMEOUT, cmd.status()).await;
+    tracing::debug!(?status, "ssh -O exit after a failed probe");
 }
 
 /// The `-o` options of a probe: batch mode, the run's known_hosts only, key
@@ -170,6 +247,10 @@ fn ssh_options(target: &ProbeTarget) -> Vec<String> {
     if let Some(key) = &target.key_file {
         options.push("IdentitiesOnly=yes".to_owned());
         options.push(format!("IdentityFile={}", key.display()));
+    }
+    if let Some(control_path) = &target.control_path {
+        options.extend(MASTER_OPTIONS.map(str::to_owned));
+        options.push(format!("ControlPath={}", control_path.display()));
     }
     options
         .into_iter()
@@ -317,6 +398,56 @@ mod tests {
         assert!(ProbeFailure::Dns.retryable());
         assert!(!ProbeFailure::AuthRejected.retryable());
         assert!(!ProbeFailure::HostKeyChanged.retryable());
+    }
+
+    fn target(control_path: Option<&str>) -> ProbeTarget {
+        ProbeTarget {
+            address: "203.0.113.10".into(),
+            port: 2222,
+            user: "deploy".into(),
+            key_file: None,
+            known_hosts_file: "/tmp/ia-x/known_hosts".into(),
+            strict_host_key: false,
+            connect_timeout: Duration::from_secs(5),
+            control_path: control_path.map(PathBuf::from),
+        }
+    }
+
+    #[test]
+    fn a_probe_for_a_run_leaves_a_master_in_its_control_path_and_others_none() {
+        let for_run = ssh_options(&target(Some("/tmp/ia-x/cp/%C"))).join(" ");
+        assert!(
+            for_run.contains("-o ControlPath=/tmp/ia-x/cp/%C"),
+            "{for_run}"
+        );
+        assert!(for_run.contains("-o ControlMaster=auto"), "{for_run}");
+        assert!(for_run.contains("-o ControlPersist=60s"), "{for_run}");
+
+        let alone = ssh_options(&target(None)).join(" ");
+        assert!(!alone.contains("Control"), "{alone}");
+    }
+
+    #[test]
+    fn the_probes_master_is_made_as_ansible_cfg_makes_the_playbooks() {
+        let cfg = include_str!("../ansible/ansible.cfg");
+        let ssh_args = cfg
+            .lines()
+            .find_map(|line| line.strip_prefix("ssh_args = "))
+            .expect("ansible.cfg sets ssh_args");
+        for option in MASTER_OPTIONS {
+            let spelled = match option {
+                "Compression=yes" => "-C".to_owned(),
+                _ => format!("-o {option}"),
+            };
+            assert!(
+                ssh_args
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .contains(&spelled),
+                "ansible.cfg's ssh_args lack {spelled}: {ssh_args}"
+            );
+        }
     }
 
     #[test]

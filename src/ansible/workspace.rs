@@ -5,7 +5,8 @@
 //! creation), `known_hosts`, `cp/` for SSH ControlPath sockets, and
 //! `events.jsonl` for live progress. Dropping
 //! the [`Workspace`] removes it, on every path: success, error, panic, or the
-//! run's future being dropped.
+//! run's future being dropped; the ControlMasters still in `cp/` (the SSH
+//! probe's, when no playbook ran after it) are told to exit first.
 
 use std::fs::{DirBuilder, OpenOptions, Permissions};
 use std::io::{self, Write};
@@ -16,6 +17,7 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 use tempfile::TempDir;
 
+use super::masters;
 use super::run::SshTarget;
 use super::vars::unsafe_yaml;
 
@@ -105,6 +107,13 @@ impl Workspace {
         self.path().join("cp")
     }
 
+    /// The ControlPath of every ssh of the run, probe and playbook alike:
+    /// `cp/%C`, which ssh expands to a hash of the local host name and the
+    /// remote host, port and user, so the playbook finds the probe's master.
+    pub fn control_path(&self) -> PathBuf {
+        self.control_path_dir().join("%C")
+    }
+
     /// Writes a run's extra vars, replacing the previous run's: a JSON
     /// object, written as YAML with every string `!unsafe`.
     pub(crate) fn write_extra_vars(&self, extra_vars: &serde_json::Value) -> io::Result<()> {
@@ -158,7 +167,9 @@ impl Workspace {
     }
 
     /// Host keys live in the run's own file: accepted on first sight, or, when
-    /// the caller pinned them, required to match.
+    /// the caller pinned them, required to match. The ControlPath is named
+    /// here, not left to `control_path` in ansible.cfg, so the probe's and
+    /// the playbook's agree whatever the operator's configuration says.
     fn ssh_common_args(&self, target: &SshTarget) -> String {
         let strict = if target.known_hosts.is_some() {
             "yes"
@@ -167,9 +178,19 @@ impl Workspace {
         };
         format!(
             "-o UserKnownHostsFile={} -o StrictHostKeyChecking={strict} \
-             -o IdentitiesOnly=yes -o BatchMode=yes",
-            self.known_hosts_path().display()
+             -o IdentitiesOnly=yes -o BatchMode=yes -o ControlPath={}",
+            self.known_hosts_path().display(),
+            self.control_path().display()
         )
+    }
+}
+
+impl Drop for Workspace {
+    /// Before `cp/` goes: a master left there (the probe's, when the job
+    /// ended before any playbook) is asked to exit, or it would linger for
+    /// its ControlPersist. Without sockets this is one `read_dir`.
+    fn drop(&mut self) {
+        masters::close_control_masters_blocking(&self.control_path_dir());
     }
 }
 
@@ -259,6 +280,9 @@ mod tests {
         assert!(args.contains(&format!("UserKnownHostsFile={}", known_hosts.display())));
         assert!(args.contains("StrictHostKeyChecking=accept-new"));
         assert!(args.contains("IdentitiesOnly=yes") && args.contains("BatchMode=yes"));
+        let control_path = ws.path().join("cp/%C");
+        assert!(args.contains(&format!("ControlPath={}", control_path.display())));
+        assert_eq!(ws.control_path(), control_path);
         assert!(!known_hosts.exists());
     }
 

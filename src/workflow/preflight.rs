@@ -1,6 +1,8 @@
 //! Before any playbook: is the server there, does it take our key, is it
 //! the machine whose host key we pinned? Failures become the contract's
-//! SSH error codes; the first good contact pins the host key.
+//! SSH error codes; the first good contact pins the host key. The probe's
+//! connection stays open in the run's ControlPath for the playbook to reuse
+//! (one handshake per job); the workspace closes it if no playbook does.
 
 use std::time::Duration;
 
@@ -22,7 +24,8 @@ pub fn retry_policy(ctx: &Context) -> RetryPolicy {
 }
 
 /// Probes `target` through the workspace's key and known_hosts, retrying
-/// network failures per `policy`.
+/// network failures per `policy`; a success leaves its ControlMaster in the
+/// workspace's ControlPath.
 pub async fn reach(
     ctx: &Context,
     workspace: &Workspace,
@@ -37,6 +40,7 @@ pub async fn reach(
         known_hosts_file: workspace.known_hosts_path(),
         strict_host_key: target.known_hosts.is_some(),
         connect_timeout: Duration::from_secs(ctx.settings.ssh.connect_timeout_secs),
+        control_path: Some(workspace.control_path()),
     };
     let (attempts, outcome) = ssh::probe_with_retries(&probe, policy).await;
     let Err(failure) = outcome else {

@@ -359,8 +359,10 @@ async fn a_hung_playbook_is_killed_at_its_timeout_with_nothing_of_it_left() {
         "left in group {pgid}: {:?}",
         group_members(pgid)
     );
+    // The warm controller stays: it is the worker's, not the run's.
     let children: Vec<String> = descendants(w.pid() as i32)
         .into_iter()
+        .filter(|&pid| !is_warm_controller(pid))
         .map(|pid| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             format!("{pid}: {stat} {}", cmdline(pid))
@@ -391,9 +393,7 @@ async fn sigterm_lets_a_running_job_finish_within_the_grace_period_and_exits_0()
     // Draining, not stopping: the job's playbook still runs (a stop that
     // cut the job short would have killed it), and so does the worker. Its
     // end file cannot tell: the fixture writes none before the release.
-    let playbook_runs = descendants(w.pid() as i32)
-        .into_iter()
-        .any(|pid| cmdline(pid).contains("ansible-playbook"));
+    let playbook_runs = descendants(w.pid() as i32).into_iter().any(is_playbook_run);
     assert!(playbook_runs, "the job's playbook is gone:\n{}", w.logs());
     w.assert_running().await;
     release_sleepers(&f.host);

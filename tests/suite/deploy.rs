@@ -406,7 +406,7 @@ async fn the_secret_never_appears_in_command_lines_logs_results_or_dead_letters(
         }
         let running = descendants(worker.pid() as i32)
             .into_iter()
-            .any(|pid| cmdline(pid).contains("ansible-playbook"));
+            .any(is_playbook_run);
         saw_playbook |= running;
         if running && !sleep_starts(&w.host, &request_id).is_empty() {
             saw_token_in_an_environment |= !pids_with_environ_containing(&token).is_empty();
@@ -586,6 +586,83 @@ async fn two_workers_on_one_group_split_a_batch_and_run_each_job_once() {
         ids.len(),
         "{published:?}"
     );
+}
+
+/// sshd's `Accepted publickey` lines (LogLevel VERBOSE): one per
+/// authenticated connection.
+fn authentications(host: &TestHost) -> usize {
+    host.sshd_log().matches("Accepted publickey").count()
+}
+
+#[tokio::test]
+async fn a_deploy_authenticates_once_its_playbook_reusing_the_probes_connection() {
+    // Arrange
+    let w = world("deploy_digest.yml", 1).await;
+    let id = unique_request_id("onehandshake");
+    let before = authentications(&w.host);
+
+    // Act
+    let result = w
+        .deploy(&valid_deploy_payload(&id, w.host.address(), 8080))
+        .await;
+
+    // Assert: the probe authenticated, the playbook rode on its connection.
+    assert_eq!(result.status, JobStatus::Success, "{result:#?}");
+    assert!(digest_record(&w.host, &id).is_some(), "the playbook ran");
+    assert_eq!(
+        authentications(&w.host) - before,
+        1,
+        "{}",
+        w.host.sshd_log()
+    );
+
+    // Assert: the master went with the run.
+    assert_no_ssh_left(&w.worker).await;
+}
+
+#[tokio::test]
+async fn a_deploy_that_ends_after_the_probe_without_a_playbook_leaves_no_master() {
+    // Arrange: the probe succeeds, then the playbook cannot start.
+    let w = World::start(TestHost::start().await, TestRedis::new().await, |worker| {
+        worker.set("ansible.playbook_bin", "/nonexistent/ansible-playbook")
+    })
+    .await;
+    let id = unique_request_id("nomaster");
+    let before = authentications(&w.host);
+
+    // Act
+    let result = w
+        .deploy(&valid_deploy_payload(&id, w.host.address(), 8080))
+        .await;
+
+    // Assert: the probe's master is closed with the workspace, long before
+    // its ControlPersist (60 s) would end it.
+    assert_eq!(result.code(), Some(ErrorCode::Internal), "{result:#?}");
+    assert_eq!(
+        authentications(&w.host) - before,
+        1,
+        "{}",
+        w.host.sshd_log()
+    );
+    assert_no_ssh_left(&w.worker).await;
+}
+
+/// Within a few seconds, no ssh process (a ControlMaster) and no zombie
+/// is left below `worker`, a subreaper that adopts what its runs leave.
+async fn assert_no_ssh_left(worker: &TestWorker) {
+    let worker = worker.pid() as i32;
+    let leftovers = || {
+        descendants(worker)
+            .into_iter()
+            .filter(|&pid| state(pid) == Some('Z') || cmdline(pid).starts_with("ssh"))
+            .map(|pid| (pid, state(pid), cmdline(pid)))
+            .collect::<Vec<_>>()
+    };
+    let cleaned = eventually(Duration::from_secs(5), || async {
+        leftovers().is_empty().then_some(())
+    })
+    .await;
+    assert!(cleaned.is_some(), "left behind: {:?}", leftovers());
 }
 
 #[tokio::test]

@@ -46,7 +46,10 @@ pub use playbooks::{
 };
 pub use poll::eventually;
 pub(crate) use ports::free_stable_port;
-pub use procs::{all_cmdlines, cmdline, descendants, pids_with_environ_containing};
+pub use procs::{
+    all_cmdlines, cmdline, descendants, is_playbook_run, is_warm_controller,
+    pids_with_environ_containing, state,
+};
 pub use redis::{Queue, TestRedis};
 pub use system_user::SystemUser;
 pub use worker::{

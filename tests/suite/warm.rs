@@ -1,29 +1,160 @@
-//! The warm controller in a running worker: jobs run forked from it (the
-//! fixtures' Ansible dir links the shipped controller), and a controller
-//! killed by SIGKILL is replaced for the next job.
+//! The warm Ansible controller (`ansible.controller = "warm"`): a run forked
+//! from the controller must be indistinguishable from a cold
+//! `ansible-playbook`, and the worker, not the controller, supervises it.
+//!
+//! Parity runs the fixture `parity.yml` through two workers, one per mode,
+//! side by side: three jobs each (success with play stats, a failing task,
+//! a timeout), six real playbook runs in all. A controller killed by SIGKILL
+//! is replaced for the next job (the fixtures' Ansible dir links the
+//! shipped controller).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use infra_service::job::JobStatus;
+use serde_json::Value;
 
 use crate::helpers::*;
 
-/// The worker's child that runs the controller script, if any (a child
-/// of any of the worker's threads).
+/// The fixture whose end the job's branch chooses.
+const PARITY_PLAYBOOK: &str = "parity.yml";
+
+/// The branches of `parity.yml`, one job each.
+const BRANCHES: [&str; 3] = ["ok", "fail", "hang"];
+
+/// What a worker in `mode` published for each of [`BRANCHES`], and the
+/// events each job streamed, with what differs between any two runs (ids,
+/// times, the host's address, the worker's name) replaced by placeholders.
+async fn parity_run(mode: &str, project_id: &str) -> Vec<(Value, Vec<Value>)> {
+    let w = World::start(TestHost::start().await, TestRedis::new().await, |worker| {
+        worker
+            .deploy_playbook(PARITY_PLAYBOOK)
+            .concurrency(BRANCHES.len())
+            .set("ansible.controller", mode)
+            .set("worker.job_timeout_secs", 15)
+            .set("worker.kill_grace_secs", 1)
+    })
+    .await;
+    // Jobs that come before the controller is ready run cold.
+    w.worker
+        .wait_log("warm controller ready", usize::from(mode == "warm"), START_TIMEOUT)
+        .await;
+    let payloads: Vec<Value> = BRANCHES
+        .iter()
+        .map(|branch| {
+            let request_id = unique_request_id(&format!("parity-{mode}-{branch}"));
+            let mut payload = valid_deploy_payload(&request_id, w.host.address(), 8080);
+            payload["branch"] = (*branch).into();
+            payload["project_id"] = project_id.into();
+            payload
+        })
+        .collect();
+
+    let results = w.deploy_all(&payloads).await;
+
+    let mut seen = Vec::new();
+    for (payload, result) in payloads.iter().zip(results) {
+        let request_id = payload["request_id"].as_str().unwrap();
+        let placeholders = [
+            (request_id, "<request_id>"),
+            (w.host.address(), "<host>"),
+            (result.worker.as_str(), "<worker>"),
+        ];
+        let result = normalized(&result.to_json(), &placeholders);
+        let events = events_of(&w.queue, request_id)
+            .await
+            .iter()
+            .map(|payload| normalized(payload, &placeholders))
+            .collect();
+        seen.push((result, events));
+    }
+    seen
+}
+
+/// `json` with each placeholder's text replaced and the fields that are
+/// times or durations removed.
+fn normalized(json: &str, placeholders: &[(&str, &str)]) -> Value {
+    let mut text = json.to_owned();
+    for (from, to) in placeholders {
+        text = text.replace(from, to);
+    }
+    let mut value: Value = serde_json::from_str(&text).expect("JSON");
+    if let Some(object) = value.as_object_mut() {
+        for timing in ["started_at", "finished_at", "duration_ms", "timings"] {
+            object.remove(timing);
+        }
+    }
+    value
+}
+
+/// The payloads of a job's events stream, in order.
+async fn events_of(queue: &Queue, request_id: &str) -> Vec<String> {
+    let stream = format!("job:events:{request_id}");
+    queue
+        .stream_entries(&stream)
+        .await
+        .into_iter()
+        .map(|(id, fields): (String, HashMap<String, String>)| {
+            fields
+                .get("payload")
+                .unwrap_or_else(|| panic!("event {id} has no payload"))
+                .clone()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_fixture_playbooks_give_the_same_results_and_events_warm_and_cold() {
+    let project_id = uuid::Uuid::new_v4().to_string();
+
+    let (cold, warm) = tokio::join!(
+        parity_run("cold", &project_id),
+        parity_run("warm", &project_id)
+    );
+
+    // The three ends are what the fixture asks for, so the comparison
+    // compares something.
+    let statuses: Vec<(&Value, &Value)> = cold
+        .iter()
+        .map(|(result, _)| (&result["status"], &result["error"]["code"]))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            (&Value::from("success"), &Value::Null),
+            (&Value::from("failed"), &Value::from("playbook_failed")),
+            (&Value::from("failed"), &Value::from("timeout")),
+        ],
+        "{cold:#?}"
+    );
+    assert_eq!(
+        cold[1].0["failed_task"]["task"], "Fail on purpose",
+        "{:#}",
+        cold[1].0
+    );
+    for (branch, ((cold_result, cold_events), (warm_result, warm_events))) in
+        BRANCHES.iter().zip(cold.iter().zip(&warm))
+    {
+        assert_eq!(
+            warm_result, cold_result,
+            "branch {branch}: the warm result differs from the cold one"
+        );
+        assert_eq!(
+            warm_events, cold_events,
+            "branch {branch}: the warm events differ from the cold ones"
+        );
+        assert!(
+            cold_events.len() >= 4,
+            "branch {branch}: too few events to compare: {cold_events:#?}"
+        );
+    }
+}
+
+/// The worker's warm controller process, if it runs.
 fn controller_of(worker_pid: u32) -> Option<i32> {
-    let tasks = std::fs::read_dir(format!("/proc/{worker_pid}/task")).ok()?;
-    tasks
-        .flatten()
-        .flat_map(|task| {
-            let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            list.split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-                .collect::<Vec<_>>()
-        })
-        .find(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("infra_controller.py"))
-        })
+    descendants(worker_pid as i32)
+        .into_iter()
+        .find(|&pid| is_warm_controller(pid))
 }
 
 /// The `controller` field of every "playbook started" line so far.

@@ -65,6 +65,43 @@ pub fn cmdline(pid: i32) -> String {
         .unwrap_or_default()
 }
 
+/// The warm controller's script, as it shows in the command line of the
+/// controller and of every run forked from it.
+const CONTROLLER_SCRIPT: &str = "infra_controller.py";
+
+/// Whether `pid` is a playbook run: a cold `ansible-playbook`, or a run
+/// forked from the warm controller (it keeps the controller's command line
+/// but leads a session of its own, which the controller never does).
+pub fn is_playbook_run(pid: i32) -> bool {
+    let argv = cmdline(pid);
+    argv.contains("ansible-playbook") || (argv.contains(CONTROLLER_SCRIPT) && leads_session(pid))
+}
+
+/// Whether `pid` is the warm controller itself (not a run forked from it).
+pub fn is_warm_controller(pid: i32) -> bool {
+    cmdline(pid).contains(CONTROLLER_SCRIPT) && !leads_session(pid)
+}
+
+/// The state letter of `/proc/<pid>/stat` (`Z` for a zombie); `None` once
+/// the pid is gone.
+pub fn state(pid: i32) -> Option<char> {
+    stat_fields(pid)?.first()?.chars().next()
+}
+
+/// Whether `pid` is its session's leader.
+fn leads_session(pid: i32) -> bool {
+    stat_fields(pid).and_then(|fields| fields.get(3)?.parse().ok()) == Some(pid)
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name: state ppid
+/// pgrp session ...
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: parse after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
 fn pids() -> impl Iterator<Item = i32> {
     std::fs::read_dir("/proc")
         .into_iter()
