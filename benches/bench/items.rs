@@ -98,7 +98,8 @@ fn stub_settings(concurrency: usize, stub: &Path, dir: &Path) -> Settings {
     settings
 }
 
-/// A worker running the real `ansible-playbook` over SSH to `sshd`.
+/// A worker running the real `ansible-playbook` over SSH to `sshd`, in the
+/// default `ansible.controller` (warm) on the same interpreter.
 fn ssh_settings(
     rig: &Rig,
     sshd: &TestHost,
@@ -113,6 +114,7 @@ fn ssh_settings(
         dir,
         playbook,
     ));
+    settings.push(("ansible.python", q(&rig.python)));
     settings
 }
 

@@ -30,6 +30,9 @@ pub struct Rig {
     pub db_url: String,
     pub dir: tempfile::TempDir,
     pub ansible_playbook: String,
+    /// The interpreter of `ansible_playbook` (its `#!` line): the warm
+    /// controller's `ansible.python`, so both modes run the same Python.
+    pub python: String,
     /// A directory on a tmpfs for the workers' run directories, if any.
     tmpfs: Option<tempfile::TempDir>,
     starts: u32,
@@ -60,13 +63,15 @@ impl Rig {
             .expect("bench temp dir");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod bench dir");
+        let ansible_playbook = ansible_playbook();
         Rig {
+            python: interpreter_of(&ansible_playbook),
+            ansible_playbook,
             redis_url,
             admin_url,
             db_name,
             db_url,
             dir,
-            ansible_playbook: ansible_playbook(),
             tmpfs: tempfile::Builder::new()
                 .prefix("iab-")
                 .tempdir_in("/dev/shm")
@@ -523,6 +528,34 @@ fn ansible_playbook() -> String {
         return String::from_utf8_lossy(&out.stdout).trim().to_owned();
     }
     "ansible-playbook".to_owned()
+}
+
+/// The interpreter a Python script's `#!` line names (`/usr/bin/env
+/// python3` gives `python3`); `python3` if there is none.
+fn interpreter_of(script: &str) -> String {
+    let resolved = which(script).unwrap_or_else(|| script.into());
+    let text = std::fs::read(&resolved).unwrap_or_default();
+    let first = text.split(|&b| b == b'\n').next().unwrap_or_default();
+    let first = String::from_utf8_lossy(first);
+    let Some(shebang) = first.strip_prefix("#!") else {
+        return "python3".to_owned();
+    };
+    let mut words = shebang.split_whitespace();
+    match words.next() {
+        Some(env) if env.ends_with("/env") => words.next().unwrap_or("python3").to_owned(),
+        Some(interpreter) => interpreter.to_owned(),
+        None => "python3".to_owned(),
+    }
+}
+
+/// `program` looked up on PATH, unless it is a path already.
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    if program.contains('/') {
+        return Some(program.into());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
 }
 
 /// VmRSS of `pid`, KiB.

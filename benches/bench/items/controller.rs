@@ -55,11 +55,10 @@ impl Mode {
 }
 
 /// What every worker of the item shares: the target, the Ansible
-/// directory, the interpreter the controller runs on, the target's sshd.
+/// directory, the target's sshd processes.
 struct Bench<'a> {
     sshd: &'a TestHost,
     dir: &'a Path,
-    python: String,
     sshd_pids: Vec<u32>,
 }
 
@@ -71,9 +70,6 @@ pub async fn controller(rig: &mut Rig, sshd: &TestHost, runs: usize) -> Vec<Figu
     let bench = Bench {
         sshd,
         dir: &dir,
-        // The interpreter the cold runs start (`ansible-playbook`'s
-        // shebang), so both modes run the same Python and Ansible.
-        python: interpreter_of(&rig.ansible_playbook),
         // The bench's own sshd, child of this process: other sshds on the
         // machine (other test runs) are not the target's.
         sshd_pids: rig::children_named(std::process::id(), "sshd"),
@@ -286,7 +282,6 @@ impl Figures {
     ) -> Worker {
         let mut settings = ssh_settings(rig, bench.sshd, slots, bench.dir, playbook);
         settings.push(("ansible.controller", rig::q(mode.name())));
-        settings.push(("ansible.python", rig::q(&bench.python)));
         // The no-op connects nowhere: no probe either, as in item 4.
         settings.push(("ssh.preflight", (playbook != "noop.yml").to_string()));
         let started = Instant::now();
@@ -470,32 +465,4 @@ fn runs_by_mode(metrics: &str) -> Option<[f64; 2]> {
         }
     }
     found.then_some(runs)
-}
-
-/// The interpreter a Python script's `#!` line names (`/usr/bin/env
-/// python3` gives `python3`); `python3` if there is none.
-fn interpreter_of(script: &str) -> String {
-    let resolved = which(script).unwrap_or_else(|| script.into());
-    let text = std::fs::read(&resolved).unwrap_or_default();
-    let first = text.split(|&b| b == b'\n').next().unwrap_or_default();
-    let first = String::from_utf8_lossy(first);
-    let Some(shebang) = first.strip_prefix("#!") else {
-        return "python3".to_owned();
-    };
-    let mut words = shebang.split_whitespace();
-    match words.next() {
-        Some(env) if env.ends_with("/env") => words.next().unwrap_or("python3").to_owned(),
-        Some(interpreter) => interpreter.to_owned(),
-        None => "python3".to_owned(),
-    }
-}
-
-/// `program` looked up on PATH, unless it is a path already.
-fn which(program: &str) -> Option<std::path::PathBuf> {
-    if program.contains('/') {
-        return Some(program.into());
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(program))
-        .find(|path| path.is_file())
 }
