@@ -37,7 +37,11 @@ async fn parity_run(mode: &str, project_id: &str) -> Vec<(Value, Vec<Value>)> {
     .await;
     // Jobs that come before the controller is ready run cold.
     w.worker
-        .wait_log("warm controller ready", usize::from(mode == "warm"), START_TIMEOUT)
+        .wait_log(
+            "warm controller ready",
+            usize::from(mode == "warm"),
+            START_TIMEOUT,
+        )
         .await;
     let payloads: Vec<Value> = BRANCHES
         .iter()
