@@ -720,9 +720,15 @@ pub fn is_python(pid: u32) -> bool {
 /// page shared by n processes counts 1/n in each, so a sum over processes
 /// counts it once, unlike RSS.
 pub fn pss_kib(pid: u32) -> Option<u64> {
+    rollup_kib(pid, "Pss:")
+}
+
+/// One field (`Pss:`, `Private_Dirty:`, ...) of `/proc/<pid>/smaps_rollup`,
+/// KiB.
+pub fn rollup_kib(pid: u32, field: &str) -> Option<u64> {
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
     rollup
         .lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }

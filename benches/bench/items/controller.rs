@@ -246,16 +246,26 @@ impl Figures {
         let [pss_warm, pss_cold] = pss.map(mib);
         eprintln!(
             "  sleep run {}: CPU per job cold {:.0}+{:.0} ms (worker+sshd), warm {:.0}+{:.0} ms; \
-             16 jobs cold {wall_cold:.1} s, warm {wall_warm:.1} s; PSS cold {pss_cold:.0} MiB \
-             ({} processes), warm {pss_warm:.0} MiB ({} processes)",
+             16 jobs cold {wall_cold:.1} s, warm {wall_warm:.1} s",
             run + 1,
             cold.worker,
             cold.sshd,
             warm.worker,
             warm.sshd,
-            pss[Mode::Cold as usize].map_or(0, |p| p.processes),
-            pss[Mode::Warm as usize].map_or(0, |p| p.processes),
         );
+        for mode in [Mode::Cold, Mode::Warm] {
+            if let Some(p) = pss[mode as usize] {
+                eprintln!(
+                    "  PSS {}: {:.0} MiB in {} processes, the controller {:.0} MiB; \
+                     the others' Private_Dirty {:.0} MiB",
+                    mode.name(),
+                    p.kib as f64 / MIB,
+                    p.processes,
+                    p.controller_kib as f64 / MIB,
+                    p.dirty_kib as f64 / MIB,
+                );
+            }
+        }
         self.sleep_cold.runs.push(cold.worker);
         self.sleep_cold_sshd.runs.push(cold.sshd);
         self.sleep_warm.runs.push(warm.worker);
@@ -381,11 +391,15 @@ async fn batch(worker: &mut Worker, mode: Mode, run: usize) -> (f64, Option<Pss>
     (wall.as_secs_f64(), peak)
 }
 
-/// Summed PSS of the Ansible processes, and how many there were.
+/// Summed PSS of the Ansible processes, and how many there were; of it,
+/// the controller's PSS, and the pages the other processes wrote
+/// (`Private_Dirty`: a fork's copies on write and its own allocations).
 #[derive(Debug, Clone, Copy)]
 struct Pss {
     kib: u64,
     processes: usize,
+    controller_kib: u64,
+    dirty_kib: u64,
 }
 
 /// Every 250 ms until cancelled, counts the runs in flight under `worker`
@@ -418,9 +432,14 @@ fn sample_pss(worker: u32) -> (CancellationToken, JoinHandle<Option<Pss>>) {
             if runs == SLOTS {
                 let kib = python.iter().filter_map(|&pid| rig::pss_kib(pid)).sum();
                 if peak.is_none_or(|p| kib > p.kib) {
+                    let others = python.iter().filter(|&&pid| Some(pid) != controller);
                     peak = Some(Pss {
                         kib,
                         processes: python.len(),
+                        controller_kib: controller.and_then(rig::pss_kib).unwrap_or(0),
+                        dirty_kib: others
+                            .filter_map(|&pid| rig::rollup_kib(pid, "Private_Dirty:"))
+                            .sum(),
                     });
                 }
             }
