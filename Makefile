@@ -20,7 +20,7 @@ lint:
 	done
 
 ## bench: the benchmarks of README.md "Performance" against the release
-## build, local Redis, Postgres and sshd (about 6 minutes on 2 cores; not part
+## build, local Redis, Postgres and sshd (about 11 minutes on 2 cores; not part
 ## of `test`).
 ## BENCH_RUNS=N runs per figure; `make bench ITEMS="dispatch memory"` for some.
 bench:

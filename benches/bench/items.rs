@@ -1,15 +1,17 @@
-//! The four measurements of `make bench` (README, "Performance"), one
+//! The five measurements of `make bench` (README, "Performance"), one
 //! module each, and what they share: the stub's PLAY RECAP, the Ansible
 //! directories and the workers' settings. Each item returns its figures;
 //! every figure holds one value per run, and ratios are taken within a run.
 
 mod ansible;
 mod concurrency;
+mod controller;
 mod dispatch;
 mod memory;
 
 pub use ansible::ansible_cost;
 pub use concurrency::concurrency;
+pub use controller::controller;
 pub use dispatch::dispatch;
 pub use memory::memory;
 
@@ -35,7 +37,8 @@ fn shipped_cfg() -> PathBuf {
 }
 
 /// An Ansible directory with the bench playbooks, with the shipped
-/// ansible.cfg or none (Ansible's defaults).
+/// ansible.cfg and warm controller (`controller/`, where a worker starts it
+/// from) or neither (Ansible's defaults).
 fn ansible_dir(rig: &Rig, shipped: bool) -> PathBuf {
     let dir = rig.path(if shipped {
         "ansible-shipped"
@@ -50,8 +53,28 @@ fn ansible_dir(rig: &Rig, shipped: bool) -> PathBuf {
     }
     if shipped {
         std::fs::copy(shipped_cfg(), dir.join("ansible.cfg")).expect("copy ansible.cfg");
+        let controller = Path::new(env!("CARGO_MANIFEST_DIR")).join("ansible/controller");
+        copy_tree(&controller, &dir.join("controller"));
     }
     dir
+}
+
+/// Copies the files under `from` (if it exists) to `to`, subdirectories
+/// included.
+fn copy_tree(from: &Path, to: &Path) {
+    let Ok(entries) = std::fs::read_dir(from) else {
+        return;
+    };
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in entries {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy file");
+        }
+    }
 }
 
 /// What every item sets: the worker's slots, the program it runs as
@@ -75,7 +98,8 @@ fn stub_settings(concurrency: usize, stub: &Path, dir: &Path) -> Settings {
     settings
 }
 
-/// A worker running the real `ansible-playbook` over SSH to `sshd`.
+/// A worker running the real `ansible-playbook` over SSH to `sshd`, in the
+/// default `ansible.controller` (warm) on the same interpreter.
 fn ssh_settings(
     rig: &Rig,
     sshd: &TestHost,
@@ -90,6 +114,7 @@ fn ssh_settings(
         dir,
         playbook,
     ));
+    settings.push(("ansible.python", q(&rig.python)));
     settings
 }
 

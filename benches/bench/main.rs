@@ -1,6 +1,7 @@
-//! `make bench`: the worker's dispatch overhead, concurrency, memory, and
-//! Ansible's cost per job, measured against the real release
-//! binary, the local Redis and Postgres, and a local sshd.
+//! `make bench`: the worker's dispatch overhead, concurrency, memory,
+//! Ansible's cost per job, and the warm controller against cold runs,
+//! measured against the real release binary, the local Redis and
+//! Postgres, and a local sshd.
 //!
 //! Prints a Markdown table (the README's Performance section) and writes
 //! every run's values to `<target>/bench/results.json`. Each figure is the
@@ -8,14 +9,14 @@
 //! one run, never across runs.
 //!
 //! Usage: `cargo bench --bench bench [-- ITEM...]`, ITEM one of `dispatch`,
-//! `concurrency`, `memory`, `ansible` (default: all). `BENCH_RUNS` (3) sets
-//! the runs per figure, `BENCH_SAMPLES` (15) the no-op samples;
+//! `concurrency`, `memory`, `ansible`, `controller` (default: all).
+//! `BENCH_RUNS` (3) sets the runs per figure, `BENCH_SAMPLES` (15) the no-op samples;
 //! `BENCH_KEEP=1` keeps the worker configs and logs; `BENCH_REDIS_URL`, `BENCH_DATABASE_URL` and `BENCH_ANSIBLE_PLAYBOOK`
 //! override the local defaults.
 //!
 //! Layout: `rig` (Redis, Postgres, worker processes, timing results),
 //! `host` (the stand-in servers: the test suite's sshd host), `items` (the
-//! four measurements, one module each), `stats` (medians, spread, targets,
+//! five measurements, one module each), `stats` (medians, spread, targets,
 //! the table).
 
 mod items;
@@ -94,7 +95,9 @@ async fn measure(rig: &mut rig::Rig, wanted: &Wanted, runs: usize, samples: usiz
         eprintln!("item 1: dispatch overhead");
         figures.extend(items::dispatch(rig, runs).await);
     }
-    let sshd = start_sshd(wanted.has("concurrency") || wanted.has("ansible")).await;
+    let sshd =
+        start_sshd(wanted.has("concurrency") || wanted.has("ansible") || wanted.has("controller"))
+            .await;
     if let Some(sshd) = &sshd
         && wanted.has("concurrency")
     {
@@ -110,6 +113,12 @@ async fn measure(rig: &mut rig::Rig, wanted: &Wanted, runs: usize, samples: usiz
     {
         eprintln!("item 4: Ansible's cost per job");
         figures.extend(items::ansible_cost(rig, sshd, samples, runs).await);
+    }
+    if let Some(sshd) = &sshd
+        && wanted.has("controller")
+    {
+        eprintln!("item 5: the warm controller against cold runs");
+        figures.extend(items::controller(rig, sshd, runs).await);
     }
     figures
 }

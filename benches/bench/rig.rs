@@ -30,6 +30,9 @@ pub struct Rig {
     pub db_url: String,
     pub dir: tempfile::TempDir,
     pub ansible_playbook: String,
+    /// The interpreter of `ansible_playbook` (its `#!` line): the warm
+    /// controller's `ansible.python`, so both modes run the same Python.
+    pub python: String,
     /// A directory on a tmpfs for the workers' run directories, if any.
     tmpfs: Option<tempfile::TempDir>,
     starts: u32,
@@ -60,13 +63,15 @@ impl Rig {
             .expect("bench temp dir");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod bench dir");
+        let ansible_playbook = ansible_playbook();
         Rig {
+            python: interpreter_of(&ansible_playbook),
+            ansible_playbook,
             redis_url,
             admin_url,
             db_name,
             db_url,
             dir,
-            ansible_playbook: ansible_playbook(),
             tmpfs: tempfile::Builder::new()
                 .prefix("iab-")
                 .tempdir_in("/dev/shm")
@@ -243,7 +248,8 @@ impl Worker {
             .expect("chmod secret");
     }
 
-    async fn wait_log(&self, needle: &str, timeout: Duration) {
+    /// Waits until the worker's log contains `needle`; panics after `timeout`.
+    pub async fn wait_log(&self, needle: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
             let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
@@ -321,6 +327,35 @@ impl Worker {
             }
         });
         rx
+    }
+
+    /// The worker's `/metrics` text, from the address its log gives
+    /// (`http listening`); empty if it cannot be read.
+    pub async fn metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let Some(addr) = log
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find(|line| line["message"] == "http listening")
+            .and_then(|line| line["listen"].as_str().map(str::to_owned))
+        else {
+            return String::new();
+        };
+        let Ok(mut stream) = tokio::net::TcpStream::connect(&addr).await else {
+            return String::new();
+        };
+        let request = "GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n";
+        let mut response = String::new();
+        if stream.write_all(request.as_bytes()).await.is_err()
+            || stream.read_to_string(&mut response).await.is_err()
+        {
+            return String::new();
+        }
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default()
     }
 
     /// VmRSS of the worker process, KiB.
@@ -495,6 +530,34 @@ fn ansible_playbook() -> String {
     "ansible-playbook".to_owned()
 }
 
+/// The interpreter a Python script's `#!` line names (`/usr/bin/env
+/// python3` gives `python3`); `python3` if there is none.
+fn interpreter_of(script: &str) -> String {
+    let resolved = which(script).unwrap_or_else(|| script.into());
+    let text = std::fs::read(&resolved).unwrap_or_default();
+    let first = text.split(|&b| b == b'\n').next().unwrap_or_default();
+    let first = String::from_utf8_lossy(first);
+    let Some(shebang) = first.strip_prefix("#!") else {
+        return "python3".to_owned();
+    };
+    let mut words = shebang.split_whitespace();
+    match words.next() {
+        Some(env) if env.ends_with("/env") => words.next().unwrap_or("python3").to_owned(),
+        Some(interpreter) => interpreter.to_owned(),
+        None => "python3".to_owned(),
+    }
+}
+
+/// `program` looked up on PATH, unless it is a path already.
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    if program.contains('/') {
+        return Some(program.into());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
+}
+
 /// VmRSS of `pid`, KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "VmRSS:")
@@ -607,4 +670,65 @@ fn parents() -> Vec<(u32, u32)> {
         }
     }
     parent_of
+}
+
+/// CPU time (ms) of `root` and of every process below it: each live one's
+/// own and that of the children it reaped (which holds, in turn, what those
+/// had reaped). A process is counted once: live, or in its reaper's total.
+/// Read when the tree is quiet: a process reaped during the scan may be
+/// missed or counted twice.
+pub fn tree_cpu_ms(root: u32) -> f64 {
+    std::iter::once(root as i32)
+        .chain(crate::procs::descendants(root as i32))
+        .filter_map(|pid| cpu_ms(pid as u32))
+        .map(|(own, reaped)| own + reaped)
+        .sum()
+}
+
+/// The children of `parent` whose name is `comm`.
+pub fn children_named(parent: u32, comm: &str) -> Vec<u32> {
+    parents()
+        .into_iter()
+        .filter(|&(pid, ppid)| ppid == parent && comm_is(pid, comm))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Whether `pid`'s name (`/proc/<pid>/comm`) is `comm`.
+pub fn comm_is(pid: u32, comm: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+}
+
+/// The parent of `pid`.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether `pid` runs a Python interpreter (its executable's name starts
+/// with `python`): `ansible-playbook` is a Python script, so its process's
+/// executable is the interpreter, as are its forks and the controller's.
+pub fn is_python(pid: u32) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| {
+        exe.file_name()
+            .is_some_and(|name| name.to_string_lossy().starts_with("python"))
+    })
+}
+
+/// Proportional set size of `pid`, KiB (`/proc/<pid>/smaps_rollup`): each
+/// page shared by n processes counts 1/n in each, so a sum over processes
+/// counts it once, unlike RSS.
+pub fn pss_kib(pid: u32) -> Option<u64> {
+    rollup_kib(pid, "Pss:")
+}
+
+/// One field (`Pss:`, `Private_Dirty:`, ...) of `/proc/<pid>/smaps_rollup`,
+/// KiB.
+pub fn rollup_kib(pid: u32, field: &str) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::{ansible_dir, check_success, ssh_settings, ssh_worker};
 use crate::host::TestHost;
-use crate::rig::{self, Rig, Worker, closed_loop, millis, request_id};
+use crate::rig::{self, Rig, Worker, closed_loop, millis, q, request_id};
 use crate::stats::{Figure, Target, median};
 
 const ITEM: &str = "4 ansible";
@@ -32,7 +32,10 @@ pub async fn ansible_cost(
 }
 
 /// A worker running `playbook` from `dir` over SSH, one job at a time,
-/// with or without the SSH preflight.
+/// with or without the SSH preflight, cold: this item compares the worker
+/// with a bare `ansible-playbook` (a fresh process each), and counts the
+/// playbook's CPU among the worker's reaped children; the warm controller
+/// against cold runs is item 5.
 async fn worker(
     rig: &mut Rig,
     sshd: &TestHost,
@@ -42,6 +45,7 @@ async fn worker(
 ) -> Worker {
     let mut settings = ssh_settings(rig, sshd, 1, dir, playbook);
     settings.push(("ssh.preflight", preflight.to_string()));
+    settings.push(("ansible.controller", q("cold")));
     ssh_worker(rig, sshd, &settings).await
 }
 
