@@ -22,20 +22,12 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::env;
 use super::frame::{self, FrameReader, FromController, ToController};
+use super::warm;
 use crate::config::AnsibleSettings;
 use crate::metrics;
 
 /// The controller script, relative to the Ansible dir.
 pub(crate) const SCRIPT: &str = "controller/infra_controller.py";
-
-/// How long the controller may take to import Ansible and check itself.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How often a ping is sent.
-const PING_INTERVAL: Duration = Duration::from_secs(5);
-
-/// A ping unanswered this long means the controller hangs.
-const PONG_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// At the stop, how long the controller may take to exit after its
 /// channel closed before it is killed.
@@ -67,6 +59,33 @@ impl Backoff {
     }
 }
 
+/// How long the controller and its runs are given, and the pause before a
+/// restart: plain data, so tests pass shorter ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Timing {
+    pub(crate) backoff: Backoff,
+    /// How long the controller may take to import Ansible and check itself.
+    pub(crate) ready_within: Duration,
+    /// How often a ping is sent.
+    pub(crate) ping_every: Duration,
+    /// A ping unanswered this long means the controller hangs.
+    pub(crate) pong_within: Duration,
+    /// How long a run waits on the controller.
+    pub(crate) run: warm::Deadlines,
+}
+
+impl Timing {
+    /// 30 s to be ready, a ping every 5 s answered within 10 s, the
+    /// default backoff and run deadlines.
+    pub(crate) const DEFAULT: Timing = Timing {
+        backoff: Backoff::DEFAULT,
+        ready_within: Duration::from_secs(30),
+        ping_every: Duration::from_secs(5),
+        pong_within: Duration::from_secs(10),
+        run: warm::Deadlines::DEFAULT,
+    };
+}
+
 /// A connection to a ready controller: what a run needs to hand it a run.
 #[derive(Clone)]
 pub(crate) struct Live {
@@ -76,6 +95,8 @@ pub(crate) struct Live {
     channel: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     /// Cancelled by a run that saw the controller hang: it is killed.
     hung: CancellationToken,
+    /// How long a run waits on it.
+    pub(crate) deadlines: warm::Deadlines,
 }
 
 impl Live {
@@ -160,13 +181,14 @@ impl Controller {
         settings: &AnsibleSettings,
         worker_env: impl IntoIterator<Item = (OsString, OsString)>,
     ) -> Controller {
-        Controller::start_with(settings, worker_env, Backoff::DEFAULT)
+        Controller::start_with(settings, worker_env, Timing::DEFAULT)
     }
 
-    fn start_with(
+    /// [`Controller::start`] with `timing` in place of the production one.
+    pub(crate) fn start_with(
         settings: &AnsibleSettings,
         worker_env: impl IntoIterator<Item = (OsString, OsString)>,
-        backoff: Backoff,
+        timing: Timing,
     ) -> Controller {
         let ansible_dir =
             std::path::absolute(&settings.dir).unwrap_or_else(|_| settings.dir.clone());
@@ -185,7 +207,7 @@ impl Controller {
             task: Mutex::new(None),
             restarts: 0.into(),
         });
-        let task = tokio::spawn(keep_running(shared.clone(), spec, backoff));
+        let task = tokio::spawn(keep_running(shared.clone(), spec, timing));
         *shared.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         Controller {
             shared,
@@ -293,7 +315,7 @@ enum StartError {
 
 /// The controller task: start, watch, restart with backoff, until the stop
 /// or a failed self-check.
-async fn keep_running(shared: Arc<Shared>, spec: Spec, backoff: Backoff) {
+async fn keep_running(shared: Arc<Shared>, spec: Spec, timing: Timing) {
     let mut failures = 0;
     let mut started_before = false;
     loop {
@@ -305,11 +327,11 @@ async fn keep_running(shared: Arc<Shared>, spec: Spec, backoff: Backoff) {
         }
         started_before = true;
         shared.set(State::Starting);
-        match start_one(&spec, &shared.stop).await {
+        match start_one(&spec, &timing, &shared.stop).await {
             Ok((child, reader, live)) => {
                 let ready_at = Instant::now();
                 shared.set(State::Ready(live.clone()));
-                let ended = watch(child, reader, &live, &shared.stop).await;
+                let ended = watch(child, reader, &live, &timing, &shared.stop).await;
                 shared.set(State::Down);
                 if matches!(ended, Ended::Stopped) {
                     break;
@@ -330,7 +352,7 @@ async fn keep_running(shared: Arc<Shared>, spec: Spec, backoff: Backoff) {
                 tracing::warn!(error.message = %why, "the warm controller did not start; runs go cold until it does");
             }
         }
-        let delay = backoff.delay_for(failures);
+        let delay = timing.backoff.delay_for(failures);
         failures = failures.saturating_add(1);
         tokio::select! {
             biased;
@@ -344,6 +366,7 @@ async fn keep_running(shared: Arc<Shared>, spec: Spec, backoff: Backoff) {
 /// Starts one controller and waits for its `ready`.
 async fn start_one(
     spec: &Spec,
+    timing: &Timing,
     stop: &CancellationToken,
 ) -> Result<(Child, FrameReader<OwnedReadHalf>, Live), StartError> {
     if !spec.script.is_file() {
@@ -381,7 +404,7 @@ async fn start_one(
     let first = tokio::select! {
         biased;
         () = stop.cancelled() => return Err(StartError::Stopped),
-        first = tokio::time::timeout(READY_TIMEOUT, reader.next()) => first,
+        first = tokio::time::timeout(timing.ready_within, reader.next()) => first,
     };
     match first {
         Ok(Ok(Some(FromController::Ready {
@@ -401,6 +424,7 @@ async fn start_one(
                 pid,
                 channel: Arc::new(tokio::sync::Mutex::new(write)),
                 hung: CancellationToken::new(),
+                deadlines: timing.run,
             };
             Ok((child, reader, live))
         }
@@ -417,7 +441,7 @@ async fn start_one(
         Ok(Err(e)) => Err(StartError::Failed(e.to_string())),
         Err(_) => Err(StartError::Failed(format!(
             "not ready within {} s",
-            READY_TIMEOUT.as_secs()
+            timing.ready_within.as_secs()
         ))),
     }
 }
@@ -458,9 +482,10 @@ async fn watch(
     mut child: Child,
     mut reader: FrameReader<OwnedReadHalf>,
     live: &Live,
+    timing: &Timing,
     stop: &CancellationToken,
 ) -> Ended {
-    let ended = watch_until_ended(&mut child, &mut reader, live, stop).await;
+    let ended = watch_until_ended(&mut child, &mut reader, live, timing, stop).await;
     if matches!(ended, Ended::Stopped) {
         // EOF on its channel: it exits at once; its runs go on.
         let _ = live.channel.lock().await.shutdown().await;
@@ -485,11 +510,12 @@ async fn watch_until_ended(
     child: &mut Child,
     reader: &mut FrameReader<OwnedReadHalf>,
     live: &Live,
+    timing: &Timing,
     stop: &CancellationToken,
 ) -> Ended {
     let mut seq = 0u64;
     let mut unanswered: Option<(u64, Instant)> = None;
-    let mut tick = tokio::time::interval(PING_INTERVAL);
+    let mut tick = tokio::time::interval(timing.ping_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -515,7 +541,7 @@ async fn watch_until_ended(
             },
             _ = tick.tick() => {
                 if let Some((_, sent_at)) = unanswered {
-                    if sent_at.elapsed() >= PONG_TIMEOUT {
+                    if sent_at.elapsed() >= timing.pong_within {
                         return Ended::Hung;
                     }
                     continue;
@@ -523,7 +549,7 @@ async fn watch_until_ended(
                 seq += 1;
                 // A controller that does not even take a ping hangs too.
                 let ping = ToController::Ping { seq };
-                match tokio::time::timeout(PONG_TIMEOUT, live.send(&ping, &[])).await {
+                match tokio::time::timeout(timing.pong_within, live.send(&ping, &[])).await {
                     Ok(Ok(())) => unanswered = Some((seq, Instant::now())),
                     Ok(Err(e)) => return Ended::Channel(e.into()),
                     Err(_) => return Ended::Hung,

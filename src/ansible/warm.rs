@@ -18,12 +18,24 @@ use tokio::net::unix::pipe;
 use super::controller::Live;
 use super::frame::ToController;
 
-/// How long the controller may take to fork a run (its `pid` line).
-const PID_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a run waits on the controller: plain data, so tests pass
+/// shorter ones (through the controller's `Timing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Deadlines {
+    /// How long the controller may take to fork a run (its `pid` line).
+    pub(crate) pid: Duration,
+    /// After a hung controller was killed, how long its fork may still take
+    /// to say `pid` (or everyone to close the status pipe).
+    pub(crate) after_kill: Duration,
+}
 
-/// After a hung controller was killed, how long its fork may still take to
-/// say `pid` (or everyone to close the status pipe).
-const AFTER_KILL_DEADLINE: Duration = Duration::from_secs(30);
+impl Deadlines {
+    /// 10 s for the fork, 30 s after a kill.
+    pub(crate) const DEFAULT: Deadlines = Deadlines {
+        pid: Duration::from_secs(10),
+        after_kill: Duration::from_secs(30),
+    };
+}
 
 /// The longest status line: `pid`, `exit` and `error` lines are short.
 const MAX_STATUS_LINE: usize = 4096;
@@ -155,7 +167,8 @@ pub(crate) async fn start(live: &Live, request: &Request<'_>) -> Result<WarmChil
         cwd: request.cwd,
     };
     let fds = [stdout_tx.as_fd(), stderr_tx.as_fd(), status_tx.as_fd()];
-    let sent = tokio::time::timeout(PID_DEADLINE, live.send(&message, &fds)).await;
+    let deadlines = live.deadlines;
+    let sent = tokio::time::timeout(deadlines.pid, live.send(&message, &fds)).await;
     // Ours closed now: only the controller and its fork hold them, so EOF
     // on status means no run child exists.
     drop((stdout_tx, stderr_tx, status_tx));
@@ -166,11 +179,11 @@ pub(crate) async fn start(live: &Live, request: &Request<'_>) -> Result<WarmChil
             // A broken channel: the frame may be half out; whatever holds
             // the fds now decides.
             tracing::warn!(error.message = %e, "sending a run to the warm controller failed");
-            after_kill(&mut status).await?
+            after_kill(&mut status, deadlines).await?
         }
         Err(_) => {
             live.declare_hung();
-            after_kill(&mut status).await?
+            after_kill(&mut status, deadlines).await?
         }
     };
     let pid = match first {
@@ -194,10 +207,10 @@ pub(crate) async fn start(live: &Live, request: &Request<'_>) -> Result<WarmChil
     })
 }
 
-/// The first status line within [`PID_DEADLINE`]; past it the controller
+/// The first status line within the `pid` deadline; past it the controller
 /// hangs: it is killed, and the run's fate read after that.
 async fn first_line(status: &mut StatusPipe, live: &Live) -> Result<StatusLine, NotWarm> {
-    match tokio::time::timeout(PID_DEADLINE, status.next_line()).await {
+    match tokio::time::timeout(live.deadlines.pid, status.next_line()).await {
         Ok(line) => parse_first(line),
         Err(_) => {
             tracing::warn!(
@@ -205,15 +218,15 @@ async fn first_line(status: &mut StatusPipe, live: &Live) -> Result<StatusLine, 
                 "the warm controller did not fork a run in time; killing it"
             );
             live.declare_hung();
-            after_kill(status).await
+            after_kill(status, live.deadlines).await
         }
     }
 }
 
 /// After the controller was killed (or its channel broke): a `pid` line
 /// if it had forked the run, EOF if not.
-async fn after_kill(status: &mut StatusPipe) -> Result<StatusLine, NotWarm> {
-    match tokio::time::timeout(AFTER_KILL_DEADLINE, status.next_line()).await {
+async fn after_kill(status: &mut StatusPipe, deadlines: Deadlines) -> Result<StatusLine, NotWarm> {
+    match tokio::time::timeout(deadlines.after_kill, status.next_line()).await {
         Ok(line) => parse_first(line),
         Err(_) => Err(NotWarm::Hung),
     }
