@@ -446,6 +446,7 @@ mod tests {
     use serde_json::json;
     use tempfile::TempDir;
 
+    use super::super::controller::{Backoff, Timing};
     use super::super::env::INHERITED_VARS;
     use super::super::output::TAIL_BYTES;
     use super::super::run::SshTarget;
@@ -522,8 +523,14 @@ mod tests {
 
         /// [`Fixture::new`] with the warm controller: the test stand-in
         /// (`tests/fixtures/warm_stand_in.py`, no Ansible) in `mode`
-        /// (`ok`, `fail`), or no controller script at all (`None`).
+        /// (`ok`, `fail`, `hang`), or no controller script at all (`None`).
         async fn warm(script_body: &str, mode: Option<&str>) -> Fixture {
+            Fixture::warm_timed(script_body, mode, Timing::DEFAULT).await
+        }
+
+        /// [`Fixture::warm`] with the controller's deadlines and backoff
+        /// `timing` instead of the production ones.
+        async fn warm_timed(script_body: &str, mode: Option<&str>, timing: Timing) -> Fixture {
             let fx = Fixture::new(script_body);
             if let Some(mode) = mode {
                 let dir = fx.out("controller");
@@ -533,9 +540,11 @@ mod tests {
                 std::fs::copy(stand_in, dir.join("infra_controller.py")).unwrap();
                 std::fs::write(dir.join("mode"), mode).unwrap();
             }
-            let mut settings = fx.runner.settings.clone();
-            settings.controller = ControllerMode::Warm;
-            let runner = Runner::new(settings, Duration::from_millis(300));
+            // What `Runner::new` does in warm mode, with `timing`.
+            let mut runner = fx.runner.clone();
+            runner.settings.controller = ControllerMode::Warm;
+            let controller = Controller::start_with(&runner.settings, std::env::vars_os(), timing);
+            runner.controller = Some(controller);
             Fixture { runner, ..fx }
         }
 
@@ -1409,5 +1418,82 @@ mod tests {
         );
         let (outcome, _, _) = fx.run(playbook_run(Duration::from_secs(20))).await;
         assert!(outcome.succeeded(), "{outcome:?}");
+    }
+
+    /// Deadlines a test of a hanging controller can wait out: a run gives
+    /// up on its fork after 1 s; with `pings`, a ping goes every 200 ms and
+    /// is given 500 ms (else none is ever overdue); a restart comes 100 ms
+    /// after a loss.
+    fn quick_timing(pings: bool) -> Timing {
+        let never = Duration::from_secs(3600);
+        Timing {
+            backoff: Backoff {
+                first: Duration::from_millis(100),
+                max: Duration::from_millis(100),
+            },
+            ready_within: Duration::from_secs(10),
+            ping_every: if pings {
+                Duration::from_millis(200)
+            } else {
+                never
+            },
+            pong_within: if pings {
+                Duration::from_millis(500)
+            } else {
+                never
+            },
+            run: warm::Deadlines {
+                pid: Duration::from_secs(1),
+                after_kill: Duration::from_secs(5),
+            },
+        }
+    }
+
+    /// The pid of a ready controller other than `old`, within 5 s; `old`
+    /// is gone by then.
+    async fn replaced(fx: &Fixture, old: u32) -> u32 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match fx.runner.controller_pid() {
+                Some(pid) if pid != old => break,
+                _ => assert!(Instant::now() < deadline, "controller {old} not replaced"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            Proc::of(old as i32).is_none_or(|p| !p.is_running()),
+            "controller {old} still runs"
+        );
+        assert!(fx.runner.controller.as_ref().unwrap().restarts() >= 1);
+        fx.runner.controller_pid().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_controller_that_never_forks_a_run_is_replaced_and_the_run_goes_cold() {
+        let fx = Fixture::warm_timed("echo ran-cold", Some("hang"), quick_timing(false)).await;
+        assert!(fx.runner.wait_for_controller(Duration::from_secs(10)).await);
+        let hung = fx.runner.controller_pid().unwrap();
+
+        let (outcome, _, _) = fx.run(playbook_run(Duration::from_secs(20))).await;
+
+        assert!(outcome.succeeded(), "{outcome:?}");
+        assert!(outcome.output_tail.contains("ran-cold"));
+        // The run waited out the fork deadline once, not more.
+        assert!(
+            (Duration::from_secs(1)..Duration::from_secs(4)).contains(&outcome.duration),
+            "{:?}",
+            outcome.duration
+        );
+        replaced(&fx, hung).await;
+    }
+
+    #[tokio::test]
+    async fn a_controller_that_answers_no_ping_is_declared_hung_and_replaced() {
+        let fx = Fixture::warm_timed("exit 0", Some("hang"), quick_timing(true)).await;
+        assert!(fx.runner.wait_for_controller(Duration::from_secs(10)).await);
+        let hung = fx.runner.controller_pid().unwrap();
+
+        // It says nothing and never exits: only the pings can tell.
+        replaced(&fx, hung).await;
     }
 }
