@@ -31,7 +31,9 @@ async fn parity_run(mode: &str, project_id: &str) -> Vec<(Value, Vec<Value>)> {
             .deploy_playbook(PARITY_PLAYBOOK)
             .concurrency(BRANCHES.len())
             .set("ansible.controller", mode)
-            .set("worker.job_timeout_secs", 15)
+            // Room for three cold runs side by side on a loaded machine;
+            // the "hang" job waits this long.
+            .set("worker.job_timeout_secs", 25)
             .set("worker.kill_grace_secs", 1)
     })
     .await;
