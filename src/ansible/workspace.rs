@@ -201,8 +201,23 @@ impl Drop for Workspace {
     /// Before `cp/` goes: a master left there (the probe's, when the job
     /// ended before any playbook) is asked to exit, or it would linger for
     /// its ControlPersist. Without sockets this is one `read_dir`.
+    ///
+    /// Removed here rather than by `TempDir`, which gives up silently: a
+    /// socket made while the directory was being removed (an ssh of a
+    /// cancelled run still winding down) left the directory behind, `cp/`
+    /// empty once that master exited. One more close and try.
     fn drop(&mut self) {
-        masters::close_control_masters_blocking(&self.control_path_dir());
+        for attempt in 1..=2 {
+            masters::close_control_masters_blocking(&self.control_path_dir());
+            match std::fs::remove_dir_all(self.path()) {
+                Ok(()) => return,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+                Err(e) if attempt == 2 => {
+                    tracing::warn!(dir = %self.path().display(), error.message = %e, "cannot remove a run directory");
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
+        }
     }
 }
 

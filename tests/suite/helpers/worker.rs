@@ -40,6 +40,10 @@ pub struct TestWorker {
     child: Mutex<Child>,
     pid: u32,
     dir: tempfile::TempDir,
+    /// The worker's `TMPDIR`, where its runs make their private directories:
+    /// removed with the test even when the worker was SIGKILLed mid-run (a
+    /// killed worker cannot remove its runs' keys itself).
+    _tmp: tempfile::TempDir,
     env: BTreeMap<String, String>,
     /// The worker's own database when the test gave none; dropped after the
     /// worker is killed.
@@ -329,6 +333,12 @@ impl TestWorkerBuilder {
 
         let log_path = dir.path().join("worker.log");
         let log = std::fs::File::create(&log_path).expect("worker log");
+        // A short path: the worker puts its runs elsewhere when TMPDIR is
+        // too long for ssh's ControlPath sockets.
+        let tmp = tempfile::Builder::new()
+            .prefix("itw-")
+            .tempdir()
+            .expect("worker TMPDIR");
         let mut command = Command::from(infra_service());
         command
             .arg("worker")
@@ -338,6 +348,7 @@ impl TestWorkerBuilder {
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
             .kill_on_drop(true)
+            .env("TMPDIR", tmp.path())
             .envs(&self.env);
         let child = command.spawn().expect("spawn infra-service worker");
         let pid = child.id().expect("worker pid");
@@ -345,6 +356,7 @@ impl TestWorkerBuilder {
             child: Mutex::new(child),
             pid,
             dir,
+            _tmp: tmp,
             env: self.env,
             _db: db,
         }
