@@ -112,14 +112,7 @@ impl CiWorld {
                 let public = line.split_whitespace().skip(1).take(2).collect::<Vec<_>>();
                 let path = self.dir.path().join("server_key.pub");
                 std::fs::write(&path, public.join(" ") + "\n").unwrap();
-                let out = std::process::Command::new("ssh-keygen")
-                    .arg("-lf")
-                    .arg(&path)
-                    .output()
-                    .unwrap();
-                assert!(out.status.success(), "{out:?}");
-                let text = String::from_utf8(out.stdout).unwrap();
-                text.split_whitespace().nth(1).unwrap().to_owned()
+                fingerprint_of(&path)
             })
             .collect()
     }
@@ -380,10 +373,14 @@ async fn a_github_refusal_fails_ci_but_not_the_deploy_and_a_failed_deploy_skips_
 
 /// `SHA256:...` of the private key `text`, as OpenSSH computes it.
 fn ssh_keygen_fingerprint(text: &str, dir: &Path) -> String {
-    let key = write_private(dir, "fingerprint_key", text);
+    fingerprint_of(&write_private(dir, "fingerprint_key", text))
+}
+
+/// `SHA256:...` of the key in `file` (private or public), by `ssh-keygen -l`.
+fn fingerprint_of(file: &Path) -> String {
     let out = std::process::Command::new("ssh-keygen")
         .arg("-lf")
-        .arg(&key)
+        .arg(file)
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
