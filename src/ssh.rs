@@ -4,13 +4,15 @@
 //! the playbook does not shake hands again.
 
 use std::io::{Read, Seek};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::process::Command;
+
+use crate::ansible::close_control_masters;
 
 /// How to reach a host for a probe. Paths point into the job's private
 /// directory.
@@ -48,9 +50,6 @@ pub const MASTER_OPTIONS: [&str; 5] = [
     "ServerAliveInterval=15",
     "ServerAliveCountMax=4",
 ];
-
-/// How long `ssh -O exit` may take to close a failed probe's master.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a probe failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -143,8 +142,11 @@ pub async fn probe(target: &ProbeTarget) -> Result<(), ProbeFailure> {
     let outcome = handshake(target).await;
     if let (Err(_), Some(control_path)) = (&outcome, &target.control_path) {
         // A master made before `true` failed, or before the deadline struck,
-        // must not serve the next try or the playbook.
-        close_master(target, control_path).await;
+        // must not serve the next try or the playbook. Its directory holds
+        // no other: the playbook has not started.
+        if let Some(dir) = control_path.parent() {
+            close_control_masters(dir).await;
+        }
     }
     outcome
 }
@@ -159,8 +161,16 @@ async fn handshake(target: &ProbeTarget) -> Result<(), ProbeFailure> {
     let stderr_for_ssh = stderr
         .try_clone()
         .map_err(|e| ProbeFailure::Other(format!("cannot make ssh's stderr file: {e}")))?;
-    let mut cmd = ssh_command(target);
-    cmd.args(ssh_options(target))
+    let mut cmd = Command::new("ssh");
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", std::env::var_os("HOME").unwrap_or_default())
+        .args(["-F", "/dev/null", "-T"])
+        .arg("-p")
+        .arg(target.port.to_string())
+        .arg("-l")
+        .arg(&target.user)
+        .args(ssh_options(target))
         .arg("--")
         .arg(&target.address)
         .arg("true")
@@ -188,40 +198,6 @@ async fn handshake(target: &ProbeTarget) -> Result<(), ProbeFailure> {
         )));
     }
     Err(classify(&String::from_utf8_lossy(&text)))
-}
-
-/// `ssh` with a cleared environment, no configuration of the worker's, and
-/// the target's port and user.
-fn ssh_command(target: &ProbeTarget) -> Command {
-    let mut cmd = Command::new("ssh");
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", std::env::var_os("HOME").unwrap_or_default())
-        .args(["-F", "/dev/null", "-T"])
-        .arg("-p")
-        .arg(target.port.to_string())
-        .arg("-l")
-        .arg(&target.user);
-    cmd
-}
-
-/// Asks the master at `control_path` for this target (if any) to exit:
-/// `ssh -O exit`, given up on after [`CLOSE_TIMEOUT`].
-async fn close_master(target: &ProbeTarget, control_path: &Path) {
-    let mut control = std::ffi::OsString::from("ControlPath=");
-    control.push(control_path);
-    let mut cmd = ssh_command(target);
-    cmd.args(["-o", "BatchMode=yes", "-O", "exit", "-o"])
-        .arg(control)
-        .arg("--")
-        .arg(&target.address)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-    // Without a master this fails at once; that is the usual case.
-    let status = tokio::time::timeout(CLOSE_TIMEOUT, cmd.status()).await;
-    tracing::debug!(?status, "ssh -O exit after a failed probe");
 }
 
 /// The `-o` options of a probe: batch mode, the run's known_hosts only, key

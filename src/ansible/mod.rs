@@ -26,6 +26,7 @@ mod warm;
 mod workspace;
 
 pub use events::{EventCounts, EventSink, EventStream, channel as event_channel};
+pub(crate) use masters::close_control_masters;
 pub use run::{PlaybookOutcome, PlaybookRun, RunError, SshTarget};
 pub use runner::Runner;
 pub use stop::finish_cleanups;
