@@ -259,6 +259,7 @@ impl Controller {
     }
 
     /// True once the controller will never be used (failed self-check).
+    #[cfg(test)]
     pub(crate) fn is_unusable(&self) -> bool {
         matches!(
             *self.shared.state.lock().unwrap_or_else(|p| p.into_inner()),

@@ -65,18 +65,11 @@ impl Runner {
     }
 
     /// Waits up to `within` for the warm controller to be ready; false if
-    /// it is not (cold mode, starting, or unusable).
+    /// it is not (cold mode, restarting, or unusable).
     pub async fn wait_for_controller(&self, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        loop {
-            if self.controller_pid().is_some() {
-                return true;
-            }
-            let unusable = self.controller.as_ref().is_none_or(Controller::is_unusable);
-            if unusable || Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        match &self.controller {
+            Some(controller) => controller.ready(within).await.is_some(),
+            None => false,
         }
     }
 
