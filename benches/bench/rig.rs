@@ -569,9 +569,13 @@ pub fn hwm_kib(pid: u32) -> Option<u64> {
 }
 
 fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
+    kib_in(pid, "status", field)
+}
+
+/// The KiB of `field` (`VmRSS:`, `Pss:`, ...) in `/proc/<pid>/<file>`.
+fn kib_in(pid: u32, file: &str, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+    text.lines()
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
@@ -621,9 +625,7 @@ pub fn reaped_cpu_ms() -> f64 {
 pub fn cpu_ms_of(comm: &str) -> f64 {
     parents()
         .iter()
-        .filter(|(pid, _)| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
-        })
+        .filter(|&&(pid, _)| comm_is(pid, comm))
         .filter_map(|(pid, _)| cpu_ms(*pid))
         .map(|(own, _)| own)
         .sum()
@@ -653,23 +655,13 @@ fn clock_ticks() -> f64 {
 
 /// (pid, parent pid) of every process.
 fn parents() -> Vec<(u32, u32)> {
-    let mut parent_of = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // The fields after the last ')' (the name may hold spaces).
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()) {
-            parent_of.push((pid, ppid));
-        }
-    }
-    parent_of
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .filter_map(|pid| Some((pid, parent_of(pid)?)))
+        .collect()
 }
 
 /// CPU time (ms) of `root` and of every process below it: each live one's
@@ -702,6 +694,7 @@ pub fn comm_is(pid: u32, comm: &str) -> bool {
 /// The parent of `pid`.
 pub fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the last ')' (the name may hold spaces).
     let (_, rest) = stat.rsplit_once(')')?;
     rest.split_whitespace().nth(1)?.parse().ok()
 }
@@ -726,9 +719,5 @@ pub fn pss_kib(pid: u32) -> Option<u64> {
 /// One field (`Pss:`, `Private_Dirty:`, ...) of `/proc/<pid>/smaps_rollup`,
 /// KiB.
 pub fn rollup_kib(pid: u32, field: &str) -> Option<u64> {
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    rollup
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    kib_in(pid, "smaps_rollup", field)
 }
