@@ -1,6 +1,6 @@
 //! The per-run private directory: inventory, extra vars, key file.
 //!
-//! One `TempDir` (mode 0700) per playbook run holds everything the run must
+//! One temporary directory (mode 0700) per playbook run holds everything the run must
 //! not share: the inventory, the extra vars, the private key (0600 from
 //! creation), `known_hosts`, `cp/` for SSH ControlPath sockets, and
 //! `events.jsonl` for live progress. Dropping
@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 
 use secrecy::ExposeSecret;
 use serde_json::json;
-use tempfile::TempDir;
 
 use super::masters;
 use super::run::SshTarget;
@@ -29,7 +28,8 @@ const MAX_BASE_DIR_LEN: usize = 32;
 /// The run's private directory and the paths of the files in it.
 #[derive(Debug)]
 pub struct Workspace {
-    dir: TempDir,
+    /// Made by `tempfile`, removed by our own `Drop` (see there).
+    dir: PathBuf,
     /// When it was made, in [`tree::boot_ticks_now`]'s ticks: the run's
     /// processes start no earlier.
     created: u64,
@@ -43,7 +43,8 @@ impl Workspace {
         let dir = tempfile::Builder::new()
             .prefix("ia-")
             .permissions(Permissions::from_mode(0o700))
-            .tempdir_in(base_dir())?;
+            .tempdir_in(base_dir())?
+            .keep();
         let workspace = Workspace {
             created: tree::boot_ticks_now(),
             dir,
@@ -72,7 +73,7 @@ impl Workspace {
 
     /// The directory itself.
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        &self.dir
     }
 
     /// `inventory.json`, read by Ansible's yaml inventory plugin.
@@ -202,7 +203,7 @@ impl Drop for Workspace {
     /// ended before any playbook) is asked to exit, or it would linger for
     /// its ControlPersist. Without sockets this is one `read_dir`.
     ///
-    /// Removed here rather than by `TempDir`, which gives up silently: a
+    /// Removed here rather than by a `TempDir`, which gives up silently: a
     /// socket made while the directory was being removed (an ssh of a
     /// cancelled run still winding down) left the directory behind, `cp/`
     /// empty once that master exited. One more close and try.
