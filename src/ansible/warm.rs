@@ -313,16 +313,12 @@ impl StatusPipe {
     }
 }
 
-/// A pipe whose two ends are closed on exec: no other child the worker
-/// starts meanwhile may hold a run's write end (its EOF would never come).
+/// A pipe whose two ends are closed on exec (as `std::io::pipe` makes
+/// them): no other child the worker starts meanwhile may hold a run's write
+/// end (its EOF would never come).
 fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two fds into the array on success.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both fds were just opened and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    let (reader, writer) = io::pipe()?;
+    Ok((reader.into(), writer.into()))
 }
 
 /// `pidfd_open(2)`: a handle on process `pid` that turns readable when it
