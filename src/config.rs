@@ -66,6 +66,64 @@ impl RedisUrl {
     }
 }
 
+/// A PEM certificate bundle named by a setting (`redis.ca_cert`,
+/// `postgres.ca_cert`, `redis.client_cert`), read and checked when the
+/// settings load: an unreadable file is the operator's to fix at start,
+/// not an outage to retry. Certificates are public; the bytes are kept.
+#[derive(Clone)]
+pub struct CertFile {
+    path: PathBuf,
+    pem: Vec<u8>,
+}
+
+impl CertFile {
+    /// Reads every certificate of the PEM bundle at `path`; none is an
+    /// error naming `key`.
+    pub fn load(key: &'static str, path: &Path) -> Result<CertFile, ConfigError> {
+        let problem = |problem: String| ConfigError::Key { key, problem };
+        let pem = std::fs::read(path)
+            .map_err(|e| problem(format!("cannot read {}: {e}", path.display())))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            problem(format!(
+                "{} is not a PEM certificate bundle: {e}",
+                path.display()
+            ))
+        })?;
+        if certs.is_empty() {
+            return Err(problem(format!(
+                "{} holds no PEM certificate",
+                path.display()
+            )));
+        }
+        Ok(CertFile {
+            path: path.to_owned(),
+            pem,
+        })
+    }
+
+    /// Where the certificates were read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The bundle as read.
+    pub fn pem(&self) -> &[u8] {
+        &self.pem
+    }
+}
+
+impl std::fmt::Debug for CertFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.path, f)
+    }
+}
+
+impl Serialize for CertFile {
+    fn serialize<S: Serializer>(&self, out: S) -> Result<S::Ok, S::Error> {
+        self.path.serialize(out)
+    }
+}
+
 /// The status store.
 #[derive(Debug, Clone, Serialize)]
 pub struct PostgresSettings {

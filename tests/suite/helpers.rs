@@ -19,6 +19,7 @@ mod leaks;
 mod own_postgres;
 mod own_redis;
 mod payload;
+mod pki;
 mod playbooks;
 mod poll;
 mod ports;
@@ -40,6 +41,7 @@ pub use leaks::{files_text, fragments, stream_text};
 pub use own_postgres::OwnPostgres;
 pub use own_redis::OwnRedis;
 pub use payload::{unique_request_id, valid_deploy_payload};
+pub use pki::{Issued, TestCa};
 pub use playbooks::{
     FAILING_TASK, digest_record, fixtures_dir, release_sleepers, sha256_hex, sleep_ends,
     sleep_starts, wait_sleepers_started,

@@ -934,14 +934,7 @@ fn requested_version(query: Option<&str>) -> Option<usize> {
 /// a listener that completes each TLS handshake before axum sees the
 /// connection.
 mod tls {
-    use openssl::asn1::Asn1Time;
-    use openssl::bn::{BigNum, MsbOption};
-    use openssl::ec::{EcGroup, EcKey};
-    use openssl::hash::MessageDigest;
-    use openssl::nid::Nid;
-    use openssl::pkey::{PKey, Private};
-    use openssl::x509::extension::{BasicConstraints, KeyUsage, SubjectAlternativeName};
-    use openssl::x509::{X509, X509NameBuilder};
+    use crate::helpers::TestCa;
     use tokio::net::{TcpListener, TcpStream};
     use tokio_native_tls::{TlsAcceptor, TlsStream, native_tls};
 
@@ -974,71 +967,11 @@ mod tls {
 
     /// A TLS acceptor for `127.0.0.1`/`localhost`, and its CA's PEM.
     pub fn acceptor() -> (TlsAcceptor, Vec<u8>) {
-        let ca_key = key();
-        let ca = certificate("fake-vault-ca", &ca_key, None, true);
-        let server_key = key();
-        let server = certificate("127.0.0.1", &server_key, Some((&ca, &ca_key)), false);
-        let identity = native_tls::Identity::from_pkcs8(
-            &server.to_pem().unwrap(),
-            &server_key.private_key_to_pem_pkcs8().unwrap(),
-        )
-        .unwrap();
+        let ca = TestCa::new("fake-vault-ca");
+        let server = ca.issue_loopback();
+        let identity = native_tls::Identity::from_pkcs8(&server.cert_pem, &server.key_pem).unwrap();
         let acceptor = native_tls::TlsAcceptor::new(identity).unwrap();
-        (TlsAcceptor::from(acceptor), ca.to_pem().unwrap())
-    }
-
-    fn key() -> PKey<Private> {
-        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-        PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap()
-    }
-
-    /// A certificate for `name`, signed by `issuer` (self-signed without).
-    fn certificate(
-        name: &str,
-        key: &PKey<Private>,
-        issuer: Option<(&X509, &PKey<Private>)>,
-        ca: bool,
-    ) -> X509 {
-        let mut subject = X509NameBuilder::new().unwrap();
-        subject.append_entry_by_text("CN", name).unwrap();
-        let subject = subject.build();
-        let mut b = X509::builder().unwrap();
-        b.set_version(2).unwrap();
-        let mut serial = BigNum::new().unwrap();
-        serial.rand(64, MsbOption::MAYBE_ZERO, false).unwrap();
-        b.set_serial_number(&serial.to_asn1_integer().unwrap())
-            .unwrap();
-        b.set_subject_name(&subject).unwrap();
-        b.set_pubkey(key).unwrap();
-        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-            .unwrap();
-        b.set_not_after(&Asn1Time::days_from_now(2).unwrap())
-            .unwrap();
-        if ca {
-            b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
-                .unwrap();
-            let usage = KeyUsage::new()
-                .critical()
-                .key_cert_sign()
-                .crl_sign()
-                .build();
-            b.append_extension(usage.unwrap()).unwrap();
-        } else {
-            let context = b.x509v3_context(issuer.map(|(c, _)| c.as_ref()), None);
-            let names = SubjectAlternativeName::new()
-                .ip("127.0.0.1")
-                .dns("localhost")
-                .build(&context)
-                .unwrap();
-            b.append_extension(names).unwrap();
-        }
-        let (issuer_name, signing_key) = match issuer {
-            Some((cert, key)) => (cert.subject_name().to_owned().unwrap(), key),
-            None => (subject, key),
-        };
-        b.set_issuer_name(&issuer_name).unwrap();
-        b.sign(signing_key, MessageDigest::sha256()).unwrap();
-        b.build()
+        (TlsAcceptor::from(acceptor), ca.pem())
     }
 }
 
