@@ -14,6 +14,7 @@ use crate::github::ApiUrl;
 use crate::job::SecretRef;
 use crate::policy::{DeployTargets, RefPattern};
 use crate::provider::time4vps::{self, BaseUrl};
+use crate::secrets::LocalSecrets;
 use crate::secrets::vault::{CaCert, VaultAddr};
 
 /// Everything the daemon can be told, one section per concern.
@@ -39,7 +40,20 @@ pub struct Settings {
 /// Where the queues live and who this worker is among its peers.
 #[derive(Debug, Clone, Serialize)]
 pub struct RedisSettings {
+    /// The server; with Sentinel, only its scheme (`rediss://` for TLS),
+    /// credentials and database count: the master's address is asked.
     pub url: RedisUrl,
+    /// Sentinels to ask for the master, when Redis is run with Sentinel.
+    pub sentinel: Option<SentinelSettings>,
+    pub tls: RedisTls,
+    /// The ACL user (`AUTH <username> <password>`); overrides the URL's.
+    pub username: Option<String>,
+    /// Secret reference of the password (`env:` or `file:`), read at each
+    /// connect so a rotated file is picked up by the next connection.
+    pub password_ref: Option<String>,
+    /// `env:` and `file:` references are read through this.
+    #[serde(skip)]
+    pub secrets: LocalSecrets,
     pub group: String,
     /// Unique per process; defaults to `<hostname>-<pid>`.
     pub consumer: Option<String>,
@@ -47,22 +61,75 @@ pub struct RedisSettings {
     pub key_prefix: String,
     /// How long one XREADGROUP blocks before the loop looks around again.
     pub block_ms: u64,
+    /// After publishing a result, `WAIT` for this many replicas to have it
+    /// before moving on (0: do not wait).
+    pub wait_replicas: u32,
+    /// How long that `WAIT` may take.
+    pub wait_timeout_ms: u64,
 }
 
-/// `redis.url`, checked: the client for it (opening one does no I/O). It may
-/// carry a password, so it prints as `***`.
+/// `redis.sentinels` and `redis.sentinel_master`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SentinelSettings {
+    /// `host:port` of each Sentinel, asked in this order.
+    pub nodes: Vec<(String, u16)>,
+    /// The name the Sentinels monitor the master under.
+    pub master: String,
+}
+
+/// The TLS side of `redis.*`; used when the URL is `rediss://`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RedisTls {
+    /// Trusted besides the system's roots (a private CA).
+    pub ca_cert: Option<CertFile>,
+    /// A client certificate, for servers that ask for one
+    /// (`tls-auth-clients yes`); needs `client_key_ref`.
+    pub client_cert: Option<CertFile>,
+    /// Secret reference of the client certificate's private key (PEM).
+    pub client_key_ref: Option<String>,
+}
+
+/// `redis.url`, checked and parsed. It may carry a password, so it prints
+/// as `***`.
 #[derive(Clone)]
-pub struct RedisUrl(redis::Client);
+pub struct RedisUrl(redis::ConnectionInfo);
 
 impl RedisUrl {
     /// Checks that `url` is a Redis URL the client accepts.
     pub fn parse(url: &str) -> Result<RedisUrl, redis::RedisError> {
-        redis::Client::open(url).map(RedisUrl)
+        redis::IntoConnectionInfo::into_connection_info(url).map(RedisUrl)
     }
 
-    /// The client every connection to Redis is made from.
-    pub fn client(&self) -> &redis::Client {
+    /// What connections to the server are made from.
+    pub fn info(&self) -> &redis::ConnectionInfo {
         &self.0
+    }
+
+    /// `rediss://`: connections use TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.0.addr(), redis::ConnectionAddr::TcpTls { .. })
+    }
+}
+
+impl RedisSettings {
+    /// Settings for one plain server at `url` and these names: every
+    /// other key at its default. For tools and tests that build settings
+    /// without a file.
+    pub fn plain(url: RedisUrl, group: &str, key_prefix: &str) -> RedisSettings {
+        RedisSettings {
+            url,
+            sentinel: None,
+            tls: RedisTls::default(),
+            username: None,
+            password_ref: None,
+            secrets: LocalSecrets::new(PathBuf::from("/run/secrets")),
+            group: group.to_owned(),
+            consumer: None,
+            key_prefix: key_prefix.to_owned(),
+            block_ms: 2000,
+            wait_replicas: 0,
+            wait_timeout_ms: 1000,
+        }
     }
 }
 
@@ -406,8 +473,9 @@ pub struct PolicySettings {
     pub deploy_targets: Option<DeployTargets>,
 }
 
-/// The policy keys whose environment variables are comma-separated lists.
-const LIST_KEYS: [&str; 3] = [
+/// The keys whose environment variables are comma-separated lists.
+const LIST_KEYS: [&str; 4] = [
+    "redis.sentinels",
     "policy.github_token_ref",
     "policy.secrets_ref",
     "policy.deploy_targets",
@@ -449,6 +517,8 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("redis.group", "infra-service"),
     ("redis.key_prefix", ""),
     ("redis.block_ms", "2000"),
+    ("redis.wait_replicas", "0"),
+    ("redis.wait_timeout_ms", "1000"),
     ("worker.concurrency", "4"),
     ("worker.job_timeout_secs", "3600"),
     ("worker.kill_grace_secs", "10"),
@@ -580,10 +650,20 @@ struct RawSettings {
 #[serde(deny_unknown_fields)]
 struct RawRedis {
     url: Option<SecretString>,
+    #[serde(default)]
+    sentinels: Vec<String>,
+    sentinel_master: Option<String>,
+    ca_cert: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key_ref: Option<String>,
+    username: Option<String>,
+    password_ref: Option<String>,
     group: String,
     consumer: Option<String>,
     key_prefix: String,
     block_ms: u64,
+    wait_replicas: u32,
+    wait_timeout_ms: u64,
 }
 
 /// Optional in the sources so that its absence is named by our own message.
@@ -689,7 +769,7 @@ fn required(key: &'static str, example: &str) -> ConfigError {
 impl RawSettings {
     /// Every rule, in the order the first broken one is reported.
     fn check(self) -> Result<Settings, ConfigError> {
-        let redis = self.redis.check()?;
+        let redis = self.redis.check(&self.secrets.dir)?;
         self.worker.check()?;
         self.ansible.check()?;
         ensure(self.ssh.attempts > 0, "ssh.attempts", "must be at least 1")?;
@@ -726,25 +806,121 @@ impl RawSettings {
 }
 
 impl RawRedis {
-    fn check(self) -> Result<RedisSettings, ConfigError> {
-        let url = self
-            .url
-            .ok_or_else(|| required("redis.url", "redis://127.0.0.1:6379"))?;
-        // A malformed URL is a configuration error, not an outage to wait out.
-        let url = RedisUrl::parse(url.expose_secret())
-            .map_err(|e| unusable("redis.url", "Redis URL", e))?;
+    fn check(self, secrets_dir: &Path) -> Result<RedisSettings, ConfigError> {
+        let sentinel = self.sentinel()?;
+        // With Sentinel the URL only says TLS or not, who logs in and the
+        // database: the master's address comes from the Sentinels.
+        let url = match (&self.url, &sentinel) {
+            (Some(url), _) => RedisUrl::parse(url.expose_secret())
+                .map_err(|e| unusable("redis.url", "Redis URL", e))?,
+            (None, Some(_)) => RedisUrl::parse("redis://sentinel-master")
+                .map_err(|e| unusable("redis.url", "Redis URL", e))?,
+            (None, None) => return Err(required("redis.url", "redis://127.0.0.1:6379")),
+        };
+        let tls = self.tls(&url)?;
+        let password_ref = login_ref("redis.password_ref", &self.password_ref)?;
+        ensure(
+            password_ref.is_none() || url.info().redis_settings().password().is_none(),
+            "redis.password_ref",
+            "is given and `redis.url` holds a password too: keep one",
+        )?;
+        ensure(
+            self.username.as_deref() != Some(""),
+            "redis.username",
+            "must not be empty",
+        )?;
         ensure(!self.group.is_empty(), "redis.group", "must not be empty")?;
         let consumer = self.consumer.as_deref();
         ensure(consumer != Some(""), "redis.consumer", "must not be empty")?;
         ensure(self.block_ms > 0, "redis.block_ms", "must be at least 1")?;
+        ensure(
+            self.wait_timeout_ms > 0,
+            "redis.wait_timeout_ms",
+            "must be at least 1",
+        )?;
         Ok(RedisSettings {
             url,
+            sentinel,
+            tls,
+            username: self.username,
+            password_ref,
+            secrets: LocalSecrets::new(secrets_dir.to_owned()),
             group: self.group,
             consumer: self.consumer,
             key_prefix: self.key_prefix,
             block_ms: self.block_ms,
+            wait_replicas: self.wait_replicas,
+            wait_timeout_ms: self.wait_timeout_ms,
         })
     }
+
+    /// Both Sentinel keys or neither.
+    fn sentinel(&self) -> Result<Option<SentinelSettings>, ConfigError> {
+        let master = self.sentinel_master.clone();
+        match (self.sentinels.is_empty(), master) {
+            (true, None) => Ok(None),
+            (true, Some(_)) => Err(required("redis.sentinels", "[\"10.0.0.5:26379\"]")),
+            (false, None) => Err(required("redis.sentinel_master", "mymaster")),
+            (false, Some(master)) => {
+                ensure(
+                    !master.is_empty(),
+                    "redis.sentinel_master",
+                    "must not be empty",
+                )?;
+                let nodes = self
+                    .sentinels
+                    .iter()
+                    .map(|node| host_port(node))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| ConfigError::Key {
+                        key: "redis.sentinels",
+                        problem: "each must be host:port (e.g. 10.0.0.5:26379)".to_owned(),
+                    })?;
+                Ok(Some(SentinelSettings { nodes, master }))
+            }
+        }
+    }
+
+    /// The TLS keys, checked against the URL's scheme: a certificate for a
+    /// plain connection is a mistake that would send a password in clear.
+    fn tls(&self, url: &RedisUrl) -> Result<RedisTls, ConfigError> {
+        let cert = |key, path: &Option<PathBuf>| {
+            path.as_deref()
+                .map(|path| CertFile::load(key, path))
+                .transpose()
+        };
+        let tls = RedisTls {
+            ca_cert: cert("redis.ca_cert", &self.ca_cert)?,
+            client_cert: cert("redis.client_cert", &self.client_cert)?,
+            client_key_ref: login_ref("redis.client_key_ref", &self.client_key_ref)?,
+        };
+        let any =
+            tls.ca_cert.is_some() || tls.client_cert.is_some() || tls.client_key_ref.is_some();
+        ensure(
+            !any || url.is_tls(),
+            "redis.url",
+            "must be a rediss:// URL when redis.ca_cert, redis.client_cert or redis.client_key_ref is set",
+        )?;
+        match (&tls.client_cert, &tls.client_key_ref) {
+            (Some(_), None) => Err(required("redis.client_key_ref", "file:redis/client.key")),
+            (None, Some(_)) => Err(required(
+                "redis.client_cert",
+                "/etc/infra-service/redis-client.crt",
+            )),
+            _ => Ok(tls),
+        }
+    }
+}
+
+/// `host:port` (an IPv6 host in brackets), or `None`.
+fn host_port(text: &str) -> Option<(String, u16)> {
+    let (host, port) = text.trim().rsplit_once(':')?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port = port.parse().ok().filter(|p| *p > 0)?;
+    (!host.is_empty()).then(|| (host.to_owned(), port))
 }
 
 impl WorkerSettings {

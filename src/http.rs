@@ -1,8 +1,9 @@
 //! The HTTP side: `/metrics` (Prometheus text), `/healthz` (the process
-//! runs) and `/readyz` (Redis and Postgres answer). Bound before anything
-//! else starts so health is visible while the daemon waits for its
-//! services; served until the daemon has drained. Owns no metric: it
-//! renders `metrics` and asks `queue` and `store` through their pings.
+//! runs) and `/readyz` (Redis and Postgres answer; which Redis server is
+//! in use). Bound before anything else starts so health is visible while
+//! the daemon waits for its services; served until the daemon has
+//! drained. Owns no metric: it renders `metrics` and asks `queue` and
+//! `store` through their pings.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -53,11 +54,12 @@ impl Health {
         let _ = self.queue.set(queue);
     }
 
-    async fn redis(&self) -> Result<(), String> {
+    /// Redis answers; with the server in use (with Sentinel, the master).
+    async fn redis(&self) -> (Result<(), String>, Option<String>) {
         let Some(queue) = self.queue.get() else {
-            return Err("not connected yet".to_owned());
+            return (Err("not connected yet".to_owned()), None);
         };
-        within(queue.ping()).await
+        (within(queue.ping()).await, Some(queue.server()))
     }
 
     async fn postgres(&self) -> Result<(), String> {
@@ -108,7 +110,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(health): State<Health>) -> Response {
-    let (redis, postgres) = tokio::join!(health.redis(), health.postgres());
+    let ((redis, redis_server), postgres) = tokio::join!(health.redis(), health.postgres());
     let ready = redis.is_ok() && postgres.is_ok();
     let verdict = |check: &Result<(), String>| match check {
         Ok(()) => "ok".to_owned(),
@@ -117,6 +119,7 @@ async fn readyz(State(health): State<Health>) -> Response {
     let body = json!({
         "ready": ready,
         "redis": verdict(&redis),
+        "redis_server": redis_server,
         "postgres": verdict(&postgres),
     });
     let status = if ready {

@@ -49,6 +49,8 @@ struct Metrics {
     ssh_probe_failures: IntCounterVec,
     dead_letters: IntCounter,
     redis_reconnects: IntCounter,
+    redis_master_changes: IntCounter,
+    replica_waits_short: IntCounter,
     postgres_errors: IntCounter,
     postgres_connections: IntCounter,
     status_write_failures: IntCounterVec,
@@ -117,6 +119,14 @@ impl Metrics {
             redis_reconnects: counter(
                 "infra_redis_reconnects_total",
                 "Times the queue reader replaced a failed Redis connection.",
+            ),
+            redis_master_changes: counter(
+                "infra_redis_master_changes_total",
+                "Times the Sentinels named another Redis master than the one in use.",
+            ),
+            replica_waits_short: counter(
+                "infra_redis_replica_waits_short_total",
+                "Published results that fewer replicas than redis.wait_replicas acknowledged in time.",
             ),
             postgres_errors: counter(
                 "infra_postgres_errors_total",
@@ -204,6 +214,16 @@ pub fn dead_lettered() {
 /// Counts a Redis connection replaced after a failure.
 pub fn redis_reconnected() {
     METRICS.redis_reconnects.inc();
+}
+
+/// Counts a move to another Redis master (a Sentinel failover).
+pub fn redis_master_changed() {
+    METRICS.redis_master_changes.inc();
+}
+
+/// Counts a published result that reached fewer replicas than asked.
+pub fn replica_wait_short() {
+    METRICS.replica_waits_short.inc();
 }
 
 /// Counts a failed Postgres operation.

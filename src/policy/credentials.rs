@@ -22,6 +22,8 @@ pub(crate) fn credential_settings(settings: &Settings) -> Vec<(&'static str, &st
         ("ansible.ssh_key_ref", &settings.ansible.ssh_key_ref),
         ("time4vps.username_ref", &settings.time4vps.username_ref),
         ("time4vps.password_ref", &settings.time4vps.password_ref),
+        ("redis.password_ref", &settings.redis.password_ref),
+        ("redis.client_key_ref", &settings.redis.tls.client_key_ref),
     ];
     let vault = settings.vault.login_refs.iter();
     let github_app = settings.github.app.as_ref();

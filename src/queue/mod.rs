@@ -5,19 +5,23 @@
 
 mod caller;
 mod dead;
+mod endpoint;
+mod link;
 mod names;
 mod reader;
 mod scripts;
 
 pub use caller::Caller;
 pub use dead::{DeadLetterEntry, DeadLetterPage, DeadLetters, ReplayError};
+pub use endpoint::Endpoint;
+pub use link::Link;
 pub use names::Names;
 pub use reader::Reader;
 
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::aio::MultiplexedConnection;
 
 use crate::config::RedisSettings;
 use crate::job::JobKind;
@@ -41,11 +45,7 @@ async fn connect_plain(
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(5)))
         .set_response_timeout(Some(response_timeout));
-    let conn = settings
-        .url
-        .client()
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?;
+    let (conn, _) = Endpoint::new(settings).connect(&config).await?;
     Ok((conn, Names::new(settings.key_prefix.clone())))
 }
 
@@ -75,6 +75,31 @@ pub struct Publication<'a> {
 pub enum QueueError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The TLS handshake failed: an unknown CA, a certificate for another
+    /// name, a server that asks for a client certificate.
+    #[error(
+        "redis: TLS to {addr} failed: {source} (check redis.ca_cert, redis.client_cert and that the host name in redis.url, or the address the Sentinels give, is one the server's certificate names)"
+    )]
+    Tls {
+        addr: String,
+        source: redis::RedisError,
+    },
+    #[error(
+        "redis: {addr} refused the login: {source} (check redis.username and redis.password_ref)"
+    )]
+    Auth {
+        addr: String,
+        source: redis::RedisError,
+    },
+    #[error("redis: {key}: {source}")]
+    Secret {
+        key: &'static str,
+        source: crate::secrets::ResolveError,
+    },
+    #[error(
+        "redis: no Sentinel named a master `{master}` that confirms it (redis.sentinels, redis.sentinel_master): {tried}"
+    )]
+    NoMaster { master: String, tried: String },
 }
 
 /// One stream entry handed to this consumer.
@@ -128,25 +153,52 @@ pub struct DeadLetter<'a> {
 /// The shared, multiplexed side of Redis: everything except blocking reads.
 #[derive(Clone)]
 pub struct Queue {
-    client: redis::Client,
-    conn: ConnectionManager,
+    endpoint: Endpoint,
+    conn: Link,
+    /// Where results are published; its own connection when they are
+    /// `WAIT`ed for, since a `WAIT` holds up every command behind it.
+    publisher: Link,
+    wait: Option<ReplicaWait>,
     names: Names,
     group: String,
     consumer: String,
     block_ms: u64,
 }
 
+/// `redis.wait_replicas` and `redis.wait_timeout_ms`.
+#[derive(Debug, Clone, Copy)]
+struct ReplicaWait {
+    replicas: u32,
+    timeout_ms: u64,
+}
+
 impl Queue {
     /// Connects and makes sure both consumer groups exist.
     pub async fn connect(settings: &RedisSettings, consumer: String) -> Result<Queue, QueueError> {
-        let client = settings.url.client().clone();
+        let endpoint = Endpoint::new(settings);
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(10)));
-        let conn = client.get_connection_manager_with_config(config).await?;
+        let conn = Link::open(endpoint.clone(), config.clone()).await?;
+        let wait = (settings.wait_replicas > 0).then_some(ReplicaWait {
+            replicas: settings.wait_replicas,
+            timeout_ms: settings.wait_timeout_ms,
+        });
+        let publisher = match wait {
+            // The WAIT's own timeout comes on top of the reply's.
+            Some(wait) => {
+                let config = config.set_response_timeout(Some(
+                    Duration::from_secs(10) + Duration::from_millis(wait.timeout_ms),
+                ));
+                Link::open(endpoint.clone(), config).await?
+            }
+            None => conn.clone(),
+        };
         let queue = Queue {
-            client,
+            endpoint,
             conn,
+            publisher,
+            wait,
             names: Names::new(settings.key_prefix.clone()),
             group: settings.group.clone(),
             consumer,
@@ -154,6 +206,12 @@ impl Queue {
         };
         queue.ensure_groups().await?;
         Ok(queue)
+    }
+
+    /// The Redis server in use (`host:port`): with Sentinel, the master
+    /// last found.
+    pub fn server(&self) -> String {
+        self.conn.addr()
     }
 
     /// This process's consumer name.
@@ -187,7 +245,7 @@ impl Queue {
     /// stall the commands other tasks send.
     pub async fn reader(&self, lease: Duration) -> Result<Reader, QueueError> {
         Reader::connect(
-            self.client.clone(),
+            self.endpoint.clone(),
             self.names.clone(),
             self.group.clone(),
             self.consumer.clone(),
@@ -230,8 +288,11 @@ impl Queue {
                 invocation.arg(field).arg(value);
             }
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.publisher.clone();
         let outcome: i64 = invocation.invoke_async(&mut conn).await?;
+        if outcome == 1 && result.is_some() {
+            self.wait_for_replicas().await;
+        }
         Ok(match outcome {
             1 if has_dead_letter => {
                 crate::metrics::dead_lettered();
@@ -241,6 +302,38 @@ impl Queue {
             0 => Finished::AlreadyFinished,
             _ => Finished::NotOwner,
         })
+    }
+
+    /// With `redis.wait_replicas`: waits until that many replicas have
+    /// what this connection wrote (the result just published), so a
+    /// failover right after cannot lose it. Fewer in time is logged and
+    /// counted, and the job moves on: the result is on the master.
+    async fn wait_for_replicas(&self) {
+        let Some(wait) = self.wait else {
+            return;
+        };
+        let mut conn = self.publisher.clone();
+        let acked: redis::RedisResult<u32> = redis::cmd("WAIT")
+            .arg(wait.replicas)
+            .arg(wait.timeout_ms)
+            .query_async(&mut conn)
+            .await;
+        match acked {
+            Ok(n) if n >= wait.replicas => {}
+            Ok(n) => {
+                crate::metrics::replica_wait_short();
+                tracing::warn!(
+                    replicas = n,
+                    wanted = wait.replicas,
+                    timeout_ms = wait.timeout_ms,
+                    "a published result reached fewer replicas than redis.wait_replicas in time"
+                );
+            }
+            Err(e) => {
+                crate::metrics::replica_wait_short();
+                tracing::warn!(error.message = %e, "waiting for replicas after publishing a result failed");
+            }
+        }
     }
 
     fn dead_letter_fields<'a>(

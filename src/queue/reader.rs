@@ -26,12 +26,13 @@ use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply};
 use tokio_util::sync::CancellationToken;
 
-use super::{Delivery, Names, QueueError, scripts};
+use super::{Delivery, Endpoint, Names, QueueError, scripts};
 use crate::job::JobKind;
 
 /// Reads entries for one consumer on a dedicated connection.
 pub struct Reader {
-    client: redis::Client,
+    /// Asked again at each reconnect: with Sentinel, that follows the master.
+    endpoint: Endpoint,
     /// `None` after a wait was abandoned for the stop; opened again if the
     /// reader is used after all (tests do; the worker does not).
     conn: Option<MultiplexedConnection>,
@@ -60,16 +61,16 @@ pub struct Batch {
 
 impl Reader {
     pub(super) async fn connect(
-        client: redis::Client,
+        endpoint: Endpoint,
         names: Names,
         group: String,
         consumer: String,
         block_ms: u64,
         lease: Duration,
     ) -> Result<Reader, QueueError> {
-        let conn = Self::open(&client, block_ms).await?;
+        let conn = Self::open(&endpoint, block_ms).await?;
         Ok(Reader {
-            client,
+            endpoint,
             conn: Some(conn),
             names,
             group,
@@ -95,23 +96,19 @@ impl Reader {
     /// The reply to a `BLOCK` wait arrives only after the block time, so the
     /// response timeout must be longer (redis-rs' default of 500 ms would drop
     /// the reply).
-    async fn open(
-        client: &redis::Client,
-        block_ms: u64,
-    ) -> Result<MultiplexedConnection, QueueError> {
+    async fn open(endpoint: &Endpoint, block_ms: u64) -> Result<MultiplexedConnection, QueueError> {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(
                 Duration::from_millis(block_ms) + Duration::from_secs(10),
             ));
-        Ok(client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?)
+        let (conn, _) = endpoint.connect(&config).await?;
+        Ok(conn)
     }
 
     /// Replaces a connection that failed.
     pub async fn reconnect(&mut self) -> Result<(), QueueError> {
-        self.conn = Some(Self::open(&self.client, self.block_ms).await?);
+        self.conn = Some(Self::open(&self.endpoint, self.block_ms).await?);
         crate::metrics::redis_reconnected();
         Ok(())
     }
@@ -120,7 +117,7 @@ impl Reader {
     async fn conn(&mut self) -> Result<&mut MultiplexedConnection, QueueError> {
         let conn = match self.conn.take() {
             Some(conn) => conn,
-            None => Self::open(&self.client, self.block_ms).await?,
+            None => Self::open(&self.endpoint, self.block_ms).await?,
         };
         Ok(self.conn.insert(conn))
     }

@@ -154,7 +154,7 @@ impl Resolver {
     /// Vault.
     pub fn new(secrets_dir: PathBuf) -> Resolver {
         Resolver {
-            local: LocalSecrets { secrets_dir },
+            local: LocalSecrets::new(secrets_dir),
             vault: VaultAccess::NotConfigured,
         }
     }
@@ -162,7 +162,7 @@ impl Resolver {
     /// A resolver that also reads `vault:` references as `vault`
     /// describes (no I/O: Vault is first asked by the first such read).
     pub fn with_vault(secrets_dir: PathBuf, vault: &VaultSettings) -> Resolver {
-        let local = LocalSecrets { secrets_dir };
+        let local = LocalSecrets::new(secrets_dir);
         let vault = match Vault::new(vault, local.clone()) {
             Ok(Some(client)) => VaultAccess::Client(client),
             Ok(None) => VaultAccess::NotConfigured,
@@ -177,11 +177,7 @@ impl Resolver {
     /// The value behind a reference kept as plain text (settings, the
     /// `servers` table), checked like one from a payload first.
     pub async fn resolve_str(&self, reference: &str) -> Result<SecretString, ResolveError> {
-        let parsed = SecretRef::parse(reference).map_err(|_| ResolveError::Malformed {
-            reference: reference.to_owned(),
-            problem: "not a secret reference",
-        })?;
-        self.resolve(&parsed).await
+        self.resolve(&parse_kept(reference)?).await
     }
 
     /// The one value behind `reference` (a token, a key, a password).
@@ -266,6 +262,17 @@ pub struct LocalSecrets {
 }
 
 impl LocalSecrets {
+    /// Reads `file:` references under `secrets_dir`.
+    pub fn new(secrets_dir: PathBuf) -> LocalSecrets {
+        LocalSecrets { secrets_dir }
+    }
+
+    /// [`resolve`](Self::resolve) for a reference kept as plain text (a
+    /// setting).
+    pub async fn resolve_str(&self, reference: &str) -> Result<SecretString, ResolveError> {
+        self.resolve(&parse_kept(reference)?).await
+    }
+
     /// The value of an `env:` or `file:` reference; any other scheme is
     /// refused as unsupported.
     pub async fn resolve(&self, reference: &SecretRef) -> Result<SecretString, ResolveError> {
@@ -317,6 +324,14 @@ impl LocalSecrets {
         })?;
         Ok(self.secrets_dir.join(relative))
     }
+}
+
+/// A reference kept as text, checked like one from a payload.
+fn parse_kept(reference: &str) -> Result<SecretRef, ResolveError> {
+    SecretRef::parse(reference).map_err(|_| ResolveError::Malformed {
+        reference: reference.to_owned(),
+        problem: "not a secret reference",
+    })
 }
 
 fn resolve_env(name: &str) -> Option<SecretString> {

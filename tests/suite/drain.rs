@@ -115,11 +115,12 @@ async fn a_stopped_reader_closes_its_blocking_wait_and_claims_nothing() {
     let own = OwnRedis::new().await;
     let redis = TestRedis::on(&own.url()).await;
     let settings = RedisSettings {
-        url: RedisUrl::parse(&own.url()).expect("redis url"),
-        group: "infra-service".to_owned(),
-        consumer: None,
-        key_prefix: redis.prefix().to_owned(),
         block_ms: 60_000,
+        ..RedisSettings::plain(
+            RedisUrl::parse(&own.url()).expect("redis url"),
+            "infra-service",
+            redis.prefix(),
+        )
     };
     let library = infra_service::queue::Queue::connect(&settings, "stopping".to_owned())
         .await
