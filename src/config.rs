@@ -1317,6 +1317,99 @@ mod tests {
         assert!(err.to_string().contains("controller"), "{err}");
     }
 
+    /// A self-signed certificate (valid until 2126), for the keys that
+    /// read a PEM bundle.
+    const TEST_CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBkTCCATegAwIBAgIUYBePXRgRpCT3AUMqZiei+PzGm88wCgYIKoZIzj0EAwIw\nHTEbMBkGA1UEAwwSaW5mcmEtdW5pdC10ZXN0LWNhMCAXDTI2MTEzMDIxNTgxMVoY\nDzIxMjYxMTA2MjE1ODExWjAdMRswGQYDVQQDDBJpbmZyYS11bml0LXRlc3QtY2Ew\nWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAAQYDof9FA4uQw5ZhdRnwAebpMmxxbmU\nC4f6aePa7Y/nHgz64QPbnxTydXSDBIV9wg7VRIoG5qEDVT5K4vHwfYbko1MwUTAd\nBgNVHQ4EFgQUNLvcNqMs7cocrFD6FKZ7F/XzjS4wHwYDVR0jBBgwFoAUNLvcNqMs\n7cocrFD6FKZ7F/XzjS4wDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBF\nAiASl4eSeVeXe9NLeoefGMHOhEziLFWL2Bs2KY3K32Pi5wIhALFnWgqZTm5YrU/h\nc54wLgq5kRcqR4l+tLHfPFiaQ5XK\n-----END CERTIFICATE-----\n";
+
+    /// The key a refused configuration names.
+    fn refused_key(text: &str) -> &'static str {
+        match load_toml(text) {
+            Err(ConfigError::Key { key, .. }) => key,
+            other => panic!("expected a key error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn redis_tls_keys_need_a_rediss_url_and_come_in_pairs() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, TEST_CA_PEM).unwrap();
+        let plain = format!(
+            "[postgres]\nurl = \"postgres://a@b/c\"\n[redis]\nurl = \"redis://r:6379\"\nca_cert = {ca:?}\n"
+        );
+        assert_eq!(refused_key(&plain), "redis.url");
+
+        let tls = format!(
+            "[postgres]\nurl = \"postgres://a@b/c\"\n[redis]\nurl = \"rediss://r:6380\"\nca_cert = {ca:?}\n"
+        );
+        let s = load_toml(&tls).unwrap();
+        assert!(s.redis.url.is_tls());
+        assert_eq!(s.redis.tls.ca_cert.unwrap().path(), ca.as_path());
+
+        let half = format!("{tls}client_cert = {ca:?}\n");
+        assert_eq!(refused_key(&half), "redis.client_key_ref");
+        let other_half = format!("{tls}client_key_ref = \"file:redis/key\"\n");
+        assert_eq!(refused_key(&other_half), "redis.client_cert");
+        // The key is a credential: env: or file:, never a job's vault: path.
+        let vault_key =
+            format!("{tls}client_cert = {ca:?}\nclient_key_ref = \"vault:secret/redis#key\"\n");
+        assert_eq!(refused_key(&vault_key), "redis.client_key_ref");
+
+        let not_pem = dir.path().join("junk.pem");
+        std::fs::write(&not_pem, "junk").unwrap();
+        let junk = format!(
+            "[postgres]\nurl = \"postgres://a@b/c\"\n[redis]\nurl = \"rediss://r:6380\"\nca_cert = {not_pem:?}\n"
+        );
+        assert_eq!(refused_key(&junk), "redis.ca_cert");
+    }
+
+    #[test]
+    fn a_redis_password_is_given_once() {
+        let both = "[postgres]\nurl = \"postgres://a@b/c\"\n[redis]\n\
+                    url = \"redis://:inline@r:6379\"\npassword_ref = \"env:REDIS_PASSWORD\"\n";
+        assert_eq!(refused_key(both), "redis.password_ref");
+        let s = load_toml(&format!(
+            "{REQUIRED}[redis]\nusername = \"infra\"\npassword_ref = \"file:redis/password\"\n"
+        ));
+        // REQUIRED already has a [redis] table: TOML refuses a second one.
+        assert!(s.is_err());
+        let s = load_toml(
+            "[postgres]\nurl = \"postgres://a@b/c\"\n[redis]\nurl = \"redis://r:6379\"\n\
+             username = \"infra\"\npassword_ref = \"file:redis/password\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.redis.username.as_deref(), Some("infra"));
+        assert_eq!(s.redis.password_ref.as_deref(), Some("file:redis/password"));
+    }
+
+    #[test]
+    fn sentinel_keys_come_together_and_replace_the_url() {
+        let base = "[postgres]\nurl = \"postgres://a@b/c\"\n[redis]\n";
+        let s = load_toml(&format!(
+            "{base}sentinels = [\"10.0.0.5:26379\", \"[fd00::7]:26380\"]\nsentinel_master = \"main\"\nwait_replicas = 1\n"
+        ))
+        .unwrap();
+        let sentinel = s.redis.sentinel.unwrap();
+        assert_eq!(
+            sentinel.nodes,
+            [
+                ("10.0.0.5".to_owned(), 26379),
+                ("fd00::7".to_owned(), 26380)
+            ]
+        );
+        assert_eq!(sentinel.master, "main");
+        assert_eq!(s.redis.wait_replicas, 1);
+        assert!(!s.redis.url.is_tls());
+
+        let no_master = format!("{base}sentinels = [\"10.0.0.5:26379\"]\n");
+        assert_eq!(refused_key(&no_master), "redis.sentinel_master");
+        let no_nodes = format!("{base}sentinel_master = \"main\"\n");
+        assert_eq!(refused_key(&no_nodes), "redis.sentinels");
+        let no_port = format!("{base}sentinels = [\"10.0.0.5\"]\nsentinel_master = \"main\"\n");
+        assert_eq!(refused_key(&no_port), "redis.sentinels");
+        assert_eq!(refused_key(&format!("{base}group = \"g\"\n")), "redis.url");
+    }
+
     #[test]
     fn defaults_fill_everything_but_the_two_urls() {
         let s = load_toml(REQUIRED).unwrap();

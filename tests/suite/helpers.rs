@@ -39,7 +39,7 @@ pub use host::{SshOutput, TestHost};
 pub use job_result::JobResultExt;
 pub use leaks::{files_text, fragments, stream_text};
 pub use own_postgres::OwnPostgres;
-pub use own_redis::OwnRedis;
+pub use own_redis::{OwnRedis, RedisTlsFiles};
 pub use payload::{unique_request_id, valid_deploy_payload};
 pub use pki::{Issued, TestCa};
 pub use playbooks::{

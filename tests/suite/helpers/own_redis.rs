@@ -20,12 +20,34 @@ const PATIENCE: Duration = Duration::from_secs(20);
 pub struct OwnRedis {
     dir: tempfile::TempDir,
     port: u16,
+    /// TLS beside the plain port, when asked for.
+    tls: Option<(u16, RedisTlsFiles)>,
     child: Option<Child>,
+}
+
+/// What a TLS port serves with: the server's certificate and key, and the
+/// CA whose certificates it accepts from clients (it asks for one).
+#[derive(Clone)]
+pub struct RedisTlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
 }
 
 impl OwnRedis {
     /// Starts a server on a free port.
     pub async fn new() -> OwnRedis {
+        OwnRedis::start_with(None).await
+    }
+
+    /// Starts a server that also serves TLS on a port of its own,
+    /// demanding a client certificate there; the plain port stays for the
+    /// test's own side.
+    pub async fn with_tls(files: RedisTlsFiles) -> OwnRedis {
+        OwnRedis::start_with(Some(files)).await
+    }
+
+    async fn start_with(tls: Option<RedisTlsFiles>) -> OwnRedis {
         let dir = tempfile::Builder::new()
             .prefix("infra-ownredis-")
             .tempdir()
@@ -33,6 +55,7 @@ impl OwnRedis {
         let mut redis = OwnRedis {
             dir,
             port: 0,
+            tls: tls.map(|files| (0, files)),
             child: None,
         };
         // Another test may bind the port between our probe and the server's
@@ -40,6 +63,9 @@ impl OwnRedis {
         let mut last_error = String::new();
         for _ in 0..10 {
             redis.port = free_stable_port();
+            if let Some((port, _)) = &mut redis.tls {
+                *port = free_stable_port();
+            }
             match redis.spawn().await {
                 Ok(()) => return redis,
                 Err(e) => last_error = e,
@@ -51,6 +77,11 @@ impl OwnRedis {
     /// `redis://127.0.0.1:<port>`, for the worker and for `TestRedis::on`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The TLS port (a server made `with_tls`).
+    pub fn tls_port(&self) -> u16 {
+        self.tls.as_ref().expect("a server with TLS").0
     }
 
     /// Stops the server (SIGTERM; nothing is saved) and waits for its exit.
@@ -95,12 +126,26 @@ impl OwnRedis {
             .append(true)
             .open(self.log_path())
             .expect("redis log file");
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        command
             .args(["--bind", "127.0.0.1", "--port"])
             .arg(self.port.to_string())
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(self.dir.path())
-            .args(["--protected-mode", "no", "--daemonize", "no"])
+            .args(["--protected-mode", "no", "--daemonize", "no"]);
+        if let Some((port, files)) = &self.tls {
+            command
+                .arg("--tls-port")
+                .arg(port.to_string())
+                .arg("--tls-cert-file")
+                .arg(&files.cert)
+                .arg("--tls-key-file")
+                .arg(&files.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&files.client_ca)
+                .args(["--tls-auth-clients", "yes"]);
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
