@@ -1,6 +1,7 @@
 # Developer entry points. `make run` and `make test` first prepare the machine
 # (scripts/prepare: installs what is missing as root, says what to install
-# otherwise); PREPARE=0 skips that. `.ci/run` is `make lint` and `make test`.
+# otherwise); PREPARE=0 skips that. `.ci/run` is `make lint`, `make run`
+# from stopped services (.ci/fresh-start) and `make test`.
 
 CARGO ?= cargo
 CONFIG ?= config/local.toml
