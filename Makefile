@@ -1,17 +1,40 @@
-# Developer entry points. `.ci/run` prepares a machine, then runs `lint` and `test`.
+# Developer entry points. `make run` and `make test` first prepare the machine
+# (scripts/prepare: installs what is missing as root, says what to install
+# otherwise); PREPARE=0 skips that. `.ci/run` is `make lint`, `make run`
+# from stopped services (.ci/fresh-start) and `make test`.
 
 CARGO ?= cargo
 CONFIG ?= config/local.toml
+# PREPARE=0: run the target only, on a machine already prepared.
+PREPARE ?= 1
+
+# cargo's bin for rustup installs; pyenv's shims first of all, so
+# `ansible-playbook` is the pinned ansible-core that scripts/prepare installed
+# with that Python's pip.
+ifneq ($(wildcard $(HOME)/.cargo/bin),)
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+endif
+PYENV_ROOT ?= $(HOME)/.pyenv
+ifneq ($(wildcard $(PYENV_ROOT)/shims),)
+export PATH := $(PYENV_ROOT)/shims:$(PYENV_ROOT)/bin:$(PATH)
+endif
+
+prepare = $(if $(filter 0,$(PREPARE)),@:,scripts/prepare $(1))
 
 .PHONY: test lint run docker-check bench
 
-## test: every test target; the integration suite needs Redis, Postgres,
-## sshd and ansible-playbook (see README.md, "Tests").
+## test: every test target against the local Redis and Postgres that
+## scripts/prepare starts (set TEST_REDIS_URL / TEST_DATABASE_URL for others);
+## the suite also needs sshd, ansible-playbook, ... (README.md, "Test it").
+test: export TEST_REDIS_URL ?= redis://127.0.0.1:6379
+test: export TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 test:
+	$(call prepare,test)
 	$(CARGO) test --all-targets
 
 ## lint: formatting, clippy with warnings as errors, ansible-lint on ansible/.
 lint:
+	$(call prepare,lint)
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	cd ansible && ansible-lint --profile production
@@ -26,8 +49,12 @@ lint:
 bench:
 	$(CARGO) bench --bench bench -- $(ITEMS)
 
-## run: a worker against local Redis 127.0.0.1:6379 and Postgres.
+## run: a worker against local Redis 127.0.0.1:6379 and Postgres
+## 127.0.0.1:5432 (started, and installed as root, if they do not answer); it
+## applies the migrations itself at start.
+run: export CONFIG := $(CONFIG)
 run:
+	$(call prepare,run)
 	$(CARGO) run -- worker --config $(CONFIG)
 
 ## docker-check: static checks of Dockerfile, .dockerignore, docker-compose.yml
