@@ -32,9 +32,11 @@ test:
 	$(call prepare,test)
 	$(CARGO) test --all-targets
 
-## lint: formatting, clippy with warnings as errors, ansible-lint on ansible/.
+## lint: formatting, clippy with warnings as errors, ansible-lint on ansible/,
+## the Kubernetes manifests validated offline (deploy/k8s/).
 lint:
 	$(call prepare,lint)
+	python3 .ci/k8s-validate.py
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	cd ansible && ansible-lint --profile production

@@ -42,10 +42,7 @@ CONTRACT_QUEUES = {"provisioner:queue", "ansible:deploy:queue"}
 # Keys of issue 16 that src/config.rs does not have yet (Redis and Postgres
 # TLS, Sentinel). Remove each once config.rs reads it.
 PLANNED_KEYS = {
-    "redis.username", "redis.password_ref", "redis.ca_cert", "redis.client_cert",
-    "redis.client_key_ref", "redis.sentinels", "redis.sentinel_master",
-    "redis.wait_replicas", "postgres.sslmode", "postgres.ca_cert",
-    "postgres.password_ref",
+    "postgres.sslmode", "postgres.ca_cert", "postgres.password_ref",
 }
 # Seconds the worker needs after the jobs' drain and kill: hand the entries
 # back, leave the group, close connections, exit.
