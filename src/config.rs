@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
-use sqlx::postgres::PgConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
 use crate::github::ApiUrl;
 use crate::job::SecretRef;
@@ -194,7 +194,97 @@ impl Serialize for CertFile {
 /// The status store.
 #[derive(Debug, Clone, Serialize)]
 pub struct PostgresSettings {
+    /// The URL with `sslmode` and `ca_cert` applied; a `password_ref`'s
+    /// value is added when the store is opened.
     pub url: PostgresUrl,
+    /// The TLS mode in effect: `postgres.sslmode`, else the URL's, else
+    /// `PGSSLMODE`, else `prefer` (libpq's default).
+    pub sslmode: SslMode,
+    /// The CA the server's certificate must chain to (with the system's
+    /// roots), under `verify-ca` or `verify-full` only.
+    pub ca_cert: Option<CertFile>,
+    /// Secret reference (`env:` or `file:`) of the password; a reference,
+    /// never the value.
+    pub password_ref: Option<String>,
+}
+
+/// `postgres.sslmode`: libpq's modes, weakest first (the order is what
+/// "stricter" means).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Plain connections only.
+    Disable,
+    /// Plain connections only (sqlx does not implement `allow`'s fallback).
+    Allow,
+    /// TLS if the server offers it, unverified; else plain.
+    Prefer,
+    /// TLS, unverified. Unlike libpq, a CA certificate does not make it
+    /// `verify-ca`.
+    Require,
+    /// TLS with a certificate chaining to a trusted CA, any host name.
+    VerifyCa,
+    /// TLS with a trusted certificate for the host name in the URL.
+    VerifyFull,
+}
+
+impl SslMode {
+    const ALL: [(SslMode, &'static str); 6] = [
+        (SslMode::Disable, "disable"),
+        (SslMode::Allow, "allow"),
+        (SslMode::Prefer, "prefer"),
+        (SslMode::Require, "require"),
+        (SslMode::VerifyCa, "verify-ca"),
+        (SslMode::VerifyFull, "verify-full"),
+    ];
+
+    /// libpq's spelling, any case (as sqlx reads the URL's).
+    pub fn parse(text: &str) -> Option<SslMode> {
+        let text = text.to_ascii_lowercase();
+        Self::ALL
+            .into_iter()
+            .find(|(_, name)| *name == text)
+            .map(|(mode, _)| mode)
+    }
+
+    /// libpq's spelling.
+    pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .into_iter()
+            .find(|(mode, _)| *mode == self)
+            .map_or("", |(_, name)| name)
+    }
+
+    /// Does the server's certificate have to chain to a trusted CA?
+    pub fn verifies(self) -> bool {
+        self >= SslMode::VerifyCa
+    }
+}
+
+impl From<SslMode> for PgSslMode {
+    fn from(mode: SslMode) -> PgSslMode {
+        match mode {
+            SslMode::Disable => PgSslMode::Disable,
+            SslMode::Allow => PgSslMode::Allow,
+            SslMode::Prefer => PgSslMode::Prefer,
+            SslMode::Require => PgSslMode::Require,
+            SslMode::VerifyCa => PgSslMode::VerifyCa,
+            SslMode::VerifyFull => PgSslMode::VerifyFull,
+        }
+    }
+}
+
+impl From<PgSslMode> for SslMode {
+    fn from(mode: PgSslMode) -> SslMode {
+        match mode {
+            PgSslMode::Disable => SslMode::Disable,
+            PgSslMode::Allow => SslMode::Allow,
+            PgSslMode::Prefer => SslMode::Prefer,
+            PgSslMode::Require => SslMode::Require,
+            PgSslMode::VerifyCa => SslMode::VerifyCa,
+            PgSslMode::VerifyFull => SslMode::VerifyFull,
+        }
+    }
 }
 
 /// `postgres.url`, parsed into connection options (a password missing from
@@ -212,6 +302,39 @@ impl PostgresUrl {
     /// What a pool connects with.
     pub fn options(&self) -> &PgConnectOptions {
         &self.0
+    }
+}
+
+/// What the text of `postgres.url` itself says about TLS and the password
+/// (sqlx's options cannot tell the URL's from `PGSSLMODE`'s or
+/// `PGPASSWORD`'s), under every spelling sqlx reads.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct UrlGives {
+    password: bool,
+    sslmode: Option<SslMode>,
+    root_cert: bool,
+}
+
+impl UrlGives {
+    /// Read from a URL sqlx has already accepted.
+    fn of(url: &str) -> UrlGives {
+        let Ok(url) = reqwest::Url::parse(url) else {
+            return UrlGives::default();
+        };
+        let mut gives = UrlGives {
+            password: url.password().is_some(),
+            ..UrlGives::default()
+        };
+        for (key, value) in url.query_pairs() {
+            match &*key {
+                "password" => gives.password = true,
+                // The last one counts, as in sqlx.
+                "sslmode" | "ssl-mode" => gives.sslmode = SslMode::parse(&value),
+                "sslrootcert" | "ssl-root-cert" | "ssl-ca" => gives.root_cert = true,
+                _ => {}
+            }
+        }
+        gives
     }
 }
 
@@ -671,6 +794,9 @@ struct RawRedis {
 #[serde(deny_unknown_fields)]
 struct RawPostgres {
     url: Option<SecretString>,
+    sslmode: Option<String>,
+    ca_cert: Option<PathBuf>,
+    password_ref: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1023,15 +1149,108 @@ impl CiSettings {
 }
 
 impl RawPostgres {
+    /// The URL with the keys applied. `postgres.sslmode` may tighten the
+    /// URL's `sslmode` but never loosen it: the key is how an operator
+    /// insists on `verify-full` whatever a provider's URL says, and a
+    /// weaker key beside a stricter URL is a contradiction to fix, not one
+    /// to settle silently towards less protection.
     fn check(self) -> Result<PostgresSettings, ConfigError> {
         let url = self
             .url
             .ok_or_else(|| required("postgres.url", "postgres://infra@127.0.0.1/infra"))?;
-        let url = PostgresUrl::parse(url.expose_secret())
+        let PostgresUrl(mut options) = PostgresUrl::parse(url.expose_secret())
             .map_err(|e| unusable("postgres.url", "Postgres URL", e))?;
-        Ok(PostgresSettings { url })
+        let gives = UrlGives::of(url.expose_secret());
+        let sslmode = self
+            .sslmode
+            .as_deref()
+            .map(|text| {
+                SslMode::parse(text).ok_or_else(|| ConfigError::Key {
+                    key: "postgres.sslmode",
+                    problem: format!(
+                        "{text:?} is none of disable, allow, prefer, require, verify-ca, verify-full"
+                    ),
+                })
+            })
+            .transpose()?;
+        if let (Some(key), Some(url)) = (sslmode, gives.sslmode) {
+            ensure(
+                key >= url,
+                "postgres.sslmode",
+                &format!(
+                    "{} would weaken the sslmode={} of postgres.url: drop one or make them agree",
+                    key.as_str(),
+                    url.as_str()
+                ),
+            )?;
+        }
+        let password_ref = login_ref("postgres.password_ref", &self.password_ref)?;
+        ensure(
+            password_ref.is_none() || !gives.password,
+            "postgres.password_ref",
+            "is given and postgres.url carries a password too: keep one of them",
+        )?;
+        let ca_cert = self
+            .ca_cert
+            .map(|path| CertFile::load("postgres.ca_cert", &path))
+            .transpose()?;
+        if let Some(mode) = sslmode {
+            options = options.ssl_mode(mode.into());
+        }
+        let effective = SslMode::from(options.get_ssl_mode());
+        if let Some(ca) = &ca_cert {
+            ensure(
+                !gives.root_cert,
+                "postgres.ca_cert",
+                "is given and postgres.url names an sslrootcert too: keep one of them",
+            )?;
+            // sqlx would read it under `require` and then not check it.
+            ensure(
+                effective.verifies(),
+                "postgres.ca_cert",
+                &format!(
+                    "is only checked under postgres.sslmode verify-ca or verify-full, \
+                     and the mode is {}: set one of them",
+                    effective.as_str()
+                ),
+            )?;
+            // native-tls trusts the first certificate of the PEM it is
+            // handed; a bundle would fail later, on a certificate it skipped.
+            let count = ca.pem().windows(CERT_BEGIN.len());
+            let count = count.filter(|w| *w == CERT_BEGIN).count();
+            ensure(
+                count == 1,
+                "postgres.ca_cert",
+                &format!(
+                    "{} holds {count} certificates; give the one CA that signed the \
+                     server's certificate (only one is trusted)",
+                    ca.path().display()
+                ),
+            )?;
+            options = options.ssl_root_cert_from_pem(ca.pem().to_vec());
+        } else if gives.root_cert {
+            // libpq checks a root certificate under `require`; sqlx does not.
+            ensure(
+                effective.verifies(),
+                "postgres.url",
+                &format!(
+                    "names an sslrootcert, which is only checked under sslmode verify-ca \
+                     or verify-full, and the mode is {}",
+                    effective.as_str()
+                ),
+            )?;
+        }
+        Ok(PostgresSettings {
+            url: PostgresUrl(options),
+            sslmode: effective,
+            ca_cert,
+            password_ref,
+        })
     }
 }
+
+/// How a PEM certificate starts.
+const CERT_BEGIN: &[u8] = b"-----BEGIN CERTIFICATE-----";
 
 impl RawTime4vps {
     fn check(self) -> Result<Time4vpsSettings, ConfigError> {
@@ -1197,7 +1416,8 @@ impl RawVault {
 }
 
 /// A login credential's reference: `env:` or `file:` (a `vault:` one
-/// would need a login to log in).
+/// would need a login to log in; the store's password is read before any
+/// Vault client exists).
 fn login_ref(key: &'static str, value: &Option<String>) -> Result<Option<String>, ConfigError> {
     let Some(text) = value else {
         return Ok(None);
@@ -1535,6 +1755,193 @@ mod tests {
                 .starts_with("configuration key `postgres.url`: is not a usable Postgres URL"),
             "{err}"
         );
+    }
+
+    /// `REQUIRED` with this `postgres` section instead.
+    fn with_postgres(section: &str) -> String {
+        format!("[redis]\nurl = \"redis://127.0.0.1:6379\"\n[postgres]\n{section}\n")
+    }
+
+    /// A self-signed certificate in PEM, `copies` times over, in a file.
+    fn pem_file(copies: usize) -> tempfile::NamedTempFile {
+        use openssl::{ec, nid::Nid, pkey::PKey, x509};
+        let group = ec::EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let key = PKey::from_ec_key(ec::EcKey::generate(&group).unwrap()).unwrap();
+        let mut name = x509::X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", "test ca").unwrap();
+        let name = name.build();
+        let mut cert = x509::X509::builder().unwrap();
+        cert.set_subject_name(&name).unwrap();
+        cert.set_issuer_name(&name).unwrap();
+        cert.set_pubkey(&key).unwrap();
+        let now = openssl::asn1::Asn1Time::days_from_now(0).unwrap();
+        cert.set_not_before(&now).unwrap();
+        cert.set_not_after(&now).unwrap();
+        cert.sign(&key, openssl::hash::MessageDigest::sha256())
+            .unwrap();
+        let pem = cert.build().to_pem().unwrap();
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        for _ in 0..copies {
+            file.write_all(&pem).unwrap();
+        }
+        file
+    }
+
+    fn err_of(toml: &str) -> String {
+        load_toml(toml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_postgres_sslmode_is_the_keys_else_the_urls_else_libpqs_prefer() {
+        let url = "url = \"postgres://infra@db.internal/infra?sslmode=require\"";
+        let s = load_toml(&with_postgres(url)).unwrap();
+        assert_eq!(s.postgres.sslmode, SslMode::Require);
+        let s = load_toml(&with_postgres(&format!("{url}\nsslmode = \"verify-full\""))).unwrap();
+        assert_eq!(s.postgres.sslmode, SslMode::VerifyFull);
+        assert!(matches!(
+            s.postgres.url.options().get_ssl_mode(),
+            PgSslMode::VerifyFull
+        ));
+        assert_eq!(
+            serde_json::to_value(&s).unwrap()["postgres"]["sslmode"],
+            "verify-full"
+        );
+        if std::env::var_os("PGSSLMODE").is_none() {
+            let s = load_toml(REQUIRED).unwrap();
+            assert_eq!(s.postgres.sslmode, SslMode::Prefer);
+        }
+    }
+
+    #[test]
+    fn the_postgres_sslmode_key_may_tighten_the_urls_but_never_loosen_it() {
+        let url = "url = \"postgres://infra@db.internal/infra?sslmode=verify-full\"";
+        let err = err_of(&with_postgres(&format!("{url}\nsslmode = \"require\"")));
+        assert!(
+            err.starts_with("configuration key `postgres.sslmode`: require would weaken the sslmode=verify-full of postgres.url"),
+            "{err}"
+        );
+        let same = load_toml(&with_postgres(&format!("{url}\nsslmode = \"verify-full\"")));
+        assert_eq!(same.unwrap().postgres.sslmode, SslMode::VerifyFull);
+    }
+
+    #[test]
+    fn an_unknown_sslmode_is_named_where_it_was_written() {
+        let url = "url = \"postgres://infra@db.internal/infra\"";
+        let err = err_of(&with_postgres(&format!("{url}\nsslmode = \"verify_full\"")));
+        assert!(
+            err.starts_with("configuration key `postgres.sslmode`: \"verify_full\" is none of"),
+            "{err}"
+        );
+        let err = err_of(&with_postgres(
+            "url = \"postgres://infra@db.internal/infra?sslmode=strict\"",
+        ));
+        assert!(err.starts_with("configuration key `postgres.url`"), "{err}");
+    }
+
+    #[test]
+    fn a_postgres_password_ref_is_an_env_or_file_reference_printed_as_such() {
+        let url = "url = \"postgres://infra@db.internal/infra\"";
+        for good in ["env:PG_PASSWORD", "file:postgres/password"] {
+            let s = load_toml(&with_postgres(&format!("{url}\npassword_ref = {good:?}"))).unwrap();
+            assert_eq!(s.postgres.password_ref.as_deref(), Some(good));
+            let json = serde_json::to_value(&s).unwrap();
+            assert_eq!(json["postgres"]["password_ref"], good);
+        }
+        for bad in ["vault:secret/pg#password", "hunter2", "ssh:key"] {
+            let err = err_of(&with_postgres(&format!("{url}\npassword_ref = {bad:?}")));
+            assert!(
+                err.starts_with("configuration key `postgres.password_ref`"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_password_in_the_url_and_a_password_ref_are_refused_together_naming_both() {
+        for url in [
+            "postgres://infra:hunter2@db.internal/infra",
+            "postgres://infra@db.internal/infra?password=hunter2",
+        ] {
+            let err = err_of(&with_postgres(&format!(
+                "url = {url:?}\npassword_ref = \"env:PG_PASSWORD\""
+            )));
+            assert!(
+                err.starts_with("configuration key `postgres.password_ref`")
+                    && err.contains("postgres.url carries a password"),
+                "{url}: {err}"
+            );
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_postgres_ca_cert_is_loaded_and_only_taken_with_a_verifying_sslmode() {
+        let ca = pem_file(1);
+        let ca_line = format!("ca_cert = {:?}", ca.path().to_string_lossy());
+        let url = "url = \"postgres://infra@db.internal/infra\"";
+        for mode in ["verify-ca", "verify-full"] {
+            let section = format!("{url}\n{ca_line}\nsslmode = {mode:?}");
+            let s = load_toml(&with_postgres(&section)).unwrap();
+            let json = serde_json::to_value(&s).unwrap();
+            assert_eq!(
+                json["postgres"]["ca_cert"],
+                ca.path().to_string_lossy().as_ref()
+            );
+        }
+        // No mode (libpq's prefer), or require, which sqlx never verifies.
+        for mode in ["", "sslmode = \"require\""] {
+            let err = err_of(&with_postgres(&format!("{url}\n{ca_line}\n{mode}")));
+            assert!(
+                err.starts_with("configuration key `postgres.ca_cert`: is only checked under postgres.sslmode verify-ca or verify-full"),
+                "{mode}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_postgres_ca_cert_must_be_one_readable_certificate_given_once() {
+        let url = "url = \"postgres://infra@db.internal/infra\"\nsslmode = \"verify-full\"";
+        let bundle = pem_file(2);
+        let one = pem_file(1);
+        let cases = [
+            (
+                "/nonexistent/ca.pem".to_owned(),
+                url.to_owned(),
+                "cannot read",
+            ),
+            (
+                bundle.path().to_string_lossy().into_owned(),
+                url.to_owned(),
+                "holds 2 certificates",
+            ),
+            (
+                one.path().to_string_lossy().into_owned(),
+                url.replace("/infra\"", "/infra?sslrootcert=/etc/ca.pem\""),
+                "sslrootcert",
+            ),
+        ];
+        for (path, url, says) in cases {
+            let err = err_of(&with_postgres(&format!("{url}\nca_cert = {path:?}")));
+            assert!(
+                err.starts_with("configuration key `postgres.ca_cert`") && err.contains(says),
+                "{path}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_url_sslrootcert_under_a_mode_that_does_not_check_it_is_refused() {
+        let err = err_of(&with_postgres(
+            "url = \"postgres://infra@db/infra?sslmode=require&sslrootcert=/etc/ca.pem\"",
+        ));
+        assert!(
+            err.starts_with("configuration key `postgres.url`: names an sslrootcert"),
+            "{err}"
+        );
+        let s = load_toml(&with_postgres(
+            "url = \"postgres://infra@db/infra?sslmode=verify-full&sslrootcert=/etc/ca.pem\"",
+        ));
+        assert_eq!(s.unwrap().postgres.sslmode, SslMode::VerifyFull);
     }
 
     #[test]

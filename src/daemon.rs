@@ -26,6 +26,9 @@ pub enum DaemonError {
     Http(#[from] HttpError),
     #[error(transparent)]
     Github(#[from] crate::github::GithubError),
+    /// The store could not be opened (`postgres.password_ref`).
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Connects, runs the worker until `stop` resolves, and returns once the
@@ -62,7 +65,7 @@ async fn run_worker(
         trigger.cancel();
     });
 
-    let store = Store::connect_lazy(&settings.postgres.url, settings.worker.concurrency);
+    let store = Store::open(&settings, settings.worker.concurrency).await?;
     let ctx = Context::new(settings.clone(), store.clone())?;
     ctx.policy.warn_if_unset();
     // HTTP and heartbeat outlive the drain; this guard stops them on every

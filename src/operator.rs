@@ -37,7 +37,7 @@ pub enum OperatorError {
 
 /// Applies the migrations.
 pub async fn migrate(settings: &Settings) -> Result<(), OperatorError> {
-    let store = Store::connect_lazy(&settings.postgres.url, 0);
+    let store = Store::open(settings, 0).await?;
     store.migrate().await?;
     println!("migrations applied");
     Ok(())
@@ -45,7 +45,7 @@ pub async fn migrate(settings: &Settings) -> Result<(), OperatorError> {
 
 /// Runs one `servers` subcommand.
 pub async fn servers(settings: &Settings, action: ServersAction) -> Result<(), OperatorError> {
-    let store = Store::connect_lazy(&settings.postgres.url, 0);
+    let store = Store::open(settings, 0).await?;
     store.migrate().await?;
     match action {
         ServersAction::Add(args) => add_server(&store, args).await?,

@@ -12,16 +12,29 @@ pub use servers::{NewServer, Server, ServerStatus};
 
 use std::time::Duration;
 
-use sqlx::postgres::PgPoolOptions;
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};
 
-use crate::config::PostgresUrl;
+use crate::config::{PostgresUrl, Settings};
+use crate::secrets::{ResolveError, Resolver};
 
 /// A Postgres operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("postgres: {0}")]
     Db(sqlx::Error),
+    /// The TLS handshake (or the server's refusal of TLS) failed: the
+    /// settings are the operator's to check, not an outage to wait out.
+    #[error(
+        "postgres: TLS to {endpoint} failed: {cause} (check postgres.ca_cert, \
+         postgres.sslmode and the host name in postgres.url)"
+    )]
+    Tls { endpoint: String, cause: String },
+    /// `postgres.password_ref` gave no value. Names the reference, never a
+    /// value.
+    #[error("postgres.password_ref: {0}")]
+    Password(ResolveError),
     #[error("applying migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("server `{0}` already exists")]
@@ -54,6 +67,8 @@ pub struct Store {
     /// Connections that hold server locks for as long as a job runs; one per
     /// job slot, so waiting for a server never starves the queries.
     locks: PgPool,
+    /// `host:port` (or the socket directory), for the errors that name it.
+    endpoint: String,
 }
 
 /// A pooled connection idle this long is pinged before use.
@@ -83,12 +98,36 @@ fn pool_options() -> PgPoolOptions {
 }
 
 impl Store {
+    /// The store the settings describe: `postgres.password_ref` is read
+    /// now, once (a changed password takes a restart, as with
+    /// `PGPASSFILE`); then as [`Store::connect_lazy`].
+    pub async fn open(settings: &Settings, job_slots: usize) -> Result<Store, StoreError> {
+        let postgres = &settings.postgres;
+        let mut options = postgres.url.options().clone();
+        if let Some(reference) = &postgres.password_ref {
+            let password = Resolver::new(settings.secrets.dir.clone())
+                .resolve_str(reference)
+                .await
+                .map_err(StoreError::Password)?;
+            options = options.password(password.expose_secret());
+        }
+        Ok(Store::with_options(options, job_slots))
+    }
+
     /// A lazily connecting pool: a database that is down at start or blinks
     /// later costs a failed query, never the process.
     pub fn connect_lazy(url: &PostgresUrl, job_slots: usize) -> Store {
+        Store::with_options(url.options().clone(), job_slots)
+    }
+
+    fn with_options(options: PgConnectOptions, job_slots: usize) -> Store {
+        let endpoint = match options.get_socket() {
+            Some(dir) => dir.display().to_string(),
+            None => format!("{}:{}", options.get_host(), options.get_port()),
+        };
         let pool = pool_options()
             .max_connections(8)
-            .connect_lazy_with(url.options().clone());
+            .connect_lazy_with(options.clone());
         let locks = pool_options()
             .max_connections(
                 u32::try_from(job_slots)
@@ -96,20 +135,42 @@ impl Store {
                     .saturating_add(1),
             )
             .min_connections(0)
-            .connect_lazy_with(url.options().clone());
-        Store { pool, locks }
+            .connect_lazy_with(options);
+        Store {
+            pool,
+            locks,
+            endpoint,
+        }
     }
 
-    /// Applies pending migrations.
+    /// Applies pending migrations. The first connection of every command
+    /// and of the worker: a TLS failure here says which settings to check.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await?;
-        Ok(())
+        let ran = MIGRATOR.run(&self.pool).await;
+        ran.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(sqlx::Error::Tls(cause)) => {
+                self.tls_failed(&cause)
+            }
+            other => StoreError::Migrate(other),
+        })
     }
 
     /// Does the database answer?
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        let answered = sqlx::query("SELECT 1").execute(&self.pool).await;
+        answered.map(drop).map_err(|e| match e {
+            sqlx::Error::Tls(cause) => self.tls_failed(&cause),
+            other => StoreError::from(other),
+        })
+    }
+
+    /// A failed TLS handshake, naming the server and the settings to check.
+    fn tls_failed(&self, cause: &dyn std::fmt::Display) -> StoreError {
+        crate::metrics::postgres_failed();
+        StoreError::Tls {
+            endpoint: self.endpoint.clone(),
+            cause: cause.to_string(),
+        }
     }
 
     /// Pins the key of an unregistered deploy target; an existing pin wins.
