@@ -22,6 +22,7 @@ mod handle_step;
 mod harness_selftest;
 mod observability;
 mod outages;
+mod postgres_tls;
 mod progress;
 mod provider;
 mod provision;

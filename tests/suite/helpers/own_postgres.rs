@@ -5,7 +5,8 @@
 //! refuses to run as root, so under root both run as the `postgres` OS
 //! user (through `setpriv`, which execs: the child is the postmaster). It
 //! stops (fast shutdown) and starts again on the same port, keeping its
-//! data, and is shut down on drop.
+//! data, and is shut down on drop. `OwnPostgres::with_tls` starts one with
+//! `ssl = on` that takes TLS connections only.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 
+use super::Issued;
 use super::ports::free_stable_port;
 use super::procs::{await_ready, stop_server};
 
@@ -27,11 +29,26 @@ pub struct OwnPostgres {
     dir: tempfile::TempDir,
     port: u16,
     child: Option<Child>,
+    /// The `postgres` role's password, when TLS connections must give one.
+    password: Option<String>,
+    tls: bool,
 }
 
 impl OwnPostgres {
     /// Creates a cluster and starts it on a free port.
     pub async fn new() -> OwnPostgres {
+        OwnPostgres::create(None, None).await
+    }
+
+    /// A cluster with `ssl = on` and `server`'s certificate, whose
+    /// pg_hba.conf takes TCP connections over TLS only (`hostssl`, no
+    /// `host` line): trusted, or with `password` (the `postgres` role's)
+    /// checked by scram-sha-256.
+    pub async fn with_tls(server: &Issued, password: Option<&str>) -> OwnPostgres {
+        OwnPostgres::create(Some(server), password).await
+    }
+
+    async fn create(tls: Option<&Issued>, password: Option<&str>) -> OwnPostgres {
         let dir = tempfile::Builder::new()
             .prefix("infra-ownpg-")
             .tempdir()
@@ -43,8 +60,13 @@ impl OwnPostgres {
             dir,
             port: 0,
             child: None,
+            password: password.map(str::to_owned),
+            tls: tls.is_some(),
         };
         pg.initdb().await;
+        if let Some(server) = tls {
+            pg.require_tls(server);
+        }
         let mut last_error = String::new();
         for _ in 0..10 {
             pg.port = free_stable_port();
@@ -61,11 +83,33 @@ impl OwnPostgres {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
-    /// A fresh connection.
+    /// The port it listens on, for a test that writes its own URL.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A fresh connection (over TLS, unverified, and with the password
+    /// for a `with_tls` cluster).
     pub async fn connect(&self) -> sqlx::PgConnection {
-        sqlx::PgConnection::connect(&self.url())
+        sqlx::PgConnection::connect(&self.admin_url())
             .await
             .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", self.url()))
+    }
+
+    /// What the harness itself connects with.
+    fn admin_url(&self) -> String {
+        if !self.tls {
+            return self.url();
+        }
+        let password = self
+            .password
+            .as_deref()
+            .map(|p| format!(":{p}"))
+            .unwrap_or_default();
+        format!(
+            "postgres://postgres{password}@127.0.0.1:{}/postgres?sslmode=require",
+            self.port
+        )
     }
 
     /// Fast shutdown (SIGINT: sessions are cut, no checkpoint wait), and
@@ -120,6 +164,14 @@ impl OwnPostgres {
                 "--no-sync",
             ])
             .current_dir(self.dir.path());
+        if let Some(password) = &self.password {
+            let file = self.dir.path().join("pwfile");
+            std::fs::write(&file, password).expect("write the password file");
+            if running_as_root() {
+                chown_to_os_user(&file);
+            }
+            command.arg(format!("--pwfile={}", file.display()));
+        }
         let output = tokio::task::spawn_blocking(move || command.output())
             .await
             .expect("initdb thread")
@@ -130,6 +182,32 @@ impl OwnPostgres {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
+    }
+
+    /// `ssl = on` with `server`'s key pair (the key the `postgres` user's,
+    /// 0600, as the server demands), and an hba that refuses plain TCP.
+    fn require_tls(&self, server: &Issued) {
+        let (cert, key) = server.write(self.dir.path(), "server");
+        if running_as_root() {
+            chown_to_os_user(&key);
+        }
+        let method = if self.password.is_some() {
+            "scram-sha-256"
+        } else {
+            "trust"
+        };
+        let hba = format!("local all all trust\nhostssl all all 127.0.0.1/32 {method}\n");
+        std::fs::write(self.data_dir().join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+        let conf = format!(
+            "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+            cert.display(),
+            key.display()
+        );
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.data_dir().join("postgresql.conf"))
+            .expect("open postgresql.conf");
+        std::io::Write::write_all(&mut file, conf.as_bytes()).expect("write postgresql.conf");
     }
 
     /// Spawns the postmaster and waits until it takes connections; on
@@ -158,7 +236,7 @@ impl OwnPostgres {
         let child = command
             .spawn()
             .map_err(|e| format!("spawning postgres: {e}"))?;
-        let url = self.url();
+        let url = self.admin_url();
         let child = await_ready(
             child,
             || async { sqlx::PgConnection::connect(&url).await.is_ok() },
