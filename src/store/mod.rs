@@ -24,8 +24,8 @@ use crate::secrets::{ResolveError, Resolver};
 pub enum StoreError {
     #[error("postgres: {0}")]
     Db(sqlx::Error),
-    /// The TLS handshake (or the server's refusal of TLS) failed: the
-    /// settings are the operator's to check, not an outage to wait out.
+    /// The TLS handshake (or the server's refusal of TLS) failed at the
+    /// first connection: the message says which settings to check.
     #[error(
         "postgres: TLS to {endpoint} failed: {cause} (check postgres.ca_cert, \
          postgres.sslmode and the host name in postgres.url)"
