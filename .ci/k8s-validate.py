@@ -39,11 +39,6 @@ ROOT = Path(__file__).resolve().parent.parent
 K8S_VERSION = "1.33.0"
 # CONTRACT.md section 1; cross-checked against src/queue/names.rs.
 CONTRACT_QUEUES = {"provisioner:queue", "ansible:deploy:queue"}
-# Keys of issue 16 that src/config.rs does not have yet (Redis and Postgres
-# TLS, Sentinel). Remove each once config.rs reads it.
-PLANNED_KEYS = {
-    "postgres.sslmode", "postgres.ca_cert", "postgres.password_ref",
-}
 # Seconds the worker needs after the jobs' drain and kill: hand the entries
 # back, leave the group, close connections, exit.
 EXIT_MARGIN_SECS = 30
@@ -266,7 +261,7 @@ def check_worker(docs, facts, problems):
         if name.startswith("INFRA__"):
             parts = name[len("INFRA__"):].lower().split("__")
             env_keys[".".join(parts)] = var.get("value", "<from a reference>")
-    known = facts["known_keys"] | PLANNED_KEYS
+    known = facts["known_keys"]
     for key in sorted(set(file_keys) | set(env_keys)):
         if key not in known and not key.startswith("ansible.extra_vars"):
             problems.add(where, f"configuration key `{key}` is not read by src/config.rs "
