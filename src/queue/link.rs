@@ -116,8 +116,7 @@ impl Link {
         match self.inner.endpoint.manage(self.inner.config.clone()).await {
             Ok((conn, addr)) => {
                 if addr != before.addr {
-                    tracing::warn!(from = %before.addr, to = %addr, "the Redis master moved; following it");
-                    crate::metrics::redis_master_changed();
+                    tracing::info!(from = %before.addr, to = %addr, "a Redis link moved to the master");
                 }
                 *self
                     .inner
