@@ -2,7 +2,9 @@
 //! Redis (the shared one is never stopped). It keeps nothing on disk
 //! (`--save "" --appendonly no`), so a restart loses every stream, group
 //! and key, like a production Redis without persistence. It stops and
-//! starts again on the same port, and is killed on drop.
+//! starts again on the same port, and is killed on drop. Extra arguments
+//! (`--replicaof`) and a config file of its own (a Sentinel's, which the
+//! Sentinel rewrites) make the servers of a `SentinelSet`.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -21,11 +23,23 @@ pub struct OwnRedis {
     dir: tempfile::TempDir,
     port: u16,
     child: Option<Child>,
+    /// Written to `<dir>/redis.conf` and given as the config file, when set.
+    config: Option<String>,
+    /// Given after the usual arguments.
+    extra_args: Vec<String>,
 }
 
 impl OwnRedis {
     /// Starts a server on a free port.
     pub async fn new() -> OwnRedis {
+        OwnRedis::with(None, &[]).await
+    }
+
+    /// Starts a server on a free port with `config` as its config file
+    /// (kept in its own directory, so it may rewrite it) and `extra_args`
+    /// after the usual arguments, e.g. `--replicaof 127.0.0.1 <port>` or
+    /// `--sentinel`.
+    pub async fn with(config: Option<String>, extra_args: &[&str]) -> OwnRedis {
         let dir = tempfile::Builder::new()
             .prefix("infra-ownredis-")
             .tempdir()
@@ -34,6 +48,8 @@ impl OwnRedis {
             dir,
             port: 0,
             child: None,
+            config,
+            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
         };
         // Another test may bind the port between our probe and the server's
         // bind: pick another one then.
@@ -51,6 +67,20 @@ impl OwnRedis {
     /// `redis://127.0.0.1:<port>`, for the worker and for `TestRedis::on`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// SIGKILLs the server: it goes without a word, as a crashed machine
+    /// would (its clients' connections are reset, nothing is handed over).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Stops the server (SIGTERM; nothing is saved) and waits for its exit.
@@ -95,12 +125,24 @@ impl OwnRedis {
             .append(true)
             .open(self.log_path())
             .expect("redis log file");
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        if let Some(config) = &self.config {
+            // Only before the first start: a Sentinel rewrites its file
+            // with what it learned, and a restart should keep that.
+            let path = self.dir.path().join("redis.conf");
+            if !path.exists() {
+                std::fs::write(&path, config).expect("write redis.conf");
+            }
+            // The config file must be the first argument.
+            command.arg(path);
+        }
+        let child = command
             .args(["--bind", "127.0.0.1", "--port"])
             .arg(self.port.to_string())
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(self.dir.path())
             .args(["--protected-mode", "no", "--daemonize", "no"])
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
