@@ -25,6 +25,7 @@ mod outages;
 mod progress;
 mod provider;
 mod provision;
+mod sentinel;
 mod server_lock;
 mod vault;
 mod vault_jobs;
