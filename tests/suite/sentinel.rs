@@ -215,6 +215,17 @@ async fn jobs_streaming_through_a_sentinel_failover_each_get_exactly_one_result_
     }
     assert_eq!(published.len(), JOBS, "{published:?}");
     assert_eq!(queue.pending_count("ansible:deploy:queue").await, 0);
+    // A result published on the replaced master is lost when Sentinel
+    // demotes it; its entry, still pending on the new master, is answered
+    // only after the lease, taken over and answered from the ledger. One
+    // result still, but a minute late: none of that here.
+    for late in [
+        "took over an entry from a silent worker",
+        "request already answered; publishing its result again",
+    ] {
+        let lines = worker.log_entries(late);
+        assert!(lines.is_empty(), "{late}: {lines:#?}");
+    }
     eventually(Duration::from_secs(30), ready(new_master.clone()))
         .await
         .unwrap_or_else(|| {
@@ -286,8 +297,10 @@ async fn a_worker_outlives_the_sigkill_of_its_master_with_a_job_running() {
         assert_eq!(sleep_starts(&host, id).len(), 1, "{id} did not run once");
     }
     assert_eq!(queue.pending_count("ansible:deploy:queue").await, 0);
-    let ready = ready_server(&base).await;
-    assert_eq!(ready.as_deref(), Some(new_master.as_str()), "/readyz");
+    let names_new = || async { (ready_server(&base).await? == new_master).then_some(()) };
+    eventually(Duration::from_secs(30), names_new)
+        .await
+        .unwrap_or_else(|| panic!("/readyz does not name the new master {new_master}"));
     let changes = value(&scrape(&base).await, "infra_redis_master_changes_total");
     assert!(changes >= 1.0, "master changes counted: {changes}");
     worker.assert_running().await;
