@@ -134,7 +134,20 @@ impl Worker {
         leases: Leases,
         abort: CancellationToken,
     ) {
-        let token = leases.hold(&delivery, &abort);
+        let Some(token) = leases.hold(&delivery, &abort) else {
+            // Redis handed out an entry this worker is running: after a
+            // failover whose new master never saw the first delivery (or an
+            // abrupt loss of the master before it reached the replica), the
+            // entry is new there. It is pending for this consumer again, so
+            // the running job's result acks it; a second run would only do
+            // the job twice.
+            tracing::warn!(
+                stream = %delivery.stream,
+                entry_id = %delivery.entry_id,
+                "an entry running here was delivered again; the running job answers it"
+            );
+            return;
+        };
         let _in_flight = crate::metrics::job_started();
         let handled = self.handle_guarded(delivery.clone(), token).await;
         if handled == Handled::Abandoned && abort.is_cancelled() {

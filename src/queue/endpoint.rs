@@ -10,6 +10,7 @@
 //! Sentinel is asked. Secrets are read at each connect, never kept in the
 //! settings, so a rotated password file is picked up by the next one.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, TlsCertificates};
@@ -25,6 +26,10 @@ const SENTINEL_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct Endpoint {
     settings: RedisSettings,
+    /// The master the Sentinels named last, shared by the clones (the
+    /// queue's links and its reader each locate it): a move is logged and
+    /// counted once, by whichever notices it first.
+    last_master: Arc<Mutex<Option<String>>>,
 }
 
 /// A server located: its client and its address for messages and `/readyz`.
@@ -37,6 +42,7 @@ impl Endpoint {
     pub fn new(settings: &RedisSettings) -> Endpoint {
         Endpoint {
             settings: settings.clone(),
+            last_master: Arc::default(),
         }
     }
 
@@ -51,8 +57,25 @@ impl Endpoint {
         let info = self.login_info().await?;
         match &self.settings.sentinel {
             None => self.located(info).await,
-            Some(sentinel) => self.ask_sentinels(sentinel, info).await,
+            Some(sentinel) => {
+                let located = self.ask_sentinels(sentinel, info).await?;
+                self.note_master(&located.addr);
+                Ok(located)
+            }
         }
+    }
+
+    /// Logs and counts a master other than the one named before.
+    fn note_master(&self, addr: &str) {
+        let mut last = self
+            .last_master
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(before) = last.as_deref().filter(|before| *before != addr) {
+            tracing::warn!(from = %before, to = %addr, "the Sentinels name another Redis master; following it");
+            crate::metrics::redis_master_changed();
+        }
+        *last = Some(addr.to_owned());
     }
 
     /// Opens a multiplexed connection to the server [`locate`](Self::locate) finds.

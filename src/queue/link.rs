@@ -9,6 +9,13 @@
 //! and the next command goes to the master they name now. The failed
 //! command itself fails: its caller retries as it would after any Redis
 //! error, so a failover costs a delay and no job.
+//!
+//! A failover does not break the old master's connections at once:
+//! Sentinel demotes it seconds later (and until then it takes writes the
+//! new master never sees). So links also move when told where the master
+//! is now (`follow`: the reader asks before it claims, the queue after a
+//! short `WAIT`), and a write and the `WAIT` for it share one [`Pinned`]
+//! connection, so the `WAIT` asks about that write's server.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -76,12 +83,31 @@ impl Link {
             .clone()
     }
 
+    /// Moves to `master` (where the Sentinels put the master now) if this
+    /// link is elsewhere. A failover does not break the old master's
+    /// connections at once: Sentinel demotes it seconds later, and until
+    /// then it takes writes that its former replica, the new master, never
+    /// sees. So the worker asks the Sentinels itself now and then (the
+    /// reader) and after a short `WAIT`, and moves its links here.
+    pub async fn follow(&self, master: &str) {
+        let current = self.current();
+        if current.addr != master {
+            self.relocate(current.generation).await;
+        }
+    }
+
     /// After `error` on the connection of `generation`: asks the Sentinels
     /// again if the error says the master may have moved.
     async fn after_error(&self, generation: u64, error: &RedisError) {
         if !self.inner.endpoint.follows_sentinels() || !master_may_have_moved(error) {
             return;
         }
+        self.relocate(generation).await;
+    }
+
+    /// Connects to the master the Sentinels name now, unless the
+    /// connection of `generation` was replaced meanwhile.
+    async fn relocate(&self, generation: u64) {
         let _asking = self.inner.relocating.lock().await;
         let before = self.current();
         if before.generation != generation {
@@ -90,8 +116,7 @@ impl Link {
         match self.inner.endpoint.manage(self.inner.config.clone()).await {
             Ok((conn, addr)) => {
                 if addr != before.addr {
-                    tracing::warn!(from = %before.addr, to = %addr, "the Redis master moved; following it");
-                    crate::metrics::redis_master_changed();
+                    tracing::info!(from = %before.addr, to = %addr, "a Redis link moved to the master");
                 }
                 *self
                     .inner
@@ -110,10 +135,12 @@ impl Link {
     }
 }
 
-/// A write refused by a replica, or a server that cannot be reached: what
-/// a failover looks like from a client.
+/// A write refused by a replica, or by a master that lost its replicas
+/// (`min-replicas-to-write`: an old master cut off by a failover), or a
+/// server that cannot be reached: what a failover looks like from a client.
 fn master_may_have_moved(error: &RedisError) -> bool {
     error.code() == Some("READONLY")
+        || error.code() == Some("NOREPLICAS")
         || error.kind() == ErrorKind::Server(redis::ServerErrorKind::MasterDown)
         || error.is_io_error()
         || error.is_connection_dropped()
@@ -121,17 +148,47 @@ fn master_may_have_moved(error: &RedisError) -> bool {
         || error.is_timeout()
 }
 
-impl ConnectionLike for Link {
+/// The link's connection of one moment, held for commands that must go to
+/// the same server: a write and the `WAIT` for its replicas (a `WAIT` sent
+/// after the link moved would ask the new master about a write it never
+/// had). Its errors still send the link back to the Sentinels.
+pub struct Pinned {
+    link: Link,
+    generation: u64,
+    conn: ConnectionManager,
+    addr: String,
+}
+
+impl Pinned {
+    /// The server this connection goes to (`host:port`).
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+}
+
+impl Link {
+    /// The connection in use now, for commands that must share it.
+    pub fn pin(&self) -> Pinned {
+        let Current {
+            generation,
+            conn,
+            addr,
+        } = self.current();
+        Pinned {
+            link: self.clone(),
+            generation,
+            conn,
+            addr,
+        }
+    }
+}
+
+impl ConnectionLike for Pinned {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
-            let Current {
-                generation,
-                mut conn,
-                ..
-            } = self.current();
-            let reply = conn.req_packed_command(cmd).await;
+            let reply = self.conn.req_packed_command(cmd).await;
             if let Err(e) = &reply {
-                self.after_error(generation, e).await;
+                self.link.after_error(self.generation, e).await;
             }
             reply
         })
@@ -144,16 +201,35 @@ impl ConnectionLike for Link {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
-            let Current {
-                generation,
-                mut conn,
-                ..
-            } = self.current();
-            let reply = conn.req_packed_commands(pipeline, offset, count).await;
+            let reply = self.conn.req_packed_commands(pipeline, offset, count).await;
             if let Err(e) = &reply {
-                self.after_error(generation, e).await;
+                self.link.after_error(self.generation, e).await;
             }
             reply
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
+    }
+}
+
+/// Each command on the connection in use when it is sent.
+impl ConnectionLike for Link {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move { self.pin().req_packed_command(cmd).await })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            self.pin()
+                .req_packed_commands(pipeline, offset, count)
+                .await
         })
     }
 

@@ -14,7 +14,7 @@ mod scripts;
 pub use caller::Caller;
 pub use dead::{DeadLetterEntry, DeadLetterPage, DeadLetters, ReplayError};
 pub use endpoint::Endpoint;
-pub use link::Link;
+pub use link::{Link, Pinned};
 pub use names::Names;
 pub use reader::Reader;
 
@@ -246,6 +246,7 @@ impl Queue {
     pub async fn reader(&self, lease: Duration) -> Result<Reader, QueueError> {
         Reader::connect(
             self.endpoint.clone(),
+            vec![self.conn.clone(), self.publisher.clone()],
             self.names.clone(),
             self.group.clone(),
             self.consumer.clone(),
@@ -288,10 +289,26 @@ impl Queue {
                 invocation.arg(field).arg(value);
             }
         }
-        let mut conn = self.publisher.clone();
-        let outcome: i64 = invocation.invoke_async(&mut conn).await?;
-        if outcome == 1 && result.is_some() {
-            self.wait_for_replicas().await;
+        // The write and the WAIT for it on one connection, to one server.
+        let mut conn = self.publisher.pin();
+        let mut outcome: i64 = invocation.invoke_async(&mut conn).await?;
+        if outcome == 1 && result.is_some() && !self.wait_for_replicas(&mut conn).await {
+            // No replica has it: under Sentinel, perhaps because this master
+            // was just replaced, and will drop what it took when it is
+            // demoted. Then publish again where the master is now (FINISH
+            // is idempotent: a result that did reach it is not doubled).
+            if self
+                .follow_master()
+                .await
+                .is_some_and(|now| now != conn.addr())
+            {
+                let mut moved = self.publisher.pin();
+                tracing::warn!(from = %conn.addr(), to = %moved.addr(), entry_id = %delivery.entry_id, "the result went to a replaced Redis master; publishing it again on the new one");
+                outcome = invocation.invoke_async(&mut moved).await?;
+                if outcome == 1 {
+                    self.wait_for_replicas(&mut moved).await;
+                }
+            }
         }
         Ok(match outcome {
             1 if has_dead_letter => {
@@ -307,19 +324,19 @@ impl Queue {
     /// With `redis.wait_replicas`: waits until that many replicas have
     /// what this connection wrote (the result just published), so a
     /// failover right after cannot lose it. Fewer in time is logged and
-    /// counted, and the job moves on: the result is on the master.
-    async fn wait_for_replicas(&self) {
+    /// counted, and answers false (the result is on the master, which may
+    /// or may not be the master still); true without `wait_replicas`.
+    async fn wait_for_replicas(&self, conn: &mut Pinned) -> bool {
         let Some(wait) = self.wait else {
-            return;
+            return true;
         };
-        let mut conn = self.publisher.clone();
         let acked: redis::RedisResult<u32> = redis::cmd("WAIT")
             .arg(wait.replicas)
             .arg(wait.timeout_ms)
-            .query_async(&mut conn)
+            .query_async(conn)
             .await;
         match acked {
-            Ok(n) if n >= wait.replicas => {}
+            Ok(n) if n >= wait.replicas => true,
             Ok(n) => {
                 crate::metrics::replica_wait_short();
                 tracing::warn!(
@@ -328,10 +345,31 @@ impl Queue {
                     timeout_ms = wait.timeout_ms,
                     "a published result reached fewer replicas than redis.wait_replicas in time"
                 );
+                false
             }
             Err(e) => {
                 crate::metrics::replica_wait_short();
                 tracing::warn!(error.message = %e, "waiting for replicas after publishing a result failed");
+                false
+            }
+        }
+    }
+
+    /// With Sentinel: moves the links to the master the Sentinels name
+    /// now; its address, or `None` without Sentinel or an answer.
+    async fn follow_master(&self) -> Option<String> {
+        if !self.endpoint.follows_sentinels() {
+            return None;
+        }
+        match self.endpoint.locate().await {
+            Ok(located) => {
+                self.conn.follow(&located.addr).await;
+                self.publisher.follow(&located.addr).await;
+                Some(located.addr)
+            }
+            Err(e) => {
+                tracing::warn!(error.message = %e, "asking the Sentinels for the Redis master failed");
+                None
             }
         }
     }

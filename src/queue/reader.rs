@@ -19,6 +19,13 @@
 //! behind it would claim exactly the entry a stopping worker must leave. So
 //! an abandoned wait closes its connection, and a stopped reader sends
 //! nothing.
+//!
+//! With Sentinel, the reader asks the Sentinels where the master is before
+//! it claims, at most once per [`MASTER_CHECK_EVERY`], and moves there (and
+//! moves the queue's links) when the master moved: a replaced master keeps
+//! taking reads and writes until Sentinel demotes it, seconds after the
+//! failover, and an entry claimed there is claimed nowhere the new master
+//! knows of.
 
 use std::time::{Duration, Instant};
 
@@ -26,8 +33,11 @@ use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply};
 use tokio_util::sync::CancellationToken;
 
-use super::{Delivery, Endpoint, Names, QueueError, scripts};
+use super::{Delivery, Endpoint, Link, Names, QueueError, scripts};
 use crate::job::JobKind;
+
+/// How often, at most, the reader asks the Sentinels where the master is.
+pub const MASTER_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Reads entries for one consumer on a dedicated connection.
 pub struct Reader {
@@ -36,6 +46,12 @@ pub struct Reader {
     /// `None` after a wait was abandoned for the stop; opened again if the
     /// reader is used after all (tests do; the worker does not).
     conn: Option<MultiplexedConnection>,
+    /// The server `conn` is connected to (`host:port`).
+    addr: String,
+    /// The queue's links, moved with the reader when the master moved.
+    links: Vec<Link>,
+    /// When the Sentinels last confirmed the master (with Sentinel only).
+    last_master_check: Option<Instant>,
     names: Names,
     group: String,
     consumer: String,
@@ -60,18 +76,23 @@ pub struct Batch {
 }
 
 impl Reader {
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn connect(
         endpoint: Endpoint,
+        links: Vec<Link>,
         names: Names,
         group: String,
         consumer: String,
         block_ms: u64,
         lease: Duration,
     ) -> Result<Reader, QueueError> {
-        let conn = Self::open(&endpoint, block_ms).await?;
+        let (conn, addr) = Self::open(&endpoint, block_ms).await?;
         Ok(Reader {
             endpoint,
             conn: Some(conn),
+            addr,
+            links,
+            last_master_check: None,
             names,
             group,
             consumer,
@@ -96,19 +117,24 @@ impl Reader {
     /// The reply to a `BLOCK` wait arrives only after the block time, so the
     /// response timeout must be longer (redis-rs' default of 500 ms would drop
     /// the reply).
-    async fn open(endpoint: &Endpoint, block_ms: u64) -> Result<MultiplexedConnection, QueueError> {
+    async fn open(
+        endpoint: &Endpoint,
+        block_ms: u64,
+    ) -> Result<(MultiplexedConnection, String), QueueError> {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(
                 Duration::from_millis(block_ms) + Duration::from_secs(10),
             ));
-        let (conn, _) = endpoint.connect(&config).await?;
-        Ok(conn)
+        endpoint.connect(&config).await
     }
 
     /// Replaces a connection that failed.
     pub async fn reconnect(&mut self) -> Result<(), QueueError> {
-        self.conn = Some(Self::open(&self.endpoint, self.block_ms).await?);
+        let (conn, addr) = Self::open(&self.endpoint, self.block_ms).await?;
+        self.conn = Some(conn);
+        self.addr = addr;
+        self.last_master_check = Some(Instant::now());
         crate::metrics::redis_reconnected();
         Ok(())
     }
@@ -117,9 +143,42 @@ impl Reader {
     async fn conn(&mut self) -> Result<&mut MultiplexedConnection, QueueError> {
         let conn = match self.conn.take() {
             Some(conn) => conn,
-            None => Self::open(&self.endpoint, self.block_ms).await?,
+            None => {
+                let (conn, addr) = Self::open(&self.endpoint, self.block_ms).await?;
+                self.addr = addr;
+                conn
+            }
         };
         Ok(self.conn.insert(conn))
+    }
+
+    /// With Sentinel, once per [`MASTER_CHECK_EVERY`]: asks where the
+    /// master is and, if it moved, moves the links and this reader there
+    /// before anything is claimed on the old one.
+    async fn follow_master(&mut self) -> Result<(), QueueError> {
+        let due = self
+            .last_master_check
+            .is_none_or(|at| at.elapsed() >= MASTER_CHECK_EVERY);
+        if !self.endpoint.follows_sentinels() || !due {
+            return Ok(());
+        }
+        self.last_master_check = Some(Instant::now());
+        let master = match self.endpoint.locate().await {
+            Ok(located) => located.addr,
+            // The server in use may well be fine: carry on with it.
+            Err(e) => {
+                tracing::warn!(error.message = %e, "asking the Sentinels for the Redis master failed");
+                return Ok(());
+            }
+        };
+        for link in &self.links {
+            link.follow(&master).await;
+        }
+        if master != self.addr {
+            tracing::info!(from = %self.addr, to = %master, "the reader moves to the master");
+            self.reconnect().await?;
+        }
+        Ok(())
     }
 
     /// Up to `max` entries to run; empty after waiting (at most `block_ms`)
@@ -134,6 +193,7 @@ impl Reader {
         if cancel.is_cancelled() {
             return Ok(Batch::default());
         }
+        self.follow_master().await?;
         let order = if self.provision_first {
             [JobKind::Provision, JobKind::Deploy]
         } else {

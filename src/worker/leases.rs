@@ -19,14 +19,21 @@ pub(super) struct Leases {
 
 impl Leases {
     /// Starts renewing `delivery`; the token fires when its job must stop
-    /// (the entry was lost, or `abort` fired).
-    pub(super) fn hold(&self, delivery: &Delivery, abort: &CancellationToken) -> CancellationToken {
+    /// (the entry was lost, or `abort` fired). `None` if the entry is held
+    /// already: it runs here, and was delivered again.
+    pub(super) fn hold(
+        &self,
+        delivery: &Delivery,
+        abort: &CancellationToken,
+    ) -> Option<CancellationToken> {
+        let key = (delivery.stream.clone(), delivery.entry_id.clone());
+        let mut held = self.lock();
+        if held.contains_key(&key) {
+            return None;
+        }
         let token = abort.child_token();
-        self.lock().insert(
-            (delivery.stream.clone(), delivery.entry_id.clone()),
-            token.clone(),
-        );
-        token
+        held.insert(key, token.clone());
+        Some(token)
     }
 
     /// Stops renewing `delivery` (its job ended).
@@ -78,5 +85,31 @@ impl Leases {
         self.held
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::JobKind;
+
+    fn delivery(entry_id: &str) -> Delivery {
+        Delivery {
+            kind: JobKind::Deploy,
+            stream: "ansible:deploy:queue".to_owned(),
+            entry_id: entry_id.to_owned(),
+            payload: None,
+            delivery_count: 1,
+        }
+    }
+
+    #[test]
+    fn an_entry_held_already_is_not_held_twice_until_released() {
+        let (leases, abort) = (Leases::default(), CancellationToken::new());
+        assert!(leases.hold(&delivery("1-0"), &abort).is_some());
+        assert!(leases.hold(&delivery("1-0"), &abort).is_none());
+        assert!(leases.hold(&delivery("2-0"), &abort).is_some());
+        leases.release(&delivery("1-0"));
+        assert!(leases.hold(&delivery("1-0"), &abort).is_some());
     }
 }

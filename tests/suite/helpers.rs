@@ -1,7 +1,8 @@
 //! The harness every suite uses: real Redis (`TestRedis`, `Queue`), Postgres
 //! (`TestDb`), sshd (`TestHost`) and worker binary (`TestWorker`), each made
 //! unique per test, on `TEST_REDIS_URL` / `TEST_DATABASE_URL` or containers
-//! (`OwnRedis`, `OwnPostgres` for a test that stops its server). A job runs to
+//! (`OwnRedis`, `OwnPostgres` for a test that stops its server; `SentinelSet`
+//! for a master, a replica and three Sentinels). A job runs to
 //! its result, the library's `JobResult`, through `World::deploy` /
 //! `World::provision` (or, enqueued first, `TestWorker::wait_deploy_result`);
 //! other waits are `eventually` (only starting and stopping the harness's
@@ -25,6 +26,7 @@ mod poll;
 mod ports;
 mod procs;
 mod redis;
+mod sentinel;
 mod system_user;
 mod worker;
 mod world;
@@ -53,6 +55,7 @@ pub use procs::{
     pids_with_environ_containing, state,
 };
 pub use redis::{Queue, TestRedis};
+pub use sentinel::SentinelSet;
 pub use system_user::SystemUser;
 pub use worker::{
     GITHUB_TOKEN_VAR, PROJECT_ENV_VAR, RESULT_TIMEOUT, SSH_KEY_REF, START_TIMEOUT, TestWorker,

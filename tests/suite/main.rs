@@ -27,6 +27,7 @@ mod progress;
 mod provider;
 mod provision;
 mod redis_tls;
+mod sentinel;
 mod server_lock;
 mod vault;
 mod vault_jobs;

@@ -14,7 +14,7 @@ use crate::helpers::*;
 
 /// `http://<addr>` of the worker's endpoints, from its "http listening"
 /// log line (the tests bind port 0).
-async fn http_base(worker: &TestWorker) -> String {
+pub(crate) async fn http_base(worker: &TestWorker) -> String {
     let lines = worker
         .wait_log("http listening", 1, Duration::from_secs(60))
         .await;
@@ -25,7 +25,7 @@ async fn http_base(worker: &TestWorker) -> String {
 }
 
 /// `/metrics` as `name{sorted labels}` -> value.
-async fn scrape(base: &str) -> BTreeMap<String, f64> {
+pub(crate) async fn scrape(base: &str) -> BTreeMap<String, f64> {
     let response = reqwest::get(format!("{base}/metrics"))
         .await
         .expect("GET /metrics");
@@ -50,13 +50,13 @@ fn normalize(series: &str) -> String {
     format!("{name}{{{}}}", labels.join(","))
 }
 
-fn value(metrics: &BTreeMap<String, f64>, series: &str) -> f64 {
+pub(crate) fn value(metrics: &BTreeMap<String, f64>, series: &str) -> f64 {
     *metrics
         .get(&normalize(series))
         .unwrap_or_else(|| panic!("no {series} in /metrics:\n{metrics:#?}"))
 }
 
-async fn get_status(url: &str) -> (u16, String) {
+pub(crate) async fn get_status(url: &str) -> (u16, String) {
     let response = reqwest::get(url)
         .await
         .unwrap_or_else(|e| panic!("GET {url}: {e}"));

@@ -2,7 +2,9 @@
 //! Redis (the shared one is never stopped). It keeps nothing on disk
 //! (`--save "" --appendonly no`), so a restart loses every stream, group
 //! and key, like a production Redis without persistence. It stops and
-//! starts again on the same port, and is killed on drop.
+//! starts again on the same port, and is killed on drop. Extra arguments
+//! (`--replicaof`) and a config file of its own (a Sentinel's, which the
+//! Sentinel rewrites) make the servers of a `SentinelSet`.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -23,6 +25,10 @@ pub struct OwnRedis {
     /// TLS beside the plain port, when asked for.
     tls: Option<(u16, RedisTlsFiles)>,
     child: Option<Child>,
+    /// Written to `<dir>/redis.conf` and given as the config file, when set.
+    config: Option<String>,
+    /// Given after the usual arguments.
+    extra_args: Vec<String>,
 }
 
 /// What a TLS port serves with: the server's certificate and key, and the
@@ -37,17 +43,29 @@ pub struct RedisTlsFiles {
 impl OwnRedis {
     /// Starts a server on a free port.
     pub async fn new() -> OwnRedis {
-        OwnRedis::start_with(None).await
+        OwnRedis::start_with(None, None, &[]).await
     }
 
     /// Starts a server that also serves TLS on a port of its own,
     /// demanding a client certificate there; the plain port stays for the
     /// test's own side.
     pub async fn with_tls(files: RedisTlsFiles) -> OwnRedis {
-        OwnRedis::start_with(Some(files)).await
+        OwnRedis::start_with(Some(files), None, &[]).await
     }
 
-    async fn start_with(tls: Option<RedisTlsFiles>) -> OwnRedis {
+    /// Starts a server on a free port with `config` as its config file
+    /// (kept in its own directory, so it may rewrite it) and `extra_args`
+    /// after the usual arguments, e.g. `--replicaof 127.0.0.1 <port>` or
+    /// `--sentinel`.
+    pub async fn with(config: Option<String>, extra_args: &[&str]) -> OwnRedis {
+        OwnRedis::start_with(None, config, extra_args).await
+    }
+
+    async fn start_with(
+        tls: Option<RedisTlsFiles>,
+        config: Option<String>,
+        extra_args: &[&str],
+    ) -> OwnRedis {
         let dir = tempfile::Builder::new()
             .prefix("infra-ownredis-")
             .tempdir()
@@ -57,6 +75,8 @@ impl OwnRedis {
             port: 0,
             tls: tls.map(|files| (0, files)),
             child: None,
+            config,
+            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
         };
         // Another test may bind the port between our probe and the server's
         // bind: pick another one then.
@@ -82,6 +102,20 @@ impl OwnRedis {
     /// The TLS port (a server made `with_tls`).
     pub fn tls_port(&self) -> u16 {
         self.tls.as_ref().expect("a server with TLS").0
+    }
+
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// SIGKILLs the server: it goes without a word, as a crashed machine
+    /// would (its clients' connections are reset, nothing is handed over).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Stops the server (SIGTERM; nothing is saved) and waits for its exit.
@@ -127,6 +161,16 @@ impl OwnRedis {
             .open(self.log_path())
             .expect("redis log file");
         let mut command = Command::new("redis-server");
+        if let Some(config) = &self.config {
+            // Only before the first start: a Sentinel rewrites its file
+            // with what it learned, and a restart should keep that.
+            let path = self.dir.path().join("redis.conf");
+            if !path.exists() {
+                std::fs::write(&path, config).expect("write redis.conf");
+            }
+            // The config file must be the first argument.
+            command.arg(path);
+        }
         command
             .args(["--bind", "127.0.0.1", "--port"])
             .arg(self.port.to_string())
@@ -146,6 +190,7 @@ impl OwnRedis {
                 .args(["--tls-auth-clients", "yes"]);
         }
         let child = command
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)

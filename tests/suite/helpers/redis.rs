@@ -51,6 +51,16 @@ impl TestRedis {
         }
     }
 
+    /// The same prefix on the server at `url`: after a failover, the
+    /// master the Sentinels name now.
+    pub async fn moved_to(&self, url: &str) -> TestRedis {
+        TestRedis {
+            url: url.to_owned(),
+            prefix: self.prefix.clone(),
+            conn: connect(url).await,
+        }
+    }
+
     /// The server URL, for the worker's `redis.url`.
     pub fn url(&self) -> &str {
         &self.url
