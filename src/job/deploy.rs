@@ -4,10 +4,13 @@
 //! required, their defaults, and the extra vars a deploy playbook receives.
 //! Rules are checked in the table's order and the first failure is reported.
 
+use std::borrow::Cow;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde_json::{Value, json};
 
 use super::fields::*;
-use super::payload::{self, Object};
+use super::payload::{self, Object, Port};
 
 /// A deploy request that satisfies every rule of the contract.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,6 +123,76 @@ impl DeployJob {
     }
 }
 
+/// The payload `DeployJob::parse` accepts, as a JSON Schema: the fields in
+/// contract order with the contract's words. A schema, never a value: the
+/// payload is parsed by hand, and `null` counts as absent.
+#[derive(JsonSchema)]
+#[schemars(
+    title = "DeployJob",
+    description = "The payload of an ansible:deploy:queue entry (CONTRACT.md section 1): the \
+        DeployerNode's request to ship a project to a server. Unknown fields are ignored, so \
+        producers can add fields first; null counts as absent. The worker also refuses a payload \
+        over 1 MiB, and checks github_token_ref, secrets_ref and server_ip against its operator's \
+        policy before anything runs (contract section 2).",
+    transform = deploy_rules
+)]
+#[allow(dead_code)] // never built: it only describes
+pub(super) struct DeployPayload {
+    /// The job's id: the result key is deploy:result:<request_id>, the progress stream
+    /// job:events:<request_id>. A payload without a valid one gets no result, only a dead letter.
+    request_id: RequestId,
+    /// The project's UUID (8-4-4-4-12 hex digits, either case).
+    project_id: ProjectId,
+    /// Kebab-case project name; default: the repo part of repo_full_name, lower-cased, every
+    /// character outside [a-z0-9-] made -, leading - dropped, cut to 63 ("project" if nothing is
+    /// left).
+    project_name: Option<ProjectName>,
+    /// The GitHub repository, owner/repo.
+    repo_full_name: RepoName,
+    /// The git branch (any ref name) to check out.
+    #[schemars(extend("default" = "main"))]
+    branch: Option<GitRef>,
+    /// The server to deploy to: an IPv4/IPv6 address or a DNS host name.
+    server_ip: ServerAddress,
+    /// The project's service port on the server.
+    port: Port,
+    /// Docker compose profiles to enable.
+    #[schemars(extend("default" = []))]
+    modules: Option<Vec<Module>>,
+    /// A secret reference to the GitHub token that checks out the repository; required when
+    /// action is deploy.
+    github_token_ref: Option<SecretRef>,
+    /// A secret reference resolving to the project's .env (KEY=VALUE lines).
+    secrets_ref: Option<SecretRef>,
+    /// What to do on the server (contract section 6).
+    #[schemars(extend("default" = "deploy"))]
+    action: Option<DeployAction>,
+    /// After a successful deploy, configure the repository's GitHub Actions deploy secrets
+    /// (contract section 7).
+    #[schemars(extend("default" = false))]
+    setup_ci: Option<bool>,
+    /// The deploy is healthy when http://127.0.0.1:<port><health_path> on the server answers
+    /// 2xx/3xx; without it, when the port accepts TCP connections.
+    health_path: Option<HealthPath>,
+}
+
+/// The rules between fields: `github_token_ref` for a `deploy` (an absent
+/// or `null` action is one); unknown fields allowed.
+fn deploy_rules(schema: &mut Schema) {
+    schema.insert("additionalProperties".into(), true.into());
+    schema.insert(
+        "if".into(),
+        json!({"properties": {"action": {"enum": ["deploy", null]}}}),
+    );
+    schema.insert(
+        "then".into(),
+        json!({
+            "required": ["github_token_ref"],
+            "properties": {"github_token_ref": {"type": "string"}},
+        }),
+    );
+}
+
 /// A minimal valid job for `repo_full_name` to `server_ip`, for other
 /// modules' unit tests.
 #[cfg(test)]
@@ -149,6 +222,26 @@ fn parse_uuid(s: &str) -> Result<uuid::Uuid, String> {
         return Err(rule());
     }
     uuid::Uuid::try_parse(s).map_err(|_| rule())
+}
+
+/// `parse_uuid`'s rule as a schema: a schema, never a value.
+pub(super) struct ProjectId;
+
+impl JsonSchema for ProjectId {
+    fn schema_name() -> Cow<'static, str> {
+        "ProjectId".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        const HEX: &str = "[0-9A-Fa-f]";
+        json_schema!({
+            "title": "ProjectId",
+            "description": "A UUID in its hyphenated form, 8-4-4-4-12 hex digits, either case; \
+                braced, URN and bare-hex forms are refused.",
+            "type": "string",
+            "format": "uuid",
+            "pattern": whole(&format!("{HEX}{{8}}-{HEX}{{4}}-{HEX}{{4}}-{HEX}{{4}}-{HEX}{{12}}")),
+        })
+    }
 }
 
 #[cfg(test)]

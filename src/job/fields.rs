@@ -4,10 +4,15 @@
 //! (argv, extra vars, Redis keys, SQL) never re-checks it. Each `parse`
 //! returns a message that states the rule and shows the offending input
 //! (truncated, escaped), except `SecretRef`, whose input is never echoed.
+//! Each type's `JsonSchema` sits after its parser and states the same rule
+//! for producers (`infra-service schema`); the shared payload tables
+//! (`tests/fixtures/contract/`) hold the two to agreement.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
 /// Why a payload was refused, and the request id if one could be read.
@@ -40,6 +45,24 @@ impl InvalidPayload {
         self.details.insert(key.into(), value.into());
         self
     }
+}
+
+/// `^(?:body)$(?!\n)`: the whole string matches `body`. `$(?!\n)` is the
+/// end of the string both in ECMA-262 and in Python's `re`, whose `$` also
+/// matches before a final newline. No lookbehind, no `\p{..}`, no `\d`
+/// (Unicode digits in Python): the patterns mean the same in both.
+pub(super) fn whole(body: &str) -> String {
+    format!("^(?:{body})$(?!\\n)")
+}
+
+/// A string schema named `title` whose whole value matches `body`.
+fn string_schema(title: &str, body: &str, description: &str) -> Schema {
+    json_schema!({
+        "title": title,
+        "type": "string",
+        "pattern": whole(body),
+        "description": description,
+    })
 }
 
 /// How much of a refused input a message shows: enough to recognise it,
@@ -86,6 +109,22 @@ impl RequestId {
         &self.0
     }
 }
+/// `[A-Za-z0-9._:-]{1,128}`, as `is_id_byte` and `ID_RULE` say.
+const ID_PATTERN: &str = "[A-Za-z0-9._:-]{1,128}";
+
+impl JsonSchema for RequestId {
+    fn schema_name() -> Cow<'static, str> {
+        "RequestId".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        string_schema(
+            "RequestId",
+            ID_PATTERN,
+            "1-128 characters of [A-Za-z0-9._:-]; names the result key and the progress stream.",
+        )
+    }
+}
+
 /// Same rule as `RequestId`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
@@ -102,6 +141,19 @@ impl ServerHandle {
     /// The handle as received.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl JsonSchema for ServerHandle {
+    fn schema_name() -> Cow<'static, str> {
+        "ServerHandle".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        string_schema(
+            "ServerHandle",
+            ID_PATTERN,
+            "1-128 characters of [A-Za-z0-9._:-]: the handle of a row of the worker's servers table.",
+        )
     }
 }
 
@@ -160,6 +212,19 @@ impl ProjectName {
     }
 }
 
+impl JsonSchema for ProjectName {
+    fn schema_name() -> Cow<'static, str> {
+        "ProjectName".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        string_schema(
+            "ProjectName",
+            "[a-z0-9][a-z0-9-]{0,62}",
+            "kebab-case, at most 63 characters: the directory /opt/services/<name> and the compose project.",
+        )
+    }
+}
+
 fn is_repo_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
 }
@@ -191,6 +256,24 @@ impl RepoName {
     }
 }
 
+/// One part of `owner/repo`: 1-100 of `[A-Za-z0-9._-]`, not `.` or `..`,
+/// without lookaround: a first character that is no dot, or one dot and
+/// then no dot, or two dots and at least one more character.
+const REPO_PART: &str = "[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}|\\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,98}|\\.\\.[A-Za-z0-9._-]{1,98}";
+
+impl JsonSchema for RepoName {
+    fn schema_name() -> Cow<'static, str> {
+        "RepoName".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        string_schema(
+            "RepoName",
+            &format!("(?:{REPO_PART})/(?:{REPO_PART})"),
+            "owner/repo, each part 1-100 characters of [A-Za-z0-9._-] and neither part . or ..",
+        )
+    }
+}
+
 /// A valid git ref name, no leading `-`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
@@ -211,6 +294,40 @@ impl GitRef {
     /// The ref as received.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// `git_ref_violation`'s rules as lookaheads, in its order, then the
+/// characters allowed (no ASCII control character, space or `~^:?*[\`).
+/// Only the length differs: JSON Schema counts characters, the
+/// worker 255 bytes of UTF-8.
+const GIT_REF_PATTERN: &str = concat!(
+    "(?!-)",                           // starts with -
+    "(?!@$)",                          // is @
+    "(?![^\\n]*\\.\\.)",               // contains ..
+    "(?![^\\n]*@\\{)",                 // contains @{
+    "(?![^\\n]*\\{[{%#])",             // a template delimiter
+    "(?!/)(?![^\\n]*/$)(?![^\\n]*//)", // starts or ends with /, or //
+    "(?![^\\n]*\\.$)",                 // ends with .
+    "(?!\\.)(?![^\\n]*/\\.)",          // a component starts with .
+    "(?![^\\n]*\\.lock(?:/|$))",       // a component ends with .lock
+    "[^\\x00-\\x20\\x7f~^:?*\\[\\\\]{1,255}",
+);
+
+impl JsonSchema for GitRef {
+    fn schema_name() -> Cow<'static, str> {
+        "GitRef".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        string_schema(
+            "GitRef",
+            GIT_REF_PATTERN,
+            "A ref name as `git check-ref-format --allow-onelevel` accepts it, not starting with - \
+             and without a template delimiter ({{, {%, {#): no ASCII control character, space, \
+             ~ ^ : ? * [ or \\, no .. or @{ or //, not @ alone, not starting or ending with /, \
+             not ending with ., no component starting with . or ending with .lock. The worker also \
+             refuses more than 255 bytes of UTF-8 (the pattern counts 255 characters).",
+        )
     }
 }
 
@@ -298,6 +415,76 @@ impl ServerAddress {
     }
 }
 
+/// An IPv4 address as Rust's `Ipv4Addr` parses it: four decimal octets
+/// 0-255 without leading zeros.
+const IPV4: &str = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}";
+
+/// An IPv6 address as Rust's `Ipv6Addr` parses it: eight groups of 1-4
+/// hex digits, or `k` groups, `::` for at least one zero group and at
+/// most `7 - k` more; the last two groups may be an IPv4 address.
+fn ipv6_pattern() -> String {
+    const H: &str = "[0-9A-Fa-f]{1,4}";
+    let mut forms = vec![
+        format!("{H}(?::{H}){{7}}"),
+        format!("{H}(?::{H}){{5}}:{IPV4}"),
+    ];
+    for head in 0..=7 {
+        let head_groups = match head {
+            0 => String::new(),
+            1 => H.to_owned(),
+            2 => format!("{H}:{H}"),
+            n => format!("{H}(?::{H}){{{}}}", n - 1),
+        };
+        let room = 7 - head;
+        let mut tails = Vec::new();
+        match room {
+            0 => {}
+            1 => tails.push(H.to_owned()),
+            2 => tails.extend([IPV4.to_owned(), format!("{H}(?::{H})?")]),
+            _ => tails.extend([
+                format!("(?:{H}:){{0,{}}}{IPV4}", room - 2),
+                format!("{H}(?::{H}){{0,{}}}", room - 1),
+            ]),
+        }
+        let tail = if tails.is_empty() {
+            String::new()
+        } else {
+            format!("(?:{})?", tails.join("|"))
+        };
+        forms.push(format!("{head_groups}::{tail}"));
+    }
+    forms.join("|")
+}
+
+/// A DNS host name as `is_host_name` accepts it: at most 253 characters
+/// before one optional trailing dot, labels of 1-63 `[A-Za-z0-9-]` not
+/// starting or ending with `-`, the last label not all digits.
+const HOST_NAME: &str = concat!(
+    "(?=[^\\n]{1,253}\\.?$)",
+    "(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.)*",
+    "(?![0-9]+\\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.?",
+);
+
+impl JsonSchema for ServerAddress {
+    fn schema_name() -> Cow<'static, str> {
+        "ServerAddress".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "title": "ServerAddress",
+            "description": "An IPv4 or IPv6 address (no brackets, no zone) or a DNS host name \
+                (labels of 1-63 [A-Za-z0-9-] not starting or ending with -, at most 253 characters \
+                and one trailing dot, a last label that is not all digits).",
+            "type": "string",
+            "anyOf": [
+                {"title": "IPv4", "pattern": whole(IPV4)},
+                {"title": "IPv6", "pattern": whole(&ipv6_pattern())},
+                {"title": "DNS host name", "pattern": whole(HOST_NAME)},
+            ],
+        })
+    }
+}
+
 fn is_host_name(s: &str) -> bool {
     let name = s.strip_suffix('.').unwrap_or(s);
     let label_ok = |l: &str| {
@@ -334,6 +521,19 @@ impl Module {
         &self.0
     }
 }
+impl JsonSchema for Module {
+    fn schema_name() -> Cow<'static, str> {
+        "Module".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        string_schema(
+            "Module",
+            "[a-z0-9_-]{1,64}",
+            "A docker compose profile to enable: 1-64 characters of [a-z0-9_-].",
+        )
+    }
+}
+
 /// A secret reference as written (`env:NAME`, `file:NAME`, `vault:...`);
 /// `secrets` interprets it. Never a value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -369,6 +569,40 @@ impl SecretRef {
     /// The reference as written.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// What `char::is_whitespace` or `char::is_control` is true of, as a class
+/// body: Unicode White_Space and the C0/C1 controls (not `\s`, which in
+/// ECMA-262 also holds U+FEFF).
+const SPACE_OR_CONTROL: &str =
+    "\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
+
+impl JsonSchema for SecretRef {
+    fn schema_name() -> Cow<'static, str> {
+        "SecretRef".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let mut schema = string_schema(
+            "SecretRef",
+            &format!("[^:{SPACE_OR_CONTROL}]+:[^{SPACE_OR_CONTROL}]*"),
+            "A secret reference SCHEME:REST, never a value (contract section 2): env:NAME, \
+             file:NAME (under the worker's secrets directory), vault:MOUNT/PATH#FIELD or \
+             vault:MOUNT/PATH. 1-1024 characters, no whitespace or control character. Only the \
+             shape is checked with the payload: an unknown scheme, or a reference the operator's \
+             policy does not allow for the field, fails the job with secret_unresolved instead.",
+        );
+        schema.insert("minLength".into(), 1.into());
+        schema.insert("maxLength".into(), 1024.into());
+        schema.insert(
+            "examples".into(),
+            serde_json::json!([
+                "env:GITHUB_TOKEN",
+                "file:projects/app",
+                "vault:secret/github#token"
+            ]),
+        );
+        schema
     }
 }
 
@@ -423,6 +657,21 @@ impl DeployAction {
     }
 }
 
+impl JsonSchema for DeployAction {
+    fn schema_name() -> Cow<'static, str> {
+        "DeployAction".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "title": "DeployAction",
+            "description": "What the worker does on the server (contract section 6): deploy, \
+                restart, stop, remove or logs.",
+            "type": "string",
+            "enum": DeployAction::ALL.map(DeployAction::as_str),
+        })
+    }
+}
+
 /// An HTTP path starting with `/`, at most 512 characters of the URL path
 /// and query alphabet: it is put into a URL on the server, so no spaces,
 /// no `#`, no control characters, nothing to percent-decode into them.
@@ -445,6 +694,20 @@ impl HealthPath {
     /// The path as received.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl JsonSchema for HealthPath {
+    fn schema_name() -> Cow<'static, str> {
+        "HealthPath".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        string_schema(
+            "HealthPath",
+            "/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]{0,511}",
+            "An HTTP path starting with /, at most 512 characters of [A-Za-z0-9._~!$&'()*+,;=:@%/?-] \
+             (no space, no #, no control character).",
+        )
     }
 }
 

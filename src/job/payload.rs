@@ -2,6 +2,9 @@
 //! limit, UTF-8, "a JSON object", and field readers whose errors start with
 //! the field's contract name. `deploy` and `provision` apply the rules.
 
+use std::borrow::Cow;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde_json::{Map, Value};
 
 use super::MAX_PAYLOAD_BYTES;
@@ -123,6 +126,25 @@ pub(super) fn port(object: &Object, field: &str) -> Result<u16, String> {
         };
         format!("{field}: must be an integer 1-65535, got {got}")
     })
+}
+
+/// `port`'s rule as a schema: a schema, never a value.
+pub(super) struct Port;
+
+impl JsonSchema for Port {
+    fn schema_name() -> Cow<'static, str> {
+        "Port".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "title": "Port",
+            "description": "A TCP port: a JSON integer 1-65535. The worker also refuses a number \
+                written with a fraction or exponent (8080.0), which JSON Schema counts as an integer.",
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 65535,
+        })
+    }
 }
 
 /// An optional array of strings, each parsed by `parse`; `[]` when absent

@@ -3,6 +3,9 @@
 //! Owns the ProvisionJob table of CONTRACT.md section 1, including the rule
 //! that an absent `request_id` is replaced by the stream entry id.
 
+use schemars::{JsonSchema, Schema};
+use serde_json::json;
+
 use super::fields::*;
 use super::payload::{self, Object};
 
@@ -55,6 +58,46 @@ impl ProvisionJob {
             is_recovery,
         })
     }
+}
+
+/// The payload `ProvisionJob::parse` accepts, as a JSON Schema. A schema,
+/// never a value: the payload is parsed by hand, and `null` counts as absent.
+#[derive(JsonSchema)]
+#[schemars(
+    title = "ProvisionJob",
+    description = "The payload of a provisioner:queue entry (CONTRACT.md section 1): the \
+        Scheduler's request to prepare or recover a server. Unknown fields are ignored; null \
+        counts as absent. The worker also refuses a payload over 1 MiB.",
+    transform = provision_rules
+)]
+#[allow(dead_code)] // never built: it only describes
+pub(super) struct ProvisionPayload {
+    /// The job's id (the result key is provisioner:result:<request_id>); when absent, the
+    /// stream entry id is used.
+    request_id: Option<RequestId>,
+    /// The server to provision: a row of the worker's servers table.
+    server_handle: ServerHandle,
+    /// Rebuild the OS through the provider API before setup; not together with is_recovery.
+    #[schemars(extend("default" = false))]
+    force_reinstall: Option<bool>,
+    /// Run the recovery playbook instead of the full setup; not together with force_reinstall.
+    #[schemars(extend("default" = false))]
+    is_recovery: Option<bool>,
+}
+
+/// `force_reinstall` and `is_recovery` are not both true; the refusal
+/// names `force_reinstall` first, as the worker's does. Unknown fields
+/// allowed.
+fn provision_rules(schema: &mut Schema) {
+    schema.insert("additionalProperties".into(), true.into());
+    schema.insert(
+        "if".into(),
+        json!({"properties": {"is_recovery": {"const": true}}, "required": ["is_recovery"]}),
+    );
+    schema.insert(
+        "then".into(),
+        json!({"properties": {"force_reinstall": {"not": {"const": true}}}}),
+    );
 }
 
 /// The payload's `request_id`, or `entry_id` when it is absent or `null`.
