@@ -5,6 +5,7 @@
 
 use std::fmt;
 
+use schemars::{JsonSchema, Schema};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -12,7 +13,7 @@ use super::result::{ErrorCode, JobStatus};
 
 /// An entry's `event`: the callback plugin's name for a task event, or
 /// `job_finished`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// A task starts (for every host of the play at once).
@@ -77,7 +78,15 @@ impl fmt::Display for EventKind {
 /// `changed` (`host` and `changed` are `null` on a task start);
 /// `job_finished` carries `status` and `error_code`. Every text in it is
 /// redacted before it is made.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[schemars(
+    title = "JobEvent",
+    description = "One entry of a job's progress stream job:events:<request_id> (CONTRACT.md \
+        section 3), field payload. Task events carry play, task, host and changed (host and \
+        changed null on a task start); the last entry is job_finished with status and \
+        error_code. Best effort: a gap in seq means events were dropped. Texts are redacted.",
+    transform = event_shapes
+)]
 pub struct JobEvent {
     /// 1, 2, ... in the order the worker saw the events; a gap means events
     /// were dropped (the stream is best effort).
@@ -103,6 +112,26 @@ pub struct JobEvent {
     /// `job_finished` only: the result's error code, if it failed.
     #[serde(default)]
     pub error_code: Option<ErrorCode>,
+}
+
+/// The two shapes `JobEvent::to_json` writes: `job_finished` with
+/// `status` and `error_code`, a task event with `play` .. `changed`.
+fn event_shapes(schema: &mut Schema) {
+    schema.insert(
+        "if".into(),
+        json!({"properties": {"event": {"const": "job_finished"}}}),
+    );
+    schema.insert(
+        "then".into(),
+        json!({
+            "required": ["status", "error_code"],
+            "properties": {"status": {"$ref": "#/$defs/JobStatus"}},
+        }),
+    );
+    schema.insert(
+        "else".into(),
+        json!({"required": ["play", "task", "host", "changed"]}),
+    );
 }
 
 impl JobEvent {

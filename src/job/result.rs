@@ -9,12 +9,14 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use schemars::{JsonSchema, Schema};
 use serde::{Deserialize, Serialize, Serializer};
+use serde_json::json;
 
 use super::fields::InvalidPayload;
 
 /// Which queue a job came from; decides result key and stream names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobKind {
     Deploy,
@@ -41,7 +43,7 @@ impl fmt::Display for JobKind {
 }
 
 /// The contract's error codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     InvalidPayload,
@@ -102,7 +104,7 @@ impl fmt::Display for ErrorCode {
 }
 
 /// A job's outcome: `success` exactly when the result has no `error`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     Success,
@@ -134,10 +136,13 @@ impl fmt::Display for JobStatus {
 }
 
 /// `{"code", "message", "details"}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct JobError {
     pub code: ErrorCode,
+    /// What went wrong, for people; secret values never appear in it.
     pub message: String,
+    /// More about it, e.g. `reason` (`dns`, `refused`, `timed_out` for SSH;
+    /// `not_found`, `forbidden`, ... for a secret), the attempts made.
     #[serde(default)]
     pub details: serde_json::Map<String, serde_json::Value>,
 }
@@ -181,7 +186,8 @@ impl From<&InvalidPayload> for JobError {
 /// Carries `rescued` and `ignored` beyond the contract example's five
 /// counters: ansible's recap prints them, and extra fields are allowed. A
 /// counter missing from a stored result reads as 0.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(description = "One host's line of the PLAY RECAP.")]
 #[serde(default)]
 pub struct HostStats {
     pub ok: u32,
@@ -194,15 +200,16 @@ pub struct HostStats {
 }
 
 /// The first failed task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct FailedTask {
     pub host: String,
     pub task: String,
+    /// Redacted: every resolved secret value replaced by `***`.
     pub message: String,
 }
 
 /// Where the job's time went.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct Timings {
     pub queue_wait_ms: u64,
@@ -253,33 +260,135 @@ impl StoredResult {
 /// the fields past the job's identity, status and times may be absent.
 /// Nested unknown fields are not kept: a result to be passed on as it was
 /// is a `StoredResult`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(
+    title = "JobResult",
+    description = "The one final result of a job (CONTRACT.md section 3), at \
+        deploy:result:<request_id> or provisioner:result:<request_id> (EX 3600) and on \
+        deploy:results or provisioner:results. Readers should ignore fields they do not know: \
+        the contract grows only by optional fields.",
+    transform = result_fields
+)]
 pub struct JobResult {
+    /// The job's request id.
     pub request_id: String,
     pub job: JobKind,
+    /// success exactly when error is null.
     pub status: JobStatus,
+    /// null on success.
     #[serde(default)]
     pub error: Option<JobError>,
+    /// RFC 3339, UTC, exactly three fractional digits and Z.
     #[serde(serialize_with = "rfc3339_millis")]
+    #[schemars(with = "String", extend("format" = "date-time", "pattern" = TIMESTAMP))]
     pub started_at: DateTime<Utc>,
+    /// RFC 3339, UTC, exactly three fractional digits and Z.
     #[serde(serialize_with = "rfc3339_millis")]
+    #[schemars(with = "String", extend("format" = "date-time", "pattern" = TIMESTAMP))]
     pub finished_at: DateTime<Utc>,
     #[serde(default)]
     pub duration_ms: u64,
+    /// Which delivery of the entry ran it: 1, or more after a worker was lost.
     #[serde(default)]
     pub attempt: u32,
+    /// The consumer that ran it (default <hostname>-<pid>).
     #[serde(default)]
     pub worker: String,
+    /// At most the last 64 KiB of the playbook's output, every resolved secret value replaced
+    /// by ***.
     #[serde(default)]
     pub output_tail: String,
+    /// The per-host recap of the playbook, by host; absent if it never ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<BTreeMap<String, HostStats>>,
+    /// The first failed task, or null.
     #[serde(default)]
     pub failed_task: Option<FailedTask>,
     #[serde(default)]
     pub timings: Timings,
     #[serde(flatten)]
+    #[schemars(skip)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `started_at` and `finished_at` as `rfc3339_millis` writes them.
+const TIMESTAMP: &str =
+    "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{3}Z$(?!\\n)";
+
+/// The kind-specific fields `extra` carries, as the contract lists them
+/// (the workflows build them: `workflow::deploy`, `workflow::lifecycle`,
+/// `ci`, `workflow::provision`); all optional, others allowed.
+fn result_fields(schema: &mut Schema) {
+    let sha = "^[0-9a-f]{40}$(?!\\n)";
+    let deploy_only = json!({
+        "project_id": {"type": "string", "format": "uuid",
+            "description": "Deploy results: the job's project_id, lower case."},
+        "action": {"enum": ["deploy", "restart", "stop", "remove", "logs"],
+            "description": "Deploy results: the action run."},
+        "server_ip": {"type": "string",
+            "description": "Deploy results: the server the job connected to."},
+        "port": {"type": "integer", "minimum": 1, "maximum": 65535,
+            "description": "Deploy results: the project's service port."},
+        "url": {"type": "string", "description": "Deploy results: http://<server_ip>:<port>."},
+        "revision": {"type": ["string", "null"], "pattern": sha,
+            "description": "After a deploy: the commit deployed (40 hex), null when unknown."},
+        "previous_revision": {"type": ["string", "null"], "pattern": sha,
+            "description": "After a deploy: the commit running before, null on a first deploy."},
+        "rollback": {
+            "type": "object",
+            "description": "When a failed deploy was rolled back (the job's status stays failed).",
+            "properties": {
+                "performed": {"type": "boolean"},
+                "revision": {"type": "string", "pattern": sha},
+                "status": {"enum": ["success", "failed"]},
+            },
+            "required": ["performed", "revision", "status"],
+        },
+        "ci": {
+            "type": "object",
+            "description": "When setup_ci was asked (contract section 7); a CI failure does not \
+                make a successful deploy failed.",
+            "properties": {
+                "status": {"enum": ["success", "failed", "skipped"]},
+                "secrets": {"type": "array", "items": {"type": "string"},
+                    "description": "The repository secrets stored, by name (DEPLOY_HOST, ...)."},
+                "key_fingerprint": {"type": ["string", "null"],
+                    "description": "SHA256:... of the key stored in DEPLOY_SSH_KEY."},
+                "error": {"anyOf": [{"$ref": "#/$defs/JobError"}, {"type": "null"}]},
+            },
+            "required": ["status", "secrets", "key_fingerprint", "error"],
+        },
+        "server_handle": {"type": "string",
+            "description": "Provision results: the job's server_handle."},
+        "server_status": {
+            "enum": ["new", "provisioning", "ready", "unreachable", "reinstalling",
+                "recovering", "failed", null],
+            "description": "Provision results: the server's status afterwards, null if unknown.",
+        },
+    });
+    let properties = schema
+        .ensure_object()
+        .entry("properties")
+        .or_insert_with(|| json!({}));
+    if let (Some(properties), serde_json::Value::Object(extra)) =
+        (properties.as_object_mut(), deploy_only)
+    {
+        properties.extend(extra);
+    }
+    schema.insert("additionalProperties".into(), true.into());
+    // `JobStatus::of`: success exactly when there is no error.
+    schema.insert(
+        "if".into(),
+        json!({"properties": {"status": {"const": "success"}}}),
+    );
+    schema.insert(
+        "then".into(),
+        json!({"properties": {"error": {"type": "null"}}}),
+    );
+    schema.insert(
+        "else".into(),
+        json!({"properties": {"error": {"type": "object"}}}),
+    );
 }
 
 impl JobResult {
