@@ -1,5 +1,5 @@
 //! The command line: `worker`, `migrate`, `servers`, `dead`, `enqueue`,
-//! `status`, `check-config`.
+//! `status`, `check-config`, `schema`.
 
 use std::path::PathBuf;
 
@@ -60,6 +60,19 @@ pub enum Command {
     /// (still queued, never enqueued, or expired: results and events are
     /// kept an hour).
     Status(StatusArgs),
+    /// Print the contract's JSON Schemas (draft 2020-12): the DeployJob and
+    /// ProvisionJob payloads, the result and the progress event. Needs
+    /// nothing.
+    ///
+    /// Without `--out`, one JSON object keyed by file name on stdout.
+    /// Exit codes: 0 printed or written; 2 a file could not be written.
+    Schema {
+        /// Write `deploy_job.schema.json`, `provision_job.schema.json`,
+        /// `job_result.schema.json` and `job_event.schema.json` into DIR
+        /// (created if missing) instead.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 /// `enqueue` subcommands.

@@ -61,7 +61,9 @@
 //! - `job`: the contract's types; parsing is validation (`job::Job::parse`
 //!   picks the parser by queue). States are enums end to end: `JobKind`,
 //!   `JobStatus`, `ErrorCode`, `EventKind`, spelled by `serde` as the
-//!   contract spells them, parsed back by every reader.
+//!   contract spells them, parsed back by every reader. `job::schema`
+//!   derives the contract's JSON Schemas from the same types (each field
+//!   type's `JsonSchema` beside its parser), committed under `schema/`.
 //! - `workflow`: what each job kind does, step by step; `workflow::admit`
 //!   decides, before a claimed job runs, whether its deploy target is
 //!   allowed and which address its ssh connects to; `workflow::lifecycle`

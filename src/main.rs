@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use infra_service::cli::{Cli, Command};
 use infra_service::config::Settings;
+use infra_service::job::schema;
 use infra_service::operator::{self, OperatorError};
 use infra_service::{daemon, shutdown, telemetry};
 
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
             run_worker(settings)
         }
         Command::CheckConfig { config, json } => check_config(config.path(), json),
+        Command::Schema { out } => write_schemas(out.as_deref()),
         Command::Migrate(args) => run_once(args.path(), |settings| async move {
             operator::migrate(&settings).await.map(|()| 0)
         }),
@@ -77,6 +79,33 @@ fn check_config(config: Option<&std::path::Path>, json: bool) -> ExitCode {
         println!("configuration OK\n{settings:#?}");
     }
     ExitCode::SUCCESS
+}
+
+/// `schema`: the four schemas as one object on stdout, or one file each
+/// in `out`.
+fn write_schemas(out: Option<&std::path::Path>) -> ExitCode {
+    let Some(dir) = out else {
+        print!("{}", schema::bundle());
+        return ExitCode::SUCCESS;
+    };
+    let written = std::fs::create_dir_all(dir).and_then(|()| {
+        schema::files().into_iter().try_for_each(|file| {
+            let path = dir.join(file.name);
+            std::fs::write(&path, file.text)?;
+            println!("{}", path.display());
+            Ok(())
+        })
+    });
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!(
+                "infra-service: cannot write the schemas to {}: {e}",
+                dir.display()
+            );
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
 }
 
 /// Runs a one-shot operator command with its own small runtime; `Ok` holds

@@ -2,6 +2,7 @@
 //! sections 1 and 3). Pure: no I/O. A stream entry's payload becomes a
 //! `DeployJob` or `ProvisionJob` only through `parse`, so later code can rely
 //! on every rule holding; `Job` is either, as a queue entry becomes one.
+//! `schema` states the same rules as JSON Schema for other languages.
 
 mod deploy;
 mod entry;
@@ -10,6 +11,7 @@ mod fields;
 mod payload;
 mod provision;
 mod result;
+pub mod schema;
 
 pub use deploy::DeployJob;
 #[cfg(test)]
