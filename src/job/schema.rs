@@ -90,3 +90,6 @@ fn pretty(mut value: Value) -> String {
     text.push('\n');
     text
 }
+
+#[cfg(test)]
+mod tests;
