@@ -140,3 +140,62 @@ fn output_into_a_closed_pipe_ends_quietly() {
         out.status
     );
 }
+
+#[test]
+fn schema_writes_the_committed_schemas_into_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("new");
+    let out = infra_service()
+        .args(["schema", "--out"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let committed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schema");
+    for name in [
+        "deploy_job.schema.json",
+        "provision_job.schema.json",
+        "job_result.schema.json",
+        "job_event.schema.json",
+    ] {
+        let written = std::fs::read_to_string(out_dir.join(name)).unwrap();
+        let expected = std::fs::read_to_string(committed.join(name)).unwrap();
+        assert!(
+            written == expected,
+            "schema/{name} is stale: regenerate with `cargo run -- schema --out schema`"
+        );
+    }
+}
+
+#[test]
+fn schema_without_out_prints_the_four_keyed_by_file_name() {
+    let out = infra_service().arg("schema").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&String> = all.as_object().unwrap().keys().collect();
+    assert_eq!(
+        names,
+        [
+            "deploy_job.schema.json",
+            "job_event.schema.json",
+            "job_result.schema.json",
+            "provision_job.schema.json",
+        ]
+    );
+    assert_eq!(
+        all["deploy_job.schema.json"]["$id"],
+        "https://infra-service/schema/v1/deploy_job.schema.json"
+    );
+}
+
+#[test]
+fn schema_into_a_directory_it_cannot_create_exits_2() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let out = infra_service()
+        .args(["schema", "--out"])
+        .arg(file.path().join("sub"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot write the schemas"));
+}
