@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from infra_client import JobFailed, JobKind, Keys, Timeout, UnreadableResult
-from infra_client import protocol
+from infra_client import JobFailed, JobKind, Keys, Timeout, UnreadableResult, protocol
 from infra_client.protocol import Call, Emit, Plan
 
 KEYS = Keys("t:")
@@ -18,15 +17,25 @@ KEYS = Keys("t:")
 
 def result_json(request_id: str, status: str = "success", **extra: Any) -> str:
     body: dict[str, Any] = {
-        "request_id": request_id, "job": "deploy", "status": status,
-        "started_at": "2026-11-23T10:00:00.123Z", "finished_at": "2026-11-23T10:01:12.456Z",
-        "duration_ms": 72333, "attempt": 1, "worker": "w-1", "output_tail": "",
-        "failed_task": None, "timings": {"queue_wait_ms": 1, "preflight_ms": 2, "playbook_ms": 3},
+        "request_id": request_id,
+        "job": "deploy",
+        "status": status,
+        "started_at": "2026-11-23T10:00:00.123Z",
+        "finished_at": "2026-11-23T10:01:12.456Z",
+        "duration_ms": 72333,
+        "attempt": 1,
+        "worker": "w-1",
+        "output_tail": "",
+        "failed_task": None,
+        "timings": {"queue_wait_ms": 1, "preflight_ms": 2, "playbook_ms": 3},
         "error": None,
     }
     if status == "failed":
-        body["error"] = {"code": "playbook_failed", "message": "task x failed",
-                         "details": {"task": "x"}}
+        body["error"] = {
+            "code": "playbook_failed",
+            "message": "task x failed",
+            "details": {"task": "x"},
+        }
     body.update(extra)
     return json.dumps(body)
 
@@ -67,8 +76,9 @@ class FakeRedis:
     def xadd(self, stream: str, fields: dict[str, Any]) -> bytes:
         self.seq += 1
         entry_id = f"{self.seq}-0"
-        encoded = {k.encode(): (v if isinstance(v, bytes) else str(v).encode())
-                   for k, v in fields.items()}
+        encoded = {
+            k.encode(): (v if isinstance(v, bytes) else str(v).encode()) for k, v in fields.items()
+        }
         self.streams.setdefault(stream, []).append((entry_id, encoded))
         return entry_id.encode()
 
@@ -78,8 +88,9 @@ class FakeRedis:
     def _after(self, streams: dict[str, str], count: int) -> list[Any]:
         out = []
         for stream, after in streams.items():
-            newer = [(i.encode(), f) for i, f in self.streams.get(stream, [])
-                     if _id(i) > _id(after)][:count]
+            newer = [
+                (i.encode(), f) for i, f in self.streams.get(stream, []) if _id(i) > _id(after)
+            ][:count]
             if newer:
                 out.append([stream.encode(), newer])
         return out
@@ -152,7 +163,8 @@ def test_a_failed_result_raises_job_failed_with_its_code_details_and_result() ->
     fake.publish("d1", result_json("d1", "failed", rollback=rollback))
     with pytest.raises(JobFailed) as failed:
         wait(fake, "d1")
-    assert failed.value.code is not None and failed.value.code.value == "playbook_failed"
+    assert failed.value.code is not None
+    assert failed.value.code.value == "playbook_failed"
     assert failed.value.details == {"task": "x"}
     assert failed.value.result.rollback is not None
     assert failed.value.result.rollback.performed
@@ -210,14 +222,22 @@ def test_events_time_out_when_nothing_comes() -> None:
 def test_dead_letters_are_read_oldest_first_with_their_kind() -> None:
     fake = FakeRedis()
     for n in (1, 2):
-        fake.xadd(KEYS.dead_letters(), {
-            "reason": f"port: must be an integer 1-65535, got {n}",
-            "stream": KEYS.queue(JobKind.DEPLOY), "entry_id": f"{n}-0", "request_id": "",
-            "worker": "w-1", "dead_at": "2026-11-23T10:00:00.123Z", "payload": b"\xff",
-        })
+        fake.xadd(
+            KEYS.dead_letters(),
+            {
+                "reason": f"port: must be an integer 1-65535, got {n}",
+                "stream": KEYS.queue(JobKind.DEPLOY),
+                "entry_id": f"{n}-0",
+                "request_id": "",
+                "worker": "w-1",
+                "dead_at": "2026-11-23T10:00:00.123Z",
+                "payload": b"\xff",
+            },
+        )
     letters = run(fake, protocol.dead_letters(KEYS, 10))[0]
     assert [d.entry_id for d in letters] == ["1-0", "2-0"]
     assert letters[0].kind is JobKind.DEPLOY
     assert letters[0].request_id is None
     assert letters[0].payload == b"\xff"
-    assert letters[0].dead_at is not None and letters[0].dead_at.year == 2026
+    assert letters[0].dead_at is not None
+    assert letters[0].dead_at.year == 2026

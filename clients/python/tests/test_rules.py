@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import INVALID, VALID
 
-from infra_client import DeployJob, InvalidPayload, JobKind, ProvisionJob
-from infra_client import rules
+from conftest import INVALID, VALID
+from infra_client import DeployJob, InvalidPayload, JobKind, ProvisionJob, rules
 
 
 def parse(kind: str, payload: Any) -> DeployJob | ProvisionJob:
@@ -73,8 +72,18 @@ def test_a_payload_that_is_not_a_mapping_is_refused() -> None:
 
 @pytest.mark.parametrize(
     "address",
-    ["203.0.113.10", "2001:db8::1", "::1", "::ffff:1.2.3.4", "example.com", "example.com.",
-     "vps-1", "a1.b-2.c3", "localhost", "1.2.3.4a"],
+    [
+        "203.0.113.10",
+        "2001:db8::1",
+        "::1",
+        "::ffff:1.2.3.4",
+        "example.com",
+        "example.com.",
+        "vps-1",
+        "a1.b-2.c3",
+        "localhost",
+        "1.2.3.4a",
+    ],
 )
 def test_addresses_the_worker_accepts(address: str) -> None:
     assert rules.check_address(address) is None
@@ -82,8 +91,23 @@ def test_addresses_the_worker_accepts(address: str) -> None:
 
 @pytest.mark.parametrize(
     "address",
-    ["", ".", "-a.com", "a-.com", "a..com", "a.com..", "a_b.com", "a b", "[::1]",
-     "fe80::1%eth0", "user@host", "host:22", "10.0.0.256", "1.2.3", "a" * 64 + ".com"],
+    [
+        "",
+        ".",
+        "-a.com",
+        "a-.com",
+        "a..com",
+        "a.com..",
+        "a_b.com",
+        "a b",
+        "[::1]",
+        "fe80::1%eth0",
+        "user@host",
+        "host:22",
+        "10.0.0.256",
+        "1.2.3",
+        "a" * 64 + ".com",
+    ],
 )
 def test_addresses_the_worker_refuses(address: str) -> None:
     assert rules.check_address(address) == rules.ADDRESS_RULE
@@ -91,8 +115,32 @@ def test_addresses_the_worker_refuses(address: str) -> None:
 
 @pytest.mark.parametrize(
     "ref",
-    ["", "@", "a..b", "a b", "a~1", "a^", "a:b", "a?", "a*", "a[b", "a\\b", "a@{1}", "a\x7f",
-     "a\tb", "/a", "a/", "a//b", "a.", ".a", "a/.b", "a.lock", "a.lock/b", "x{%b", "r" * 256],
+    [
+        "",
+        "@",
+        "a..b",
+        "a b",
+        "a~1",
+        "a^",
+        "a:b",
+        "a?",
+        "a*",
+        "a[b",
+        "a\\b",
+        "a@{1}",
+        "a\x7f",
+        "a\tb",
+        "/a",
+        "a/",
+        "a//b",
+        "a.",
+        ".a",
+        "a/.b",
+        "a.lock",
+        "a.lock/b",
+        "x{%b",
+        "r" * 256,
+    ],
 )
 def test_git_refs_the_worker_refuses(ref: str) -> None:
     assert rules.git_ref_violation(ref) is not None
@@ -112,7 +160,11 @@ def test_the_model_schema_publishes_the_rules_patterns() -> None:
     assert props["port"]["maximum"] == 65535
     assert props["modules"]["items"]["pattern"] == rules.MODULE_PATTERN
     assert set(DeployJob.model_json_schema()["required"]) == {
-        "request_id", "project_id", "repo_full_name", "server_ip", "port",
+        "request_id",
+        "project_id",
+        "repo_full_name",
+        "server_ip",
+        "port",
     }
     assert ProvisionJob.model_json_schema()["required"] == ["server_handle"]
 
