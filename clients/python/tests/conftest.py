@@ -33,6 +33,12 @@ def table(name: str) -> list[dict[str, Any]]:
     return rows
 
 
+def same_field(ours: str, table_field: str) -> bool:
+    """Whether the field a refusal names is the table's: equal, or an
+    element (``modules[1]``, as the worker names it) of the table's field."""
+    return ours == table_field or ours.split("[", 1)[0] == table_field
+
+
 INVALID = table("invalid_payloads.json")
 VALID = table("valid_payloads.json")
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conftest import INVALID, WorkerEnv
+from conftest import INVALID, WorkerEnv, same_field
 from infra_client import (
     AsyncInfraClient,
     DeployJob,
@@ -85,7 +85,7 @@ def test_an_invalid_payload_is_refused_locally_and_by_the_worker_with_the_same_r
     # Arrange / Act: refused locally, nothing enqueued.
     with pytest.raises(InvalidPayload) as local:
         enqueue(payload)
-    assert local.value.field == case["field"]
+    assert same_field(local.value.field, case["field"]), local.value.field
     assert len(client.redis.xrange(client.keys.queue(kind))) == before
 
     # Act: the same payload, raw.
