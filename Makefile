@@ -38,7 +38,8 @@ test:
 lint:
 	$(call prepare,lint)
 	cd clients/python && ruff check . && ruff format --check . && mypy --strict
-	cd clients/python && python3 -m build --wheel --no-isolation --outdir "$$(mktemp -d)"
+	out=$$(mktemp -d) && cd clients/python && python3 -m build --wheel --no-isolation --outdir "$$out" \
+		&& ls "$$out"/*.whl && rm -rf "$$out"
 	python3 .ci/k8s-validate.py
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from .errors import JobFailed, Timeout, UnreadableResult
+from .errors import InvalidPayload, JobFailed, Timeout, UnreadableResult
 from .keys import Keys
 from .models import DeadLetter, DeployJob, JobEvent, JobKind, JobResult, ProvisionJob
 from .rules import MAX_PAYLOAD_BYTES
@@ -163,8 +163,6 @@ def enqueue(keys: Keys, job: DeployJob | ProvisionJob) -> Plan[str]:
     body = job.to_json()
     size = len(body.encode())
     if size > MAX_PAYLOAD_BYTES:
-        from .errors import InvalidPayload
-
         raise InvalidPayload(
             kind, "payload", f"{size} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit"
         )
