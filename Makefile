@@ -21,7 +21,7 @@ endif
 
 prepare = $(if $(filter 0,$(PREPARE)),@:,scripts/prepare $(1))
 
-.PHONY: test lint run docker-check bench
+.PHONY: test lint run docker-check bench pyclient-test
 
 ## test: every test target against the local Redis and Postgres that
 ## scripts/prepare starts (set TEST_REDIS_URL / TEST_DATABASE_URL for others);
@@ -33,9 +33,13 @@ test:
 	$(CARGO) test --all-targets
 
 ## lint: formatting, clippy with warnings as errors, ansible-lint on ansible/,
-## the Kubernetes manifests validated offline (deploy/k8s/).
+## the Kubernetes manifests validated offline (deploy/k8s/), the Python
+## client (ruff, mypy --strict, its wheel built).
 lint:
 	$(call prepare,lint)
+	cd clients/python && ruff check . && ruff format --check . && mypy --strict
+	out=$$(mktemp -d) && cd clients/python && python3 -m build --wheel --no-isolation --outdir "$$out" \
+		&& ls "$$out"/*.whl && rm -rf "$$out"
 	python3 .ci/k8s-validate.py
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
@@ -50,6 +54,11 @@ lint:
 ## BENCH_RUNS=N runs per figure; `make bench ITEMS="dispatch memory"` for some.
 bench:
 	$(CARGO) bench --bench bench -- $(ITEMS)
+
+## pyclient-test: the Python client's own tests alone (those against the
+## worker skip; `cargo test --test suite python_client` runs them all).
+pyclient-test:
+	cd clients/python && python3 -m pytest -q -p no:cacheprovider
 
 ## run: a worker against local Redis 127.0.0.1:6379 and Postgres
 ## 127.0.0.1:5432 (started, and installed as root, if they do not answer); it

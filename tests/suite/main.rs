@@ -26,6 +26,7 @@ mod postgres_tls;
 mod progress;
 mod provider;
 mod provision;
+mod python_client;
 mod redis_tls;
 mod sentinel;
 mod server_lock;
