@@ -20,16 +20,14 @@ from infra_client import AsyncInfraClient, InfraClient
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
-#: The shared tables (the schema branch's), else this client's provisional copy.
+#: The tables the worker's and the schema's tests read too.
 CONTRACT_FIXTURES = REPO / "tests" / "fixtures" / "contract"
 SCHEMA_DIR = REPO / "schema"
 
 
 def table(name: str) -> list[dict[str, Any]]:
-    """``tests/fixtures/contract/<name>`` if present, else ``tests/data/<name>``."""
-    shared = CONTRACT_FIXTURES / name
-    path = shared if shared.exists() else HERE / "data" / name
-    rows: list[dict[str, Any]] = json.loads(path.read_text())
+    """The shared table ``tests/fixtures/contract/<name>``."""
+    rows: list[dict[str, Any]] = json.loads((CONTRACT_FIXTURES / name).read_text())
     return rows
 
 
