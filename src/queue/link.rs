@@ -183,14 +183,21 @@ impl Link {
     }
 }
 
+impl Pinned {
+    /// Passes a reply on, after letting the link judge its error.
+    async fn seen<T>(&self, reply: redis::RedisResult<T>) -> redis::RedisResult<T> {
+        if let Err(e) = &reply {
+            self.link.after_error(self.generation, e).await;
+        }
+        reply
+    }
+}
+
 impl ConnectionLike for Pinned {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             let reply = self.conn.req_packed_command(cmd).await;
-            if let Err(e) = &reply {
-                self.link.after_error(self.generation, e).await;
-            }
-            reply
+            self.seen(reply).await
         })
     }
 
@@ -202,10 +209,7 @@ impl ConnectionLike for Pinned {
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
             let reply = self.conn.req_packed_commands(pipeline, offset, count).await;
-            if let Err(e) = &reply {
-                self.link.after_error(self.generation, e).await;
-            }
-            reply
+            self.seen(reply).await
         })
     }
 

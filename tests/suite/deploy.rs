@@ -711,23 +711,8 @@ async fn with_ssh_preflight_off_a_deploy_to_a_host_where_nothing_listens_runs_it
     // Arrange: nothing listens on port 1 of 127.0.0.1, so a probe would end
     // in ssh_unreachable; the stub playbook never connects anywhere (the
     // world's sshd is on another port and never used).
-    let stub_dir = tempfile::tempdir().expect("stub dir");
-    let stub = stub_dir.path().join("ansible-playbook");
-    std::fs::write(
-        &stub,
-        "#!/bin/sh\necho 'PLAY RECAP ***'\n\
-         echo '127.0.0.1 : ok=1 changed=0 unreachable=0 failed=0 skipped=0 rescued=0 ignored=0'\n",
-    )
-    .expect("write stub");
-    std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod stub");
     let w = World::start(TestHost::start().await, TestRedis::new().await, |worker| {
-        worker
-            .set("ansible.playbook_bin", stub.to_string_lossy())
-            // A stub is not Ansible: the warm controller would not run it.
-            .set("ansible.controller", "cold")
-            .set("ansible.ssh_port", 1)
-            .set("ssh.preflight", false)
+        worker.stub_playbook()
     })
     .await;
     let id = unique_request_id("nopreflight");

@@ -15,24 +15,8 @@ const PYTEST_TIMEOUT: Duration = Duration::from_secs(600);
 async fn the_python_client_passes_its_tests_against_the_worker() {
     // Arrange: the real deploy world, and the fast one with a stub playbook.
     let w = world("deploy_digest.yml", 4).await;
-    let stub_dir = tempfile::tempdir().expect("stub dir");
-    let stub = stub_dir.path().join("ansible-playbook");
-    std::fs::write(
-        &stub,
-        "#!/bin/sh\necho 'PLAY RECAP ***'\n\
-         echo '127.0.0.1 : ok=1 changed=0 unreachable=0 failed=0 skipped=0 rescued=0 ignored=0'\n",
-    )
-    .expect("write stub");
-    std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod stub");
     let fast = World::start(TestHost::start().await, TestRedis::new().await, |worker| {
-        worker
-            .set("ansible.playbook_bin", stub.to_string_lossy())
-            // A stub is not Ansible: the warm controller would not run it.
-            .set("ansible.controller", "cold")
-            .set("ansible.ssh_port", 1)
-            .set("ssh.preflight", false)
-            .concurrency(16)
+        worker.stub_playbook().concurrency(16)
     })
     .await;
     let client_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/python");

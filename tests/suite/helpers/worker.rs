@@ -246,6 +246,22 @@ impl Drop for TestWorker {
     }
 }
 
+/// `ansible.playbook_bin` until `spawn` writes the stub `stub_playbook` asks for.
+const STUB_PLAYBOOK_MARK: &str = "<recap stub>";
+
+/// Writes the stub `stub_playbook` runs into `dir`; its path.
+fn write_recap_stub(dir: &std::path::Path) -> PathBuf {
+    let stub = dir.join("ansible-playbook");
+    std::fs::write(
+        &stub,
+        "#!/bin/sh\necho 'PLAY RECAP ***'\n\
+         echo '127.0.0.1 : ok=1 changed=0 unreachable=0 failed=0 skipped=0 rescued=0 ignored=0'\n",
+    )
+    .expect("write stub");
+    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).expect("chmod stub");
+    stub
+}
+
 impl TestWorkerBuilder {
     /// Sets any config key, `section.key`, e.g. `set("worker.concurrency", 8)`.
     pub fn set(mut self, key: &str, value: impl Into<Value>) -> Self {
@@ -266,6 +282,19 @@ impl TestWorkerBuilder {
     /// `worker.concurrency`.
     pub fn concurrency(self, n: usize) -> Self {
         self.set("worker.concurrency", n)
+    }
+
+    /// Runs a stub instead of Ansible: a shell script that prints a
+    /// one-task recap for 127.0.0.1 and succeeds, started cold (a stub is
+    /// not Ansible: the warm controller would not run it), with no SSH
+    /// probe (the target's port is 1, where nothing listens). Each job
+    /// still goes through claim, lock, run and publish, for a fraction of
+    /// a real playbook's cost.
+    pub fn stub_playbook(self) -> Self {
+        self.set("ansible.controller", "cold")
+            .set("ansible.ssh_port", 1)
+            .set("ssh.preflight", false)
+            .set("ansible.playbook_bin", STUB_PLAYBOOK_MARK)
     }
 
     /// `ansible.deploy_playbook`: a fixture name or an absolute path.
@@ -310,6 +339,13 @@ impl TestWorkerBuilder {
             write_secret(&secrets, name, contents);
         }
         let mut settings = self.settings;
+        if settings.get("ansible.playbook_bin") == Some(&Value::from(STUB_PLAYBOOK_MARK)) {
+            let stub = write_recap_stub(dir.path());
+            settings.insert(
+                "ansible.playbook_bin".to_owned(),
+                Value::from(stub.to_string_lossy()),
+            );
+        }
         let db = if settings.contains_key("postgres.url") {
             None
         } else {
