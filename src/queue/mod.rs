@@ -6,6 +6,7 @@
 mod caller;
 mod dead;
 mod endpoint;
+mod inspect;
 mod link;
 mod names;
 mod reader;
@@ -14,6 +15,7 @@ mod scripts;
 pub use caller::Caller;
 pub use dead::{DeadLetterEntry, DeadLetterPage, DeadLetters, ReplayError};
 pub use endpoint::Endpoint;
+pub use inspect::{ConsumerInfo, GroupInfo, Inspector, QueueInfo};
 pub use link::{Link, Pinned};
 pub use names::Names;
 pub use reader::Reader;
