@@ -1754,7 +1754,16 @@ mod tests {
         for listen in ["0.0.0.0:9188", "10.1.2.3:9188", "[::]:9188"] {
             let text = format!("{REQUIRED}[console]\nlisten = \"{listen}\"\n");
             let err = load_toml(&text).unwrap_err();
-            assert!(matches!(err, ConfigError::Key { key: "console.token_ref", .. }), "{err}");
+            assert!(
+                matches!(
+                    err,
+                    ConfigError::Key {
+                        key: "console.token_ref",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
             assert!(err.to_string().contains("console.listen"), "{err}");
         }
         let text = format!(

@@ -118,8 +118,12 @@ mod tests {
         assert_eq!(record["secrets_ref"], "file:projects/app.env");
         assert_eq!(record["port"], 8080);
         assert_eq!(record["project_name"], "app");
-        let job = Job::parse(JobKind::Provision, Some(br#"{"server_handle":"vps-1"}"#), "5-0")
-            .unwrap();
+        let job = Job::parse(
+            JobKind::Provision,
+            Some(br#"{"server_handle":"vps-1"}"#),
+            "5-0",
+        )
+        .unwrap();
         assert_eq!(job.to_payload()["request_id"], "5-0");
     }
 

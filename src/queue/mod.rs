@@ -12,7 +12,7 @@ mod names;
 mod reader;
 mod scripts;
 
-pub use caller::Caller;
+pub use caller::{Caller, EventEntry};
 pub use dead::{DeadLetterEntry, DeadLetterPage, DeadLetters, ReplayError};
 pub use endpoint::Endpoint;
 pub use inspect::{ConsumerInfo, GroupInfo, Inspector, QueueInfo};
