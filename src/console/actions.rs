@@ -120,7 +120,7 @@ pub(crate) async fn replay(
     tracing::info!(
         action = "dead_replay",
         who = %viewer.who,
-        target = %id,
+        subject = %id,
         remote = %remote,
         stream = %console.letters.names().unprefixed(&replayed.stream),
         entry_id = %replayed.entry_id,
@@ -188,7 +188,7 @@ pub(crate) async fn reset_host_key(
     tracing::info!(
         action = "reset_host_key",
         who = %viewer.who,
-        target = %handle,
+        subject = %handle,
         remote = %remote,
         "console action"
     );

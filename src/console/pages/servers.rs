@@ -101,7 +101,7 @@ fn row(console: &Console, server: &Server) -> String {
         .as_deref()
         .and_then(fingerprints)
         .unwrap_or_else(|| "none".to_owned());
-    let action = if console.allow_actions && server.host_key.is_some() {
+    let action = if console.allow_actions {
         format!(
             "<a data-action=\"reset-host-key\" href=\"/servers/{}/reset-host-key\">Reset host key…</a>",
             url_part(&server.handle)
