@@ -11,6 +11,7 @@
 //! `SystemUser` names (and finally removes) an account a play creates.
 
 mod ansible_run;
+mod console;
 mod containers;
 mod db;
 mod fake_api;
@@ -35,6 +36,7 @@ pub use ansible_run::{
     PlaybookRun, StubState, compose_work_tree, free_port, git, give_to_login_user, install_stubs,
     login_user_dir, run_playbook, stubbed_host,
 };
+pub use console::TestConsole;
 pub use db::TestDb;
 pub use fake_api::serve_on_loopback;
 pub use host::{SshOutput, TestHost};
