@@ -374,7 +374,7 @@ fn write_secret(dir: &Path, name: &Path, contents: &[u8]) {
 
 /// `section.key = value` pairs as TOML tables. JSON string escapes are valid
 /// TOML basic-string escapes, so `Value`'s rendering serves for scalars.
-fn render_toml(settings: &BTreeMap<String, Value>) -> String {
+pub(super) fn render_toml(settings: &BTreeMap<String, Value>) -> String {
     let mut sections: BTreeMap<&str, Vec<(&str, &Value)>> = BTreeMap::new();
     for (key, value) in settings {
         let (section, name) = key.split_once('.').expect("section.key");
