@@ -1,5 +1,5 @@
 //! The command line: `worker`, `migrate`, `servers`, `dead`, `enqueue`,
-//! `status`, `check-config`, `schema`.
+//! `status`, `console`, `check-config`, `schema`.
 
 use std::path::PathBuf;
 
@@ -60,6 +60,14 @@ pub enum Command {
     /// (still queued, never enqueued, or expired: results and events are
     /// kept an hour).
     Status(StatusArgs),
+    /// Serve the operator console (`console.listen`, default
+    /// 127.0.0.1:9188) until SIGTERM/SIGINT. Needs Redis and Postgres.
+    ///
+    /// Read-only unless `console.allow_actions = true`; a login with the
+    /// `console.token_ref` token whenever that is set (required off
+    /// loopback). Exit codes: 0 stopped; 1 bad configuration; 2 Redis,
+    /// Postgres or the listen address failed.
+    Console(ConfigArgs),
     /// Print the contract's JSON Schemas (draft 2020-12): the DeployJob and
     /// ProvisionJob payloads, the result and the progress event. Needs
     /// nothing.

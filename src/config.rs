@@ -35,6 +35,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub heartbeat: HeartbeatSettings,
     pub policy: PolicySettings,
+    pub console: ConsoleSettings,
 }
 
 /// Where the queues live and who this worker is among its peers.
@@ -559,6 +560,20 @@ pub struct HttpSettings {
     pub listen: SocketAddr,
 }
 
+/// The operator console (`infra-service console`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsoleSettings {
+    /// Where the console is served; port 0 picks a free one (logged as
+    /// `listen` on "console listening"). Not loopback only with `token_ref`.
+    pub listen: SocketAddr,
+    /// Whether the console may replay dead letters and reset host keys;
+    /// read-only when false.
+    pub allow_actions: bool,
+    /// The login token's reference (`env:` or `file:`); without it there is
+    /// no login, which only a loopback `listen` allows.
+    pub token_ref: Option<String>,
+}
+
 /// The ops heartbeat file, by the ops docs' convention
 /// `./tmp/<service>.heartbeat`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -687,6 +702,8 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("ci.deploy_user", "ci"),
     ("log.level", "info"),
     ("http.listen", "127.0.0.1:9187"),
+    ("console.listen", "127.0.0.1:9188"),
+    ("console.allow_actions", "false"),
     ("heartbeat.path", "tmp/infra_service.heartbeat"),
     ("heartbeat.interval_secs", "10"),
 ];
@@ -767,6 +784,7 @@ struct RawSettings {
     heartbeat: HeartbeatSettings,
     #[serde(default)]
     policy: RawPolicy,
+    console: RawConsole,
 }
 
 #[derive(Deserialize)]
@@ -864,6 +882,14 @@ struct RawHttp {
     listen: String,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsole {
+    listen: String,
+    allow_actions: bool,
+    token_ref: Option<String>,
+}
+
 /// `Err` naming `key` unless `ok`.
 fn ensure(ok: bool, key: &'static str, problem: &str) -> Result<(), ConfigError> {
     if ok {
@@ -906,6 +932,7 @@ impl RawSettings {
         self.ci.check(&self.ansible)?;
         let http = self.http.check()?;
         let policy = self.policy.check()?;
+        let console = self.console.check()?;
         ensure(
             self.heartbeat.interval_secs > 0,
             "heartbeat.interval_secs",
@@ -927,6 +954,7 @@ impl RawSettings {
             http,
             heartbeat: self.heartbeat,
             policy,
+            console,
         })
     }
 }
@@ -1509,6 +1537,29 @@ impl RawHttp {
     }
 }
 
+impl RawConsole {
+    fn check(self) -> Result<ConsoleSettings, ConfigError> {
+        let listen: SocketAddr = self.listen.parse().map_err(|_| ConfigError::Key {
+            key: "console.listen",
+            problem: "must be an IP address and port (e.g. 127.0.0.1:9188)".to_owned(),
+        })?;
+        let token_ref = login_ref("console.token_ref", &self.token_ref)?;
+        // Anyone who can reach a non-loopback address could otherwise read
+        // (and, with actions, act) without a login.
+        ensure(
+            token_ref.is_some() || listen.ip().is_loopback(),
+            "console.token_ref",
+            "is required when console.listen is not a loopback address \
+             (127.0.0.0/8 or ::1): set it, or listen on 127.0.0.1",
+        )?;
+        Ok(ConsoleSettings {
+            listen,
+            allow_actions: self.allow_actions,
+            token_ref,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1688,6 +1739,48 @@ mod tests {
     fn an_empty_heartbeat_path_disables_it() {
         let s = load_toml(&format!("{REQUIRED}[heartbeat]\npath = \"\"\n")).unwrap();
         assert_eq!(s.heartbeat.file(), None);
+    }
+
+    #[test]
+    fn the_console_listens_on_loopback_read_only_without_a_login_by_default() {
+        let s = load_toml(REQUIRED).unwrap();
+        assert_eq!(s.console.listen, "127.0.0.1:9188".parse().unwrap());
+        assert!(!s.console.allow_actions);
+        assert_eq!(s.console.token_ref, None);
+    }
+
+    #[test]
+    fn a_console_off_loopback_needs_a_token() {
+        for listen in ["0.0.0.0:9188", "10.1.2.3:9188", "[::]:9188"] {
+            let text = format!("{REQUIRED}[console]\nlisten = \"{listen}\"\n");
+            let err = load_toml(&text).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ConfigError::Key {
+                        key: "console.token_ref",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            assert!(err.to_string().contains("console.listen"), "{err}");
+        }
+        let text = format!(
+            "{REQUIRED}[console]\nlisten = \"0.0.0.0:9188\"\ntoken_ref = \"env:CONSOLE_TOKEN\"\n"
+        );
+        let s = load_toml(&text).unwrap();
+        assert_eq!(s.console.token_ref.as_deref(), Some("env:CONSOLE_TOKEN"));
+        for listen in ["127.0.0.2:1", "[::1]:0"] {
+            let text = format!("{REQUIRED}[console]\nlisten = \"{listen}\"\n");
+            assert!(load_toml(&text).is_ok(), "{listen}");
+        }
+    }
+
+    #[test]
+    fn the_console_token_is_an_env_or_file_reference() {
+        let text = format!("{REQUIRED}[console]\ntoken_ref = \"vault:secret/c#t\"\n");
+        assert_eq!(refused_key(&text), "console.token_ref");
     }
 
     #[test]

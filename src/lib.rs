@@ -41,6 +41,12 @@
 //! - `cli`, `operator`: the command line and the one-shot operator commands
 //!   (`enqueue`, `status` and `dead` need Redis only, via `queue::Caller`
 //!   and `queue::DeadLetters`).
+//! - `console`: the operator console in the browser (`infra-service
+//!   console`): server-rendered pages over the queues, the ledger and the
+//!   servers, live progress by Server-Sent Events; read-only unless
+//!   `console.allow_actions`, a login by token off loopback, CSRF on every
+//!   POST; every text it shows is redacted and escaped. Reads through
+//!   `store` and `queue` (`queue::Inspector`) like any other caller.
 //! - `daemon`: builds the clients, starts the orphan reaper, and runs the
 //!   worker until the stop signal.
 //! - `http`: `/metrics`, `/healthz`, `/readyz`; `heartbeat`: the ops file
@@ -154,6 +160,7 @@ pub(crate) mod ansible;
 pub mod ci;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod github;
 pub(crate) mod heartbeat;

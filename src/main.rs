@@ -10,7 +10,7 @@ use infra_service::cli::{Cli, Command};
 use infra_service::config::Settings;
 use infra_service::job::schema;
 use infra_service::operator::{self, OperatorError};
-use infra_service::{daemon, shutdown, telemetry};
+use infra_service::{console, daemon, shutdown, telemetry};
 
 const EXIT_CONFIG: u8 = 1;
 const EXIT_RUNTIME: u8 = 2;
@@ -24,7 +24,7 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    if !matches!(cli.command, Command::Worker(_)) {
+    if !matches!(cli.command, Command::Worker(_) | Command::Console(_)) {
         stop_quietly_on_a_closed_pipe();
     }
     match cli.command {
@@ -35,6 +35,14 @@ fn main() -> ExitCode {
             };
             telemetry::init(&settings.log);
             run_worker(settings)
+        }
+        Command::Console(args) => {
+            let settings = match Settings::load(args.path()) {
+                Ok(settings) => settings,
+                Err(e) => return config_failure(&e),
+            };
+            telemetry::init(&settings.log);
+            run_console(settings)
         }
         Command::CheckConfig { config, json } => check_config(config.path(), json),
         Command::Schema { out } => write_schemas(out.as_deref()),
@@ -154,6 +162,23 @@ fn run_worker(settings: Settings) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error.message = %e, error.cause_chain = ?e, "worker failed");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+fn run_console(settings: Settings) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("infra-service: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    match runtime.block_on(console::run(settings, shutdown::signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error.message = %e, error.cause_chain = ?e, "console failed");
             ExitCode::from(EXIT_RUNTIME)
         }
     }

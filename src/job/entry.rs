@@ -49,6 +49,35 @@ impl Job {
         }
     }
 
+    /// The job's fields under their contract names, as parsed: secret
+    /// fields as the references the payload gave, never values. What the
+    /// ledger keeps of the payload, for the operator console.
+    pub fn to_payload(&self) -> serde_json::Value {
+        match self {
+            Job::Deploy(job) => serde_json::json!({
+                "request_id": job.request_id,
+                "project_id": job.project_id.hyphenated().to_string(),
+                "project_name": job.project_name,
+                "repo_full_name": job.repo_full_name,
+                "branch": job.branch,
+                "server_ip": job.server_ip,
+                "port": job.port,
+                "modules": serde_json::Value::from_iter(job.modules.iter().map(|m| m.as_str())),
+                "github_token_ref": job.github_token_ref,
+                "secrets_ref": job.secrets_ref,
+                "action": job.action.as_str(),
+                "setup_ci": job.setup_ci,
+                "health_path": job.health_path,
+            }),
+            Job::Provision(job) => serde_json::json!({
+                "request_id": job.request_id,
+                "server_handle": job.server_handle,
+                "force_reinstall": job.force_reinstall,
+                "is_recovery": job.is_recovery,
+            }),
+        }
+    }
+
     /// A deploy's project id.
     pub fn project_id(&self) -> Option<String> {
         match self {
@@ -77,6 +106,26 @@ pub fn readable_request_id(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jobs_payload_record_keeps_references_as_references() {
+        let payload = br#"{"request_id":"r1","project_id":"7f1c0e2a-8a4b-4f7e-9a53-2f4f6b1d9c01",
+            "repo_full_name":"acme/app","server_ip":"10.0.0.5","port":8080,
+            "github_token_ref":"env:GH_TOKEN","secrets_ref":"file:projects/app.env"}"#;
+        let job = Job::parse(JobKind::Deploy, Some(payload), "1-0").unwrap();
+        let record = job.to_payload();
+        assert_eq!(record["github_token_ref"], "env:GH_TOKEN");
+        assert_eq!(record["secrets_ref"], "file:projects/app.env");
+        assert_eq!(record["port"], 8080);
+        assert_eq!(record["project_name"], "app");
+        let job = Job::parse(
+            JobKind::Provision,
+            Some(br#"{"server_handle":"vps-1"}"#),
+            "5-0",
+        )
+        .unwrap();
+        assert_eq!(job.to_payload()["request_id"], "5-0");
+    }
 
     const ENTRY: &str = "1700000000000-0";
 

@@ -25,6 +25,7 @@ pub(crate) fn credential_settings(settings: &Settings) -> Vec<(&'static str, &st
         ("redis.password_ref", &settings.redis.password_ref),
         ("redis.client_key_ref", &settings.redis.tls.client_key_ref),
         ("postgres.password_ref", &settings.postgres.password_ref),
+        ("console.token_ref", &settings.console.token_ref),
     ];
     let vault = settings.vault.login_refs.iter();
     let github_app = settings.github.app.as_ref();
@@ -306,6 +307,7 @@ mod tests {
         settings.ansible.ssh_key_ref = Some("file:deploy_key".into());
         settings.time4vps.password_ref = Some("env:T4V_PASSWORD".into());
         settings.postgres.password_ref = Some("file:postgres/password".into());
+        settings.console.token_ref = Some("file:console/token".into());
         settings.github.app = Some(crate::config::GithubApp {
             app_id: 1,
             private_key_ref: "file:github/app.pem".into(),
@@ -320,6 +322,7 @@ mod tests {
                 "ansible.ssh_key_ref",
                 "time4vps.password_ref",
                 "postgres.password_ref",
+                "console.token_ref",
                 "github.app_private_key_ref"
             ]
         );

@@ -8,6 +8,7 @@ mod credentials;
 mod pattern;
 mod targets;
 
+pub(crate) use credentials::credential_settings;
 pub use pattern::RefPattern;
 pub use targets::DeployTargets;
 

@@ -6,14 +6,16 @@
 mod caller;
 mod dead;
 mod endpoint;
+mod inspect;
 mod link;
 mod names;
 mod reader;
 mod scripts;
 
-pub use caller::Caller;
+pub use caller::{Caller, EventEntry};
 pub use dead::{DeadLetterEntry, DeadLetterPage, DeadLetters, ReplayError};
 pub use endpoint::Endpoint;
+pub use inspect::{ConsumerInfo, GroupInfo, Inspector, QueueInfo};
 pub use link::{Link, Pinned};
 pub use names::Names;
 pub use reader::Reader;

@@ -26,7 +26,7 @@ impl JobState {
     }
 
     /// The column's CHECK constraint allows exactly the three values.
-    fn parse(text: &str) -> Result<JobState, StoreError> {
+    pub(crate) fn parse(text: &str) -> Result<JobState, StoreError> {
         match text {
             "running" => Ok(JobState::Running),
             "success" => Ok(JobState::Finished(JobStatus::Success)),
@@ -81,9 +81,10 @@ pub enum Claim {
 }
 
 impl Store {
-    /// Claims a job for `worker`. The same entry delivered again (taken
-    /// over after a crash) may run again; a second entry with the same
-    /// request id may not while the first is running or done.
+    /// Claims a job for `worker`, keeping its `payload` (the parsed job's
+    /// fields: references, never values). The same entry delivered again
+    /// (taken over after a crash) may run again; a second entry with the
+    /// same request id may not while the first is running or done.
     pub async fn claim_job(
         &self,
         kind: JobKind,
@@ -91,10 +92,11 @@ impl Store {
         worker: &str,
         entry_id: &str,
         target: &str,
+        payload: &serde_json::Value,
     ) -> Result<Claim, StoreError> {
         let claimed = sqlx::query(
-            "INSERT INTO jobs (kind, request_id, status, worker, entry_id, target, started_at)
-             VALUES ($1, $2, 'running', $3, $4, $5, now())
+            "INSERT INTO jobs (kind, request_id, status, worker, entry_id, target, payload, started_at)
+             VALUES ($1, $2, 'running', $3, $4, $5, $6, now())
              ON CONFLICT (kind, request_id) DO UPDATE
              SET attempts = jobs.attempts + 1, worker = $3, started_at = now(), updated_at = now()
              WHERE jobs.status = 'running' AND jobs.entry_id = $4
@@ -105,6 +107,7 @@ impl Store {
         .bind(worker)
         .bind(entry_id)
         .bind(target)
+        .bind(Json(payload))
         .fetch_optional(&self.pool)
         .await?;
         if claimed.is_some() {

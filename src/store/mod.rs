@@ -1,11 +1,14 @@
-//! Postgres: servers, pinned host keys and the job ledger. The only module
+//! Postgres: servers, pinned host keys and the job ledger (and, in
+//! `browse`, what the operator console reads of them). The only module
 //! that runs SQL. Queries are checked at run time rather than with
 //! `sqlx::query!` so a build never needs a live database or `.sqlx` data.
 
+mod browse;
 mod jobs;
 mod lock;
 mod servers;
 
+pub use browse::{FinishedCount, JOBS_PAGE_SIZE, JobFilter, JobPage, JobRow, page_offset};
 pub use jobs::{Claim, JobRecord, JobState};
 pub use lock::ServerLock;
 pub use servers::{NewServer, Server, ServerStatus};

@@ -34,6 +34,7 @@ impl Worker {
     /// Asks the ledger, waiting out a Postgres outage: a delay, never a
     /// lost or doubled job.
     async fn ask_ledger(&self, delivery: &Delivery, job: &Job) -> Claim {
+        let payload = job.to_payload();
         retry::until_ok("claiming the job in the ledger", RETRY_DELAY, || {
             self.ctx.store.claim_job(
                 delivery.kind,
@@ -41,6 +42,7 @@ impl Worker {
                 self.queue.consumer(),
                 &delivery.entry_id,
                 job.target(),
+                &payload,
             )
         })
         .await
