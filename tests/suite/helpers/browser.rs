@@ -26,7 +26,7 @@ const CHROMEDRIVER: &str = "chromedriver";
 const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 /// How long a wait on the page may take: a failure guard only (a loaded
 /// machine renders slowly), never a pause.
-pub const PAGE_TIMEOUT: Duration = Duration::from_secs(60);
+const PAGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How many page visits keep their screenshot for a failure report.
 const VISITS_KEPT: usize = 8;
 
@@ -57,6 +57,11 @@ pub struct Element<'b> {
 }
 
 impl Browser {
+    /// WebDriver's code of the Tab key.
+    pub const TAB: &str = "\u{E004}";
+    /// WebDriver's code of the Enter key.
+    pub const ENTER: &str = "\u{E007}";
+
     /// Starts `chromedriver` on a free port and a headless Chromium session
     /// with a fresh profile and a `width` x `height` window. Failure
     /// artifacts go to `artifacts_dir()` (cleared now: what is there after
@@ -127,12 +132,17 @@ impl Browser {
         url.as_str().expect("the URL is a string").to_owned()
     }
 
-    /// Waits until the page's path (and query) is `path` and it has loaded,
-    /// then keeps a screenshot of it for a failure report: for a page a
-    /// click or a form led to.
+    /// Waits until the page's path is `path` (with its query, if `path`
+    /// has one) and it has loaded, then keeps a screenshot of it for a
+    /// failure report: for a page a click or a form led to.
     pub async fn wait_path(&self, path: &str) {
+        let here = if path.contains('?') {
+            "location.pathname + location.search"
+        } else {
+            "location.pathname"
+        };
         let js = format!(
-            "return location.pathname + location.search === {} && document.readyState === 'complete';",
+            "return {here} === {} && document.readyState === 'complete';",
             json!(path)
         );
         self.wait_js(&format!("the page {path}"), &js).await;
@@ -247,18 +257,23 @@ impl Browser {
         .await;
     }
 
-    /// Presses and releases Tab, as a keyboard user moves focus.
-    pub async fn press_tab(&self) {
-        let tab = "\u{E004}";
+    /// Presses and releases `key` (a character, or a WebDriver key code
+    /// such as `Browser::TAB`), as a keyboard user does.
+    pub async fn press_key(&self, key: &str) {
         let actions = json!({ "actions": [{
             "type": "key",
             "id": "keyboard",
             "actions": [
-                { "type": "keyDown", "value": tab },
-                { "type": "keyUp", "value": tab },
+                { "type": "keyDown", "value": key },
+                { "type": "keyUp", "value": key },
             ],
         }]});
         self.command("POST", "/actions", actions).await;
+    }
+
+    /// Presses Tab: focus moves to the next focusable element.
+    pub async fn press_tab(&self) {
+        self.press_key(Browser::TAB).await;
     }
 
     /// The page's HTML as the browser holds it now.
@@ -289,11 +304,6 @@ impl Browser {
             visits.pop_front();
         }
         visits.push_back(Visit { number, url, png });
-    }
-
-    /// Where this test's failure artifacts go.
-    pub fn artifacts(&self) -> &Path {
-        &self.artifacts
     }
 
     fn elements(&self, found: Value) -> Vec<Element<'_>> {
