@@ -219,7 +219,12 @@ async fn a_deploy_shows_on_jobs_and_its_page_follows_its_progress_live_to_succes
 
     // Act: enqueue; once its first task ran, find it on Jobs.
     world.queue.enqueue_deploy(&payload).await;
-    let started = wait_sleepers_started(&world.host, &[request_id.clone()], START_TIMEOUT).await;
+    let started = wait_sleepers_started(
+        &world.host,
+        std::slice::from_ref(&request_id),
+        START_TIMEOUT,
+    )
+    .await;
     assert!(started, "the deploy did not start");
     let row = format!("#jobs tr{}", attr("data-request-id", &request_id));
     browser
