@@ -320,3 +320,123 @@ async fn an_own_postgres_restarts_on_the_same_port_with_its_data() {
         .unwrap();
     assert_eq!(n, 7);
 }
+
+/// A page with what the browser helper must handle: a form, a link to a
+/// second page, a POST answered 403.
+async fn serve_selftest_pages() -> (String, tokio::task::JoinHandle<()>) {
+    use axum::http::StatusCode;
+    use axum::response::Html;
+    use axum::routing::get;
+    let form = r#"<!doctype html><html lang="en"><head><title>form</title></head><body>
+        <a href="/#main" id="skip">Skip</a>
+        <main id="main"><h1>Form</h1>
+        <form id="f" method="get" action="/done"><label for="q">Q</label>
+        <input id="q" name="q"><button id="go">Go</button></form>
+        <ul id="items"><li>one</li><li>two</li></ul></main></body></html>"#;
+    let done = "<!doctype html><html lang=\"en\"><body><main id=\"main\">\
+        <p id=\"got\">done</p></main></body></html>";
+    let router = axum::Router::new()
+        .route("/", get(move || async move { Html(form) }))
+        .route(
+            "/done",
+            get(move || async move { Html(done) }).post(|| async { (StatusCode::FORBIDDEN, "no") }),
+        );
+    let (addr, server) = serve_on_loopback(router, "browser selftest pages").await;
+    (format!("http://{addr}"), server)
+}
+
+#[tokio::test]
+async fn the_browser_drives_a_page_and_leaves_a_screenshot_when_its_test_fails() {
+    // Arrange: a page to drive, and a test of our own in a thread of its
+    // own, named as a test is, that fails on purpose at its end.
+    let (base, server) = serve_selftest_pages().await;
+    let name = "browser_selftest_failure";
+    let (checked_tx, checked_rx) = std::sync::mpsc::channel();
+    let artifacts = std::thread::Builder::new()
+        .name(format!("harness_selftest::{name}"))
+        .spawn(move || -> std::path::PathBuf { artifacts_dir() })
+        .expect("thread")
+        .join()
+        .expect("artifacts dir");
+    let failing = std::thread::Builder::new()
+        .name(format!("harness_selftest::{name}"))
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let browser = Browser::start(1280, 800).await;
+
+                // Act: navigate, read, type, submit, script, keyboard.
+                browser.goto(&format!("{base}/")).await;
+                assert_eq!(browser.find("h1").await.text().await, "Form");
+                assert_eq!(browser.count("#items li").await, 2);
+                assert!(browser.try_find("#absent").await.is_none());
+                let two = browser.find_by_text("#items li", "two").await;
+                assert_eq!(two.text().await, "two");
+                assert_eq!(
+                    browser.find("#q").await.attr("name").await.as_deref(),
+                    Some("q")
+                );
+                browser.press_tab().await;
+                let focused = browser
+                    .script("return document.activeElement.id;", json!([]))
+                    .await;
+                assert_eq!(focused, "skip");
+                browser.find("#q").await.fill("a b").await;
+                browser.find("#q").await.submit().await;
+                browser.wait_path("/done?q=a+b").await;
+                let status = browser
+                    .script_async(
+                        "const done = arguments[arguments.length - 1];\
+                         fetch('/done', {method: 'POST'}).then(r => done(r.status));",
+                        json!([]),
+                    )
+                    .await;
+                assert_eq!(status, 403);
+                let width = browser.script("return window.innerWidth;", json!([])).await;
+                assert_eq!(width, 1280);
+                browser.set_window_size(375, 812).await;
+                browser
+                    .wait_js("a 375 px viewport", "return window.innerWidth === 375;")
+                    .await;
+                checked_tx.send(()).expect("report the checks");
+                panic!("deliberate: the harness checks its failure artifacts");
+            });
+        })
+        .expect("thread");
+
+    // Assert: every check passed, then the failure left its artifacts.
+    // Joined off the runtime, which serves the pages meanwhile.
+    let outcome = tokio::task::spawn_blocking(move || failing.join())
+        .await
+        .expect("join the test thread");
+    server.abort();
+    assert!(
+        checked_rx.try_recv().is_ok(),
+        "a browser check failed (above)"
+    );
+    assert!(outcome.is_err(), "the test thread should have panicked");
+    for file in [
+        "failure.png",
+        "failure.html",
+        "failure-url.txt",
+        "visits.txt",
+    ] {
+        assert!(
+            artifacts.join(file).is_file(),
+            "no {file} in {}",
+            artifacts.display()
+        );
+    }
+    let png = std::fs::read(artifacts.join("failure.png")).expect("failure.png");
+    assert!(png.starts_with(b"\x89PNG"), "failure.png is not a PNG");
+    let html = std::fs::read_to_string(artifacts.join("failure.html")).expect("failure.html");
+    assert!(html.contains(r#"id="got""#), "{html}");
+    let visits = std::fs::read_to_string(artifacts.join("visits.txt")).expect("visits.txt");
+    assert_eq!(visits.lines().count(), 2, "{visits}");
+    assert!(visits.contains("/done?q=a+b"), "{visits}");
+    assert!(artifacts.join("visit-02.png").is_file());
+    std::fs::remove_dir_all(&artifacts).expect("remove the deliberate artifacts");
+}

@@ -9,8 +9,11 @@
 //! own servers polls their child processes by hand).
 //! `run_playbook` runs the real `ansible/` content against a `TestHost`;
 //! `SystemUser` names (and finally removes) an account a play creates.
+//! `TestConsole` is the operator console's binary; `Browser` a headless
+//! Chromium over WebDriver that looks at it.
 
 mod ansible_run;
+mod browser;
 mod console;
 mod containers;
 mod db;
@@ -36,6 +39,7 @@ pub use ansible_run::{
     PlaybookRun, StubState, compose_work_tree, free_port, git, give_to_login_user, install_stubs,
     login_user_dir, run_playbook, stubbed_host,
 };
+pub use browser::{Browser, artifacts_dir};
 pub use console::TestConsole;
 pub use db::TestDb;
 pub use fake_api::serve_on_loopback;

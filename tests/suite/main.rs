@@ -11,6 +11,7 @@ mod ansible_content;
 mod ci_access;
 mod ci_setup;
 mod cli;
+mod console;
 mod console_http;
 mod dead;
 mod delivery;
