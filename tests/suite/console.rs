@@ -53,19 +53,6 @@ async fn dead_ids(queue: &Queue) -> Vec<String> {
     entries.into_iter().map(|(id, _)| id).collect()
 }
 
-/// Registers a server with a pinned key, as an operator does.
-async fn add_server(db: &TestDb, handle: &str) {
-    db.servers_cli(&[
-        "add",
-        handle,
-        "--address",
-        "10.0.0.5",
-        "--key-ref",
-        "file:ssh/none",
-    ])
-    .await;
-}
-
 /// The page as a phone shows it: nothing wider than the viewport (tables
 /// scroll inside their wrapper), and every nav link on screen.
 async fn assert_fits_the_viewport(browser: &Browser, page: &str) {
@@ -449,14 +436,7 @@ async fn a_console_with_a_token_wants_a_login_and_refuses_a_wrong_token() {
     // Arrange
     let db = TestDb::new().await;
     let redis = TestRedis::new().await;
-    let token = format!("tok-{}", uuid::Uuid::new_v4().simple());
-    let console = TestConsole::start_with_env(
-        &redis,
-        db.url(),
-        &[("console.token_ref", json!("env:CONSOLE_TOKEN_FOR_TEST"))],
-        &[("CONSOLE_TOKEN_FOR_TEST", &token)],
-    )
-    .await;
+    let (console, token) = TestConsole::with_token(&redis, db.url()).await;
     let browser = Browser::start(1280, 800).await;
 
     // Act: any page leads to the login form.

@@ -74,19 +74,6 @@ async fn add_dead_letter(redis: &TestRedis, reason: &str, payload: &str) -> Stri
     .unwrap()
 }
 
-/// Registers a server with a pinned key through the CLI.
-async fn add_server(db: &TestDb, handle: &str) {
-    db.servers_cli(&[
-        "add",
-        handle,
-        "--address",
-        "10.0.0.5",
-        "--key-ref",
-        "file:ssh/none",
-    ])
-    .await;
-}
-
 #[tokio::test]
 async fn a_console_off_loopback_without_a_token_refuses_to_start() {
     let redis = TestRedis::new().await;
@@ -221,14 +208,7 @@ async fn an_action_without_the_csrf_token_is_refused_and_with_it_done_and_logged
 async fn with_a_token_every_page_needs_a_login() {
     let redis = TestRedis::new().await;
     let db = TestDb::new().await;
-    let token = format!("tok-{}", uuid::Uuid::new_v4().simple());
-    let console = TestConsole::start_with_env(
-        &redis,
-        db.url(),
-        &[("console.token_ref", json!("env:CONSOLE_TOKEN_FOR_TEST"))],
-        &[("CONSOLE_TOKEN_FOR_TEST", token.as_str())],
-    )
-    .await;
+    let (console, token) = TestConsole::with_token(&redis, db.url()).await;
     let base = console.url();
 
     let page = client().get(format!("{base}/jobs")).send().await.unwrap();
@@ -304,14 +284,7 @@ async fn with_a_token_every_page_needs_a_login() {
 async fn payloads_are_shown_escaped_and_secret_values_masked() {
     let redis = TestRedis::new().await;
     let db = TestDb::new().await;
-    let token = format!("tok-{}", uuid::Uuid::new_v4().simple());
-    let console = TestConsole::start_with_env(
-        &redis,
-        db.url(),
-        &[("console.token_ref", json!("env:CONSOLE_TOKEN_FOR_TEST"))],
-        &[("CONSOLE_TOKEN_FOR_TEST", token.as_str())],
-    )
-    .await;
+    let (console, token) = TestConsole::with_token(&redis, db.url()).await;
     let base = console.url();
     let script = "<script>alert('x')</script>";
     let payload = json!({"request_id": "esc-1", "note": script, "leak": token}).to_string();

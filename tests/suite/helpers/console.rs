@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
+use super::db::TestDb;
 use super::poll::eventually;
 use super::redis::TestRedis;
 use super::worker::{START_TIMEOUT, infra_service, render_toml, tail};
@@ -27,6 +28,23 @@ impl TestConsole {
     /// (`console.listen = 127.0.0.1:0`, JSON logs); waits until it listens.
     pub async fn start(redis: &TestRedis, db_url: &str, settings: &[(&str, Value)]) -> TestConsole {
         TestConsole::start_with_env(redis, db_url, settings, &[]).await
+    }
+
+    /// A console that wants a login: `console.token_ref` names an `env:`
+    /// variable holding a fresh random token; the console and the token.
+    pub async fn with_token(redis: &TestRedis, db_url: &str) -> (TestConsole, String) {
+        let token = format!("tok-{}", uuid::Uuid::new_v4().simple());
+        let console = TestConsole::start_with_env(
+            redis,
+            db_url,
+            &[(
+                "console.token_ref",
+                Value::from("env:CONSOLE_TOKEN_FOR_TEST"),
+            )],
+            &[("CONSOLE_TOKEN_FOR_TEST", &token)],
+        )
+        .await;
+        (console, token)
     }
 
     /// As [`TestConsole::start`], with environment variables for the
@@ -176,4 +194,18 @@ fn listen_address(logs: &str) -> Option<String> {
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .find(|entry| entry["message"] == "console listening")
         .and_then(|entry| entry["listen"].as_str().map(str::to_owned))
+}
+
+/// Registers a server (address 10.0.0.5) through the CLI, as an operator
+/// does.
+pub async fn add_server(db: &TestDb, handle: &str) {
+    db.servers_cli(&[
+        "add",
+        handle,
+        "--address",
+        "10.0.0.5",
+        "--key-ref",
+        "file:ssh/none",
+    ])
+    .await;
 }
