@@ -181,6 +181,18 @@ async fn assert_keyboard_reachable(browser: &Browser, url: &str) {
 
 #[tokio::test]
 async fn a_deploy_shows_on_jobs_and_its_page_follows_its_progress_live_to_success() {
+    a_deploy_followed_live_in(Engine::Chromium).await;
+}
+
+/// The same in Firefox (headless Firefox ESR through geckodriver).
+#[tokio::test]
+async fn firefox_follows_a_deploy_live_to_success_too() {
+    a_deploy_followed_live_in(Engine::Firefox).await;
+}
+
+/// A deploy on /jobs, opened, its events appended live, its final status
+/// shown without a reload by the test, and its page at a phone's width.
+async fn a_deploy_followed_live_in(engine: Engine) {
     // Arrange: a worker holding its deploy open until released, and a
     // console on the same Redis prefix and database.
     let db = TestDb::new().await;
@@ -200,7 +212,7 @@ async fn a_deploy_shows_on_jobs_and_its_page_follows_its_progress_live_to_succes
         &[("console.allow_actions", json!(true))],
     )
     .await;
-    let browser = Browser::start(1280, 800).await;
+    let browser = Browser::start_in(engine, 1280, 800).await;
     let request_id = unique_request_id("live");
     let payload = valid_deploy_payload(&request_id, "127.0.0.1", 8080);
 
@@ -290,9 +302,13 @@ async fn a_deploy_shows_on_jobs_and_its_page_follows_its_progress_live_to_succes
     );
 
     // Assert: the job page on a phone's width.
-    browser.set_window_size(375, 812).await;
+    let phone = engine.narrowest_width();
+    browser.set_window_size(phone, 812).await;
     browser
-        .wait_js("a 375 px viewport", "return window.innerWidth <= 375;")
+        .wait_js(
+            &format!("a {phone} px viewport"),
+            &format!("return window.innerWidth <= {phone};"),
+        )
         .await;
     assert_fits_the_viewport(&browser, &job_path).await;
     assert_labelled(&browser, &job_path).await;
@@ -486,6 +502,18 @@ async fn a_console_with_a_token_wants_a_login_and_refuses_a_wrong_token() {
 
 #[tokio::test]
 async fn every_page_is_usable_at_1280_and_375_pixels_by_keyboard_with_labels() {
+    every_page_is_usable_in(Engine::Chromium).await;
+}
+
+#[tokio::test]
+async fn every_page_is_usable_in_firefox_too() {
+    every_page_is_usable_in(Engine::Firefox).await;
+}
+
+/// Each page at 1280 and 375 px (Firefox: its narrowest window, 500 px):
+/// fits, labelled, readable; the keyboard
+/// reaches the skip link and the nav.
+async fn every_page_is_usable_in(engine: Engine) {
     // Arrange: a letter with a long payload (a wide table), a server, a
     // console with actions (so its confirmation page exists).
     let db = TestDb::new().await;
@@ -505,10 +533,10 @@ async fn every_page_is_usable_at_1280_and_375_pixels_by_keyboard_with_labels() {
         "/servers".to_owned(),
         format!("/dead/{dead_id}/replay"),
     ];
-    let browser = Browser::start(1280, 800).await;
+    let browser = Browser::start_in(engine, 1280, 800).await;
 
-    // Act / Assert: each page at 1280 px, then at 375 px.
-    for (width, height) in [(1280, 800), (375, 812)] {
+    // Act / Assert: each page at 1280 px, then at a phone's width.
+    for (width, height) in [(1280, 800), (engine.narrowest_width(), 812)] {
         browser.set_window_size(width, height).await;
         let js = format!("return window.innerWidth <= {width};");
         browser

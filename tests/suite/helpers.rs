@@ -39,7 +39,7 @@ pub use ansible_run::{
     PlaybookRun, StubState, compose_work_tree, free_port, git, give_to_login_user, install_stubs,
     login_user_dir, run_playbook, stubbed_host,
 };
-pub use browser::{Browser, artifacts_dir};
+pub use browser::{Browser, Engine, artifacts_dir};
 pub use console::{TestConsole, add_server};
 pub use db::TestDb;
 pub use fake_api::serve_on_loopback;

@@ -22,6 +22,58 @@ use super::procs::kill_tree_below;
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// The driver (Debian's `chromium-driver`); `TEST_CHROMEDRIVER` overrides.
 const CHROMEDRIVER: &str = "chromedriver";
+/// The Firefox binary (Debian's `firefox-esr`); `TEST_FIREFOX` overrides.
+const FIREFOX: &str = "/usr/bin/firefox-esr";
+/// Mozilla's driver (crates.io's `geckodriver`, which Debian does not
+/// package); `TEST_GECKODRIVER` overrides.
+const GECKODRIVER: &str = "geckodriver";
+
+/// Which browser a session drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Chromium,
+    Firefox,
+}
+
+impl Engine {
+    /// The driver's program and its arguments to listen on `port`.
+    fn driver_command(self, port: u16) -> std::process::Command {
+        let mut command;
+        match self {
+            Engine::Chromium => {
+                command = std::process::Command::new(env_or("TEST_CHROMEDRIVER", CHROMEDRIVER));
+                command.arg(format!("--port={port}"));
+            }
+            Engine::Firefox => {
+                command = std::process::Command::new(env_or("TEST_GECKODRIVER", GECKODRIVER));
+                command
+                    .args(["--host", "127.0.0.1", "--port"])
+                    .arg(port.to_string());
+            }
+        }
+        command
+    }
+
+    /// The narrowest window the browser opens: a phone's 375 px, but
+    /// desktop Firefox keeps its windows at least 500 px wide (a
+    /// `window/rect` asking less gets 500).
+    pub fn narrowest_width(self) -> u32 {
+        match self {
+            Engine::Chromium => 375,
+            Engine::Firefox => 500,
+        }
+    }
+
+    /// What to install when the driver cannot start.
+    fn install_hint(self) -> &'static str {
+        match self {
+            Engine::Chromium => "Debian's chromium and chromium-driver (scripts/prepare test)",
+            Engine::Firefox => {
+                "Debian's firefox-esr and geckodriver from crates.io (scripts/prepare test)"
+            }
+        }
+    }
+}
 /// The W3C key under which an element reference travels.
 const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 /// How long a wait on the page may take: a failure guard only (a loaded
@@ -67,6 +119,11 @@ impl Browser {
     /// artifacts go to `artifacts_dir()` (cleared now: what is there after
     /// the run belongs to this run).
     pub async fn start(width: u32, height: u32) -> Browser {
+        Browser::start_in(Engine::Chromium, width, height).await
+    }
+
+    /// As [`Browser::start`], in `engine`.
+    pub async fn start_in(engine: Engine, width: u32, height: u32) -> Browser {
         let artifacts = artifacts_dir();
         let _ = std::fs::remove_dir_all(&artifacts);
         let dir = tempfile::Builder::new()
@@ -82,18 +139,18 @@ impl Browser {
         // the driver binds, so a driver that never answers is tried again.
         for _ in 0..3 {
             let port = super::free_port();
-            let log = std::fs::File::create(dir.path().join("chromedriver.log"))
-                .expect("chromedriver log");
-            let driver = std::process::Command::new(env_or("TEST_CHROMEDRIVER", CHROMEDRIVER))
-                .arg(format!("--port={port}"))
+            let log =
+                std::fs::File::create(dir.path().join("chromedriver.log")).expect("driver log");
+            let driver = engine
+                .driver_command(port)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("log fd"))
                 .stderr(log)
                 .spawn()
                 .unwrap_or_else(|e| {
                     panic!(
-                        "cannot start chromedriver ({e}): install Debian's chromium and \
-                         chromium-driver (scripts/prepare test)"
+                        "cannot start the {engine:?} driver ({e}): install {}",
+                        engine.install_hint()
                     )
                 });
             let base = format!("http://127.0.0.1:{port}");
@@ -103,7 +160,7 @@ impl Browser {
                 let _ = driver.wait();
                 continue;
             }
-            let session = new_session(&http, &base, dir.path(), width, height).await;
+            let session = new_session(engine, &http, &base, dir.path(), width, height).await;
             let browser = Browser {
                 http,
                 session: format!("{base}/session/{session}"),
@@ -113,6 +170,8 @@ impl Browser {
                 visits: Mutex::new(VecDeque::new()),
                 visit_count: Mutex::new(0),
             };
+            // Firefox takes no window size on its command line.
+            browser.set_window_size(width, height).await;
             return browser;
         }
         let log = std::fs::read_to_string(dir.path().join("chromedriver.log")).unwrap_or_default();
@@ -502,15 +561,31 @@ async fn driver_ready(
     eventually(Duration::from_secs(30), probe).await == Some(true)
 }
 
-/// Creates a session: headless Chromium, its profile under `dir`, a
+/// Creates a session: headless `engine`, its profile under `dir`, a
 /// `width` x `height` window; the session id.
 async fn new_session(
+    engine: Engine,
     http: &reqwest::Client,
     base: &str,
     dir: &Path,
     width: u32,
     height: u32,
 ) -> String {
+    let capabilities = match engine {
+        Engine::Chromium => chromium_capabilities(dir, width, height),
+        Engine::Firefox => firefox_capabilities(),
+    };
+    let answer = send(http, "POST", &format!("{base}/session"), capabilities)
+        .await
+        .unwrap_or_else(|e| panic!("cannot start a {engine:?} session: {e}"));
+    answer["sessionId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no sessionId in {answer}"))
+        .to_owned()
+}
+
+/// Headless Chromium, its profile under `dir`, a `width` x `height` window.
+fn chromium_capabilities(dir: &Path, width: u32, height: u32) -> Value {
     let profile = dir.join("profile");
     let args = [
         "--headless=new".to_owned(),
@@ -527,21 +602,44 @@ async fn new_session(
         format!("--user-data-dir={}", profile.display()),
         format!("--window-size={width},{height}"),
     ];
-    let capabilities = json!({ "capabilities": { "alwaysMatch": {
+    json!({ "capabilities": { "alwaysMatch": {
         "browserName": "chrome",
         "pageLoadStrategy": "normal",
         "goog:chromeOptions": {
             "binary": env_or("TEST_CHROMIUM", CHROMIUM),
             "args": args,
         },
-    }}});
-    let answer = send(http, "POST", &format!("{base}/session"), capabilities)
-        .await
-        .unwrap_or_else(|e| panic!("cannot start a Chromium session: {e}"));
-    answer["sessionId"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no sessionId in {answer}"))
-        .to_owned()
+    }}})
+}
+
+/// Headless Firefox on a fresh profile (geckodriver makes one), kept off
+/// the network: no proxy (the console is on loopback), no updates,
+/// telemetry, safe-browsing lists or captive-portal probes, which this
+/// closed machine would refuse one by one.
+fn firefox_capabilities() -> Value {
+    json!({ "capabilities": { "alwaysMatch": {
+        "browserName": "firefox",
+        "pageLoadStrategy": "normal",
+        "moz:firefoxOptions": {
+            "binary": env_or("TEST_FIREFOX", FIREFOX),
+            "args": ["-headless"],
+            "prefs": {
+                "network.proxy.type": 0,
+                "app.update.auto": false,
+                "app.update.enabled": false,
+                "browser.shell.checkDefaultBrowser": false,
+                "browser.safebrowsing.malware.enabled": false,
+                "browser.safebrowsing.phishing.enabled": false,
+                "browser.safebrowsing.downloads.enabled": false,
+                "datareporting.policy.dataSubmissionEnabled": false,
+                "toolkit.telemetry.enabled": false,
+                "network.captive-portal-service.enabled": false,
+                "network.connectivity-service.enabled": false,
+                "extensions.update.enabled": false,
+                "browser.newtabpage.enabled": false,
+            },
+        },
+    }}})
 }
 
 fn element_id(reference: &Value) -> String {
