@@ -167,6 +167,11 @@ impl Auth {
     }
 
     /// A new session for a right token: its id; `None` for a wrong one.
+    /// Whether a login by token is configured.
+    pub(crate) fn has_login(&self) -> bool {
+        self.token.is_some()
+    }
+
     fn log_in(&self, token: &str) -> Option<String> {
         let expected = self.token.as_ref()?;
         if !same(token, expected.expose_secret()) {
@@ -371,5 +376,45 @@ mod tests {
         assert!(auth.viewer("console_session=guessed").is_none());
         auth.log_out(&format!("console_session={id}"));
         assert!(auth.viewer(&format!("console_session={id}")).is_none());
+    }
+}
+
+/// Whether a `Host` header names this machine's loopback: `localhost`, a
+/// 127.0.0.0/8 address or `[::1]`, any port.
+pub(crate) fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn only_loopback_names_are_loopback_hosts() {
+        for host in [
+            "127.0.0.1:9188",
+            "127.3.4.5",
+            "localhost:9188",
+            "LOCALHOST",
+            "[::1]:9188",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "evil.example:9188",
+            "10.0.0.5:9188",
+            "[fd00::1]:9188",
+            "",
+            "127.0.0.1.evil.example",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
     }
 }

@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -183,8 +184,37 @@ fn router(console: Shared) -> Router {
         .route("/assets/console.css", get(assets::css))
         .route("/assets/console.js", get(assets::js))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            console.clone(),
+            loopback_names_only,
+        ))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(console)
+}
+
+/// Without a login, only requests that name a loopback host are served: a
+/// web page whose own name an attacker re-points at 127.0.0.1 (DNS
+/// rebinding) reaches the console with its own name as `Host`, and must
+/// not read it through the operator's browser.
+async fn loopback_names_only(
+    State(console): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if console.auth.has_login() || auth::is_loopback_host(host) {
+        return next.run(request).await;
+    }
+    Failure::new(
+        StatusCode::MISDIRECTED_REQUEST,
+        "This console answers to loopback names only (127.0.0.1, localhost, [::1]); \
+         set console.token_ref to serve other names.",
+    )
+    .render(None)
 }
 
 async fn not_found(viewer: Option<Viewer>) -> Response {

@@ -94,6 +94,21 @@ async fn a_read_only_console_refuses_every_action() {
     let id = add_dead_letter(&redis, "port: must be 1-65535", "{}").await;
     add_server(&db, "vps-ro").await;
 
+    // Without a login, a page reached under another name (DNS rebinding)
+    // is refused; `localhost` is fine.
+    for (host, status) in [
+        ("console.attacker.example", StatusCode::MISDIRECTED_REQUEST),
+        ("localhost", StatusCode::OK),
+    ] {
+        let page = client()
+            .get(format!("{}/dead", console.url()))
+            .header(reqwest::header::HOST, host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), status, "Host: {host}");
+    }
+
     let dead = client()
         .get(format!("{}/dead", console.url()))
         .send()
