@@ -11,7 +11,6 @@
 use std::time::Duration;
 
 use infra_service::job::JobStatus;
-use redis::AsyncCommands;
 use serde_json::json;
 
 use crate::helpers::*;
@@ -24,27 +23,6 @@ const NAV: [&str; 4] = ["nav-overview", "nav-jobs", "nav-dead", "nav-servers"];
 /// `[name="value"]`, the value quoted for CSS.
 fn attr(name: &str, value: &str) -> String {
     format!("[{name}={}]", json!(value))
-}
-
-/// Adds a dead letter as `Queue::finish` writes one; its entry id.
-async fn add_dead_letter(redis: &TestRedis, request_id: &str, payload: &str) -> String {
-    let queue = redis.queue();
-    let mut conn = redis.connection();
-    conn.xadd(
-        queue.key("infra:dead"),
-        "*",
-        &[
-            ("reason", "port: must be 1-65535"),
-            ("stream", queue.key("ansible:deploy:queue").as_str()),
-            ("entry_id", "1-0"),
-            ("request_id", request_id),
-            ("worker", "w-1"),
-            ("dead_at", "2026-01-01T00:00:00.000Z"),
-            ("payload", payload),
-        ],
-    )
-    .await
-    .expect("XADD dead letter")
 }
 
 /// The entry ids of `infra:dead`, oldest first.
@@ -389,7 +367,13 @@ async fn a_read_only_console_shows_no_action_and_refuses_posts_from_its_pages() 
     let db = TestDb::new().await;
     let redis = TestRedis::new().await;
     let queue = redis.queue();
-    let dead_id = add_dead_letter(&redis, "ro-1", "{\"request_id\":\"ro-1\"}").await;
+    let dead_id = add_dead_letter(
+        &redis,
+        "port: must be 1-65535",
+        "ro-1",
+        "{\"request_id\":\"ro-1\"}",
+    )
+    .await;
     add_server(&db, "vps-ro").await;
     let console = TestConsole::start(&redis, db.url(), &[]).await;
     let browser = Browser::start(1280, 800).await;
@@ -522,7 +506,7 @@ async fn every_page_is_usable_in(engine: Engine) {
         "{{\"request_id\":\"wide-1\",\"note\":\"{}\"}}",
         "x".repeat(250)
     );
-    let dead_id = add_dead_letter(&redis, "wide-1", &long).await;
+    let dead_id = add_dead_letter(&redis, "port: must be 1-65535", "wide-1", &long).await;
     add_server(&db, "vps-wide-handle-for-a-narrow-screen").await;
     let console =
         TestConsole::start(&redis, db.url(), &[("console.allow_actions", json!(true))]).await;

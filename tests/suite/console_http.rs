@@ -3,7 +3,6 @@
 //! POSTs when read-only or without the CSRF token, wants a login when a
 //! token is set, and shows payloads escaped and secret values masked.
 
-use redis::AsyncCommands;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use serde_json::{Value, json};
@@ -53,27 +52,6 @@ fn csrf_of(page: &str) -> String {
     rest[..rest.find('"').unwrap()].to_owned()
 }
 
-/// Adds a dead letter (as `Queue::finish` writes one); its id.
-async fn add_dead_letter(redis: &TestRedis, reason: &str, payload: &str) -> String {
-    let queue = redis.queue();
-    let mut conn = redis.connection();
-    conn.xadd(
-        queue.key("infra:dead"),
-        "*",
-        &[
-            ("reason", reason),
-            ("stream", queue.key("ansible:deploy:queue").as_str()),
-            ("entry_id", "1-0"),
-            ("request_id", "dead-1"),
-            ("worker", "w-1"),
-            ("dead_at", "2026-01-01T00:00:00.000Z"),
-            ("payload", payload),
-        ],
-    )
-    .await
-    .unwrap()
-}
-
 #[tokio::test]
 async fn a_console_off_loopback_without_a_token_refuses_to_start() {
     let redis = TestRedis::new().await;
@@ -91,7 +69,7 @@ async fn a_read_only_console_refuses_every_action() {
     let redis = TestRedis::new().await;
     let db = TestDb::new().await;
     let mut console = TestConsole::start(&redis, db.url(), &[]).await;
-    let id = add_dead_letter(&redis, "port: must be 1-65535", "{}").await;
+    let id = add_dead_letter(&redis, "port: must be 1-65535", "dead-1", "{}").await;
     add_server(&db, "vps-ro").await;
 
     // Without a login, a page reached under another name (DNS rebinding)
@@ -303,7 +281,7 @@ async fn payloads_are_shown_escaped_and_secret_values_masked() {
     let base = console.url();
     let script = "<script>alert('x')</script>";
     let payload = json!({"request_id": "esc-1", "note": script, "leak": token}).to_string();
-    add_dead_letter(&redis, &format!("bad {script}"), &payload).await;
+    add_dead_letter(&redis, &format!("bad {script}"), "dead-1", &payload).await;
     // A ledger row as a worker writes it (the console migrated the database).
     let mut pg = <sqlx::PgConnection as sqlx::Connection>::connect(db.url())
         .await

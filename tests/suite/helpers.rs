@@ -40,7 +40,7 @@ pub use ansible_run::{
     login_user_dir, run_playbook, stubbed_host,
 };
 pub use browser::{Browser, Engine, artifacts_dir};
-pub use console::{TestConsole, add_server};
+pub use console::{TestConsole, add_dead_letter, add_server};
 pub use db::TestDb;
 pub use fake_api::serve_on_loopback;
 pub use host::{SshOutput, TestHost};

@@ -209,3 +209,31 @@ pub async fn add_server(db: &TestDb, handle: &str) {
     ])
     .await;
 }
+
+/// Adds a dead letter to `infra:dead` under the test's prefix, field for
+/// field as `Queue::finish` writes one (from the deploy queue); its id.
+pub async fn add_dead_letter(
+    redis: &TestRedis,
+    reason: &str,
+    request_id: &str,
+    payload: &str,
+) -> String {
+    use redis::AsyncCommands;
+    let queue = redis.queue();
+    let mut conn = redis.connection();
+    conn.xadd(
+        queue.key("infra:dead"),
+        "*",
+        &[
+            ("reason", reason),
+            ("stream", queue.key("ansible:deploy:queue").as_str()),
+            ("entry_id", "1-0"),
+            ("request_id", request_id),
+            ("worker", "w-1"),
+            ("dead_at", "2026-01-01T00:00:00.000Z"),
+            ("payload", payload),
+        ],
+    )
+    .await
+    .expect("XADD dead letter")
+}
