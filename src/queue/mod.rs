@@ -246,16 +246,7 @@ impl Queue {
     /// A reader on a connection of its own, so its blocking waits never
     /// stall the commands other tasks send.
     pub async fn reader(&self, lease: Duration) -> Result<Reader, QueueError> {
-        Reader::connect(
-            self.endpoint.clone(),
-            vec![self.conn.clone(), self.publisher.clone()],
-            self.names.clone(),
-            self.group.clone(),
-            self.consumer.clone(),
-            self.block_ms,
-            lease,
-        )
-        .await
+        Reader::connect(self, lease).await
     }
 
     /// Publishes a final result (key with TTL, then the result stream) and

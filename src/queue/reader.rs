@@ -33,7 +33,7 @@ use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply};
 use tokio_util::sync::CancellationToken;
 
-use super::{Delivery, Endpoint, Link, Names, QueueError, scripts};
+use super::{Delivery, Endpoint, Link, Names, Queue, QueueError, scripts};
 use crate::job::JobKind;
 
 /// How often, at most, the reader asks the Sentinels where the master is.
@@ -76,27 +76,20 @@ pub struct Batch {
 }
 
 impl Reader {
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn connect(
-        endpoint: Endpoint,
-        links: Vec<Link>,
-        names: Names,
-        group: String,
-        consumer: String,
-        block_ms: u64,
-        lease: Duration,
-    ) -> Result<Reader, QueueError> {
-        let (conn, addr) = Self::open(&endpoint, block_ms).await?;
+    /// A reader for `queue`'s consumer, on a connection of its own; it
+    /// moves `queue`'s links with it when the master moves.
+    pub(super) async fn connect(queue: &Queue, lease: Duration) -> Result<Reader, QueueError> {
+        let (conn, addr) = Self::open(&queue.endpoint, queue.block_ms).await?;
         Ok(Reader {
-            endpoint,
+            endpoint: queue.endpoint.clone(),
             conn: Some(conn),
             addr,
-            links,
+            links: vec![queue.conn.clone(), queue.publisher.clone()],
             last_master_check: None,
-            names,
-            group,
-            consumer,
-            block_ms,
+            names: queue.names.clone(),
+            group: queue.group.clone(),
+            consumer: queue.consumer.clone(),
+            block_ms: queue.block_ms,
             provision_first: false,
             lease,
             last_reclaim: None,
