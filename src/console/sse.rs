@@ -25,7 +25,7 @@ const BLOCK: Duration = Duration::from_secs(5);
 
 /// Where to start without `Last-Event-ID`.
 #[derive(Debug, Default, Deserialize)]
-pub(crate) struct From {
+pub(crate) struct StartQuery {
     after: Option<String>,
 }
 
@@ -53,7 +53,7 @@ pub(crate) async fn events(
     State(console): State<Shared>,
     _viewer: Viewer,
     Path(request_id): Path<String>,
-    Query(from): Query<From>,
+    Query(from): Query<StartQuery>,
     headers: HeaderMap,
 ) -> Result<Response, Failure> {
     RequestId::parse(&request_id).map_err(|_| Failure::not_found("That is not a request id."))?;
